@@ -201,6 +201,36 @@ def test_semi_hard_without_semi_hard_negative_takes_the_farthest_negative():
     np.testing.assert_allclose(loss, reference.semi_hard(labels, embeddings, 1.0, "euclidean"), rtol=1e-6)
 
 
+TIES_EMBEDDINGS = np.array([[0.0], [2.0], [-2.0], [5.0]], np.float32)  # A, P (identity 0); N1, N2 (identity 1)
+TIES_LABELS = np.array([0, 0, 1, 1])
+
+
+def test_semi_hard_negative_must_be_strictly_farther():
+    """Ties: a negative exactly as far as the positive is not "farther".
+
+    Points on a line, margin 1: A=0, P=2 (identity 0); N1=-2, N2=5 (identity 1).
+    (A, P): d_ap = 2; negatives at 2 (a tie) and 5 -> the closest strictly farther is 5: 0.
+    (P, A): d_ap = 2; negatives at 4 and 3 -> 3: max(2 - 3 + 1, 0) = 0.
+    (N1, N2): d_ap = 7; negatives at 2 and 4, none farther -> farthest 4: 7 - 4 + 1 = 4.
+    (N2, N1): d_ap = 7; negatives at 5 and 3, none farther -> farthest 5: 7 - 5 + 1 = 3.
+    Mean (0 + 0 + 4 + 3) / 4 = 1.75 (taking the tie would give 2).
+    """
+    loss = float(batch_semi_hard_triplet_loss(TIES_LABELS, TIES_EMBEDDINGS, 1.0))
+    assert loss == pytest.approx(1.75, rel=1e-6)
+    assert loss == pytest.approx(reference.semi_hard(TIES_LABELS, TIES_EMBEDDINGS, 1.0, "euclidean"), rel=1e-6)
+
+
+def test_batch_all_does_not_count_zero_loss_triplets():
+    """Same points, margin 1. The 8 valid triplets' losses:
+    A,P: N1 -> 2 - 2 + 1 = 1, N2 -> 2 - 5 + 1 < 0;  P,A: N1 -> 2 - 4 + 1 < 0, N2 -> 2 - 3 + 1 = 0 (a tie);
+    N1,N2: A -> 7 - 2 + 1 = 6, P -> 7 - 4 + 1 = 4;  N2,N1: A -> 7 - 5 + 1 = 3, P -> 7 - 3 + 1 = 5.
+    Five positive losses summing to 19: loss 19 / 5 = 3.8, fraction 5 / 8 (the tie counts as 0).
+    """
+    loss, fraction = batch_all_triplet_loss(TIES_LABELS, TIES_EMBEDDINGS, 1.0)
+    assert float(loss) == pytest.approx(3.8, rel=1e-6)
+    assert float(fraction) == pytest.approx(5 / 8, rel=1e-6)
+
+
 @pytest.mark.parametrize("strategy", list(LOSSES))
 def test_column_labels_and_string_labels_match_integer_labels(rng, strategy):
     labels, embeddings = random_batch(rng)
