@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -300,6 +301,24 @@ def run_worker(case: str, batch_size: int, repeats: int, seed: int) -> dict:
     }
 
 
+def summarise_error(error: Exception) -> str:
+    """A one-line reason for a TensorFlow failure (its first line is often just "Graph execution error:")."""
+    text = str(error)
+    oom = re.search(r"OOM when allocating tensor with (shape\[[^\]]*\] and type \w+)", text)
+    if oom:
+        return f"OOM allocating {oom.group(1)}"
+    node = re.search(r"Detected at node (\S+)", text)
+    skip = ("Graph execution error", "Detected at node", "[[", "Hint:", "dtype:", "tensor_shape", "}")
+    # Indented lines are the Python traceback of the node, not the reason.
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line[0].isspace() and not line.startswith(skip)]
+    message = lines[0][:120] if lines else type(error).__name__
+    dims = re.findall(r"dim \{\s*size: (\d+)", text)
+    if dims:  # e.g. "Cannot parse tensor from proto" followed by the tensor's shape
+        message += f" [shape ({', '.join(dims)})]"
+    return f"{message} at node {node.group(1)}" if node else message
+
+
 def worker_main(case: str, batch_size: int, repeats: int, seed: int) -> None:
     """Worker entry point: print one ``BENCH_RESULT {json}`` line, also on failure."""
     try:
@@ -309,7 +328,7 @@ def worker_main(case: str, batch_size: int, repeats: int, seed: int) -> None:
             "case": case,
             "B": batch_size,
             "ok": False,
-            "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}",
+            "error": summarise_error(error),
             "error_type": type(error).__name__,
             "peak_rss": peak_rss_bytes(),
         }
@@ -335,8 +354,9 @@ class Outcome:
         return self.status == "ok"
 
     @property
-    def killed_for_memory(self) -> bool:
-        return self.status.startswith("killed at") or self.status.startswith("OOM")
+    def killed_at_cap(self) -> bool:
+        """True when the parent killed the worker for passing the RSS cap."""
+        return self.status.startswith("killed at")
 
 
 def default_repeats(batch_size: int) -> int:
@@ -400,9 +420,9 @@ def run_case(case: str, batch_size: int, repeats: int, seed: int, memory_cap: in
     if outcome.result.get("ok"):
         outcome.status = "ok"
     elif outcome.result.get("error_type") == "ResourceExhaustedError":
-        outcome.status = "OOM (ResourceExhausted)"
+        outcome.status = f"OOM: {outcome.result['error'].removeprefix('OOM allocating ')}"
     else:
-        outcome.status = f"error ({outcome.result.get('error_type', '?')})"
+        outcome.status = f"{outcome.result.get('error_type', 'error')}: {outcome.result.get('error', '')}"
     return outcome
 
 
@@ -427,12 +447,12 @@ def comparison(ours: Outcome, classic: Outcome | None) -> tuple[str, str]:
         speedup = classic.result["median_s"] / ours.result["median_s"]
         memory = ours.result["peak_rss"] / classic.result["peak_rss"]
         return f"{speedup:.1f}x", f"{memory:.3f}"
-    if classic.killed_for_memory:
+    if classic.killed_at_cap:
         # The classic run was stopped before finishing: its peak was at least the RSS seen.
         bound = max(classic.max_rss_seen, classic.result.get("peak_rss", 0))
         memory = f"< {ours.result['peak_rss'] / bound:.3f}" if bound else "n/a"
         return "n/a (classic killed)", memory
-    return f"n/a (classic {classic.status})", "n/a"
+    return "n/a (classic failed)", "n/a"
 
 
 def results_table(outcomes: dict[tuple[str, int], Outcome], sizes, cases) -> str:
@@ -457,8 +477,11 @@ def results_table(outcomes: dict[tuple[str, int], Outcome], sizes, cases) -> str
                          f"{result['loss']:.6g}"]
                 status = "ok" if result.get("gradient_finite", True) else "ok (NON-FINITE GRADIENT)"
             else:
-                seen = f">= {_gib(outcome.max_rss_seen)}" if outcome.max_rss_seen else ""
-                cells = ["", "", seen, "", ""]
+                if outcome.killed_at_cap:
+                    peak = f">= {_gib(outcome.max_rss_seen)}"
+                else:  # failed by itself: its own peak is known
+                    peak = _gib(outcome.result.get("peak_rss") or outcome.max_rss_seen or None)
+                cells = ["", "", peak, "", ""]
                 status = outcome.status
             rows.append("| " + " | ".join([str(batch_size), case, status, *cells, speedup, memory]) + " |")
     return "\n".join(rows)
@@ -478,7 +501,7 @@ def agreement_table(outcomes, sizes) -> str:
             if not (ours.ok and classic.ok):
                 status = classic.status if ours.ok else ours.status
                 rows.append(f"| {batch_size} | {ours_case} | {_loss(ours)} | {classic_case} | {_loss(classic)} "
-                            f"| n/a ({status}) | |")
+                            f"| n/a ({status.split(':')[0]}) | |")
                 continue
             a, b = ours.result["loss"], classic.result["loss"]
             relative = abs(a - b) / max(abs(b), 1e-30)
@@ -509,7 +532,7 @@ def target_checks(outcomes) -> list[str]:
         lines.append(f"FAIL  {name}: batch_all {ours.status}")
     elif not classic.ok:
         bound = max(classic.max_rss_seen, classic.result.get("peak_rss", 0))
-        verdict = "PASS" if classic.killed_for_memory and ours.result["peak_rss"] <= bound / 4 else "FAIL"
+        verdict = "PASS" if classic.killed_at_cap and ours.result["peak_rss"] <= bound / 4 else "FAIL"
         lines.append(f"{verdict}  {name}: classic {classic.status} (speed-up not measurable)")
     else:
         speedup = classic.result["median_s"] / ours.result["median_s"]

@@ -399,3 +399,15 @@ def test_no_strategy_returns_nan_or_inf(labels, data):
         assert np.all(np.isfinite(gradient.numpy())), (strategy, metric, margin)
     _, fraction = batch_all_triplet_loss(np.array(labels, np.int64), embeddings, margin, metric=metric)
     assert 0.0 <= float(fraction) <= 1.0
+
+
+@pytest.mark.parametrize("margin", [0.2, "soft"])
+def test_float32_sums_stay_accurate_on_a_large_batch(rng, margin):
+    """B = 512 P x K batch: float32 prefix sums and chunked loops against an all-float64 run."""
+    labels = pk_labels(128, 4)
+    embeddings = rng.normal(size=(512, 32))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    loss32, fraction32 = batch_all_triplet_loss(labels, embeddings.astype(np.float32), margin)
+    loss64, fraction64 = batch_all_triplet_loss(labels, embeddings, margin)
+    np.testing.assert_allclose(float(loss32), float(loss64), rtol=1e-5)
+    np.testing.assert_allclose(float(fraction32), float(fraction64), rtol=1e-5)

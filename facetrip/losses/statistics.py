@@ -22,6 +22,7 @@ from facetrip.losses.triplet import (
     hinge_batch_all_sums,
     is_soft_margin,
     masked_mean,
+    positives_per_anchor,
     sort_negatives,
 )
 
@@ -52,7 +53,7 @@ def triplet_batch_statistics(labels, embeddings, margin: Margin = 0.2, metric: s
 
     hinge_margin = 0.0 if is_soft_margin(margin) else margin
     _, num_positive_triplets = hinge_batch_all_sums(
-        distances, positive, sort_negatives(distances, negative), hinge_margin
+        positives_per_anchor(distances, positive), sort_negatives(distances, negative), hinge_margin
     )
     num_valid = count_valid_triplets(positive, negative)
     hardest = hardest_distances(distances, positive, negative)
