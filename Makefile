@@ -26,7 +26,7 @@ demo: $(INSTALLED)
 	$(BIN)/facetrip version
 
 bench-losses: $(INSTALLED)
-	$(BIN)/python scripts/bench_losses.py
+	$(BIN)/python scripts/bench_losses.py --output docs/bench_losses.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

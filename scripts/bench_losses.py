@@ -613,7 +613,8 @@ def main(argv=None) -> int:
     report = "\n".join([
         "## Triplet-loss benchmark",
         "",
-        f"`.venv/bin/python scripts/bench_losses.py` - TensorFlow {tf_version}, {os.cpu_count()} CPU cores, "
+        f"Measured {time.strftime('%Y-%m-%d')} with `.venv/bin/python scripts/bench_losses.py` (or `make bench-losses`) - "
+        f"TensorFlow {tf_version}, {os.cpu_count()} CPU cores, "
         f"embeddings {EMBEDDING_DIM}-D L2-normalised (seed {args.seed}), labels P x {IMAGES_PER_IDENTITY}, "
         f"margin {MARGIN}, euclidean; forward + backward in a tf.function, one process per row, "
         f"memory cap {args.memory_cap_gib:g} GiB, timeout {args.timeout:g} s.",

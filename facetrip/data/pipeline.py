@@ -1,0 +1,125 @@
+"""tf.data pipelines: P x K training batches and plain batches for embedding / evaluation.
+
+Index batches come from :class:`~facetrip.data.sampler.PKSampler` on the host; the
+encoded images sit in a TensorFlow lookup table (outside the graph, so large data sets
+do not hit the 2 GB graph limit) and are decoded, resized and augmented in parallel by
+:func:`~facetrip.data.images.preprocess_encoded`, the same function inference uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from facetrip.data.images import preprocess_encoded
+from facetrip.data.sampler import PKSampler
+from facetrip.data.sources import FaceImages
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation; every draw is seeded, so the same seed gives the same batches.
+
+    Attributes:
+        flip: random horizontal flip.
+        max_shift: largest random translation, as a fraction of height and width.
+        brightness: largest random brightness change (images are in [0, 1]).
+        contrast: random contrast factor in [1 - contrast, 1 + contrast].
+    """
+
+    flip: bool = True
+    max_shift: float = 0.08
+    brightness: float = 0.1
+    contrast: float = 0.2
+
+
+def _augment(image, seed, augmentation: Augmentation):
+    """Augment one (H, W, C) image in [0, 1] with stateless ops seeded by ``seed`` (2,) int64."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, num=4)  # (4, 2)
+    height, width, channels = image.shape
+    if augmentation.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    if augmentation.max_shift > 0:
+        pad_y, pad_x = int(round(height * augmentation.max_shift)), int(round(width * augmentation.max_shift))
+        padded = tf.pad(image, [[pad_y, pad_y], [pad_x, pad_x], [0, 0]], mode="SYMMETRIC")
+        image = tf.image.stateless_random_crop(padded, [height, width, channels], seeds[1])
+    if augmentation.brightness > 0:
+        image = tf.image.stateless_random_brightness(image, augmentation.brightness, seeds[2])
+    if augmentation.contrast > 0:
+        image = tf.image.stateless_random_contrast(image, 1 - augmentation.contrast, 1 + augmentation.contrast, seeds[3])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _image_table(encoded: np.ndarray):
+    import tensorflow as tf
+
+    keys = tf.range(len(encoded), dtype=tf.int64)
+    values = tf.constant(list(encoded), dtype=tf.string)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=b"")
+
+
+def pk_dataset(
+    faces: FaceImages,
+    sampler: PKSampler,
+    image_size: tuple[int, int],
+    channels: int,
+    epochs: range | int = 1,
+    augmentation: Augmentation | None = None,
+):
+    """A tf.data.Dataset of P x K batches ``(images (B, H, W, C) float32, labels (B,) int64)``.
+
+    Args:
+        faces: the images; ``sampler`` was built on ``faces.labels``.
+        sampler: the P x K index sampler.
+        image_size: (height, width) of the model input.
+        channels: 1 or 3.
+        epochs: the epoch numbers to produce (an int n means ``range(n)``); a resumed run
+            passes ``range(start, end)`` and gets the same batches it would have had.
+        augmentation: None for no augmentation (evaluation).
+
+    Returns:
+        Dataset of ``len(epochs) * sampler.batches_per_epoch`` batches.
+    """
+    import tensorflow as tf
+
+    epochs = range(epochs) if isinstance(epochs, int) else epochs
+    table = _image_table(faces.encoded)
+    labels = tf.constant(faces.labels, tf.int64)
+    seed = sampler.seed
+
+    def epoch_indices():
+        for epoch in epochs:
+            flat = sampler.epoch(epoch).reshape(-1)  # (batches * P * K,)
+            positions = np.arange(len(flat), dtype=np.int64)
+            yield flat, np.full_like(flat, epoch), positions
+
+    def load(index, epoch, position):
+        image = preprocess_encoded(table.lookup(index), image_size, channels)  # (H, W, C)
+        if augmentation is not None:
+            element_seed = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch, position])  # (2,)
+            image = _augment(image, element_seed, augmentation)
+        return image, tf.gather(labels, index)
+
+    spec = tf.TensorSpec([None], tf.int64)
+    dataset = tf.data.Dataset.from_generator(epoch_indices, output_signature=(spec, spec, spec))
+    dataset = dataset.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(sampler.batch_size, drop_remainder=True)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(epochs) * sampler.batches_per_epoch))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def image_dataset(faces: FaceImages, image_size: tuple[int, int], channels: int, batch_size: int = 64):
+    """Every image once, in order, without augmentation: ``(images, labels)`` batches for embedding."""
+    import tensorflow as tf
+
+    table = _image_table(faces.encoded)
+    labels = tf.constant(faces.labels, tf.int64)
+
+    def load(index):
+        return preprocess_encoded(table.lookup(index), image_size, channels), tf.gather(labels, index)
+
+    dataset = tf.data.Dataset.range(len(faces)).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,112 @@
+"""The P x K batch sampler: every batch holds P distinct identities with K images each.
+
+Index batches are generated on the host with NumPy (vectorised, seeded per epoch) and
+only decoded in tf.data, so the sampler scales to 100k identities: nothing is built per
+identity in TensorFlow (the ``choose_from_datasets`` approach breaks down near 7k).
+
+Within an epoch each identity's images are visited in a fresh random order, K at a time,
+so an epoch of about ``num_images / (P K)`` batches is about one pass over the images.
+Identities with fewer than K images repeat some (sampling with replacement); identities
+with a single image cannot give a positive pair and are left out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from facetrip.data.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+class PKSampler:
+    """Seeded P x K index batches over integer identity labels.
+
+    Args:
+        labels: (N,) identity label of every image (any integers).
+        identities_per_batch: P, distinct identities per batch.
+        images_per_identity: K, images of each identity per batch.
+        seed: the same seed gives the same batches, epoch by epoch.
+
+    Raises:
+        DataError: fewer than P identities have two or more images.
+    """
+
+    def __init__(self, labels, identities_per_batch: int, images_per_identity: int = 4, seed: int = 0):
+        if identities_per_batch < 2:
+            raise DataError(f"P (identities per batch) must be at least 2 for triplets, not {identities_per_batch}.")
+        if images_per_identity < 2:
+            raise DataError(f"K (images per identity) must be at least 2 for positive pairs, not {images_per_identity}.")
+        labels = np.asarray(labels).reshape(-1)
+        self.identities_per_batch = int(identities_per_batch)
+        self.images_per_identity = int(images_per_identity)
+        self.seed = int(seed)
+
+        identities, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        usable = counts >= 2
+        self.num_left_out = int((~usable).sum())
+        self.num_with_replacement = int((usable & (counts < self.images_per_identity)).sum())
+        if usable.sum() < self.identities_per_batch:
+            raise DataError(
+                f"P = {self.identities_per_batch} identities per batch, but only {int(usable.sum())} of "
+                f"{len(identities)} identities have two or more images: lower -P or add images."
+            )
+        if self.num_left_out:
+            logger.warning("%d identities with a single image cannot give a positive pair: left out of training.", self.num_left_out)
+        if self.num_with_replacement:
+            logger.warning(
+                "%d identities have fewer than K = %d images: their images are repeated within a batch.",
+                self.num_with_replacement,
+                self.images_per_identity,
+            )
+
+        # Images of usable identities, grouped by identity: group g owns members[offsets[g]:offsets[g+1]].
+        group_of_identity = np.cumsum(usable) - 1  # (num identities,)
+        keep = usable[inverse]
+        self._group_of_image = group_of_identity[inverse[keep]]  # (M,)
+        self._image_index = np.flatnonzero(keep)  # (M,) index into the original arrays
+        self.group_sizes = counts[usable]  # (U,)
+        self._offsets = np.concatenate([[0], np.cumsum(self.group_sizes)])  # (U + 1,)
+        self.identities = identities[usable]  # (U,) label of each group
+
+    @property
+    def batch_size(self) -> int:
+        return self.identities_per_batch * self.images_per_identity
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.group_sizes)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """About one pass over the images: round(images / (P K)), at least 1."""
+        return max(1, int(round(len(self._image_index) / self.batch_size)))
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """(batches_per_epoch, P * K) int64 indices into the labels given at construction.
+
+        Batch b holds identity slots b*P .. b*P + P - 1, each followed by its K images.
+        """
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        num_groups, per_batch, per_identity = self.num_identities, self.identities_per_batch, self.images_per_identity
+        num_batches = self.batches_per_epoch
+
+        # Identity slots: rows of fresh permutations, cut into P-sized batches (no repeats in a batch).
+        batches_per_permutation = num_groups // per_batch
+        num_permutations = -(-num_batches // batches_per_permutation)
+        permutations = rng.permuted(np.tile(np.arange(num_groups), (num_permutations, 1)), axis=1)
+        slots = permutations[:, : batches_per_permutation * per_batch].reshape(-1)[: num_batches * per_batch]  # (S,)
+
+        # The o-th visit of a group in this epoch takes its images o*K .. o*K + K - 1 (cyclically)
+        # from the group's shuffled order.
+        order = np.argsort(slots, kind="stable")
+        sorted_slots = slots[order]
+        visit = np.empty_like(slots)
+        visit[order] = np.arange(len(slots)) - np.searchsorted(sorted_slots, sorted_slots, side="left")  # (S,)
+        shuffled = np.lexsort((rng.random(len(self._group_of_image)), self._group_of_image))  # (M,) grouped, shuffled
+        sizes = self.group_sizes[slots][:, np.newaxis]  # (S, 1)
+        positions = (visit[:, np.newaxis] * per_identity + np.arange(per_identity)) % sizes  # (S, K)
+        members = shuffled[self._offsets[slots][:, np.newaxis] + positions]  # (S, K)
+        return self._image_index[members].reshape(num_batches, per_batch * per_identity).astype(np.int64)

