@@ -20,10 +20,7 @@ test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
 demo: $(INSTALLED)
-	@echo "make demo will run 'facetrip train' on the embedded ORL faces and then evaluate the"
-	@echo "model on unseen identities. Training lands with issue #4; until then this shows the CLI."
-	$(BIN)/facetrip --help
-	$(BIN)/facetrip version
+	$(BIN)/facetrip train
 
 bench-losses: $(INSTALLED)
 	$(BIN)/python scripts/bench_losses.py --output docs/bench_losses.md

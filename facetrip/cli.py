@@ -7,6 +7,7 @@ TensorFlow is imported inside commands, never at module import, so that
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -111,6 +112,173 @@ def data(
     table.add_row("train images", f"{len(train)}")
     table.add_row("P x K batches per epoch", f"{sampler.batches_per_epoch} of {sampler.batch_size} images")
     console.print(table)
+
+
+def rich_progress_callback(total_epochs: int, steps_per_epoch: int, initial_epoch: int = 0):
+    """A Keras callback drawing epoch, step, loss, fraction of positive triplets and ETA with rich."""
+    import keras
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    class RichProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  positive triplets {task.fields[fraction]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "train", total=(total_epochs - initial_epoch) * steps_per_epoch,
+                epoch=initial_epoch + 1, epochs=total_epochs, loss="-", fraction="-",
+            )
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.progress.update(self.task, epoch=epoch + 1)
+
+        def on_train_batch_end(self, batch, logs=None):
+            logs = logs or {}
+            self.progress.update(
+                self.task,
+                advance=1,
+                loss=f"{float(logs.get('loss', float('nan'))):.4f}",
+                fraction=f"{float(logs.get('fraction_positive_triplets', float('nan'))):.1%}",
+            )
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.progress.console.print(
+                f"epoch {epoch + 1:>3}/{total_epochs} loss {logs.get('loss', float('nan')):.4f} "
+                f"pos {logs.get('fraction_positive_triplets', float('nan')):.1%} "
+                f"d+ {logs.get('hardest_positive_dist', float('nan')):.3f} d- {logs.get('hardest_negative_dist', float('nan')):.3f} "
+                f"lr {logs.get('learning_rate', float('nan')):.1e}",
+                highlight=False,
+            )
+
+        def on_train_end(self, logs=None):
+            self.progress.stop()
+
+    return RichProgress()
+
+
+def _parse_image_size(text: str) -> list:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        height, width = (int(part) for part in parts)
+    except ValueError:
+        fail(f"--image-size must look like 56x46 (height x width), not {text!r}.")
+    return [height, width]
+
+
+def _parse_margin(text: str):
+    if text.lower() == "soft":
+        return "soft"
+    try:
+        return float(text)
+    except ValueError:
+        fail(f"--margin must be a number >= 0 or 'soft', not {text!r}.")
+
+
+@app.command()
+def train(
+    config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config (see configs/default.toml)."),
+    strategy: Optional[str] = typer.Option(None, help="batch_all | batch_hard | semi_hard | offline."),
+    margin: Optional[str] = typer.Option(None, help="Margin: a number >= 0, or 'soft'."),
+    metric: Optional[str] = typer.Option(None, help="euclidean | squared | cosine."),
+    identities_per_batch: Optional[int] = typer.Option(None, "-P", help="P: identities per batch."),
+    images_per_identity: Optional[int] = typer.Option(None, "-K", help="K: images per identity."),
+    epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate (cosine decay)."),
+    image_size: Optional[str] = typer.Option(None, help="Model input, HEIGHTxWIDTH, e.g. 56x46."),
+    embedding_dim: Optional[int] = typer.Option(None, help="Embedding size."),
+    data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
+    precision: Optional[str] = typer.Option(None, help="float32 | bf16 (mixed bfloat16)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<timestamp>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last epoch."),
+) -> None:
+    """Train an embedding model with online (or offline) triplet mining; writes a run directory."""
+    from facetrip.config import Config, ConfigError
+    from facetrip.data import DataError
+    from facetrip.runs import CONFIG_FILE, new_run_dir
+
+    setup_logging()
+    overrides = {
+        "loss.strategy": strategy,
+        "loss.margin": _parse_margin(margin) if margin is not None else None,
+        "loss.metric": metric,
+        "sampler.identities_per_batch": identities_per_batch,
+        "sampler.images_per_identity": images_per_identity,
+        "train.epochs": epochs,
+        "train.learning_rate": lr,
+        "data.image_size": _parse_image_size(image_size) if image_size is not None else None,
+        "model.embedding_dim": embedding_dim,
+        "data.source": data_source,
+        "data.data_dir": data_dir,
+        "train.seed": seed,
+        "train.precision": precision,
+    }
+    try:
+        if resume is not None:
+            if not (resume / CONFIG_FILE).is_file():
+                fail(f"{resume} is not a facetrip run directory (no {CONFIG_FILE}).")
+            config, target = Config.from_toml(resume / CONFIG_FILE), resume
+            if any(value is not None for value in overrides.values()) or config_file is not None:
+                fail("--resume continues a run with its own config: drop the other options.")
+        else:
+            config = Config.from_toml(config_file) if config_file is not None else Config()
+            for key, value in overrides.items():
+                if value is not None:
+                    config.set(key, value)
+            target = run_dir if run_dir is not None else new_run_dir()
+        _train_into(config, target, resume is not None)
+    except (ConfigError, DataError) as error:
+        fail(str(error))
+
+
+def _train_into(config, run_dir: Path, resume: bool) -> None:
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    from facetrip.data import DataError, PKSampler, load_faces, split_identities
+    from facetrip.runs import RunError
+    from facetrip.training import TrainingDiverged, TrainingError, completed_epochs, prepare_run_dir, train as run_training
+
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        if not resume:
+            prepare_run_dir(config, run_dir)
+        with console.status(f"Loading {config.data.source} ..."):
+            faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
+        split = split_identities(faces.identity_names, dev=config.split.dev, test=config.split.test, seed=config.split.seed)
+        steps = PKSampler(
+            faces.restricted_to(split.train).labels, config.sampler.identities_per_batch, config.sampler.images_per_identity
+        ).batches_per_epoch
+        start = completed_epochs(run_dir) if resume else 0
+        console.print(
+            f"[bold]facetrip train[/] {config.loss.strategy} (margin {config.loss.margin}, {config.loss.metric}) on "
+            f"{faces.source}: {len(split.train)} training identities, P={config.sampler.identities_per_batch} "
+            f"K={config.sampler.images_per_identity}, {steps} steps/epoch -> {run_dir}"
+            + (f" (resuming after epoch {start})" if resume else "")
+        )
+        metadata = run_training(config, run_dir, callbacks=[rich_progress_callback(config.train.epochs, steps, start)], resume=resume)
+    except TrainingDiverged as error:
+        fail(str(error), code=1)
+    except (TrainingError, DataError, RunError) as error:
+        fail(str(error))
+    summary = metadata.get(metadata.get("threshold_source", ""), {})
+    console.print(
+        f"[bold green]Done:[/] {run_dir}  threshold {metadata.get('threshold')!s:.6}"
+        + (f"  {metadata['threshold_source']} EER {summary['eer']:.1%}  AUC {summary['auc']:.4f}" if summary else "")
+    )
 
 
 if __name__ == "__main__":

@@ -20,3 +20,9 @@ def pk_labels(num_identities: int, images_per_identity: int) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One tfds storage folder for the whole session (ORL is prepared once)."""
+    return str(tmp_path_factory.mktemp("tfds"))

@@ -23,11 +23,6 @@ from facetrip.data.folder import folder_builder
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="session")
 def orl(data_dir):
     return load_faces("orl_faces", data_dir=data_dir)
 

@@ -1,0 +1,161 @@
+"""The training configuration: typed sections whose defaults are the one source of truth.
+
+``configs/default.toml`` mirrors these defaults for users to read and copy (a test keeps
+the two identical). ``facetrip train --config FILE`` reads a TOML file with any subset of
+the sections; command-line flags override single values; the config actually used is
+saved with the run as ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """An unreadable config file, an unknown key, or a value of the wrong type."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: str = "orl_faces"  # orl_faces | folder:PATH | tfds:NAME[:SPLIT]
+    data_dir: str = ""  # tfds storage; "" means tfds' default (~/tensorflow_datasets)
+    image_size: list = dataclasses.field(default_factory=lambda: [56, 46])  # height, width
+    channels: int = 1  # 1 (grey) or 3 (RGB)
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    test: float = 10  # identities for test: a count (>= 1) or a fraction (< 1)
+    dev: float = 5  # identities for dev: threshold calibration and checkpoint choice
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    identities_per_batch: int = 16  # P
+    images_per_identity: int = 4  # K
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    enabled: bool = True
+    flip: bool = True
+    max_shift: float = 0.08  # random translation, fraction of height / width
+    brightness: float = 0.1
+    contrast: float = 0.2
+
+
+@dataclasses.dataclass
+class LossConfig:
+    strategy: str = "batch_hard"  # batch_all | batch_hard | semi_hard | offline
+    margin: Union[float, str] = 0.2  # a number >= 0, or "soft"
+    metric: str = "euclidean"  # euclidean | squared | cosine
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = "resnet_small"  # resnet_small | resnet50
+    width: int = 32  # channels of the first resnet_small stage (doubling per stage)
+    embedding_dim: int = 128
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 40
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    precision: str = "float32"  # float32 | bf16
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Defaults updated by ``data`` ({section: {key: value}}); unknown names are errors."""
+        config = cls()
+        for section_name, values in data.items():
+            if section_name not in SECTIONS:
+                raise ConfigError(f"Unknown config section [{section_name}]: expected one of {', '.join(SECTIONS)}.")
+            if not isinstance(values, dict):
+                raise ConfigError(f"Config section [{section_name}] must be a table of keys.")
+            for key, value in values.items():
+                config.set(f"{section_name}.{key}", value)
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {path} does not exist.") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"Config file {path} is not valid TOML: {error}.") from None
+        return cls.from_dict(data)
+
+    def set(self, dotted_key: str, value: Any) -> None:
+        """Set ``section.key`` to ``value``, checked against the default's type."""
+        section_name, _, key = dotted_key.partition(".")
+        section = getattr(self, section_name, None) if section_name in SECTIONS else None
+        if section is None or key not in {field.name for field in dataclasses.fields(section)}:
+            raise ConfigError(f"Unknown config key {dotted_key!r}.")
+        setattr(section, key, _checked(dotted_key, getattr(section, key), value))
+
+
+SECTIONS = tuple(field.name for field in dataclasses.fields(Config))
+
+
+def _checked(name: str, default: Any, value: Any) -> Any:
+    if name == "loss.margin":
+        if isinstance(value, str) and value.lower() == "soft":
+            return "soft"
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        raise ConfigError(f"loss.margin must be a number >= 0 or 'soft', not {value!r}.")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}.")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ConfigError(f"{name} must be a whole number, not {value!r}.")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, not {value!r}.")
+        return float(value)
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise ConfigError(f"{name} must be a list of {len(default)} values, not {value!r}.")
+        return [_checked(name, default[0], item) for item in value]
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, not {value!r}.")
+        return value
+    return value

@@ -1,0 +1,290 @@
+"""The training workflow: data, model, loss and Keras callbacks, checkpoints, export.
+
+Online strategies (batch_all, batch_hard, semi_hard) run through ``model.fit`` on P x K
+batches with :class:`~facetrip.losses.TripletLoss`, so the train step is Keras' own
+(stateless per step, ready for a ``tf.distribute`` strategy). Checkpoints are Keras'
+``BackupAndRestore`` (double-buffered), so ``--resume`` after a crash or ``kill -9``
+continues from the last completed epoch; the exported ``model.keras`` and metadata are
+replaced atomically after every epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from facetrip import __version__
+from facetrip.config import Config
+from facetrip.runs import (
+    BACKUP_DIR,
+    CONFIG_FILE,
+    LOGS_DIR,
+    METADATA_FILE,
+    METADATA_FORMAT,
+    METRICS_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    save_model_atomically,
+)
+
+logger = logging.getLogger(__name__)
+
+ONLINE_STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingError(ValueError):
+    """A configuration or run directory that cannot be trained: one line saying why."""
+
+
+def completed_epochs(run_dir: Path) -> int:
+    """Epochs a run has completed, from its Keras backup (0 for a fresh run)."""
+    import json
+
+    metadata = Path(run_dir) / BACKUP_DIR / "training_metadata.json"
+    if metadata.is_file():
+        return int(json.loads(metadata.read_text()).get("epoch", 0))
+    finished = Path(run_dir) / METADATA_FILE
+    if finished.is_file():
+        return int(json.loads(finished.read_text()).get("epochs_completed", 0))
+    return 0
+
+
+def _callbacks_module():
+    import keras
+
+    class StopOnNonFiniteLoss(keras.callbacks.Callback):
+        """Abort (raise) at the first NaN / Inf loss, before any checkpoint can store it."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise TrainingDiverged(
+                    f"The loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}: training stopped and the "
+                    f"last good checkpoint was kept. Lower the learning rate (--lr) and resume or retrain."
+                )
+
+    class LogLearningRate(keras.callbacks.Callback):
+        """Put the current learning rate into the epoch logs (for TensorBoard and metrics.csv)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    class ExportEveryEpoch(keras.callbacks.Callback):
+        """Replace model.keras atomically after every epoch, so a crash leaves a usable model."""
+
+        def __init__(self, run_dir: Path, write_metadata):
+            super().__init__()
+            self.run_dir = run_dir
+            self.write_metadata = write_metadata
+
+        def on_epoch_end(self, epoch, logs=None):
+            save_model_atomically(self.model, self.run_dir / MODEL_FILE)
+            self.write_metadata(epochs_completed=epoch + 1)
+
+    return StopOnNonFiniteLoss, LogLearningRate, ExportEveryEpoch
+
+
+def prepare_run_dir(config: Config, run_dir: Path) -> None:
+    """Write the config a new run uses; refuse a directory that already holds a run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / CONFIG_FILE).exists():
+        raise TrainingError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, or pick another --run-dir.")
+    atomic_write_text(run_dir / CONFIG_FILE, config.to_toml())
+
+
+def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), resume: bool = False) -> dict[str, Any]:
+    """Train an embedding model into ``run_dir`` and return its metadata.
+
+    Args:
+        config: the configuration (already saved in ``run_dir`` by :func:`prepare_run_dir`).
+        run_dir: the run directory.
+        callbacks: extra Keras callbacks (the CLI's progress display).
+        resume: continue from the last completed epoch in ``run_dir``.
+
+    Returns:
+        The metadata written to ``metadata.json``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN / Inf.
+        TrainingError, DataError: the config or data cannot be trained on.
+    """
+    import keras
+
+    from facetrip.data import Augmentation, IdentitySplit, PKSampler, load_faces, pk_dataset, split_identities
+    from facetrip.losses import TripletLoss, resolve_metric, resolve_strategy, triplet_metrics
+    from facetrip.model import build_embedding_model
+
+    run_dir = Path(run_dir)
+    if config.loss.strategy == "offline":
+        raise TrainingError("--strategy offline is not available yet: use batch_all, batch_hard or semi_hard.")
+    strategy = resolve_strategy(config.loss.strategy)
+    metric = resolve_metric(config.loss.metric)
+    if config.train.precision not in ("float32", "bf16"):
+        raise TrainingError(f"precision must be float32 or bf16, not {config.train.precision!r}.")
+
+    faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
+    split_path = run_dir / SPLIT_FILE
+    if resume and split_path.is_file():
+        split = IdentitySplit.load(split_path)
+    else:
+        split = split_identities(faces.identity_names, dev=config.split.dev, test=config.split.test, seed=config.split.seed)
+        split.save(split_path)
+    train_faces = faces.restricted_to(split.train)
+    sampler = PKSampler(
+        train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity, seed=config.train.seed
+    )
+    image_size = tuple(config.data.image_size)
+    start_epoch = completed_epochs(run_dir) if resume else 0
+    if start_epoch >= config.train.epochs:
+        raise TrainingError(f"{run_dir} already completed its {config.train.epochs} epochs: nothing to resume.")
+
+    augmentation = None
+    if config.augment.enabled:
+        augmentation = Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness, config.augment.contrast)
+    dataset = pk_dataset(
+        train_faces, sampler, image_size, config.data.channels, epochs=range(start_epoch, config.train.epochs), augmentation=augmentation
+    )
+
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.utils.set_random_seed(config.train.seed)
+    try:
+        if config.train.precision == "bf16":
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        model = build_embedding_model(
+            input_shape=(*image_size, config.data.channels),
+            embedding_dim=config.model.embedding_dim,
+            backbone=config.model.backbone,
+            width=config.model.width,
+            dropout=config.model.dropout,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    total_steps = config.train.epochs * sampler.batches_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.train.learning_rate, decay_steps=total_steps, alpha=0.01
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.train.weight_decay),
+        loss=TripletLoss(strategy=strategy, margin=config.loss.margin, metric=metric),
+        metrics=triplet_metrics(margin=config.loss.margin, metric=metric),
+    )
+
+    def write_metadata(**extra):
+        metadata = {
+            "format": METADATA_FORMAT,
+            "facetrip_version": __version__,
+            "keras_version": keras.__version__,
+            "source": faces.source,
+            "image_size": list(image_size),
+            "channels": config.data.channels,
+            "embedding_dim": config.model.embedding_dim,
+            "backbone": config.model.backbone,
+            "strategy": strategy,
+            "metric": metric,
+            "margin": config.loss.margin,
+            "epochs": config.train.epochs,
+            "split": split.to_dict(),
+            **extra,
+        }
+        previous = run_dir / METADATA_FILE
+        if previous.is_file():
+            import json
+
+            kept = json.loads(previous.read_text())
+            metadata = {**{key: kept[key] for key in ("threshold", "threshold_source", "dev") if key in kept}, **metadata}
+        atomic_write_json(previous, metadata)
+        return metadata
+
+    stop_on_nan, log_learning_rate, export_every_epoch = _callbacks_module()
+    all_callbacks = [
+        stop_on_nan(),
+        keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True),
+        log_learning_rate(),
+        keras.callbacks.CSVLogger(str(run_dir / METRICS_FILE), append=True),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / LOGS_DIR), write_graph=False, profile_batch=0),
+        export_every_epoch(run_dir, write_metadata),
+        *callbacks,
+    ]
+    model.fit(dataset, epochs=config.train.epochs, steps_per_epoch=sampler.batches_per_epoch, callbacks=all_callbacks, verbose=0, shuffle=False)
+
+    calibration = calibrate_threshold(model, faces, split, config, metric)
+    metadata = write_metadata(epochs_completed=config.train.epochs, **calibration)
+    plot_metrics(run_dir)
+    return metadata
+
+
+def embed_faces(model, faces, image_size, channels, batch_size: int = 128):
+    """(N, D) embeddings of every image of ``faces``, in order."""
+    import numpy as np
+
+    from facetrip.data import image_dataset
+
+    dataset = image_dataset(faces, tuple(image_size), channels, batch_size=batch_size).map(lambda images, labels: images)
+    return np.asarray(model.predict(dataset, verbose=0), np.float32)
+
+
+def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dict[str, Any]:
+    """The verification threshold at the equal-error point on dev identities (train if there are none)."""
+    from facetrip.evaluation import pair_distances, verification_summary
+
+    source = "dev" if len(split.dev) >= 2 else "train"
+    subset = faces.restricted_to(split.dev if source == "dev" else split.train)
+    embeddings = embed_faces(model, subset, config.data.image_size, config.data.channels)
+    distances, same = pair_distances(embeddings, subset.labels, metric)
+    try:
+        summary = verification_summary(distances, same)
+    except ValueError:
+        logger.warning("Could not calibrate a threshold: the %s identities give no same/different pairs.", source)
+        return {"threshold": None, "threshold_source": source}
+    return {"threshold": summary["eer_threshold"], "threshold_source": source, source: summary}
+
+
+def plot_metrics(run_dir: Path) -> None:
+    """metrics.csv as training_curves.png (loss, fraction of positive triplets, distances, learning rate)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    panels = [
+        ("loss", ["loss"]),
+        ("fraction of positive triplets", ["fraction_positive_triplets"]),
+        ("hardest distances", ["hardest_positive_dist", "hardest_negative_dist"]),
+        ("learning rate", ["learning_rate"]),
+    ]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for axis, (title, keys) in zip(axes, panels):
+        for key in keys:
+            if key in rows[0]:
+                axis.plot(epochs, [float(row[key]) for row in rows], label=key)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        if len(keys) > 1:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    temporary = run_dir / ".training_curves.partial.png"
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    temporary.replace(run_dir / "training_curves.png")

@@ -1,0 +1,646 @@
+"""Benchmark the P x K data pipeline against the training step it has to feed.
+
+Reproduce (from the repository root; about 5 minutes on 2 CPU cores)::
+
+    .venv/bin/python scripts/bench_data.py --output docs/bench_data.md
+    .venv/bin/python scripts/bench_data.py --quick                      # smoke test, about 1 minute
+
+Everything runs in one process, one measurement after the other (never two at once),
+with tfds writing into a temporary ``data_dir`` (nothing lands in ~/tensorflow_datasets):
+
+1. Pipeline throughput: ``pk_dataset`` with P = 16, K = 4 (batch 64) at 56 x 46 x 1,
+   augmentation off and on (``facetrip.data.Augmentation()``), on ORL
+   (``load_faces("orl_faces")``, 6 batches an epoch, so ``epochs=range(N)``) and on a
+   synthetic folder (5,000 identities x 4 JPEGs of 32 x 32, written with PIL and loaded
+   with ``load_faces("folder:TMP")``; the time to prepare it through tfds is reported).
+   Each run builds a fresh dataset, drops its first batches (warm-up) and times the
+   rest: batches/s and images/s, median of the runs.
+2. Training step: the default embedding model (``facetrip.model.build_embedding_model()``
+   when that exists, else a stand-in ResNet-18-like network), batch 64, one
+   ``tf.function`` step of batch-hard triplet loss (margin 0.2) and Adam, float32,
+   median of the timed steps after warm-up.
+3. Ratio: pipeline batches/s over model steps/s; target >= 10x (PASS / FAIL).
+4. Host-side index generation: ``PKSampler`` construction and ``epoch(0)`` for 100,000
+   identities (1 to 20 images each, and exactly 10 each = 1M images); target < 5 s.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # before TensorFlow is imported anywhere
+
+import argparse
+import contextlib
+import datetime
+import gc
+import logging
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+IDENTITIES_PER_BATCH = 16  # P
+IMAGES_PER_IDENTITY = 4  # K
+BATCH_SIZE = IDENTITIES_PER_BATCH * IMAGES_PER_IDENTITY
+IMAGE_SIZE = (56, 46)
+CHANNELS = 1
+MARGIN = 0.2
+RATIO_TARGET = 10.0
+SAMPLER_TARGET_SECONDS = 5.0
+COMMAND = ".venv/bin/python scripts/bench_data.py --output docs/bench_data.md"
+
+
+# ================================================================================= results
+
+
+@dataclass
+class PipelineResult:
+    """Throughput of one (source, augmentation) pair over several runs."""
+
+    source: str
+    augmentation: bool
+    batches_per_epoch: int
+    epochs: int
+    batches_timed: int
+    batches_per_second: list[float] = field(default_factory=list)
+    first_batch_seconds: list[float] = field(default_factory=list)
+    other_load: list[float] = field(default_factory=list)  # cores used by other processes, per run
+
+    @property
+    def median_batches_per_second(self) -> float:
+        return statistics.median(self.batches_per_second)
+
+    @property
+    def median_images_per_second(self) -> float:
+        return self.median_batches_per_second * BATCH_SIZE
+
+
+@dataclass
+class SourceInfo:
+    """A loaded source and what it took to get it."""
+
+    name: str
+    faces: object
+    prepare_seconds: float  # first load_faces: tfds prepare + read back
+    reload_seconds: float | None = None  # second load_faces: already prepared
+    generate_seconds: float | None = None  # writing the synthetic images
+
+
+@dataclass
+class ModelResult:
+    name: str
+    parameters: int
+    input_shape: tuple
+    step_seconds: list[float]
+    other_load: float | None = None
+
+    @property
+    def median_step(self) -> float:
+        return statistics.median(self.step_seconds)
+
+    @property
+    def steps_per_second(self) -> float:
+        return 1.0 / self.median_step
+
+
+@dataclass
+class SamplerResult:
+    case: str
+    identities: int
+    images: int
+    usable_identities: int
+    left_out: int
+    batches_per_epoch: int
+    construct_seconds: list[float]
+    epoch_seconds: list[float]
+    coverage: float  # distinct usable images in epoch(0) / usable images
+
+    @property
+    def total_median(self) -> float:
+        return statistics.median(self.construct_seconds) + statistics.median(self.epoch_seconds)
+
+
+# =============================================================================== set-up
+
+
+def import_tensorflow_quietly():
+    """TensorFlow, tfds and Keras with their start-up chatter and progress bars off."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    import absl.logging
+    import tensorflow_datasets as tfds
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tfds.disable_progress_bar()
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    return tf
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the report goes to stdout)."""
+    print(f"[bench_data {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes on the machine have been busy (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(value) for value in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process, all threads."""
+    times = os.times()
+    return times.user + times.system
+
+
+class OtherLoad:
+    """CPU use of *other* processes (in cores) between ``start()`` and ``stop()``: machine busy minus ours."""
+
+    def start(self) -> "OtherLoad":
+        self._machine, self._own, self._wall = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
+        return self
+
+    def stop(self) -> float | None:
+        machine = machine_busy_seconds()
+        if machine is None or self._machine is None:
+            return None
+        wall = time.perf_counter() - self._wall
+        return max(0.0, (machine - self._machine) - (own_cpu_seconds() - self._own)) / max(wall, 1e-9)
+
+
+class QuietWaiter:
+    """Waits, before each measurement, until other processes use under ``threshold`` cores.
+
+    The machine is shared; waiting keeps other jobs' bursts out of the timings. The total
+    wait is capped at ``budget`` seconds per benchmark (after that it measures regardless).
+    """
+
+    def __init__(self, threshold: float, budget: float, sample_seconds: float = 2.0):
+        self.threshold, self.budget, self.sample_seconds = threshold, budget, sample_seconds
+        self.waited = 0.0
+
+    def wait(self) -> None:
+        while self.waited < self.budget:
+            monitor = OtherLoad().start()
+            time.sleep(self.sample_seconds)
+            load = monitor.stop()
+            if load is None or load < self.threshold:
+                return
+            self.waited += self.sample_seconds
+            log(f"  other processes use {load:.2f} cores: waiting ({self.waited:.0f} of {self.budget:.0f} s)")
+
+
+def write_synthetic_folder(root: Path, identities: int, images_per_identity: int, size: int, seed: int = 0) -> int:
+    """Write ``root/idNNNNN/K.jpg``: RGB JPEGs of ``size`` x ``size``, smooth random faces-ish blobs.
+
+    Each identity gets a random low-resolution base pattern; its images are that pattern
+    upsampled plus per-image noise, so JPEG sizes are realistic (not pure noise). Returns
+    the number of images written.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    count = 0
+    for identity in range(identities):
+        folder = root / f"id{identity:05d}"
+        folder.mkdir(parents=True)
+        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        base = np.asarray(Image.fromarray(base).resize((size, size), Image.BILINEAR), np.int16)  # (size, size, 3)
+        for index in range(images_per_identity):
+            noise = rng.integers(-20, 21, base.shape, dtype=np.int16)
+            pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / f"{index}.jpg", quality=90)
+            count += 1
+    return count
+
+
+def load_source(source: str, data_dir: str, reload: bool = False) -> SourceInfo:
+    """``load_faces(source)`` timed; with ``reload`` a second, already-prepared load is timed too."""
+    from facetrip.data import load_faces
+
+    with contextlib.redirect_stdout(sys.stderr):  # tfds prints "Downloading and preparing ..." to stdout
+        start = time.perf_counter()
+        faces = load_faces(source, data_dir=data_dir)
+        prepare = time.perf_counter() - start
+        reload_seconds = None
+        if reload:
+            start = time.perf_counter()
+            faces = load_faces(source, data_dir=data_dir)
+            reload_seconds = time.perf_counter() - start
+    return SourceInfo(source, faces, prepare, reload_seconds)
+
+
+# ============================================================================ measurements
+
+
+def check_batch(images: np.ndarray, labels: np.ndarray) -> None:
+    """Sanity check of one P x K batch: shape, range, and P distinct identities of K images each."""
+    if images.shape != (BATCH_SIZE, *IMAGE_SIZE, CHANNELS) or not (0.0 <= images.min() and images.max() <= 1.0):
+        raise RuntimeError(f"unexpected batch: shape {images.shape}, range [{images.min()}, {images.max()}]")
+    groups = labels.reshape(IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY)  # (P, K)
+    if not (groups == groups[:, :1]).all() or len(np.unique(groups[:, 0])) != IDENTITIES_PER_BATCH:
+        raise RuntimeError(f"batch is not P x K: labels {labels.tolist()}")
+
+
+def measure_pipeline(
+    info: SourceInfo, augment: bool, repeats: int, min_batches: int, warmup_batches: int, waiter: QuietWaiter
+) -> PipelineResult:
+    """Iterate fresh ``pk_dataset`` s (one per run) over whole epochs; time all but the first batches.
+
+    Enough epochs are asked for that at least ``min_batches`` batches are timed after the
+    ``warmup_batches`` dropped ones. Run r uses sampler seed r.
+    """
+    from facetrip.data import Augmentation, PKSampler, pk_dataset
+
+    faces = info.faces
+    probe = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=0)
+    epochs = math.ceil((min_batches + warmup_batches) / probe.batches_per_epoch)
+    result = PipelineResult(
+        source=info.name,
+        augmentation=augment,
+        batches_per_epoch=probe.batches_per_epoch,
+        epochs=epochs,
+        batches_timed=epochs * probe.batches_per_epoch - warmup_batches,
+    )
+    for run in range(repeats):
+        sampler = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=run)
+        dataset = pk_dataset(
+            faces, sampler, IMAGE_SIZE, CHANNELS, epochs=range(epochs), augmentation=Augmentation() if augment else None
+        )
+        waiter.wait()
+        monitor = OtherLoad().start()
+        start = time.perf_counter()
+        iterator = iter(dataset)
+        seen = 0
+        for seen, (images, labels) in enumerate(iterator, start=1):
+            if seen == 1:
+                result.first_batch_seconds.append(time.perf_counter() - start)
+                check_batch(images.numpy(), labels.numpy())
+            if seen == warmup_batches:
+                start = time.perf_counter()
+        elapsed = time.perf_counter() - start
+        other = monitor.stop()
+        if other is not None:
+            result.other_load.append(other)
+        timed = seen - warmup_batches
+        if timed != result.batches_timed:
+            raise RuntimeError(f"{info.name}: timed {timed} batches, expected {result.batches_timed}")
+        result.batches_per_second.append(timed / elapsed)
+        del iterator, dataset
+        gc.collect()
+        log(f"  {info.name} augmentation={'on' if augment else 'off'} run {run + 1}: {timed / elapsed:.1f} batches/s")
+    return result
+
+
+def residual_block(x, width: int, stride: int):
+    """A basic ResNet block: 3x3 conv - BN - ReLU - 3x3 conv - BN, plus a (projected) shortcut, ReLU."""
+    import keras
+
+    shortcut = x
+    y = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False)(x)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.ReLU()(y)
+    y = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(y)
+    y = keras.layers.BatchNormalization()(y)
+    if stride != 1 or x.shape[-1] != width:
+        shortcut = keras.layers.Conv2D(width, 1, strides=stride, use_bias=False)(x)
+        shortcut = keras.layers.BatchNormalization()(shortcut)
+    return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+
+
+def stand_in_model(input_shape=(*IMAGE_SIZE, CHANNELS), widths=(32, 64, 128, 256), embedding_dim: int = 128):
+    """ResNet-18-like embedding network, the stand-in until facetrip ships its default model.
+
+    Stem 3x3 conv (stride 1) - BN - ReLU; 4 stages of 2 basic blocks with widths
+    ``widths``, the first block of stages 2-4 at stride 2 (56 x 46 -> 7 x 6); global
+    average pooling; Dense(``embedding_dim``); L2 normalisation.
+    """
+    import keras
+
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    for stage, width in enumerate(widths):
+        for block in range(2):
+            x = residual_block(x, width, stride=2 if stage > 0 and block == 0 else 1)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(embedding_dim)(x)
+    outputs = keras.layers.UnitNormalization(axis=-1)(x)
+    return keras.Model(inputs, outputs, name="resnet18_like_stand_in")
+
+
+def default_model():
+    """``(model, description)``: facetrip's default model if it exists, else the stand-in."""
+    try:
+        from facetrip.model import build_embedding_model
+    except ImportError:
+        return stand_in_model(), "stand-in ResNet-18-like (facetrip.model.build_embedding_model not available yet)"
+    return build_embedding_model(), "facetrip.model.build_embedding_model() (default arguments)"
+
+
+def measure_train_step(steps: int, warmup_steps: int, waiter: QuietWaiter, seed: int = 0) -> ModelResult:
+    """Median time of one ``tf.function`` train step (batch-hard loss, Adam) on a fixed random batch."""
+    import keras
+    import tensorflow as tf
+
+    from facetrip.losses import batch_hard_triplet_loss
+
+    keras.utils.set_random_seed(seed)
+    model, description = default_model()
+    optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+    shape = tuple(model.input_shape[1:]) if model.input_shape and None not in model.input_shape[1:] else (*IMAGE_SIZE, CHANNELS)
+    images = tf.random.stateless_uniform((BATCH_SIZE, *shape), seed=[seed, 1], dtype=tf.float32)
+    labels = tf.constant(np.repeat(np.arange(IDENTITIES_PER_BATCH), IMAGES_PER_IDENTITY), tf.int64)
+
+    @tf.function
+    def train_step(images, labels):
+        with tf.GradientTape() as tape:
+            embeddings = model(images, training=True)  # (B, D)
+            loss = batch_hard_triplet_loss(labels, embeddings, MARGIN)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    for _ in range(warmup_steps):
+        train_step(images, labels).numpy()
+    waiter.wait()
+    monitor = OtherLoad().start()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = train_step(images, labels).numpy()
+        times.append(time.perf_counter() - start)
+    if not np.isfinite(loss):
+        raise RuntimeError(f"train step gave a non-finite loss {loss}")
+    other = monitor.stop()
+    log(f"  model: {statistics.median(times):.3f} s/step")
+    return ModelResult(description, int(model.count_params()), shape, times, other)
+
+
+def spread_labels(identities: int, low: int, high: int, seed: int = 0) -> np.ndarray:
+    """Labels of ``identities`` identities with a seeded uniform number in [low, high] of images each."""
+    counts = np.random.default_rng(seed).integers(low, high + 1, identities)
+    return np.repeat(np.arange(identities), counts)
+
+
+def measure_sampler(case: str, labels: np.ndarray, repeats: int) -> SamplerResult:
+    """``PKSampler`` construction and ``epoch(0)`` times (each run a fresh sampler), plus epoch coverage."""
+    from facetrip.data import PKSampler
+
+    logging.getLogger("facetrip.data.sampler").setLevel(logging.ERROR)  # the left-out warning; counted below
+    construct, epoch_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sampler = PKSampler(labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=0)
+        construct.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        batches = sampler.epoch(0)
+        epoch_times.append(time.perf_counter() - start)
+    usable_images = int(sampler.group_sizes.sum())
+    coverage = len(np.unique(batches)) / usable_images
+    log(f"  sampler {case}: construct {statistics.median(construct):.3f} s, epoch(0) {statistics.median(epoch_times):.3f} s")
+    return SamplerResult(
+        case=case,
+        identities=len(np.unique(labels)),
+        images=len(labels),
+        usable_identities=sampler.num_identities,
+        left_out=sampler.num_left_out,
+        batches_per_epoch=sampler.batches_per_epoch,
+        construct_seconds=construct,
+        epoch_seconds=epoch_times,
+        coverage=coverage,
+    )
+
+
+# ================================================================================= report
+
+
+def seconds(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def pass_fail(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def render_report(args, sources: dict, pipelines: list[PipelineResult], model: ModelResult, samplers: list[SamplerResult]) -> tuple[str, list[str]]:
+    """The markdown report and its PASS / FAIL lines."""
+    import keras
+    import tensorflow as tf
+
+    verdicts = []
+    lines = [
+        "## Data-pipeline benchmark",
+        "",
+        f"Measured {datetime.date.today().isoformat()} with `{COMMAND}`"
+        + (" (here with `--quick`: reduced sizes, not the reference numbers)" if args.quick else "")
+        + f" - TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPU cores, no GPU; tfds data_dir in a temporary folder; "
+        f"1-minute load average {args.load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after.",
+        "",
+        f"P = {IDENTITIES_PER_BATCH} identities x K = {IMAGES_PER_IDENTITY} images = batch {BATCH_SIZE}, "
+        f"images {IMAGE_SIZE[0]} x {IMAGE_SIZE[1]} x {CHANNELS}, float32. "
+        "**Every measurement ran on its own, sequentially in one process: the pipeline throughput was measured "
+        "while nothing else of the benchmark ran (no model, no training step), and the training step while no "
+        "pipeline ran.** The machine is shared: before each measurement the script waited until other processes "
+        f"used under {args.quiet_threshold:g} cores (at most {args.wait_quiet:g} s in total; it waited {args.waited:.0f} s), "
+        "and the *other load* columns give the cores other processes used during each measurement "
+        "(from /proc/stat minus this process; 0 = the machine was ours).",
+        "",
+        "### Sources",
+        "",
+        "| source | images | identities | tfds prepare + load (s) | load again, prepared (s) | writing the images (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for info in sources.values():
+        lines.append(
+            f"| {info.name} | {len(info.faces):,} | {len(info.faces.identity_names):,} | {seconds(info.prepare_seconds)} | "
+            f"{seconds(info.reload_seconds) if info.reload_seconds is not None else ''} | "
+            f"{seconds(info.generate_seconds) if info.generate_seconds is not None else ''} |"
+        )
+    lines += [
+        "",
+        f"Synthetic folder: {args.folder_identities:,} identities x {args.folder_images} RGB JPEGs of "
+        f"{args.folder_size} x {args.folder_size} (quality 90, seeded), written with PIL into a temporary folder and "
+        f"read with `load_faces(\"folder:TMP\")`; prepare = builder fingerprint + tfds `download_and_prepare` + reading back.",
+        "",
+        "### 1. Pipeline throughput (`pk_dataset`, nothing else running)",
+        "",
+        f"Each run: a fresh `PKSampler` (seed = run) and `pk_dataset(..., epochs=range(N))`; the first "
+        f"{args.warmup_batches} batches are dropped, the rest timed. Median of {args.repeats} runs.",
+        "",
+        "| source | augmentation | batches/epoch | epochs | batches timed | batches/s (median) | images/s (median) | runs (batches/s) | first batch (s, median) | other load (cores, per run) |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for result in pipelines:
+        lines.append(
+            f"| {result.source} | {'on' if result.augmentation else 'off'} | {result.batches_per_epoch} | {result.epochs} | "
+            f"{result.batches_timed} | {result.median_batches_per_second:.1f} | {result.median_images_per_second:,.0f} | "
+            f"{', '.join(f'{value:.1f}' for value in result.batches_per_second)} | "
+            f"{statistics.median(result.first_batch_seconds):.3f} | {', '.join(f'{value:.2f}' for value in result.other_load)} |"
+        )
+    stand_in = model.name.startswith("stand-in")
+    lines += [
+        "",
+        "### 2. Training step (nothing else running)",
+        "",
+        f"Model: **{model.name}**."
+        + (
+            " This is a **stand-in until the training issue's default model lands**: stem 3x3 conv 32, "
+            "4 stages x 2 basic residual blocks (widths 32/64/128/256, stages 2-4 start at stride 2), "
+            "global average pooling, Dense 128, L2-normalised."
+            if stand_in
+            else " (Without `facetrip.model.build_embedding_model` the script falls back to a stand-in "
+            "ResNet-18-like network: stem 3x3 conv 32, 4 stages x 2 basic blocks of widths 32/64/128/256, "
+            "Dense 128, L2-normalised.)"
+        ),
+        f"One `tf.function` step: forward (training=True), `batch_hard_triplet_loss(margin={MARGIN})`, gradients, Adam; "
+        f"a fixed random batch of {BATCH_SIZE} x {' x '.join(map(str, model.input_shape))}, float32. "
+        f"{args.model_warmup} warm-up steps, median of {args.model_steps}.",
+        "",
+        "| model | parameters | batch | step median (s) | step min (s) | steps/s | other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| {'stand-in ResNet-18-like' if stand_in else 'facetrip default'} | {model.parameters:,} | {BATCH_SIZE} | "
+        f"{model.median_step:.3f} | {min(model.step_seconds):.3f} | {model.steps_per_second:.2f} | "
+        f"{'' if model.other_load is None else f'{model.other_load:.2f}'} |",
+        "",
+        f"### 3. Pipeline vs training step (target: the pipeline delivers batches >= {RATIO_TARGET:g}x faster than a step consumes them)",
+        "",
+        "Ratio = pipeline batches/s (section 1, measured alone) / model steps/s (section 2, measured alone). "
+        "Both were measured alone; in training they share the same 2 cores, so the ratio is an upper bound "
+        "on the head-room, not a measurement of a concurrent run.",
+        "",
+        "| source | augmentation | pipeline batches/s | model steps/s | ratio | target | result |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for result in pipelines:
+        ratio = result.median_batches_per_second / model.steps_per_second
+        verdict = pass_fail(ratio >= RATIO_TARGET)
+        lines.append(
+            f"| {result.source} | {'on' if result.augmentation else 'off'} | {result.median_batches_per_second:.1f} | "
+            f"{model.steps_per_second:.2f} | {ratio:.1f}x | >= {RATIO_TARGET:g}x | {verdict} |"
+        )
+        verdicts.append(
+            f"{verdict}: pipeline/step ratio {ratio:.1f}x >= {RATIO_TARGET:g}x "
+            f"({result.source}, augmentation {'on' if result.augmentation else 'off'})"
+        )
+    lines += [
+        "",
+        f"### 4. Host-side index generation (`PKSampler`, target: construction + `epoch(0)` < {SAMPLER_TARGET_SECONDS:g} s)",
+        "",
+        f"Median of {args.repeats} runs, each a fresh `PKSampler(labels, P={IDENTITIES_PER_BATCH}, K={IMAGES_PER_IDENTITY}, seed=0)`. "
+        "Coverage = distinct images in `epoch(0)` / images of usable identities (identities with one image are left out).",
+        "",
+        "| labels | identities | images | usable identities | batches/epoch | construction (s) | epoch(0) (s) | total (s) | epoch coverage | result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for result in samplers:
+        verdict = pass_fail(result.total_median < SAMPLER_TARGET_SECONDS)
+        lines.append(
+            f"| {result.case} | {result.identities:,} | {result.images:,} | {result.usable_identities:,} | "
+            f"{result.batches_per_epoch:,} | {statistics.median(result.construct_seconds):.3f} | "
+            f"{statistics.median(result.epoch_seconds):.3f} | {result.total_median:.3f} | {result.coverage:.1%} | {verdict} |"
+        )
+        verdicts.append(f"{verdict}: PKSampler construction + epoch(0) {result.total_median:.2f} s < {SAMPLER_TARGET_SECONDS:g} s ({result.case})")
+    lines += ["", "### Verdicts", "", *[f"- {verdict}" for verdict in verdicts]]
+    return "\n".join(lines), verdicts
+
+
+# =================================================================================== main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here (e.g. docs/bench_data.md)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline / sampler measurement (median reported)")
+    parser.add_argument("--min-batches", type=int, default=120, help="at least this many batches timed per pipeline run")
+    parser.add_argument("--warmup-batches", type=int, default=5, help="batches dropped at the start of each pipeline run")
+    parser.add_argument("--model-steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--model-warmup", type=int, default=3, help="untimed training steps first (the first one traces)")
+    parser.add_argument("--folder-identities", type=int, default=5000, help="identities in the synthetic folder")
+    parser.add_argument("--folder-images", type=int, default=4, help="images per identity in the synthetic folder")
+    parser.add_argument("--folder-size", type=int, default=32, help="side of the synthetic JPEGs")
+    parser.add_argument("--sampler-identities", type=int, default=100_000, help="identities for the PKSampler timing")
+    parser.add_argument("--quiet-threshold", type=float, default=0.25,
+                        help="before each measurement wait until other processes use fewer cores than this")
+    parser.add_argument("--wait-quiet", type=float, default=180.0, help="total seconds to wait for a quiet machine, at most")
+    parser.add_argument("--quick", action="store_true", help="smoke test: small sizes, 1 run (numbers not representative)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.min_batches, args.model_steps, args.model_warmup = 1, 20, 3, 1
+        args.folder_identities, args.sampler_identities = 200, 10_000
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    args.load_before = os.getloadavg()[0]
+    import_tensorflow_quietly()
+
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as scratch:
+        data_dir = str(Path(scratch) / "tfds")
+        folder = Path(scratch) / "faces"
+
+        log("loading ORL through tfds")
+        sources = {"orl": load_source("orl_faces", data_dir, reload=True)}
+
+        log(f"writing {args.folder_identities} x {args.folder_images} synthetic JPEGs")
+        start = time.perf_counter()
+        write_synthetic_folder(folder, args.folder_identities, args.folder_images, args.folder_size)
+        generate_seconds = time.perf_counter() - start
+        log("preparing the synthetic folder through tfds")
+        sources["folder"] = load_source(f"folder:{folder}", data_dir, reload=True)
+        sources["folder"].name = f"synthetic folder ({args.folder_identities:,} x {args.folder_images})"
+        sources["folder"].generate_seconds = generate_seconds
+
+        waiter = QuietWaiter(args.quiet_threshold, args.wait_quiet)
+        pipelines = []
+        for key in ("orl", "folder"):
+            for augment in (False, True):
+                log(f"pipeline: {sources[key].name}, augmentation {'on' if augment else 'off'}")
+                pipelines.append(
+                    measure_pipeline(sources[key], augment, args.repeats, args.min_batches, args.warmup_batches, waiter)
+                )
+
+    gc.collect()
+    log("training step")
+    model = measure_train_step(args.model_steps, args.model_warmup, waiter)
+
+    log("PKSampler index generation")
+    identities = args.sampler_identities
+    samplers = [
+        measure_sampler("1-20 images each (uniform, seed 0)", spread_labels(identities, 1, 20), args.repeats),
+        measure_sampler("exactly 10 images each", np.repeat(np.arange(identities), 10), args.repeats),
+    ]
+
+    args.waited = waiter.waited
+    report, verdicts = render_report(args, sources, pipelines, model, samplers)
+    report += f"\n\nTotal benchmark time: {time.perf_counter() - started:.0f} s.\n"
+    print(report)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report)
+        log(f"wrote {args.output}")
+    return 0 if all(verdict.startswith("PASS") for verdict in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

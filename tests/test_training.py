@@ -1,0 +1,147 @@
+"""Config, the training workflow and `facetrip train`: run directories, resume, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from facetrip.cli import app
+from facetrip.config import Config, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "tests" / "tiny.toml")
+
+
+# --------------------------------------------------------------------------------- config
+
+
+def test_default_toml_mirrors_the_code_defaults():
+    assert Config.from_toml(REPO / "configs" / "default.toml") == Config()
+
+
+def test_config_overrides_round_trip_and_errors(tmp_path):
+    config = Config.from_toml(TINY)
+    assert config.model.width == 4 and config.loss.strategy == "batch_hard"  # untouched keys keep defaults
+    config.set("loss.margin", "soft")
+    config.set("data.image_size", [20, 18])
+    path = tmp_path / "saved.toml"
+    path.write_text(config.to_toml())
+    assert Config.from_toml(path) == config
+    for key, value, message in (
+        ("loss.margin", -1, "margin"),
+        ("train.epochs", "ten", "whole number"),
+        ("train.epoch", 3, "Unknown config key"),
+        ("data.image_size", [1, 2, 3], "list of 2"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            Config().set(key, value)
+    path.write_text("[model\nwidth = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Config.from_toml(path)
+    with pytest.raises(ConfigError, match="Unknown config section"):
+        Config.from_dict({"optimiser": {}})
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def run_cli(*arguments):
+    return CliRunner().invoke(app, [str(argument) for argument in arguments])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("train", "--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--strategy", "batch_all")
+    assert result.exit_code == 0, result.output
+    return run_dir, result.output
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run_directory(finished_run):
+    from facetrip.runs import load_embedding_model, read_metadata
+
+    run_dir, output = finished_run
+    for name in ("model.keras", "metadata.json", "config.toml", "split.json", "metrics.csv", "training_curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "logs").rglob("events.out.tfevents*"))
+    assert not (run_dir / "backup").exists()  # Keras removes its backup once training completes
+    metadata = read_metadata(run_dir)
+    assert metadata["epochs_completed"] == 2 and metadata["strategy"] == "batch_all"
+    assert metadata["image_size"] == [16, 14] and metadata["channels"] == 1 and metadata["embedding_dim"] == 8
+    assert isinstance(metadata["threshold"], float) and metadata["threshold_source"] == "dev"
+    assert set(metadata["split"]["test"]).isdisjoint(metadata["split"]["train"])
+    assert Config.from_toml(run_dir / "config.toml").loss.strategy == "batch_all"
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "fraction_positive_triplets" in rows[0] and "learning_rate" in rows[0]
+    model = load_embedding_model(run_dir)
+    embeddings = model.predict(np.random.default_rng(0).uniform(size=(3, 16, 14, 1)).astype("float32"), verbose=0)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+    assert "epoch 2/2" in " ".join(output.split()) and "Done:" in output
+
+
+@pytest.mark.slow
+def test_resume_continues_after_kill_9(tmp_path, data_dir):
+    """Kill a training process after its second epoch, resume, and finish all epochs."""
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "facetrip.cli", "train", "--config", TINY, "--epochs", "5",
+               "--run-dir", str(run_dir), "--data-dir", data_dir]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backup_state = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if backup_state.is_file() and json.loads(backup_state.read_text() or "{}").get("epoch", 0) >= 2:
+                break
+            if process.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not reach epoch 2 in time")
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    completed_before = json.loads(backup_state.read_text())["epoch"]
+    assert 2 <= completed_before < 5
+
+    result = run_cli("train", "--resume", run_dir)
+    assert result.exit_code == 0, result.output
+    assert f"resuming after epoch {completed_before}" in " ".join(result.output.split())
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["epochs_completed"] == 5
+    epochs_logged = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs_logged[-1] == 4 and set(range(5)) <= set(epochs_logged)
+
+    again = run_cli("train", "--resume", run_dir)
+    assert again.exit_code == 2 and "nothing to resume" in " ".join(again.output.split())
+
+
+def test_train_errors_are_one_line(tmp_path, data_dir):
+    result = run_cli("train", "--resume", tmp_path)
+    assert result.exit_code == 2 and "not a facetrip run directory" in " ".join(result.output.split())
+    result = run_cli("train", "--margin", "wide", "--run-dir", tmp_path / "x")
+    assert result.exit_code == 2 and "--margin must be" in " ".join(result.output.split())
+    result = run_cli("train", "--config", tmp_path / "missing.toml")
+    assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "config.toml").write_text("")
+    result = run_cli("train", "--config", TINY, "--run-dir", tmp_path / "used", "--data-dir", data_dir)
+    assert result.exit_code == 2 and "already holds a run" in " ".join(result.output.split())
+
+
+def test_nan_loss_stops_training_with_a_clear_message():
+    from facetrip.training import TrainingDiverged, _callbacks_module
+
+    stop_on_nan, _, _ = _callbacks_module()
+    callback = stop_on_nan()
+    callback.on_epoch_begin(3)
+    callback.on_train_batch_end(0, {"loss": 0.5})
+    with pytest.raises(TrainingDiverged, match="epoch 4, step 2.*last good checkpoint"):
+        callback.on_train_batch_end(1, {"loss": float("nan")})
