@@ -281,5 +281,102 @@ def _train_into(config, run_dir: Path, resume: bool) -> None:
     )
 
 
+RUN_HELP = "Run directory (default: the latest finished run under runs/)."
+
+
+def _load_run(run: Optional[Path]):
+    """The run to use, loaded; one-line error if there is none or it cannot be loaded."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    from facetrip.inference import Run
+    from facetrip.runs import RunError, latest_run
+
+    try:
+        return Run.load(run if run is not None else latest_run())
+    except RunError as error:
+        fail(str(error))
+
+
+@app.command()
+def verify(
+    first_image: Path = typer.Argument(..., help="First photo (jpg, png, pgm, bmp, ...; grey or colour, any size)."),
+    second_image: Path = typer.Argument(..., help="Second photo."),
+    run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, for scripts."),
+) -> None:
+    """Are two photos the same person? Prints the distance, the run's threshold and the verdict."""
+    import json
+
+    from facetrip.data import ImageReadError
+    from facetrip.data.images import decode_file
+    from facetrip.inference import verify as verify_pair
+
+    for image in (first_image, second_image):  # fail on a bad file before loading TensorFlow
+        try:
+            decode_file(image)
+        except ImageReadError as error:
+            fail(str(error))
+    loaded = _load_run(run)
+    try:
+        result = verify_pair(loaded, first_image, second_image)
+    except ImageReadError as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    verdict = {True: "[bold green]same person[/]", False: "[bold red]different people[/]", None: "no threshold in this run"}
+    table = Table(title=f"facetrip verify ({loaded.path})")
+    for column in ("image 1", "image 2", f"{result['metric']} distance", "threshold", "verdict"):
+        table.add_column(column)
+    threshold = "-" if result["threshold"] is None else f"{result['threshold']:.4f}"
+    table.add_row(first_image.name, second_image.name, f"{result['distance']:.4f}", threshold, verdict[result["same_person"]])
+    console.print(table)
+
+
+@app.command()
+def embed(
+    inputs: Optional[list[Path]] = typer.Argument(None, help="Image files or folders (folder name = label)."),
+    run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
+    data_source: Optional[str] = typer.Option(None, "--data", help="Embed a data source instead of files: " + DATA_HELP),
+    split: str = typer.Option("test", help="With --data (or no inputs): train | dev | test | all identities of the run's split."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default RUN/embeddings-SPLIT or RUN/embeddings)."),
+) -> None:
+    """Embed images with a run's model: embeddings.npy, metadata.tsv and TensorBoard projector files."""
+    from facetrip.data import DataError, ImageReadError, IdentitySplit
+    from facetrip.inference import collect_images, write_embeddings
+    from facetrip.training import embed_faces
+
+    setup_logging()
+    loaded = _load_run(run)
+    try:
+        if inputs:
+            paths, labels = collect_images(inputs)
+            if not paths:
+                fail("No image files found in the given inputs.")
+            with console.status(f"Embedding {len(paths)} images ..."):
+                embeddings = loaded.embed_files(paths)
+            target = output or loaded.path / "embeddings"
+        else:
+            faces = load_source(data_source or loaded.metadata["source"], data_dir)
+            if split != "all":
+                faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+            if not len(faces):
+                fail(f"The {split} split of {faces.source} holds no images.")
+            with console.status(f"Embedding {len(faces)} images ..."):
+                embeddings = embed_faces(loaded.model, faces, loaded.image_size, loaded.channels)
+            labels = [faces.identity_names[label] for label in faces.labels]
+            paths = list(faces.file_names)
+            target = output or loaded.path / f"embeddings-{split}"
+    except (DataError, ImageReadError) as error:
+        fail(str(error))
+    written = write_embeddings(target, embeddings, labels, paths)
+    console.print(
+        f"Wrote {len(embeddings)} embeddings of size {embeddings.shape[1]} to {target}/ "
+        f"({', '.join(path.name for path in written.values())}); view with: tensorboard --logdir {target}"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
@@ -26,3 +27,25 @@ def rng():
 def data_dir(tmp_path_factory):
     """One tfds storage folder for the whole session (ORL is prepared once)."""
     return str(tmp_path_factory.mktemp("tfds"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "tests" / "tiny.toml")
+
+
+def run_cli(*arguments):
+    """Invoke the facetrip CLI in-process (Typer's test runner)."""
+    from typer.testing import CliRunner
+
+    from facetrip.cli import app
+
+    return CliRunner().invoke(app, [str(argument) for argument in arguments])
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, data_dir):
+    """A tiny batch_all run trained once per session: (run_dir, the command's output)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("train", "--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--strategy", "batch_all")
+    assert result.exit_code == 0, result.output
+    return run_dir, result.output

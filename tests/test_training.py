@@ -6,17 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from facetrip.cli import app
+from conftest import REPO, TINY, run_cli
 from facetrip.config import Config, ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "tests" / "tiny.toml")
 
 
 # --------------------------------------------------------------------------------- config
@@ -50,18 +44,6 @@ def test_config_overrides_round_trip_and_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------- training
-
-
-def run_cli(*arguments):
-    return CliRunner().invoke(app, [str(argument) for argument in arguments])
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, data_dir):
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    result = run_cli("train", "--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--strategy", "batch_all")
-    assert result.exit_code == 0, result.output
-    return run_dir, result.output
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from facetrip.data.errors import DataError
-from facetrip.data.images import ImageReadError, decode_file, is_image_file
+from facetrip.data.images import ImageReadError, decode_file, is_image_file, to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class IdentityFolder(tfds.core.GeneratorBasedBuilder):
                 if image_format in ("JPEG", "PNG") and image.mode == "RGB":
                     picture = io.BytesIO(path.read_bytes())  # stored untouched
                 else:
-                    picture = np.asarray(image.convert("RGB"), np.uint8)  # stored as PNG
+                    picture = np.asarray(to_8bit(image).convert("RGB"), np.uint8)  # stored as PNG
                 num_readable += 1
                 yield file_name, {"image": picture, "label": identity, "file_name": file_name}
         if unreadable:

@@ -9,6 +9,7 @@ by :func:`read_image_bytes`; JPEG and PNG bytes pass through untouched.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".p
 
 # Formats tf.io.decode_image reads directly (PIL format names).
 _TF_DECODABLE = {"JPEG", "PNG", "GIF", "BMP"}
+
+# Images above this many pixels are refused before decoding (10,000 x 10,000 would take
+# 300 MB as RGB; a decompression bomb far more).
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 class ImageReadError(ValueError):
@@ -29,25 +34,63 @@ def is_image_file(path: Path) -> bool:
 
 
 def decode_file(path: str | Path):
-    """Open and fully decode an image with PIL; raises :class:`ImageReadError` with the file name."""
+    """Open and fully decode an image with PIL; raises :class:`ImageReadError` naming the file.
+
+    The size is checked from the header before any pixel is decoded, so a huge image or a
+    decompression bomb is refused without exhausting memory.
+
+    Returns:
+        ``(image, format)``: a decoded PIL image and PIL's format name (JPEG, PNG, ...).
+    """
     from PIL import Image, UnidentifiedImageError
 
+    path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path} is a directory, not an image file")
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path} is empty (0 bytes)")
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now: truncated or corrupt files fail here, not mid-epoch
-            return image.copy(), image.format
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ImageReadError(_too_large(path, f"{width} x {height} pixels"))
+                image.load()  # decode now: truncated or corrupt files fail here, not mid-epoch
+                return image.copy(), image.format
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(_too_large(path, str(error).split("(")[1].split(")")[0])) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{path}: not a readable image ({error})") from None
+        raise ImageReadError(f"{path} is not a readable image ({str(error).splitlines()[0][:120]})") from None
+
+
+def _too_large(path, size: str) -> str:
+    return f"{path} is too large to decode ({size}; facetrip decodes at most {MAX_IMAGE_PIXELS:,} pixels): resize it first"
+
+
+def to_8bit(image):
+    """Grey or RGB 8-bit PIL image: 16/32-bit grey is scaled to 0..255, alpha and palettes are dropped."""
+    from PIL import Image
+
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        pixels = np.asarray(image, np.float64)
+        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(pixels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("1", "LA"):
+        return image.convert("L")
+    return image.convert("RGB")  # RGBA, CMYK, palettes, ...
 
 
 def image_to_png_bytes(image) -> bytes:
-    """PNG bytes of a PIL image, converted to grey ('L') or RGB."""
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
+    """PNG bytes of a PIL image, converted to 8-bit grey ('L') or RGB."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    to_8bit(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
