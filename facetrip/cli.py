@@ -120,7 +120,13 @@ def rich_progress_callback(total_epochs: int, steps_per_epoch: int, initial_epoc
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     class RichProgress(keras.callbacks.Callback):
+        """One bar for the whole run, also across the per-epoch fit calls of offline training."""
+
+        progress = None
+
         def on_train_begin(self, logs=None):
+            if self.progress is not None:
+                return
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(),
@@ -160,7 +166,14 @@ def rich_progress_callback(total_epochs: int, steps_per_epoch: int, initial_epoc
             )
 
         def on_train_end(self, logs=None):
-            self.progress.stop()
+            task = self.progress.tasks[0]
+            if task.completed >= task.total:
+                self.stop()
+
+        def stop(self):
+            if self.progress is not None and not getattr(self, "stopped", False):
+                self.progress.stop()
+                self.stopped = True
 
     return RichProgress()
 
@@ -269,7 +282,11 @@ def _train_into(config, run_dir: Path, resume: bool) -> None:
             f"K={config.sampler.images_per_identity}, {steps} steps/epoch -> {run_dir}"
             + (f" (resuming after epoch {start})" if resume else "")
         )
-        metadata = run_training(config, run_dir, callbacks=[rich_progress_callback(config.train.epochs, steps, start)], resume=resume)
+        progress = rich_progress_callback(config.train.epochs, steps, start)
+        try:
+            metadata = run_training(config, run_dir, callbacks=[progress], resume=resume)
+        finally:
+            progress.stop()
     except TrainingDiverged as error:
         fail(str(error), code=1)
     except (TrainingError, DataError, RunError) as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +36,7 @@ from facetrip.runs import (
 logger = logging.getLogger(__name__)
 
 ONLINE_STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
+OFFLINE = "offline"
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,10 +130,17 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     from facetrip.model import build_embedding_model
 
     run_dir = Path(run_dir)
-    if config.loss.strategy == "offline":
-        raise TrainingError("--strategy offline is not available yet: use batch_all, batch_hard or semi_hard.")
-    strategy = resolve_strategy(config.loss.strategy)
-    metric = resolve_metric(config.loss.metric)
+    offline = config.loss.strategy.lower() == OFFLINE
+    try:
+        strategy = OFFLINE if offline else resolve_strategy(config.loss.strategy)
+    except ValueError:
+        raise TrainingError(
+            f"Unknown strategy {config.loss.strategy!r}: choose one of {', '.join((*ONLINE_STRATEGIES, OFFLINE))}."
+        ) from None
+    try:
+        metric = resolve_metric(config.loss.metric)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     if config.train.precision not in ("float32", "bf16"):
         raise TrainingError(f"precision must be float32 or bf16, not {config.train.precision!r}.")
 
@@ -154,9 +163,6 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     augmentation = None
     if config.augment.enabled:
         augmentation = Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness, config.augment.contrast)
-    dataset = pk_dataset(
-        train_faces, sampler, image_size, config.data.channels, epochs=range(start_epoch, config.train.epochs), augmentation=augmentation
-    )
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.utils.set_random_seed(config.train.seed)
@@ -212,19 +218,96 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     stop_on_nan, log_learning_rate, export_every_epoch = _callbacks_module()
     all_callbacks = [
         stop_on_nan(),
-        keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True),
+        # Offline training calls fit once per epoch: keep the backup between the calls.
+        keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=not offline),
         log_learning_rate(),
         keras.callbacks.CSVLogger(str(run_dir / METRICS_FILE), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / LOGS_DIR), write_graph=False, profile_batch=0),
         export_every_epoch(run_dir, write_metadata),
         *callbacks,
     ]
-    model.fit(dataset, epochs=config.train.epochs, steps_per_epoch=sampler.batches_per_epoch, callbacks=all_callbacks, verbose=0, shuffle=False)
+    if offline:
+        _fit_offline(model, train_faces, sampler, config, metric, start_epoch, image_size, augmentation, all_callbacks)
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    else:
+        dataset = pk_dataset(
+            train_faces, sampler, image_size, config.data.channels, epochs=range(start_epoch, config.train.epochs),
+            augmentation=augmentation,
+        )
+        model.fit(dataset, epochs=config.train.epochs, steps_per_epoch=sampler.batches_per_epoch, callbacks=all_callbacks,
+                  verbose=0, shuffle=False)
 
     calibration = calibrate_threshold(model, faces, split, config, metric)
     metadata = write_metadata(epochs_completed=config.train.epochs, **calibration)
     plot_metrics(run_dir)
     return metadata
+
+
+def offline_triplets_per_batch(sampler) -> int:
+    """Triplets per offline batch: about as many images (3 per triplet) as an online P x K batch."""
+    return max(1, sampler.batch_size // 3)
+
+
+def _fit_offline(model, faces, sampler, config: Config, metric: str, start_epoch: int, image_size, augmentation, callbacks):
+    """Offline mining: at the start of each epoch embed the training split, mine, train on the triplets.
+
+    Each epoch has as many steps as an online epoch; each step a batch of B triplets stacked
+    as [anchors; positives; negatives] (3B images) for the naive triplet loss.
+    """
+    from facetrip.data.pipeline import indexed_batches
+
+    per_batch = offline_triplets_per_batch(sampler)
+    steps = sampler.batches_per_epoch
+    for epoch in range(start_epoch, config.train.epochs):
+        embeddings = embed_faces(model, faces, image_size, config.data.channels)
+        triplets = select_offline_triplets(embeddings, faces.labels, config.loss.margin, metric, steps * per_batch,
+                                           seed=config.train.seed * 100_003 + epoch)  # (steps * B, 3)
+        stacked = triplets.reshape(steps, per_batch, 3).transpose(0, 2, 1).reshape(steps, 3 * per_batch)  # [a; p; n]
+        dataset = indexed_batches(faces, lambda stacked=stacked, epoch=epoch: [(epoch, stacked)], steps, 3 * per_batch,
+                                  image_size, config.data.channels, augmentation, seed=config.train.seed)
+        model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps, callbacks=callbacks,
+                  verbose=0, shuffle=False)
+
+
+def select_offline_triplets(embeddings, labels, margin, metric: str, count: int, seed: int):
+    """``count`` (anchor, positive, negative) index triplets for one offline epoch.
+
+    Hard and semi-hard triplets mined from the current embeddings (with the soft margin,
+    hard ones only), drawn with replacement when fewer than ``count`` exist; random
+    valid triplets when none does.
+
+    Returns:
+        (count, 3) int64 array.
+    """
+    import numpy as np
+
+    from facetrip.mining import mine_triplets
+
+    soft = isinstance(margin, str)
+    mined = mine_triplets(embeddings, labels, 0.0 if soft else margin, metric=metric,
+                          categories=("hard",) if soft else ("hard", "semi_hard"), max_triplets=count, seed=seed).triplets
+    rng = np.random.default_rng(seed)
+    if len(mined) >= count:
+        return mined[:count]
+    if len(mined):
+        return np.concatenate([mined, mined[rng.integers(0, len(mined), count - len(mined))]])
+    return random_valid_triplets(labels, count, rng)
+
+
+def random_valid_triplets(labels, count: int, rng):
+    """``count`` uniformly drawn valid triplets (anchors among images that have a positive)."""
+    import numpy as np
+
+    labels = np.asarray(labels).reshape(-1)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    anchors = rng.choice(np.flatnonzero(counts[inverse] >= 2), count)  # (count,)
+    triplets = []
+    for anchor in anchors:
+        same = np.flatnonzero(labels == labels[anchor])
+        positive = rng.choice(same[same != anchor])
+        negative = rng.choice(np.flatnonzero(labels != labels[anchor]))
+        triplets.append((anchor, positive, negative))
+    return np.asarray(triplets, np.int64).reshape(count, 3)
 
 
 def embed_faces(model, faces, image_size, channels, batch_size: int = 128):

@@ -81,3 +81,13 @@ def test_bfloat16_model_output_is_accepted(rng):
     embeddings = tf.cast(rng.normal(size=(8, 4)), tf.bfloat16)
     loss = TripletLoss("batch_all", margin=0.2)(pk_labels(2, 4), embeddings)
     assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+
+
+def test_offline_strategy_takes_stacked_explicit_triplets(rng):
+    anchors, positives, negatives = (rng.normal(size=(5, 4)).astype(np.float32) for _ in range(3))
+    from facetrip.losses import triplet_loss
+
+    stacked = np.concatenate([anchors, positives, negatives])
+    loss = TripletLoss(strategy="offline", margin=0.3)(np.zeros(15, np.int64), stacked)
+    assert float(loss) == pytest.approx(float(triplet_loss(anchors, positives, negatives, 0.3)), rel=1e-6)
+    assert TripletLoss.from_config(TripletLoss("offline").get_config()).strategy == "offline"

@@ -127,3 +127,22 @@ def test_nan_loss_stops_training_with_a_clear_message():
     callback.on_train_batch_end(0, {"loss": 0.5})
     with pytest.raises(TrainingDiverged, match="epoch 4, step 2.*last good checkpoint"):
         callback.on_train_batch_end(1, {"loss": float("nan")})
+
+
+def test_unknown_strategy_and_metric_are_one_line_errors(tmp_path, data_dir):
+    result = run_cli("train", "--config", TINY, "--strategy", "hardest", "--run-dir", tmp_path / "a", "--data-dir", data_dir)
+    assert result.exit_code == 2 and "choose one of batch_all, batch_hard, semi_hard, offline" in " ".join(result.output.split())
+    result = run_cli("train", "--config", TINY, "--metric", "manhattan", "--run-dir", tmp_path / "b", "--data-dir", data_dir)
+    assert result.exit_code == 2 and "Unknown metric" in result.output
+
+
+@pytest.mark.slow
+def test_bf16_training_runs(tmp_path, data_dir):
+    result = run_cli("train", "--config", TINY, "--epochs", "1", "--precision", "bf16", "--run-dir", tmp_path / "bf16",
+                     "--data-dir", data_dir)
+    assert result.exit_code == 0, result.output
+    from facetrip.runs import load_embedding_model
+
+    model = load_embedding_model(tmp_path / "bf16")
+    assert model.get_layer("projection").dtype_policy.compute_dtype == "float32"
+    assert any("bfloat16" in layer.dtype_policy.compute_dtype for layer in model.layers if hasattr(layer, "dtype_policy"))

@@ -83,18 +83,39 @@ def pk_dataset(
     Returns:
         Dataset of ``len(epochs) * sampler.batches_per_epoch`` batches.
     """
+    epochs = range(epochs) if isinstance(epochs, int) else epochs
+    return indexed_batches(
+        faces, lambda: ((epoch, sampler.epoch(epoch)) for epoch in epochs), len(epochs) * sampler.batches_per_epoch,
+        sampler.batch_size, image_size, channels, augmentation, seed=sampler.seed,
+    )
+
+
+def indexed_batches(faces: FaceImages, index_batches, num_batches: int, batch_size: int, image_size, channels: int,
+                    augmentation: Augmentation | None = None, seed: int = 0):
+    """Batches of the images named by host-side index arrays, decoded and augmented in parallel.
+
+    Args:
+        faces: the images.
+        index_batches: a callable returning an iterable of ``(epoch, indices (batches, batch_size))``;
+            called again each time the dataset is iterated, consumed lazily.
+        num_batches: total number of batches it yields.
+        batch_size: images per batch.
+        image_size, channels: model input.
+        augmentation: None for none; otherwise seeded by (seed, epoch, position).
+        seed: base seed of the augmentation.
+
+    Returns:
+        Dataset of ``(images (batch_size, H, W, C) float32, labels (batch_size,) int64)``.
+    """
     import tensorflow as tf
 
-    epochs = range(epochs) if isinstance(epochs, int) else epochs
     table = _image_table(faces.encoded)
     labels = tf.constant(faces.labels, tf.int64)
-    seed = sampler.seed
 
-    def epoch_indices():
-        for epoch in epochs:
-            flat = sampler.epoch(epoch).reshape(-1)  # (batches * P * K,)
-            positions = np.arange(len(flat), dtype=np.int64)
-            yield flat, np.full_like(flat, epoch), positions
+    def flatten():
+        for epoch, indices in index_batches():
+            flat = np.asarray(indices, np.int64).reshape(-1)  # (batches * batch_size,)
+            yield flat, np.full_like(flat, epoch), np.arange(len(flat), dtype=np.int64)
 
     def load(index, epoch, position):
         image = preprocess_encoded(table.lookup(index), image_size, channels)  # (H, W, C)
@@ -104,10 +125,10 @@ def pk_dataset(
         return image, tf.gather(labels, index)
 
     spec = tf.TensorSpec([None], tf.int64)
-    dataset = tf.data.Dataset.from_generator(epoch_indices, output_signature=(spec, spec, spec))
+    dataset = tf.data.Dataset.from_generator(flatten, output_signature=(spec, spec, spec))
     dataset = dataset.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(sampler.batch_size, drop_remainder=True)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(epochs) * sampler.batches_per_epoch))
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -13,7 +13,9 @@ import tensorflow as tf
 
 from facetrip.losses.distances import resolve_metric
 from facetrip.losses.statistics import STATISTICS, triplet_batch_statistics
-from facetrip.losses.triplet import Margin, is_soft_margin, online_triplet_loss, resolve_strategy
+from facetrip.losses.triplet import Margin, is_soft_margin, online_triplet_loss, resolve_strategy, triplet_loss
+
+OFFLINE = "offline"
 
 
 def _margin_config(margin: Margin) -> float | str:
@@ -26,10 +28,12 @@ class TripletLoss(keras.losses.Loss):
 
     ``y_true`` holds the identity labels (B,) or (B, 1), ``y_pred`` the embeddings (B, D).
     The loss is batch-level (it mines inside the batch), so it returns one scalar and
-    takes no per-sample weights.
+    takes no per-sample weights. With ``strategy="offline"`` the batch holds explicit
+    triplets stacked as ``[anchors; positives; negatives]`` (3N, D) and the naive
+    :func:`~facetrip.losses.triplet_loss` is used (labels are not needed).
 
     Args:
-        strategy: ``"batch_all"``, ``"batch_hard"`` or ``"semi_hard"``.
+        strategy: ``"batch_all"``, ``"batch_hard"``, ``"semi_hard"`` or ``"offline"``.
         margin: number >= 0, or ``"soft"`` for ``softplus(d_ap - d_an)``.
         metric: ``"euclidean"``, ``"squared"`` or ``"cosine"``.
         name: name of the loss.
@@ -49,7 +53,7 @@ class TripletLoss(keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        self.strategy = resolve_strategy(strategy)
+        self.strategy = OFFLINE if str(strategy).lower() == OFFLINE else resolve_strategy(strategy)
         self.margin = _margin_config(margin)
         self.metric = resolve_metric(metric)
 
@@ -60,6 +64,9 @@ class TripletLoss(keras.losses.Loss):
             return self.call(tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred))
 
     def call(self, y_true, y_pred):
+        if self.strategy == OFFLINE:
+            anchors, positives, negatives = tf.split(y_pred, 3, axis=0)  # 3 x (N, D)
+            return triplet_loss(anchors, positives, negatives, self.margin, metric=self.metric)
         return online_triplet_loss(y_true, y_pred, strategy=self.strategy, margin=self.margin, metric=self.metric)
 
     def get_config(self):
