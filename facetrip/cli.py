@@ -395,5 +395,51 @@ def embed(
     )
 
 
+@app.command()
+def mine(
+    offline: bool = typer.Option(True, "--offline/--no-offline", help="Offline mining over a whole split (the only mode)."),
+    run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
+    split: str = typer.Option("train", help="train | dev | test | all identities of the run's split."),
+    margin: Optional[str] = typer.Option(None, help="Margin of the categories (default: the run's; 'soft' counts as 0)."),
+    max_triplets: int = typer.Option(100_000, help="Most hard + semi-hard triplets to keep."),
+    seed: int = typer.Option(0, help="Seed of the selection."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Triplets file (default RUN/triplets-SPLIT.npz)."),
+) -> None:
+    """Count easy / semi-hard / hard triplets of a split with a run's model and save hard + semi-hard ones."""
+    from facetrip.data import DataError, IdentitySplit
+    from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
+    from facetrip.training import embed_faces
+
+    if not offline:
+        fail("Only offline mining (--offline) exists: online mining happens inside the loss during training.")
+    setup_logging()
+    loaded = _load_run(run)
+    chosen_margin = _parse_margin(margin) if margin is not None else loaded.metadata["margin"]
+    chosen_margin = 0.0 if chosen_margin == "soft" else float(chosen_margin)
+    try:
+        faces = load_source(loaded.metadata["source"], data_dir)
+        if split != "all":
+            faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+    except DataError as error:
+        fail(str(error))
+    with console.status(f"Embedding {len(faces)} images and mining ..."):
+        embeddings = embed_faces(loaded.model, faces, loaded.image_size, loaded.channels)
+        result = mine_triplets(embeddings, faces.labels, chosen_margin, metric=loaded.metadata["metric"],
+                               max_triplets=max_triplets, seed=seed)
+    target = output or loaded.path / f"triplets-{split}.npz"
+    save_triplets(target, result, file_names=faces.file_names, source=faces.source)
+    total = max(result.counts["total"], 1)
+    table = Table(title=f"{faces.source} {split}: {len(faces)} images, margin {chosen_margin}, {loaded.metadata['metric']}")
+    table.add_column("category")
+    table.add_column("triplets", justify="right")
+    table.add_column("share", justify="right")
+    for category in TRIPLET_CATEGORIES:
+        table.add_row(category.replace("_", "-"), f"{result.counts[category]:,}", f"{result.counts[category] / total:.1%}")
+    table.add_row("total valid", f"{result.counts['total']:,}", "100%")
+    console.print(table)
+    console.print(f"Saved {len(result.triplets):,} hard + semi-hard triplets to {target}")
+
+
 if __name__ == "__main__":
     app()

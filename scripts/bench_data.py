@@ -1,6 +1,7 @@
 """Benchmark the P x K data pipeline against the training step it has to feed.
 
-Reproduce (from the repository root; about 5 minutes on 2 CPU cores)::
+Reproduce (from the repository root; about 3 minutes on 2 idle CPU cores, up to about 10
+when other processes keep the machine busy)::
 
     .venv/bin/python scripts/bench_data.py --output docs/bench_data.md
     .venv/bin/python scripts/bench_data.py --quick                      # smoke test, about 1 minute
@@ -22,6 +23,11 @@ with tfds writing into a temporary ``data_dir`` (nothing lands in ~/tensorflow_d
 3. Ratio: pipeline batches/s over model steps/s; target >= 10x (PASS / FAIL).
 4. Host-side index generation: ``PKSampler`` construction and ``epoch(0)`` for 100,000
    identities (1 to 20 images each, and exactly 10 each = 1M images); target < 5 s.
+
+The machine may be shared: the script waits for other processes to go quiet before each
+measurement, repeats measurements they disturbed, and reports their CPU use. The report
+(markdown) goes to stdout and ``--output``; progress goes to stderr. Exit status 1 when a
+target FAILs.
 """
 
 from __future__ import annotations
@@ -99,6 +105,8 @@ class SourceInfo:
 
 @dataclass
 class ModelResult:
+    """Timed training steps of one model."""
+
     name: str
     parameters: int
     input_shape: tuple
@@ -116,6 +124,8 @@ class ModelResult:
 
 @dataclass
 class SamplerResult:
+    """PKSampler timings for one label distribution."""
+
     case: str
     identities: int
     images: int
@@ -185,17 +195,21 @@ class OtherLoad:
 
 
 class QuietWaiter:
-    """Waits, before each measurement, until other processes use under ``threshold`` cores.
+    """Keeps other processes' CPU use out of the timings, as far as a bounded run time allows.
 
-    The machine is shared; waiting keeps other jobs' bursts out of the timings. The total
-    wait is capped at ``budget`` seconds per benchmark (after that it measures regardless).
+    The machine is shared. Before each measurement it waits until other processes use under
+    ``threshold`` cores (total wait capped at ``budget`` seconds per benchmark, after which it
+    measures regardless); :func:`run_quietly` repeats a measurement during which they used
+    more, up to ``retries`` times, and keeps the quietest attempt.
     """
 
-    def __init__(self, threshold: float, budget: float, sample_seconds: float = 2.0):
-        self.threshold, self.budget, self.sample_seconds = threshold, budget, sample_seconds
+    def __init__(self, threshold: float, budget: float, retries: int, sample_seconds: float = 2.0):
+        self.threshold, self.budget, self.retries, self.sample_seconds = threshold, budget, retries, sample_seconds
         self.waited = 0.0
+        self.repeated = 0
 
     def wait(self) -> None:
+        """Sample other processes' load every ``sample_seconds`` until it is low or the budget is spent."""
         while self.waited < self.budget:
             monitor = OtherLoad().start()
             time.sleep(self.sample_seconds)
@@ -204,6 +218,24 @@ class QuietWaiter:
                 return
             self.waited += self.sample_seconds
             log(f"  other processes use {load:.2f} cores: waiting ({self.waited:.0f} of {self.budget:.0f} s)")
+
+
+def run_quietly(measure, waiter: QuietWaiter, label: str):
+    """``(value, other_load)`` of the quietest attempt of ``measure()`` (see :class:`QuietWaiter`)."""
+    best = None
+    for attempt in range(1 + waiter.retries):
+        waiter.wait()
+        monitor = OtherLoad().start()
+        value = measure()
+        other = monitor.stop()
+        if best is None or (other is not None and other < best[1]):
+            best = (value, other)
+        if other is None or other < waiter.threshold:
+            break
+        if attempt < waiter.retries:
+            waiter.repeated += 1
+            log(f"  {label}: other processes used {other:.2f} cores during attempt {attempt + 1}: measuring again")
+    return best
 
 
 def write_synthetic_folder(root: Path, identities: int, images_per_identity: int, size: int, seed: int = 0) -> int:
@@ -278,34 +310,50 @@ def measure_pipeline(
         epochs=epochs,
         batches_timed=epochs * probe.batches_per_epoch - warmup_batches,
     )
-    for run in range(repeats):
-        sampler = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=run)
+    label = f"{info.name} augmentation={'on' if augment else 'off'}"
+
+    def one_run(seed: int) -> tuple[float, float]:
+        """(batches/s after the warm-up, seconds to the first batch) of a fresh dataset."""
+        sampler = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=seed)
         dataset = pk_dataset(
             faces, sampler, IMAGE_SIZE, CHANNELS, epochs=range(epochs), augmentation=Augmentation() if augment else None
         )
-        waiter.wait()
-        monitor = OtherLoad().start()
         start = time.perf_counter()
-        iterator = iter(dataset)
-        seen = 0
-        for seen, (images, labels) in enumerate(iterator, start=1):
+        first_batch, seen = None, 0
+        for seen, (images, labels) in enumerate(dataset, start=1):
             if seen == 1:
-                result.first_batch_seconds.append(time.perf_counter() - start)
+                first_batch = time.perf_counter() - start
                 check_batch(images.numpy(), labels.numpy())
             if seen == warmup_batches:
                 start = time.perf_counter()
         elapsed = time.perf_counter() - start
-        other = monitor.stop()
-        if other is not None:
-            result.other_load.append(other)
         timed = seen - warmup_batches
         if timed != result.batches_timed:
-            raise RuntimeError(f"{info.name}: timed {timed} batches, expected {result.batches_timed}")
-        result.batches_per_second.append(timed / elapsed)
-        del iterator, dataset
+            raise RuntimeError(f"{label}: timed {timed} batches, expected {result.batches_timed}")
+        del dataset
         gc.collect()
-        log(f"  {info.name} augmentation={'on' if augment else 'off'} run {run + 1}: {timed / elapsed:.1f} batches/s")
+        return timed / elapsed, first_batch
+
+    for run in range(repeats):
+        (rate, first_batch), other = run_quietly(lambda: one_run(run), waiter, f"{label} run {run + 1}")
+        result.batches_per_second.append(rate)
+        result.first_batch_seconds.append(first_batch)
+        if other is not None:
+            result.other_load.append(other)
+        log(f"  {label} run {run + 1}: {rate:.1f} batches/s (other processes: {other if other is not None else float('nan'):.2f} cores)")
     return result
+
+
+def warm_up_runtime(faces, batches: int = 20) -> None:
+    """Pull a few augmented batches once, untimed, so one-off TensorFlow start-up costs (thread pools,
+    kernel registration, first decode) do not land in the first measured run."""
+    from facetrip.data import Augmentation, PKSampler, pk_dataset
+
+    sampler = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=99)
+    epochs = math.ceil(batches / sampler.batches_per_epoch)
+    for _ in pk_dataset(faces, sampler, IMAGE_SIZE, CHANNELS, epochs=range(epochs), augmentation=Augmentation()):
+        pass
+    gc.collect()
 
 
 def residual_block(x, width: int, stride: int):
@@ -380,17 +428,19 @@ def measure_train_step(steps: int, warmup_steps: int, waiter: QuietWaiter, seed:
 
     for _ in range(warmup_steps):
         train_step(images, labels).numpy()
-    waiter.wait()
-    monitor = OtherLoad().start()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        loss = train_step(images, labels).numpy()
-        times.append(time.perf_counter() - start)
-    if not np.isfinite(loss):
-        raise RuntimeError(f"train step gave a non-finite loss {loss}")
-    other = monitor.stop()
-    log(f"  model: {statistics.median(times):.3f} s/step")
+
+    def timed_steps() -> list[float]:
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            loss = train_step(images, labels).numpy()
+            times.append(time.perf_counter() - start)
+        if not np.isfinite(loss):
+            raise RuntimeError(f"train step gave a non-finite loss {loss}")
+        return times
+
+    times, other = run_quietly(timed_steps, waiter, "training step")
+    log(f"  model: {statistics.median(times):.3f} s/step (other processes: {other if other is not None else float('nan'):.2f} cores)")
     return ModelResult(description, int(model.count_params()), shape, times, other)
 
 
@@ -433,10 +483,12 @@ def measure_sampler(case: str, labels: np.ndarray, repeats: int) -> SamplerResul
 
 
 def seconds(value: float) -> str:
+    """A duration for the tables: 3 decimals below 10 s, 1 above."""
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
 def pass_fail(ok: bool) -> str:
+    """PASS or FAIL."""
     return "PASS" if ok else "FAIL"
 
 
@@ -461,8 +513,9 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         "while nothing else of the benchmark ran (no model, no training step), and the training step while no "
         "pipeline ran.** The machine is shared: before each measurement the script waited until other processes "
         f"used under {args.quiet_threshold:g} cores (at most {args.wait_quiet:g} s in total; it waited {args.waited:.0f} s), "
-        "and the *other load* columns give the cores other processes used during each measurement "
-        "(from /proc/stat minus this process; 0 = the machine was ours).",
+        f"repeated a measurement during which they used more (at most {args.retries}x each; repeated: {args.repeated}) and kept "
+        "the quietest attempt. The *other load* columns give the cores other processes used during each reported "
+        "measurement (from /proc/stat minus this process; 0.00 = the machine was ours).",
         "",
         "### Sources",
         "",
@@ -481,7 +534,7 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         f"{args.folder_size} x {args.folder_size} (quality 90, seeded), written with PIL into a temporary folder and "
         f"read with `load_faces(\"folder:TMP\")`; prepare = builder fingerprint + tfds `download_and_prepare` + reading back.",
         "",
-        "### 1. Pipeline throughput (`pk_dataset`, nothing else running)",
+        "### 1. Pipeline throughput (`pk_dataset`, measured alone)",
         "",
         f"Each run: a fresh `PKSampler` (seed = run) and `pk_dataset(..., epochs=range(N))`; the first "
         f"{args.warmup_batches} batches are dropped, the rest timed. Median of {args.repeats} runs.",
@@ -499,7 +552,7 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
     stand_in = model.name.startswith("stand-in")
     lines += [
         "",
-        "### 2. Training step (nothing else running)",
+        "### 2. Training step (measured alone)",
         "",
         f"Model: **{model.name}**."
         + (
@@ -567,6 +620,7 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options; ``--quick`` shrinks every size for a smoke test."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here (e.g. docs/bench_data.md)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline / sampler measurement (median reported)")
@@ -580,7 +634,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sampler-identities", type=int, default=100_000, help="identities for the PKSampler timing")
     parser.add_argument("--quiet-threshold", type=float, default=0.25,
                         help="before each measurement wait until other processes use fewer cores than this")
-    parser.add_argument("--wait-quiet", type=float, default=180.0, help="total seconds to wait for a quiet machine, at most")
+    parser.add_argument("--wait-quiet", type=float, default=120.0, help="total seconds to wait for a quiet machine, at most")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="repeat a measurement during which other processes used more cores, at most this often")
     parser.add_argument("--quick", action="store_true", help="smoke test: small sizes, 1 run (numbers not representative)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -590,6 +646,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Run every measurement in order, print the report (and write it with ``--output``)."""
     args = parse_args(argv)
     started = time.perf_counter()
     args.load_before = os.getloadavg()[0]
@@ -611,7 +668,8 @@ def main(argv=None) -> int:
         sources["folder"].name = f"synthetic folder ({args.folder_identities:,} x {args.folder_images})"
         sources["folder"].generate_seconds = generate_seconds
 
-        waiter = QuietWaiter(args.quiet_threshold, args.wait_quiet)
+        warm_up_runtime(sources["orl"].faces)
+        waiter = QuietWaiter(args.quiet_threshold, args.wait_quiet, args.retries)
         pipelines = []
         for key in ("orl", "folder"):
             for augment in (False, True):
@@ -631,7 +689,7 @@ def main(argv=None) -> int:
         measure_sampler("exactly 10 images each", np.repeat(np.arange(identities), 10), args.repeats),
     ]
 
-    args.waited = waiter.waited
+    args.waited, args.repeated = waiter.waited, waiter.repeated
     report, verdicts = render_report(args, sources, pipelines, model, samplers)
     report += f"\n\nTotal benchmark time: {time.perf_counter() - started:.0f} s.\n"
     print(report)
