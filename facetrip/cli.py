@@ -212,6 +212,7 @@ def train(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
     precision: Optional[str] = typer.Option(None, help="float32 | bf16 (mixed bfloat16)."),
+    triplets: Optional[Path] = typer.Option(None, "--triplets", help="With --strategy offline: a `facetrip mine` file for the first epoch."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<timestamp>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last epoch."),
 ) -> None:
@@ -235,6 +236,7 @@ def train(
         "data.data_dir": data_dir,
         "train.seed": seed,
         "train.precision": precision,
+        "loss.offline_triplets": str(triplets) if triplets is not None else None,
     }
     try:
         if resume is not None:

@@ -58,6 +58,7 @@ class LossConfig:
     strategy: str = "batch_hard"  # batch_all | batch_hard | semi_hard | offline
     margin: Union[float, str] = 0.2  # a number >= 0, or "soft"
     metric: str = "euclidean"  # euclidean | squared | cosine
+    offline_triplets: str = ""  # offline only: a `facetrip mine` file for the first epoch ("" = mine)
 
 
 @dataclasses.dataclass

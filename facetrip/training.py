@@ -256,17 +256,46 @@ def _fit_offline(model, faces, sampler, config: Config, metric: str, start_epoch
     """
     from facetrip.data.pipeline import indexed_batches
 
+    import numpy as np
+
     per_batch = offline_triplets_per_batch(sampler)
     steps = sampler.batches_per_epoch
+    given = triplets_from_file(config.loss.offline_triplets, faces) if config.loss.offline_triplets else None
     for epoch in range(start_epoch, config.train.epochs):
-        embeddings = embed_faces(model, faces, image_size, config.data.channels)
-        triplets = select_offline_triplets(embeddings, faces.labels, config.loss.margin, metric, steps * per_batch,
-                                           seed=config.train.seed * 100_003 + epoch)  # (steps * B, 3)
+        seed = config.train.seed * 100_003 + epoch
+        if epoch == 0 and given is not None and len(given):
+            triplets = given[np.random.default_rng(seed).integers(0, len(given), steps * per_batch)]
+        else:
+            embeddings = embed_faces(model, faces, image_size, config.data.channels)
+            triplets = select_offline_triplets(embeddings, faces.labels, config.loss.margin, metric, steps * per_batch, seed)
         stacked = triplets.reshape(steps, per_batch, 3).transpose(0, 2, 1).reshape(steps, 3 * per_batch)  # [a; p; n]
         dataset = indexed_batches(faces, lambda stacked=stacked, epoch=epoch: [(epoch, stacked)], steps, 3 * per_batch,
                                   image_size, config.data.channels, augmentation, seed=config.train.seed)
         model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps, callbacks=callbacks,
                   verbose=0, shuffle=False)
+
+
+def triplets_from_file(path: str, faces):
+    """Triplets saved by ``facetrip mine`` as indices into ``faces``, matched by image file name."""
+    import numpy as np
+
+    from facetrip.mining import load_triplets
+
+    try:
+        saved = load_triplets(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise TrainingError(str(error)) from None
+    if saved.file_names is None:
+        raise TrainingError(f"{path} holds no image names, so its triplets cannot be matched to the training images.")
+    position = {name: index for index, name in enumerate(faces.file_names)}
+    names = saved.file_names[saved.triplets]  # (M, 3)
+    missing = {name for name in names.ravel() if name not in position}
+    if missing:
+        raise TrainingError(
+            f"{len(missing)} images of {path} are not training images of this run (e.g. {sorted(missing)[0]}): "
+            f"mine the train split of a run with the same data and split."
+        )
+    return np.vectorize(position.__getitem__, otypes=[np.int64])(names).reshape(-1, 3)
 
 
 def select_offline_triplets(embeddings, labels, margin, metric: str, count: int, seed: int):
