@@ -236,3 +236,16 @@ def test_image_dataset_and_load_image_share_one_path(orl, tmp_path):
     assert images.shape == (10, 56, 46, 1) and set(labels.numpy()) == {orl.identity_names.index("s1")}
     photo = load_image(orl_faces_root() / "s1" / "1.pgm", (56, 46), 1)
     np.testing.assert_allclose(photo, images[0].numpy(), atol=1e-6)
+
+
+def test_preprocessed_cache_and_per_element_decoding_give_the_same_batches(orl, monkeypatch):
+    import facetrip.data.pipeline as pipeline
+
+    sampler = PKSampler(orl.labels, 4, 2, seed=2)
+
+    def first_batch():
+        return next(iter(pk_dataset(orl, sampler, (28, 23), 1, epochs=1, augmentation=Augmentation())))[0].numpy()
+
+    cached = first_batch()
+    monkeypatch.setattr(pipeline, "PREPROCESSED_CACHE_BYTES", 0)  # as for a data set too large to cache
+    np.testing.assert_allclose(first_batch(), cached, atol=1e-6)
