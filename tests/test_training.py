@@ -146,3 +146,13 @@ def test_bf16_training_runs(tmp_path, data_dir):
     model = load_embedding_model(tmp_path / "bf16")
     assert model.get_layer("projection").dtype_policy.compute_dtype == "float32"
     assert any("bfloat16" in layer.dtype_policy.compute_dtype for layer in model.layers if hasattr(layer, "dtype_policy"))
+
+
+def test_resnet50_backbone_builds_for_colour_input():
+    from facetrip.model import build_embedding_model
+
+    model = build_embedding_model(input_shape=(32, 32, 3), embedding_dim=16, backbone="resnet50")
+    embeddings = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    assert embeddings.shape == (2, 16)
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        build_embedding_model(backbone="vgg")
