@@ -114,8 +114,11 @@ def data(
     console.print(table)
 
 
-def rich_progress_callback(total_epochs: int, steps_per_epoch: int, initial_epoch: int = 0):
-    """A Keras callback drawing epoch, step, loss, fraction of positive triplets and ETA with rich."""
+def rich_progress_callback(total_epochs: int, initial_epoch: int = 0):
+    """A Keras callback drawing epoch, step, loss, fraction of positive triplets and ETA with rich.
+
+    Steps per epoch are read from the ``params`` Keras gives the callback.
+    """
     import keras
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -127,6 +130,8 @@ def rich_progress_callback(total_epochs: int, steps_per_epoch: int, initial_epoc
         def on_train_begin(self, logs=None):
             if self.progress is not None:
                 return
+            steps_per_epoch = self.params.get("steps") or 0
+            console.print(f"{steps_per_epoch} steps per epoch, epochs {initial_epoch + 1} to {total_epochs}", highlight=False)
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(),
@@ -262,7 +267,7 @@ def _train_into(config, run_dir: Path, resume: bool) -> None:
     import_tensorflow()
     import tensorflow_datasets as tfds
 
-    from facetrip.data import DataError, PKSampler, load_faces, split_identities
+    from facetrip.data import DataError
     from facetrip.runs import RunError
     from facetrip.training import TrainingDiverged, TrainingError, completed_epochs, prepare_run_dir, train as run_training
 
@@ -271,21 +276,15 @@ def _train_into(config, run_dir: Path, resume: bool) -> None:
     try:
         if not resume:
             prepare_run_dir(config, run_dir)
-        with console.status(f"Loading {config.data.source} ..."):
-            faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
-        split = split_identities(faces.identity_names, dev=config.split.dev, test=config.split.test, seed=config.split.seed)
-        steps = PKSampler(
-            faces.restricted_to(split.train).labels, config.sampler.identities_per_batch, config.sampler.images_per_identity
-        ).batches_per_epoch
         start = completed_epochs(run_dir) if resume else 0
         console.print(
             f"[bold]facetrip train[/] {config.loss.strategy} (margin {config.loss.margin}, {config.loss.metric}) on "
-            f"{faces.source}: {len(split.train)} training identities, P={config.sampler.identities_per_batch} "
-            f"K={config.sampler.images_per_identity}, {steps} steps/epoch -> {run_dir}"
-            + (f" (resuming after epoch {start})" if resume else "")
+            f"{config.data.source}, P={config.sampler.identities_per_batch} K={config.sampler.images_per_identity} "
+            f"-> {run_dir}" + (f" (resuming after epoch {start})" if resume else "")
         )
-        progress = rich_progress_callback(config.train.epochs, steps, start)
+        progress = rich_progress_callback(config.train.epochs, start)
         try:
+            console.print(f"Loading {config.data.source} and building the model ...", style="dim")
             metadata = run_training(config, run_dir, callbacks=[progress], resume=resume)
         finally:
             progress.stop()

@@ -216,14 +216,16 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         return metadata
 
     stop_on_nan, log_learning_rate, export_every_epoch = _callbacks_module()
+    # Order matters at the end of an epoch: logs and the export first, the backup that marks
+    # the epoch as done last, so a kill in between repeats the epoch rather than losing its row.
     all_callbacks = [
         stop_on_nan(),
-        # Offline training calls fit once per epoch: keep the backup between the calls.
-        keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=not offline),
         log_learning_rate(),
         keras.callbacks.CSVLogger(str(run_dir / METRICS_FILE), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / LOGS_DIR), write_graph=False, profile_batch=0),
         export_every_epoch(run_dir, write_metadata),
+        # Offline training calls fit once per epoch: keep the backup between the calls.
+        keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=not offline),
         *callbacks,
     ]
     if offline:
