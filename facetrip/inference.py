@@ -7,6 +7,7 @@ Every image goes through :func:`facetrip.data.read_image_bytes` and
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, pat
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     np.save(buffer, embeddings)
     atomic_write_bytes(output_dir / "embeddings.npy", buffer.getvalue())
     rows = ["label\tpath", *(f"{label}\t{path}" for label, path in zip(labels, paths))]
