@@ -316,6 +316,16 @@ def _load_run(run: Optional[Path]):
         fail(str(error))
 
 
+def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Optional[str]):
+    """The images of one split (train, dev, test or all) of a run's identities, from its source."""
+    from facetrip.data import IdentitySplit
+
+    faces = load_source(data_source or loaded.metadata["source"], data_dir)
+    if split == "all":
+        return faces
+    return faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+
+
 @app.command()
 def verify(
     first_image: Path = typer.Argument(..., help="First photo (jpg, png, pgm, bmp, ...; grey or colour, any size)."),
@@ -362,7 +372,7 @@ def embed(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default RUN/embeddings-SPLIT or RUN/embeddings)."),
 ) -> None:
     """Embed images with a run's model: embeddings.npy, metadata.tsv and TensorBoard projector files."""
-    from facetrip.data import DataError, ImageReadError, IdentitySplit
+    from facetrip.data import DataError, ImageReadError
     from facetrip.inference import collect_images, write_embeddings
     from facetrip.training import embed_faces
 
@@ -377,9 +387,7 @@ def embed(
                 embeddings = loaded.embed_files(paths)
             target = output or loaded.path / "embeddings"
         else:
-            faces = load_source(data_source or loaded.metadata["source"], data_dir)
-            if split != "all":
-                faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+            faces = _split_of_run(loaded, split, data_source, data_dir)
             if not len(faces):
                 fail(f"The {split} split of {faces.source} holds no images.")
             with console.status(f"Embedding {len(faces)} images ..."):
@@ -408,7 +416,7 @@ def mine(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Triplets file (default RUN/triplets-SPLIT.npz)."),
 ) -> None:
     """Count easy / semi-hard / hard triplets of a split with a run's model and save hard + semi-hard ones."""
-    from facetrip.data import DataError, IdentitySplit
+    from facetrip.data import DataError
     from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
     from facetrip.training import embed_faces
 
@@ -419,9 +427,7 @@ def mine(
     chosen_margin = _parse_margin(margin) if margin is not None else loaded.metadata["margin"]
     chosen_margin = 0.0 if chosen_margin == "soft" else float(chosen_margin)
     try:
-        faces = load_source(loaded.metadata["source"], data_dir)
-        if split != "all":
-            faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+        faces = _split_of_run(loaded, split, None, data_dir)
     except DataError as error:
         fail(str(error))
     with console.status(f"Embedding {len(faces)} images and mining ..."):

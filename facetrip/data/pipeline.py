@@ -68,12 +68,8 @@ def _image_reader(faces: FaceImages, image_size, channels: int):
 
     height, width = image_size
     if len(faces) * height * width * channels * 4 <= PREPROCESSED_CACHE_BYTES:
-        table = _image_table(faces.encoded)
-        decoded = tf.data.Dataset.range(len(faces)).map(
-            lambda index: preprocess_encoded(table.lookup(index), image_size, channels),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        ).batch(256)
-        images = tf.Variable(tf.concat(list(decoded), axis=0), trainable=False)  # (N, H, W, C)
+        batches = [images for images, _ in image_dataset(faces, image_size, channels, batch_size=256)]
+        images = tf.Variable(tf.concat(batches, axis=0), trainable=False)  # (N, H, W, C)
         return lambda index: tf.gather(images, index)
     table = _image_table(faces.encoded)
     return lambda index: preprocess_encoded(table.lookup(index), image_size, channels)
