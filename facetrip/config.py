@@ -51,6 +51,8 @@ class AugmentConfig:
     max_shift: float = 0.08  # random translation, fraction of height / width
     brightness: float = 0.1
     contrast: float = 0.2
+    rotation: float = 0.0  # largest random rotation, degrees
+    erasing: float = 0.0  # probability of erasing a random rectangle (random erasing)
 
 
 @dataclasses.dataclass
@@ -67,11 +69,14 @@ class ModelConfig:
     width: int = 32  # channels of the first resnet_small stage (doubling per stage)
     embedding_dim: int = 128
     dropout: float = 0.0
+    flip_tta: bool = False  # export f(x) + f(mirror(x)), renormalised (flip test-time augmentation)
 
 
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = 40
+    warmup_epochs: int = 0  # epochs of cosine-softmax classification before the triplet loss takes over
+    classification_weight: float = 0.0  # weight of the classification term after the warm-up
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     precision: str = "float32"  # float32 | bf16

@@ -10,6 +10,10 @@ model plus the shared preprocessing function is all inference needs.
 
 The head (dense projection and L2 normalisation) always computes in float32, so the
 embeddings and the loss stay float32 under mixed bfloat16.
+
+:func:`with_flip_averaging` wraps a trained embedder for export: the embedding of an
+image and of its mirror image are summed and renormalised (flip test-time augmentation),
+inside the saved model, so every command that loads a run gets the same embedding.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ import keras
 from keras import layers
 
 BACKBONES = ("resnet_small", "resnet50")
+
+
+@keras.saving.register_keras_serializable(package="facetrip")
+class HorizontalFlip(layers.Layer):
+    """Mirror images left-right: (B, H, W, C) -> (B, H, W, C), always (not a random augmentation)."""
+
+    def call(self, images):
+        return keras.ops.flip(images, axis=2)
 
 
 def _basic_block(inputs, filters: int, stride: int, regulariser, name: str):
@@ -87,3 +99,20 @@ def build_embedding_model(
     projection = layers.Dense(embedding_dim, kernel_regularizer=regulariser, dtype="float32", name="projection")(features)
     embeddings = layers.UnitNormalization(dtype="float32", name="l2_normalise")(projection)
     return keras.Model(images, embeddings, name=name)
+
+
+def with_flip_averaging(embedder: keras.Model, name: str = "facetrip_embedder_flip_tta") -> keras.Model:
+    """``normalise(f(x) + f(mirror(x)))``: the embedder with flip test-time augmentation.
+
+    Args:
+        embedder: a model from images to unit embeddings (shares its weights with the result).
+        name: model name.
+
+    Returns:
+        keras.Model with the same input and output shapes as ``embedder``.
+    """
+    images = keras.Input(shape=embedder.input_shape[1:], name="image")
+    direct = embedder(images)  # (B, D)
+    mirrored = embedder(HorizontalFlip(name="mirror")(images))  # (B, D)
+    summed = layers.Add(dtype="float32", name="sum_views")([direct, mirrored])
+    return keras.Model(images, layers.UnitNormalization(dtype="float32", name="l2_normalise_views")(summed), name=name)

@@ -87,13 +87,14 @@ def _callbacks_module():
     class ExportEveryEpoch(keras.callbacks.Callback):
         """Replace model.keras atomically after every epoch, so a crash leaves a usable model."""
 
-        def __init__(self, run_dir: Path, write_metadata):
+        def __init__(self, run_dir: Path, exported_model, write_metadata):
             super().__init__()
             self.run_dir = run_dir
+            self.exported_model = exported_model
             self.write_metadata = write_metadata
 
         def on_epoch_end(self, epoch, logs=None):
-            save_model_atomically(self.model, self.run_dir / MODEL_FILE)
+            save_model_atomically(self.exported_model, self.run_dir / MODEL_FILE)
             self.write_metadata(epochs_completed=epoch + 1)
 
     return StopOnNonFiniteLoss, LogLearningRate, ExportEveryEpoch
@@ -127,7 +128,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
 
     from facetrip.data import Augmentation, IdentitySplit, PKSampler, load_faces, pk_dataset, split_identities
     from facetrip.losses import TripletLoss, resolve_metric, resolve_strategy, triplet_metrics
-    from facetrip.model import build_embedding_model
+    from facetrip.model import build_embedding_model, with_flip_averaging
+    from facetrip.trainer import EmbeddingTrainer, phase_callback
 
     run_dir = Path(run_dir)
     offline = config.loss.strategy.lower() == OFFLINE
@@ -162,7 +164,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
 
     augmentation = None
     if config.augment.enabled:
-        augmentation = Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness, config.augment.contrast)
+        augmentation = Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness,
+                                    config.augment.contrast, config.augment.rotation, config.augment.erasing)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.utils.set_random_seed(config.train.seed)
@@ -178,16 +181,18 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    exported_model = with_flip_averaging(model) if config.model.flip_tta else model
+    trainer = EmbeddingTrainer(
+        model, train_faces.labels, TripletLoss(strategy=strategy, margin=config.loss.margin, metric=metric),
+        statistics=triplet_metrics(margin=config.loss.margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
+        classification_weight=config.train.classification_weight,
+    )
 
     total_steps = config.train.epochs * sampler.batches_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.train.learning_rate, decay_steps=total_steps, alpha=0.01
     )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.train.weight_decay),
-        loss=TripletLoss(strategy=strategy, margin=config.loss.margin, metric=metric),
-        metrics=triplet_metrics(margin=config.loss.margin, metric=metric),
-    )
+    trainer.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.train.weight_decay))
 
     def write_metadata(**extra):
         metadata = {
@@ -199,6 +204,7 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
             "channels": config.data.channels,
             "embedding_dim": config.model.embedding_dim,
             "backbone": config.model.backbone,
+            "flip_tta": config.model.flip_tta,
             "strategy": strategy,
             "metric": metric,
             "margin": config.loss.margin,
@@ -219,27 +225,28 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     # Order matters at the end of an epoch: logs and the export first, the backup that marks
     # the epoch as done last, so a kill in between repeats the epoch rather than losing its row.
     all_callbacks = [
+        phase_callback(trainer),
         stop_on_nan(),
         log_learning_rate(),
         keras.callbacks.CSVLogger(str(run_dir / METRICS_FILE), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / LOGS_DIR), write_graph=False, profile_batch=0),
-        export_every_epoch(run_dir, write_metadata),
+        export_every_epoch(run_dir, exported_model, write_metadata),
         # Offline training calls fit once per epoch: keep the backup between the calls.
         keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=not offline),
         *callbacks,
     ]
     if offline:
-        _fit_offline(model, train_faces, sampler, config, metric, start_epoch, image_size, augmentation, all_callbacks)
+        _fit_offline(trainer, train_faces, sampler, config, metric, start_epoch, image_size, augmentation, all_callbacks)
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     else:
         dataset = pk_dataset(
             train_faces, sampler, image_size, config.data.channels, epochs=range(start_epoch, config.train.epochs),
             augmentation=augmentation,
         )
-        model.fit(dataset, epochs=config.train.epochs, steps_per_epoch=sampler.batches_per_epoch, callbacks=all_callbacks,
-                  verbose=0, shuffle=False)
+        trainer.fit(dataset, epochs=config.train.epochs, steps_per_epoch=sampler.batches_per_epoch, callbacks=all_callbacks,
+                    verbose=0, shuffle=False)
 
-    calibration = calibrate_threshold(model, faces, split, config, metric)
+    calibration = calibrate_threshold(exported_model, faces, split, config, metric)
     metadata = write_metadata(epochs_completed=config.train.epochs, **calibration)
     plot_metrics(run_dir)
     return metadata
@@ -250,7 +257,7 @@ def offline_triplets_per_batch(sampler) -> int:
     return max(1, sampler.batch_size // 3)
 
 
-def _fit_offline(model, faces, sampler, config: Config, metric: str, start_epoch: int, image_size, augmentation, callbacks):
+def _fit_offline(trainer, faces, sampler, config: Config, metric: str, start_epoch: int, image_size, augmentation, callbacks):
     """Offline mining: at the start of each epoch embed the training split, mine, train on the triplets.
 
     Each epoch has as many steps as an online epoch; each step a batch of B triplets stacked
@@ -268,13 +275,13 @@ def _fit_offline(model, faces, sampler, config: Config, metric: str, start_epoch
         if epoch == 0 and given is not None and len(given):
             triplets = given[np.random.default_rng(seed).integers(0, len(given), steps * per_batch)]
         else:
-            embeddings = embed_faces(model, faces, image_size, config.data.channels)
+            embeddings = embed_faces(trainer.embedder, faces, image_size, config.data.channels)
             triplets = select_offline_triplets(embeddings, faces.labels, config.loss.margin, metric, steps * per_batch, seed)
         stacked = triplets.reshape(steps, per_batch, 3).transpose(0, 2, 1).reshape(steps, 3 * per_batch)  # [a; p; n]
         dataset = indexed_batches(faces, lambda stacked=stacked, epoch=epoch: [(epoch, stacked)], steps, 3 * per_batch,
                                   image_size, config.data.channels, augmentation, seed=config.train.seed)
-        model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps, callbacks=callbacks,
-                  verbose=0, shuffle=False)
+        trainer.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps, callbacks=callbacks,
+                    verbose=0, shuffle=False)
 
 
 def triplets_from_file(path: str, faces):
@@ -383,7 +390,7 @@ def plot_metrics(run_dir: Path) -> None:
         return
     epochs = [int(row["epoch"]) + 1 for row in rows]
     panels = [
-        ("loss", ["loss"]),
+        ("loss", ["loss", "triplet_loss", "classification_loss"]),
         ("fraction of positive triplets", ["fraction_positive_triplets"]),
         ("hardest distances", ["hardest_positive_dist", "hardest_negative_dist"]),
         ("learning rate", ["learning_rate"]),

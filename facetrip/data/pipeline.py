@@ -26,19 +26,60 @@ class Augmentation:
         max_shift: largest random translation, as a fraction of height and width.
         brightness: largest random brightness change (images are in [0, 1]).
         contrast: random contrast factor in [1 - contrast, 1 + contrast].
+        rotation: largest random rotation in degrees (reflected borders).
+        erasing: probability of random erasing: a rectangle of 10-50% of the height and
+            of the width is replaced by uniform noise (Zhong et al., 2020).
     """
 
     flip: bool = True
     max_shift: float = 0.08
     brightness: float = 0.1
     contrast: float = 0.2
+    rotation: float = 0.0
+    erasing: float = 0.0
+
+
+def _rotate(image, angle):
+    """Rotate one (H, W, C) image by ``angle`` radians about its centre, reflecting at the borders."""
+    import tensorflow as tf
+
+    height, width = image.shape[0], image.shape[1]
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    # maps each output pixel (x, y) to the input pixel it samples
+    transform = tf.stack([cos, -sin, centre_x - cos * centre_x + sin * centre_y,
+                          sin, cos, centre_y - sin * centre_x - cos * centre_y, 0.0, 0.0])  # (8,)
+    rotated = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform[None], output_shape=[height, width], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT",
+    )  # (1, H, W, C)
+    return rotated[0]
+
+
+def _erase(image, seed, probability: float):
+    """With ``probability``, replace a random rectangle of one (H, W, C) image by uniform noise."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, num=3)  # (3, 2)
+    height, width = image.shape[0], image.shape[1]
+    draws = tf.random.stateless_uniform([5], seeds[0])  # apply?, box height, box width, top, left
+    box_height = tf.cast((0.1 + 0.4 * draws[1]) * height, tf.int32)
+    box_width = tf.cast((0.1 + 0.4 * draws[2]) * width, tf.int32)
+    top = tf.cast(draws[3] * tf.cast(height - box_height, tf.float32), tf.int32)
+    left = tf.cast(draws[4] * tf.cast(width - box_width, tf.float32), tf.int32)
+    rows = tf.range(height)[:, None]  # (H, 1)
+    columns = tf.range(width)[None, :]  # (1, W)
+    inside = (rows >= top) & (rows < top + box_height) & (columns >= left) & (columns < left + box_width)  # (H, W)
+    inside &= draws[0] < probability
+    noise = tf.random.stateless_uniform(tf.shape(image), seeds[1])
+    return tf.where(inside[:, :, None], noise, image)
 
 
 def _augment(image, seed, augmentation: Augmentation):
     """Augment one (H, W, C) image in [0, 1] with stateless ops seeded by ``seed`` (2,) int64."""
     import tensorflow as tf
 
-    seeds = tf.random.experimental.stateless_split(seed, num=4)  # (4, 2)
+    seeds = tf.random.experimental.stateless_split(seed, num=6)  # (6, 2)
     height, width, channels = image.shape
     if augmentation.flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
@@ -50,7 +91,13 @@ def _augment(image, seed, augmentation: Augmentation):
         image = tf.image.stateless_random_brightness(image, augmentation.brightness, seeds[2])
     if augmentation.contrast > 0:
         image = tf.image.stateless_random_contrast(image, 1 - augmentation.contrast, 1 + augmentation.contrast, seeds[3])
-    return tf.clip_by_value(image, 0.0, 1.0)
+    if augmentation.rotation > 0:
+        limit = augmentation.rotation * np.pi / 180
+        image = _rotate(image, tf.random.stateless_uniform([], seeds[4], -limit, limit))
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    if augmentation.erasing > 0:
+        image = _erase(image, seeds[5], augmentation.erasing)
+    return image
 
 
 # Data sets whose preprocessed images fit in this many bytes are decoded and resized once,

@@ -1,0 +1,116 @@
+"""The model that ``fit`` trains: the embedder plus a cosine classifier over the training identities.
+
+On a small data set a triplet loss alone memorises the training identities within a few
+hundred steps (the loss reaches 0 and learning stops). Two things help, both measured in
+``docs/evaluation.md``: a short classification warm-up that spreads the identities over
+the sphere before triplet mining starts, and keeping a small classification term as a
+regulariser afterwards. The loss of one step is
+
+    loss = w_cls * CE(softmax(s * cos(e_i, c_j)), y_i) + w_triplet * triplet(labels, e)
+
+with unit embeddings ``e_i``, one learned centre ``c_j`` per training identity (compared by
+cosine, as in NormFace) and scale ``s``. During the warm-up epochs ``w_cls = 1`` and
+``w_triplet = 0``; afterwards ``w_cls = classification_weight`` and ``w_triplet = 1``.
+The classifier only exists during training: the exported model is :attr:`embedder`.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class EmbeddingTrainer(keras.Model):
+    """Wraps an embedding model for ``fit``: triplet loss, classification warm-up, batch statistics.
+
+    Args:
+        embedder: model from images (B, H, W, C) to unit embeddings (B, D).
+        identity_labels: the integer labels of the training identities (any order, unique).
+        triplet_loss: a callable ``(labels (B,), embeddings (B, D)) -> scalar``, e.g. a
+            :class:`~facetrip.losses.TripletLoss`.
+        statistics: Keras metrics updated with ``(labels, embeddings)`` every step
+            (e.g. :func:`~facetrip.losses.triplet_metrics`).
+        warmup_epochs: epochs of classification only at the start.
+        classification_weight: weight of the classification term after the warm-up.
+        scale: ``s``, the inverse temperature of the cosine softmax.
+        label_smoothing: of the classification targets.
+    """
+
+    def __init__(self, embedder, identity_labels, triplet_loss, statistics=(), warmup_epochs: int = 0,
+                 classification_weight: float = 0.0, scale: float = 16.0, label_smoothing: float = 0.1, **kwargs):
+        super().__init__(name="trainer", **kwargs)
+        self.embedder = embedder
+        identity_labels = np.unique(np.asarray(identity_labels, np.int64))
+        self.num_identities = len(identity_labels)
+        # class index of every label value; the labels of other identities never reach training
+        index = np.zeros(int(identity_labels.max()) + 1, np.int64)
+        index[identity_labels] = np.arange(self.num_identities)
+        self._class_of_label = tf.constant(index)
+        self.triplet_loss = triplet_loss
+        self.statistics = list(statistics)
+        self.warmup_epochs = int(warmup_epochs)
+        self.classification_weight = float(classification_weight)
+        self.scale = float(scale)
+        self.label_smoothing = float(label_smoothing)
+        self.class_centres = self.add_weight(
+            shape=(embedder.output_shape[-1], self.num_identities), initializer=keras.initializers.RandomNormal(stddev=0.05),
+            name="class_centres",
+        )
+        # (w_cls, w_triplet) of the current epoch, set by set_epoch; saved with the backup.
+        self.loss_weights_now = self.add_weight(shape=(2,), initializer="zeros", trainable=False, name="loss_weights_now")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "triplet_loss", "classification_loss")}
+        self.built = True  # the embedder is built and the trainer's own weights exist (Keras' backup requires it)
+
+    def phase_weights(self, epoch: int) -> tuple[float, float]:
+        """``(w_cls, w_triplet)`` of an epoch (0-based)."""
+        if epoch < self.warmup_epochs:
+            return 1.0, 0.0
+        return self.classification_weight, 1.0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loss_weights_now.assign(np.asarray(self.phase_weights(epoch), np.float32))
+
+    def call(self, images, training=False):
+        return self.embedder(images, training=training)
+
+    def classification_loss(self, labels, embeddings):
+        """Cross-entropy of the cosine softmax: ``s * cos(e_i, c_j)`` logits (B, identities)."""
+        centres = tf.math.l2_normalize(self.class_centres, axis=0)  # (D, identities)
+        logits = self.scale * tf.matmul(tf.math.l2_normalize(embeddings, axis=1), centres)  # (B, identities)
+        classes = tf.gather(self._class_of_label, tf.reshape(tf.cast(labels, tf.int64), [-1]))  # (B,)
+        targets = tf.one_hot(classes, self.num_identities)
+        targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_identities
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+
+    def train_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        classification_weight, triplet_weight = self.loss_weights_now[0], self.loss_weights_now[1]
+        with tf.GradientTape() as tape:
+            embeddings = tf.cast(self.embedder(images, training=True), tf.float32)  # (B, D)
+            triplet = self.triplet_loss(labels, embeddings)
+            classification = self.classification_loss(labels, embeddings)
+            loss = classification_weight * classification + triplet_weight * triplet
+            if self.embedder.losses:
+                loss += tf.add_n(self.embedder.losses)
+        variables = self.trainable_variables
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        for name, value in (("loss", loss), ("triplet_loss", triplet), ("classification_loss", classification)):
+            self.trackers[name].update_state(value)
+        for statistic in self.statistics:
+            statistic.update_state(labels, embeddings)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), *self.statistics]
+
+
+def phase_callback(trainer: EmbeddingTrainer):
+    """A Keras callback that sets the loss weights of each epoch before it starts."""
+
+    class SetTrainingPhase(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            trainer.set_epoch(epoch)
+
+    return SetTrainingPhase()

@@ -1,0 +1,109 @@
+"""The training model (classification warm-up + triplet loss), flip averaging, rotation and erasing."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from facetrip.data.pipeline import Augmentation, _augment, _erase, _rotate
+from facetrip.losses import TripletLoss
+from facetrip.model import build_embedding_model, with_flip_averaging
+from facetrip.trainer import EmbeddingTrainer
+
+
+def tiny_trainer(warmup_epochs=2, classification_weight=0.25, labels=(3, 7, 9)):
+    keras.utils.set_random_seed(0)
+    embedder = build_embedding_model((12, 10, 1), embedding_dim=4, width=4)
+    trainer = EmbeddingTrainer(embedder, labels, TripletLoss("batch_hard", 0.2), warmup_epochs=warmup_epochs,
+                               classification_weight=classification_weight, scale=8.0, label_smoothing=0.1)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.01))
+    return trainer
+
+
+def reference_classification_loss(embeddings, centres, classes, scale, smoothing):
+    """Explicit loops: -sum_j t_ij log softmax(s cos(e_i, c_j))_j, averaged over i."""
+    total = 0.0
+    for embedding, target_class in zip(embeddings, classes):
+        logits = [scale * np.dot(embedding, centre) / np.linalg.norm(embedding) / np.linalg.norm(centre) for centre in centres.T]
+        log_normaliser = np.log(np.sum(np.exp(logits)))
+        for j, logit in enumerate(logits):
+            target = (1 - smoothing) * (j == target_class) + smoothing / len(logits)
+            total -= target * (logit - log_normaliser)
+    return total / len(embeddings)
+
+
+def test_phases_weight_classification_then_triplet():
+    trainer = tiny_trainer(warmup_epochs=2, classification_weight=0.25)
+    assert [trainer.phase_weights(epoch) for epoch in range(4)] == [(1.0, 0.0), (1.0, 0.0), (0.25, 1.0), (0.25, 1.0)]
+    trainer.set_epoch(3)
+    np.testing.assert_allclose(trainer.loss_weights_now.numpy(), [0.25, 1.0])
+
+
+def test_classification_loss_matches_an_explicit_loop():
+    trainer = tiny_trainer(labels=(3, 7, 9))
+    embeddings = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    labels = np.array([7, 3, 9, 9, 7])
+    expected = reference_classification_loss(embeddings, trainer.class_centres.numpy(), [1, 0, 2, 2, 1], 8.0, 0.1)
+    np.testing.assert_allclose(float(trainer.classification_loss(labels, embeddings)), expected, rtol=1e-5)
+    # labels shaped (B, 1) give the same loss
+    np.testing.assert_allclose(float(trainer.classification_loss(labels[:, None], embeddings)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("epoch, expected_key", [(0, "classification_loss"), (5, "triplet_loss")])
+def test_train_step_loss_is_the_weighted_sum(epoch, expected_key):
+    trainer = tiny_trainer(warmup_epochs=2, classification_weight=0.0)
+    trainer.set_epoch(epoch)
+    images = np.random.default_rng(1).random((6, 12, 10, 1)).astype(np.float32)
+    labels = np.array([3, 3, 7, 7, 9, 9])
+    logs = trainer.train_on_batch(images, labels, return_dict=True)
+    assert set(logs) >= {"loss", "triplet_loss", "classification_loss"}
+    np.testing.assert_allclose(logs["loss"], logs[expected_key], rtol=1e-5)
+
+
+def test_warmup_moves_the_class_centres_and_the_embedder():
+    trainer = tiny_trainer(warmup_epochs=1)
+    trainer.set_epoch(0)
+    centres, kernel = trainer.class_centres.numpy().copy(), trainer.embedder.get_layer("projection").kernel.numpy().copy()
+    images = np.random.default_rng(2).random((6, 12, 10, 1)).astype(np.float32)
+    trainer.train_on_batch(images, np.array([3, 3, 7, 7, 9, 9]))
+    assert not np.allclose(trainer.class_centres.numpy(), centres)
+    assert not np.allclose(trainer.embedder.get_layer("projection").kernel.numpy(), kernel)
+
+
+def test_flip_averaging_is_the_renormalised_sum_and_survives_saving(tmp_path):
+    embedder = build_embedding_model((12, 10, 1), embedding_dim=4, width=4)
+    averaged = with_flip_averaging(embedder)
+    images = np.random.default_rng(3).random((3, 12, 10, 1)).astype(np.float32)
+    expected = embedder.predict(images, verbose=0) + embedder.predict(images[:, :, ::-1], verbose=0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(averaged.predict(images, verbose=0), expected, atol=1e-6)
+    # a mirrored photo gets the same embedding
+    np.testing.assert_allclose(averaged.predict(images[:, :, ::-1], verbose=0), expected, atol=1e-5)
+    averaged.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
+
+
+def test_rotation_by_zero_is_identity_and_by_pi_turns_the_image():
+    image = tf.constant(np.random.default_rng(4).random((6, 5, 1)), tf.float32)
+    np.testing.assert_allclose(_rotate(image, tf.constant(0.0)).numpy(), image.numpy(), atol=1e-5)
+    np.testing.assert_allclose(_rotate(image, tf.constant(np.pi)).numpy(), image.numpy()[::-1, ::-1], atol=1e-4)
+
+
+def test_erasing_replaces_one_rectangle_or_nothing():
+    image = tf.zeros((20, 16, 1))
+    erased = _erase(image, tf.constant([1, 2], tf.int64), probability=1.0).numpy()[:, :, 0]
+    rows, columns = np.nonzero(erased)
+    assert 0 < len(rows) < erased.size
+    box = erased[rows.min(): rows.max() + 1, columns.min(): columns.max() + 1]
+    assert np.count_nonzero(box) == len(rows)  # the changed pixels fill one rectangle
+    assert 2 <= box.shape[0] <= 10 and 1 <= box.shape[1] <= 8  # 10-50% of each side
+    np.testing.assert_array_equal(_erase(image, tf.constant([1, 2], tf.int64), probability=0.0).numpy(), image.numpy())
+
+
+def test_augmentation_with_rotation_and_erasing_is_seeded():
+    image = tf.constant(np.random.default_rng(5).random((20, 16, 1)), tf.float32)
+    augmentation = Augmentation(rotation=10.0, erasing=0.5)
+    first = _augment(image, tf.constant([3, 4], tf.int64), augmentation).numpy()
+    np.testing.assert_array_equal(first, _augment(image, tf.constant([3, 4], tf.int64), augmentation).numpy())
+    assert not np.allclose(first, _augment(image, tf.constant([3, 5], tf.int64), augmentation).numpy())
+    assert first.min() >= 0 and first.max() <= 1
