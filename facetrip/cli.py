@@ -220,8 +220,9 @@ def train(
     triplets: Optional[Path] = typer.Option(None, "--triplets", help="With --strategy offline: a `facetrip mine` file for the first epoch."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<timestamp>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last epoch."),
+    evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Evaluate on the test identities when training ends (facetrip evaluate)."),
 ) -> None:
-    """Train an embedding model with online (or offline) triplet mining; writes a run directory."""
+    """Train an embedding model with online (or offline) triplet mining; writes a run directory, then evaluates it."""
     from facetrip.config import Config, ConfigError
     from facetrip.data import DataError
     from facetrip.runs import CONFIG_FILE, new_run_dir
@@ -259,6 +260,8 @@ def train(
         _train_into(config, target, resume is not None)
     except (ConfigError, DataError) as error:
         fail(str(error))
+    if evaluate_after:
+        _evaluate_after_training(target, config.data.data_dir or None)
 
 
 def _train_into(config, run_dir: Path, resume: bool) -> None:
@@ -446,6 +449,119 @@ def mine(
     table.add_row("total valid", f"{result.counts['total']:,}", "100%")
     console.print(table)
     console.print(f"Saved {len(result.triplets):,} hard + semi-hard triplets to {target}")
+
+
+def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
+    """`facetrip evaluate` on a run that just finished; training stays a success if it cannot run."""
+    from facetrip.data import DataError
+    from facetrip.evaluate_run import EvaluationError, evaluate_run
+    from facetrip.evaluation import PairsFileError
+    from facetrip.runs import RunError
+
+    try:
+        with console.status("Evaluating on the test identities ...") as status:
+            report = evaluate_run(run_dir, data_dir=data_dir, on_stage=lambda message: status.update(message))
+    except (EvaluationError, PairsFileError, RunError, DataError) as error:
+        error_console.print(f"[yellow]Evaluation skipped:[/] {error}", highlight=False, soft_wrap=True)
+        return
+    _print_evaluation(report)
+
+
+def _percent(value: float, digits: int = 1) -> str:
+    return f"{value * 100:.{digits}f}%"
+
+
+def _print_evaluation(report: dict) -> None:
+    """The evaluation report as a rich table: model and baselines, then pairs and threshold lines."""
+    from facetrip.evaluation import FAR_TARGETS, far_key
+
+    pairs = report["pairs"]
+    table = Table(title=f"facetrip evaluate {report['run']}")
+    table.add_column("")
+    for column in ("AUC", "EER", *(f"TAR at\nFAR {target * 100:g}%" for target in FAR_TARGETS),
+                   f"{report['model']['accuracy']['num_folds']}-fold\naccuracy"):
+        table.add_column(column, justify="right")
+    rows = [("model", report["model"]), *report["baselines"].items()]
+    for label, metrics in rows:
+        accuracy = metrics["accuracy"]
+        table.add_row(
+            label, f"{metrics['auc']:.4f}", _percent(metrics["eer"]),
+            *(f"{metrics[far_key(target)]:.3f}" for target in FAR_TARGETS),
+            f"{_percent(accuracy['mean'])} ± {_percent(accuracy['std'])}",
+        )
+    console.print(table)
+    accuracy = report["model"]["accuracy"]
+    console.print(
+        f"Pairs: {pairs['same']:,} same + {pairs['different']:,} different, {pairs['images']:,} images of "
+        f"{pairs['identities']:,} identities of {report['source']} never trained on; {pairs['how']}. "
+        f"Accuracy: {accuracy['folds']} folds" + (", same and different pairs weighted equally." if accuracy["balanced"] else "."),
+        highlight=False,
+    )
+    console.print(f"Model: {report['metric']} distance, {report['image_size'][0]}x{report['image_size'][1]} input.", highlight=False)
+    if report["baselines"]:
+        fit = report["baselines_fit"]
+        console.print(
+            "Baselines: " + "; ".join(f"{name}: {metrics['description']}" for name, metrics in report["baselines"].items())
+            + f"; fitted on {fit['images']:,} images of {fit['identities']:,} training identities, centred on {fit['centre']}.",
+            highlight=False,
+        )
+    if report.get("baselines_skipped"):
+        console.print(f"Baselines skipped: {report['baselines_skipped']}.", highlight=False)
+    threshold = report.get("threshold")
+    if threshold is None:
+        console.print("The run has no calibrated threshold.", highlight=False)
+    else:
+        console.print(
+            f"At the run's threshold {threshold['threshold']:.4f} ({threshold['rule']}): accuracy "
+            f"{_percent(threshold['accuracy'])}, FAR {_percent(threshold['far'])}, FRR {_percent(threshold['frr'])}.",
+            highlight=False,
+        )
+    console.print(f"Wrote {report['files']['metrics']} and {report['files']['roc']} to {report['run']}/", highlight=False)
+
+
+@app.command()
+def evaluate(
+    run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt-format file (name i j / name1 i name2 j) instead of the test identities."),
+    max_pairs: int = typer.Option(50_000, "--max-pairs", help="Most same (and most different) pairs; a larger test split gets a seeded balanced sample."),
+    seed: int = typer.Option(0, help="Seed of the pair sample and the 10-fold assignment."),
+    with_baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score raw pixels, Eigenfaces and Fisherfaces."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
+    data_source: Optional[str] = typer.Option(None, "--data", help="Data source (default: the run's): " + DATA_HELP),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+) -> None:
+    """Score a run on identities it never trained on, beside raw pixels, Eigenfaces and Fisherfaces.
+
+    Writes metrics.json and roc.png into the run directory.
+    """
+    import json
+
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    from facetrip.data import DataError
+    from facetrip.evaluate_run import EvaluationError, evaluate_run
+    from facetrip.evaluation import PairsFileError
+    from facetrip.runs import RunError, latest_run
+
+    setup_logging()
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        target = run_dir if run_dir is not None else latest_run()
+        with console.status("Evaluating ...") as status:
+            report = evaluate_run(
+                target, pairs_file=pairs, max_pairs=max_pairs, seed=seed, baselines=with_baselines,
+                data_source=data_source, data_dir=data_dir, on_stage=lambda message: status.update(message),
+            )
+    except (EvaluationError, PairsFileError, RunError, DataError) as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    _print_evaluation(report)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,12 @@ class Run:
         return self.embed_encoded(encoded, batch_size)
 
     def embed_encoded(self, encoded, batch_size: int = 64) -> np.ndarray:
+        """(N, D) embeddings of encoded images (bytes), through :func:`preprocess_encoded`."""
         images = np.stack([preprocess_encoded(data, self.image_size, self.channels).numpy() for data in encoded])
+        return self.embed_images(images, batch_size)
+
+    def embed_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, D) float32 embeddings of preprocessed (N, H, W, C) images in [0, 1]; the model is a black box."""
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0), np.float32)
 
 

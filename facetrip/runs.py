@@ -8,6 +8,8 @@
       config.toml        the config the run used
       split.json         which identities went to train / dev / test
       metrics.csv        one row per epoch
+      metrics.json       `facetrip evaluate`: model and baselines on the test identities
+      roc.png            `facetrip evaluate`: their ROC curves
       logs/              TensorBoard
       backup/            Keras BackupAndRestore state while training (resume)
 
@@ -29,6 +31,8 @@ METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.toml"
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.csv"
+EVALUATION_FILE = "metrics.json"
+ROC_PLOT_FILE = "roc.png"
 LOGS_DIR = "logs"
 BACKUP_DIR = "backup"
 DEFAULT_RUNS_ROOT = "runs"

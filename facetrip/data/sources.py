@@ -98,8 +98,11 @@ class FaceImages:
     def restricted_to(self, identity_names) -> FaceImages:
         """The images of the given identities only (labels keep their meaning)."""
         wanted = np.isin(np.asarray(self.identity_names, dtype=object), list(identity_names))
-        keep = wanted[self.labels]
-        return dataclasses.replace(self, encoded=self.encoded[keep], labels=self.labels[keep], file_names=self.file_names[keep])
+        return self.take(np.flatnonzero(wanted[self.labels]))
+
+    def take(self, indices) -> FaceImages:
+        """The images at ``indices`` (an int array or a boolean mask), in that order; labels keep their meaning."""
+        return dataclasses.replace(self, encoded=self.encoded[indices], labels=self.labels[indices], file_names=self.file_names[indices])
 
 
 def default_data_dir() -> str:

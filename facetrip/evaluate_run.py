@@ -1,0 +1,340 @@
+"""The evaluation workflow: a run's model and the classic baselines on identities it never saw.
+
+:func:`evaluate_run` loads a run, checks its saved split (no test identity may be a
+training identity), chooses pairs (all pairs of a small test split, a seeded balanced
+sample of a large one, or an LFW ``pairs.txt`` file), embeds the images of those pairs
+with the saved model (a black box), fits raw pixels / Eigenfaces / Fisherfaces on the
+run's training identities, scores everyone on exactly the same pairs, and writes
+``metrics.json`` and ``roc.png`` into the run directory.
+
+Images reach the model and the baselines as the same arrays: the run's image size and
+channels through :func:`facetrip.data.preprocess_encoded`, the path training used.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+import numpy as np
+
+from facetrip import __version__
+from facetrip.evaluation import NUM_FOLDS, NamedPairs, Pairs, PairsFileError
+
+# Most same-identity (and most different-identity) pairs; above it a balanced sample is drawn.
+DEFAULT_MAX_PAIRS_PER_CLASS = 50_000
+# How the verification threshold saved with a run was chosen, by its threshold_source.
+THRESHOLD_RULES = {
+    "dev": "equal error rate on dev identities",
+    "train": "equal error rate on train identities (the run has no dev identities)",
+}
+# Identities named in an error message before "..."
+_SHOWN_NAMES = 3
+
+
+class EvaluationError(ValueError):
+    """A run or pairs set that cannot be evaluated honestly: one line saying why."""
+
+
+def _names(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:_SHOWN_NAMES]) + (", ..." if len(names) > _SHOWN_NAMES else "")
+
+
+def run_split(run_dir: str | Path, metadata: dict) -> dict[str, list[str]]:
+    """The run's identity split from ``split.json`` (checked against ``metadata.json``).
+
+    Returns:
+        ``{"train": [...], "dev": [...], "test": [...]}``.
+
+    Raises:
+        EvaluationError: no split, the two files disagree, or the split is not identity-disjoint
+            between train and test.
+    """
+    import json
+
+    from facetrip.runs import METADATA_FILE, SPLIT_FILE
+
+    split_path = Path(run_dir) / SPLIT_FILE
+    saved = None
+    if split_path.is_file():
+        try:
+            saved = json.loads(split_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvaluationError(f"{split_path} is corrupt (not JSON).") from None
+    recorded = metadata.get("split")
+    if saved is None and recorded is None:
+        raise EvaluationError(f"{run_dir} records no identity split ({SPLIT_FILE} or 'split' in {METADATA_FILE}).")
+    split, where = (saved, split_path) if saved is not None else (recorded, Path(run_dir) / METADATA_FILE)
+    try:
+        parts = {name: [str(identity) for identity in split.get(name, [])] for name in ("train", "dev", "test")}
+    except (AttributeError, TypeError):
+        raise EvaluationError(f"{where} does not hold an identity split (train / dev / test lists).") from None
+    trained_on_and_tested = set(parts["train"]) & set(parts["test"])
+    if trained_on_and_tested:
+        raise EvaluationError(
+            f"{len(trained_on_and_tested)} test identities of {where} are also training identities "
+            f"({_names(trained_on_and_tested)}): numbers on identities the model was trained on are meaningless."
+        )
+    if saved is not None and recorded is not None:
+        for name in ("train", "test"):
+            if sorted(parts[name]) != sorted(str(identity) for identity in recorded.get(name, [])):
+                raise EvaluationError(
+                    f"The {name} identities of {split_path} and {Path(run_dir) / METADATA_FILE} differ: "
+                    f"the run directory was edited, so which identities were trained on is unknown."
+                )
+    return parts
+
+
+def image_index_by_name_and_number(file_names, labels, identity_names) -> dict[tuple[str, int], int]:
+    """``{(identity, image number): image index}`` from file names ``identity/.../<stem ending in digits>.ext``.
+
+    The number is the trailing digits of the file's stem: ``Aaron_Peirsol/Aaron_Peirsol_0003.jpg``
+    (LFW) -> 3, ``s7/3.pgm`` (ORL) -> 3. Files whose first folder is not their identity
+    (tfds data sets without file names, named ``split/index``) are left out. A key that
+    several files share maps to -1.
+    """
+    index_by_key: dict[tuple[str, int], int] = {}
+    for index, (file_name, label) in enumerate(zip(file_names, labels)):
+        name = identity_names[label]
+        path = PurePosixPath(str(file_name))
+        digits = re.search(r"(\d+)$", path.stem)
+        if len(path.parts) < 2 or path.parts[0] != name or digits is None:
+            continue
+        key = (name, int(digits.group(1)))
+        index_by_key[key] = -1 if key in index_by_key else index
+    return index_by_key
+
+
+def pairs_from_file(named: NamedPairs, faces, pairs_file: str | Path) -> Pairs:
+    """Map the (name, number) pairs of an LFW pairs file onto the images of ``faces``.
+
+    Raises:
+        PairsFileError: the images carry no usable file names, or a name or an image
+            number of the file is not in the data (names the line).
+    """
+    index_by_key = image_index_by_name_and_number(faces.file_names, faces.labels, faces.identity_names)
+    if not index_by_key:
+        example = faces.file_names[0] if len(faces) else "-"
+        raise PairsFileError(
+            f"The images of {faces.source} are not named NAME/NAME_0001.jpg (e.g. {example}), so the image numbers of "
+            f"{pairs_file} cannot be matched: use folder:PATH on a folder in the LFW layout (NAME/NAME_0001.jpg)."
+        )
+    known = set(faces.identity_names)
+    counts = faces.images_per_identity()
+    position = {name: number for number, name in enumerate(faces.identity_names)}
+    indices = np.empty((len(named), 2), np.int64)
+    for row, (line, pair) in enumerate(zip(named.line_numbers, zip(named.first_names, named.first_numbers,
+                                                                    named.second_names, named.second_numbers))):
+        for column, (name, number) in enumerate((pair[:2], pair[2:])):
+            if name not in known:
+                raise PairsFileError(f"{pairs_file} line {line}: no identity {name!r} in {faces.source}.")
+            index = index_by_key.get((name, int(number)))
+            if index is None:
+                raise PairsFileError(
+                    f"{pairs_file} line {line}: {name} has no image number {number} in {faces.source} "
+                    f"({counts[position[name]]} images found, e.g. {name}/{name}_0001.jpg)."
+                )
+            if index < 0:
+                raise PairsFileError(f"{pairs_file} line {line}: image {number} of {name} matches several files in {faces.source}.")
+            indices[row, column] = index
+    folds = named.folds
+    how = f"{len(named):,} pairs of {pairs_file}" + (
+        f" in {len(np.unique(folds))} folds" if folds is not None else " (no folds: seeded stratified folds)"
+    )
+    return Pairs(indices[:, 0], indices[:, 1], named.same.copy(), folds, how)
+
+
+def preprocess_images(faces, image_size, channels: int) -> np.ndarray:
+    """(N, H, W, C) float32 images in [0, 1] through :func:`facetrip.data.preprocess_encoded`, in order."""
+    from facetrip.data import image_dataset
+
+    if not len(faces):
+        return np.zeros((0, *image_size, channels), np.float32)
+    batches = [images.numpy() for images, _ in image_dataset(faces, tuple(image_size), channels, batch_size=256)]
+    return np.concatenate(batches)
+
+
+def _compact(faces, pairs: Pairs):
+    """Only the images that pairs use, with the pairs re-indexed into them."""
+    used, inverse = np.unique(np.concatenate([pairs.first, pairs.second]), return_inverse=True)
+    first, second = inverse[: len(pairs)], inverse[len(pairs) :]
+    return faces.take(used), Pairs(first, second, pairs.same, pairs.folds, pairs.how)
+
+
+def _threshold_report(metadata: dict, distances: np.ndarray, same: np.ndarray) -> dict | None:
+    """Test accuracy / FAR / FRR at the threshold saved with the run (None when it has none)."""
+    from facetrip.evaluation import rates_at_threshold
+
+    threshold = metadata.get("threshold")
+    if threshold is None:
+        return None
+    source = metadata.get("threshold_source", "dev")
+    return {
+        **rates_at_threshold(distances, same, float(threshold)),
+        "source": source,
+        "rule": THRESHOLD_RULES.get(source, f"equal error rate on {source} identities"),
+        "calibration": metadata.get(source),
+    }
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    pairs_file: str | Path | None = None,
+    max_pairs: int = DEFAULT_MAX_PAIRS_PER_CLASS,
+    seed: int = 0,
+    baselines: bool = True,
+    data_source: str | None = None,
+    data_dir: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run on identities it never trained on; write ``metrics.json`` and ``roc.png``.
+
+    Args:
+        run_dir: a finished run directory.
+        pairs_file: an LFW-format pairs file (``N`` or ``FOLDS N`` header) naming images
+            of the data source by identity and 1-based number; None for the run's test
+            identities.
+        max_pairs: most same (and most different) pairs from the test identities; when
+            either kind has more, a seeded balanced sample of min(max_pairs, same,
+            different) pairs of each kind is drawn.
+        seed: seed of the pair sample, the k-fold assignment and the baselines' fit sample.
+        baselines: also score raw pixels, Eigenfaces and Fisherfaces.
+        data_source: data source (default: the run's).
+        data_dir: tfds storage folder (default: tfds' own).
+        on_stage: called with a short message as each stage starts (a progress display).
+
+    Returns:
+        The report written to ``metrics.json``: ``model``, ``baselines`` (name -> metrics,
+        see :func:`facetrip.evaluation.verification_metrics`), ``pairs``, ``threshold``
+        (the saved threshold's test results), ``files`` and what was evaluated.
+
+    Raises:
+        EvaluationError, PairsFileError, RunError, DataError: one line saying what is wrong.
+    """
+    from facetrip.baselines import BaselineError, fit_baselines, fit_sample
+    from facetrip.data import load_faces
+    from facetrip.evaluation import (
+        distances_between,
+        read_lfw_pairs,
+        roc,
+        roc_plot_png,
+        verification_metrics,
+        verification_pairs,
+    )
+    from facetrip.inference import Run
+    from facetrip.runs import EVALUATION_FILE, ROC_PLOT_FILE, atomic_write_bytes, atomic_write_json, read_metadata
+
+    stage = on_stage or (lambda message: None)
+    run_dir = Path(run_dir)
+    if max_pairs < 1:
+        raise EvaluationError(f"max_pairs must be at least 1, not {max_pairs}.")
+    metadata = read_metadata(run_dir)  # a one-line RunError before any data is loaded
+    split = run_split(run_dir, metadata)
+    named = read_lfw_pairs(pairs_file) if pairs_file is not None else None
+    if named is None and not split["test"]:
+        raise EvaluationError(
+            f"{run_dir} has no test identities (its split lists none): evaluate on a pairs file (--pairs FILE) "
+            f"or train with test identities (split.test > 0)."
+        )
+    run = Run.load(run_dir)
+    source = data_source or metadata["source"]
+    stage(f"Loading {source} ...")
+    faces = load_faces(source, data_dir=data_dir)
+
+    if named is not None:
+        trained_on = set(split["train"]) & (set(named.first_names) | set(named.second_names))
+        if trained_on:
+            raise EvaluationError(
+                f"{len(trained_on)} identities of {pairs_file} are training identities of {run_dir} "
+                f"({_names(trained_on)}): verification must be scored on identities the model never saw."
+            )
+        pairs = pairs_from_file(named, faces, pairs_file)
+        evaluated_identities = sorted(set(named.first_names) | set(named.second_names))
+    else:
+        missing = set(split["test"]) - set(faces.identity_names)
+        if len(missing) == len(split["test"]):
+            raise EvaluationError(
+                f"None of the {len(split['test'])} test identities of {run_dir} is in {faces.source} "
+                f"(e.g. {_names(missing)}): evaluate with the run's own data source (--data)."
+            )
+        evaluated_identities = sorted(set(split["test"]) - missing)
+        is_test_identity = np.isin(np.asarray(faces.identity_names, dtype=object), evaluated_identities)  # (identities,)
+        test_images = np.flatnonzero(is_test_identity[faces.labels])  # (T,) indices into faces
+        test_pairs = verification_pairs(faces.labels[test_images], max_pairs, seed)
+        pairs = Pairs(test_images[test_pairs.first], test_images[test_pairs.second], test_pairs.same, None, test_pairs.how)
+    if pairs.num_same == 0 or pairs.num_different == 0:
+        raise EvaluationError(
+            f"The pairs hold {pairs.num_same} same-identity and {pairs.num_different} different-identity pairs: "
+            f"verification needs both (at least two identities, one with two or more images)."
+        )
+    if pairs.folds is None and len(pairs) < NUM_FOLDS:
+        raise EvaluationError(f"Only {len(pairs)} pairs: {NUM_FOLDS}-fold accuracy needs at least {NUM_FOLDS}.")
+    if pairs.folds is not None and len(np.unique(pairs.folds)) < 2:
+        raise EvaluationError(
+            f"{pairs_file} holds one fold: k-fold accuracy needs two or more (a 'FOLDS N' header with FOLDS >= 2, "
+            f"or an 'N' header for seeded folds)."
+        )
+    used_faces, pairs = _compact(faces, pairs)
+
+    stage(f"Embedding {len(used_faces):,} images ...")
+    images = preprocess_images(used_faces, run.image_size, run.channels)  # (U, H, W, C)
+    embeddings = run.embed_images(images)
+    metric = metadata["metric"]
+    model_distances = distances_between(embeddings[pairs.first], embeddings[pairs.second], metric)
+    report: dict[str, Any] = {
+        "facetrip_version": __version__,
+        "run": str(run_dir),
+        "source": faces.source,
+        "image_size": list(run.image_size),
+        "channels": run.channels,
+        "metric": metric,
+        "pairs": {
+            "how": pairs.how,
+            "file": str(pairs_file) if pairs_file is not None else None,
+            "same": pairs.num_same,
+            "different": pairs.num_different,
+            "images": len(used_faces),
+            "identities": len(evaluated_identities),
+            "max_pairs_per_class": max_pairs,
+            "seed": seed,
+        },
+        "model": verification_metrics(model_distances, pairs.same, pairs.folds, seed),
+        "threshold": _threshold_report(metadata, model_distances, pairs.same),
+        "baselines": {},
+        "baselines_skipped": None,
+    }
+    curves = {f"model ({metric}), AUC {report['model']['auc']:.3f}": roc(model_distances, pairs.same)[:2]}
+
+    if baselines:
+        train_faces = faces.restricted_to(split["train"])
+        if len(np.unique(train_faces.labels)) < 2:
+            report["baselines_skipped"] = f"{faces.source} holds fewer than two of the run's training identities to fit them on"
+        else:
+            train_faces = train_faces.take(fit_sample(len(train_faces), seed))  # preprocess only what is fitted on
+            stage(f"Fitting the baselines on {len(train_faces):,} training images ...")
+            try:
+                fitted = fit_baselines(preprocess_images(train_faces, run.image_size, run.channels), train_faces.labels, seed)
+            except BaselineError as error:
+                fitted, report["baselines_skipped"] = [], str(error)
+            report["baselines_fit"] = {
+                "images": len(train_faces),
+                "identities": int(len(np.unique(train_faces.labels))),
+                "centre": "the mean of the evaluated images",
+            }
+            for baseline in fitted:
+                vectors = baseline.embed(images)
+                distances = distances_between(vectors[pairs.first], vectors[pairs.second], baseline.metric)
+                report["baselines"][baseline.name] = {
+                    **verification_metrics(distances, pairs.same, pairs.folds, seed),
+                    "description": baseline.description,
+                }
+                curves[f"{baseline.name}, AUC {report['baselines'][baseline.name]['auc']:.3f}"] = roc(distances, pairs.same)[:2]
+
+    stage("Writing metrics.json and roc.png ...")
+    title = f"{Path(run_dir).name}: {pairs.num_same:,} same / {pairs.num_different:,} different pairs of {faces.source}"
+    atomic_write_bytes(run_dir / ROC_PLOT_FILE, roc_plot_png(curves, title))
+    report["files"] = {"metrics": EVALUATION_FILE, "roc": ROC_PLOT_FILE}
+    atomic_write_json(run_dir / EVALUATION_FILE, report)
+    return report
