@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 class DataConfig:
     source: str = "orl_faces"  # orl_faces | folder:PATH | tfds:NAME[:SPLIT]
     data_dir: str = ""  # tfds storage; "" means tfds' default (~/tensorflow_datasets)
-    image_size: list = dataclasses.field(default_factory=lambda: [56, 46])  # height, width
+    image_size: list = dataclasses.field(default_factory=lambda: [32, 26])  # height, width
     channels: int = 1  # 1 (grey) or 3 (RGB)
 
 
@@ -51,8 +51,8 @@ class AugmentConfig:
     max_shift: float = 0.08  # random translation, fraction of height / width
     brightness: float = 0.1
     contrast: float = 0.2
-    rotation: float = 0.0  # largest random rotation, degrees
-    erasing: float = 0.0  # probability of erasing a random rectangle (random erasing)
+    rotation: float = 10.0  # largest random rotation, degrees
+    erasing: float = 0.5  # probability of erasing a random rectangle (random erasing)
 
 
 @dataclasses.dataclass
@@ -66,17 +66,18 @@ class LossConfig:
 @dataclasses.dataclass
 class ModelConfig:
     backbone: str = "resnet_small"  # resnet_small | resnet50
-    width: int = 32  # channels of the first resnet_small stage (doubling per stage)
+    width: int = 16  # channels of the first resnet_small stage (doubling per stage)
     embedding_dim: int = 128
+    head: str = "flatten"  # pool (global average) | flatten (keeps where on the face a feature is)
     dropout: float = 0.0
-    flip_tta: bool = False  # export f(x) + f(mirror(x)), renormalised (flip test-time augmentation)
+    flip_tta: bool = True  # export f(x) + f(mirror(x)), renormalised (flip test-time augmentation)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 150
     warmup_epochs: int = 0  # epochs of cosine-softmax classification before the triplet loss takes over
-    classification_weight: float = 0.0  # weight of the classification term after the warm-up
+    classification_weight: float = 1.0  # weight of the classification term after the warm-up
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     precision: str = "float32"  # float32 | bf16

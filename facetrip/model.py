@@ -22,6 +22,7 @@ import keras
 from keras import layers
 
 BACKBONES = ("resnet_small", "resnet50")
+HEADS = ("pool", "flatten")
 
 
 @keras.saving.register_keras_serializable(package="facetrip")
@@ -56,7 +57,7 @@ def _resnet_small(x, width: int, regulariser):
         for block in range(2):
             stride = 2 if block == 0 and stage > 0 else 1
             x = _basic_block(x, width * multiplier, stride, regulariser, name=f"stage{stage + 1}_block{block + 1}")
-    return layers.GlobalAveragePooling2D(name="pool")(x)  # (8 w,)
+    return x  # (H / 8, W / 8, 8 w)
 
 
 def build_embedding_model(
@@ -66,6 +67,7 @@ def build_embedding_model(
     width: int = 32,
     dropout: float = 0.0,
     weight_decay: float = 0.0,
+    head: str = "pool",
     name: str = "facetrip_embedder",
 ) -> keras.Model:
     """A ResNet mapping (H, W, C) images in [0, 1] to L2-normalised embeddings.
@@ -77,6 +79,10 @@ def build_embedding_model(
         width: channels of the first ``resnet_small`` stage.
         dropout: dropout rate before the projection.
         weight_decay: L2 penalty on convolution and dense kernels (added to the loss).
+        head: how the last feature map (h, w, c) becomes the projection's input:
+            ``pool`` (global average, (c,)) or ``flatten`` (batch norm then flatten,
+            (h w c,): keeps where on the face a feature is, as the BN-dropout-FC heads
+            of face recognition networks do).
         name: model name.
 
     Returns:
@@ -84,16 +90,20 @@ def build_embedding_model(
     """
     if backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}.")
+    if head not in HEADS:
+        raise ValueError(f"Unknown head {head!r}: choose one of {', '.join(HEADS)}.")
     regulariser = keras.regularizers.L2(weight_decay) if weight_decay else None
     images = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Rescaling(2.0, offset=-1.0, name="centre")(images)  # [0, 1] -> [-1, 1]
     if backbone == "resnet_small":
-        features = _resnet_small(x, width, regulariser)
+        feature_map = _resnet_small(x, width, regulariser)
     else:
-        resnet = keras.applications.ResNet50(
-            weights=None, include_top=False, input_shape=tuple(input_shape), pooling="avg"
-        )
-        features = resnet(x)
+        resnet = keras.applications.ResNet50(weights=None, include_top=False, input_shape=tuple(input_shape))
+        feature_map = resnet(x)
+    if head == "pool":
+        features = layers.GlobalAveragePooling2D(name="pool")(feature_map)  # (c,)
+    else:
+        features = layers.Flatten(name="flatten")(layers.BatchNormalization(name="head_bn")(feature_map))  # (h w c,)
     if dropout:
         features = layers.Dropout(dropout, name="dropout")(features)
     projection = layers.Dense(embedding_dim, kernel_regularizer=regulariser, dtype="float32", name="projection")(features)

@@ -178,7 +178,10 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
             backbone=config.model.backbone,
             width=config.model.width,
             dropout=config.model.dropout,
+            head=config.model.head,
         )
+    except ValueError as error:  # an unknown backbone or head
+        raise TrainingError(str(error)) from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     exported_model = with_flip_averaging(model) if config.model.flip_tta else model
