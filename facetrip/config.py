@@ -81,6 +81,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     precision: str = "float32"  # float32 | bf16
+    checkpoint_seconds: float = 30.0  # save model + backup at the first epoch end this long after the last save
     seed: int = 0
 
 

@@ -4,8 +4,12 @@ Online strategies (batch_all, batch_hard, semi_hard) run through ``model.fit`` o
 batches with :class:`~facetrip.losses.TripletLoss`, so the train step is Keras' own
 (stateless per step, ready for a ``tf.distribute`` strategy). Checkpoints are Keras'
 ``BackupAndRestore`` (double-buffered), so ``--resume`` after a crash or ``kill -9``
-continues from the last completed epoch; the exported ``model.keras`` and metadata are
-replaced atomically after every epoch.
+continues from the last checkpointed epoch; the exported ``model.keras`` and metadata are
+replaced atomically at the same moments. A checkpoint is taken at the end of an epoch
+once ``train.checkpoint_seconds`` have passed since the previous one, and after the last
+epoch: on a small data set an epoch takes about a second and saving after every one
+doubled the training time. Epochs after the last checkpoint are repeated on resume (and
+logged again in metrics.csv).
 """
 
 from __future__ import annotations
@@ -84,20 +88,58 @@ def _callbacks_module():
             if logs is not None:
                 logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
-    class ExportEveryEpoch(keras.callbacks.Callback):
-        """Replace model.keras atomically after every epoch, so a crash leaves a usable model."""
+    class ExportAtCheckpoints(keras.callbacks.Callback):
+        """Replace model.keras atomically at each checkpoint, so a crash leaves a usable model."""
 
-        def __init__(self, run_dir: Path, exported_model, write_metadata):
+        def __init__(self, run_dir: Path, exported_model, write_metadata, schedule):
             super().__init__()
             self.run_dir = run_dir
             self.exported_model = exported_model
             self.write_metadata = write_metadata
+            self.schedule = schedule
 
         def on_epoch_end(self, epoch, logs=None):
-            save_model_atomically(self.exported_model, self.run_dir / MODEL_FILE)
-            self.write_metadata(epochs_completed=epoch + 1)
+            if self.schedule.due(epoch):
+                save_model_atomically(self.exported_model, self.run_dir / MODEL_FILE)
+                self.write_metadata(epochs_completed=epoch + 1)
 
-    return StopOnNonFiniteLoss, LogLearningRate, ExportEveryEpoch
+    class BackupAtCheckpoints(keras.callbacks.BackupAndRestore):
+        """Keras' BackupAndRestore, saving only at the epochs the schedule marks as checkpoints."""
+
+        def __init__(self, schedule, **kwargs):
+            super().__init__(**kwargs)
+            self.schedule = schedule
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.schedule.due(epoch):
+                super().on_epoch_end(epoch, logs)
+
+    return StopOnNonFiniteLoss, LogLearningRate, ExportAtCheckpoints, BackupAtCheckpoints
+
+
+class CheckpointSchedule:
+    """Which epochs end with a checkpoint: the last one, and any ending ``seconds`` after the previous checkpoint.
+
+    The answer for an epoch is decided once (by the first callback that asks) and then
+    shared, so the export and the backup always agree.
+    """
+
+    def __init__(self, seconds: float, last_epoch: int, clock=None):
+        import time
+
+        self.seconds = float(seconds)
+        self.last_epoch = int(last_epoch)
+        self.clock = clock or time.monotonic
+        self.previous = self.clock()
+        self.decided: dict[int, bool] = {}
+
+    def due(self, epoch: int) -> bool:
+        if epoch not in self.decided:
+            now = self.clock()
+            self.decided[epoch] = epoch >= self.last_epoch or now - self.previous >= self.seconds
+            if self.decided[epoch]:
+                self.previous = now
+        return self.decided[epoch]
 
 
 def prepare_run_dir(config: Config, run_dir: Path) -> None:
@@ -224,7 +266,9 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         atomic_write_json(previous, metadata)
         return metadata
 
-    stop_on_nan, log_learning_rate, export_every_epoch = _callbacks_module()
+    stop_on_nan, log_learning_rate, export_at_checkpoints, backup_at_checkpoints = _callbacks_module()
+    # Offline training calls fit once per epoch and each call restores the backup: checkpoint every epoch.
+    schedule = CheckpointSchedule(0.0 if offline else config.train.checkpoint_seconds, last_epoch=config.train.epochs - 1)
     # Order matters at the end of an epoch: logs and the export first, the backup that marks
     # the epoch as done last, so a kill in between repeats the epoch rather than losing its row.
     all_callbacks = [
@@ -233,9 +277,10 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         log_learning_rate(),
         keras.callbacks.CSVLogger(str(run_dir / METRICS_FILE), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / LOGS_DIR), write_graph=False, profile_batch=0),
-        export_every_epoch(run_dir, exported_model, write_metadata),
+        export_at_checkpoints(run_dir, exported_model, write_metadata, schedule),
         # Offline training calls fit once per epoch: keep the backup between the calls.
-        keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=not offline),
+        backup_at_checkpoints(schedule, backup_dir=str(run_dir / BACKUP_DIR), double_checkpoint=True,
+                              delete_checkpoint=not offline),
         *callbacks,
     ]
     if offline:

@@ -107,3 +107,29 @@ def test_augmentation_with_rotation_and_erasing_is_seeded():
     np.testing.assert_array_equal(first, _augment(image, tf.constant([3, 4], tf.int64), augmentation).numpy())
     assert not np.allclose(first, _augment(image, tf.constant([3, 5], tf.int64), augmentation).numpy())
     assert first.min() >= 0 and first.max() <= 1
+
+
+def test_flatten_head_keeps_positions_and_unknown_heads_are_refused():
+    pooled = build_embedding_model((16, 16, 1), embedding_dim=4, width=4, head="pool")
+    flattened = build_embedding_model((16, 16, 1), embedding_dim=4, width=4, head="flatten")
+    assert flattened.get_layer("flatten").output.shape == (None, 2 * 2 * 32)  # (16 / 8)^2 positions x 8 w
+    assert flattened.count_params() > pooled.count_params()
+    outputs = flattened.predict(np.random.default_rng(6).random((2, 16, 16, 1)), verbose=0)
+    np.testing.assert_allclose(np.linalg.norm(outputs, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="Unknown head"):
+        build_embedding_model((16, 16, 1), head="attention")
+
+
+def test_checkpoint_schedule_saves_after_the_interval_and_at_the_last_epoch():
+    from facetrip.training import CheckpointSchedule
+
+    now = [0.0]
+    schedule = CheckpointSchedule(10.0, last_epoch=5, clock=lambda: now[0])
+    decisions = []
+    for epoch, seconds in enumerate([4, 4, 4, 4, 1, 1]):  # epoch ends at 4, 8, 12, 16, 17, 18 s
+        now[0] += seconds
+        decisions.append(schedule.due(epoch))
+        assert schedule.due(epoch) == decisions[-1]  # asked twice (export, backup): the same answer
+    assert decisions == [False, False, True, False, False, True]
+    every_epoch = CheckpointSchedule(0.0, last_epoch=2, clock=lambda: 0.0)
+    assert [every_epoch.due(epoch) for epoch in range(3)] == [True, True, True]

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_train_errors_are_one_line(tmp_path, data_dir):
 def test_nan_loss_stops_training_with_a_clear_message():
     from facetrip.training import TrainingDiverged, _callbacks_module
 
-    stop_on_nan, _, _ = _callbacks_module()
+    stop_on_nan = _callbacks_module()[0]
     callback = stop_on_nan()
     callback.on_epoch_begin(3)
     callback.on_train_batch_end(0, {"loss": 0.5})
@@ -134,6 +135,10 @@ def test_unknown_strategy_and_metric_are_one_line_errors(tmp_path, data_dir):
     assert result.exit_code == 2 and "choose one of batch_all, batch_hard, semi_hard, offline" in " ".join(result.output.split())
     result = run_cli("train", "--config", TINY, "--metric", "manhattan", "--run-dir", tmp_path / "b", "--data-dir", data_dir)
     assert result.exit_code == 2 and "Unknown metric" in result.output
+    config = tmp_path / "head.toml"
+    config.write_text(Path(TINY).read_text().replace("[model]", '[model]\nhead = "attention"'))
+    result = run_cli("train", "--config", config, "--run-dir", tmp_path / "c", "--data-dir", data_dir)
+    assert result.exit_code == 2 and "Unknown head" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow
@@ -143,7 +148,7 @@ def test_bf16_training_runs(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     from facetrip.runs import load_embedding_model
 
-    model = load_embedding_model(tmp_path / "bf16")
+    model = load_embedding_model(tmp_path / "bf16").get_layer("facetrip_embedder")  # inside the flip averaging
     assert model.get_layer("projection").dtype_policy.compute_dtype == "float32"
     assert any("bfloat16" in layer.dtype_policy.compute_dtype for layer in model.layers if hasattr(layer, "dtype_policy"))
 
