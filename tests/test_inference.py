@@ -127,3 +127,17 @@ def test_embed_files_and_splits_write_projector_files(finished_run, tmp_path, da
     test_identities = set(json.loads((run_dir / "metadata.json").read_text())["split"]["test"])
     labels = {row.split("\t")[0] for row in (tmp_path / "test" / "metadata.tsv").read_text().splitlines()[1:]}
     assert labels == test_identities and np.load(tmp_path / "test" / "embeddings.npy").shape == (100, 8)
+
+
+@pytest.mark.slow
+def test_a_fresh_process_loads_the_flip_averaged_model(finished_run, faces):
+    """`verify` in a new process (nothing imported by training) loads the saved flip-TTA model."""
+    import subprocess
+    import sys
+
+    run_dir, _ = finished_run
+    assert json.loads((run_dir / "metadata.json").read_text())["flip_tta"] is True
+    result = subprocess.run([sys.executable, "-m", "facetrip.cli", "verify", str(faces[0]), str(faces[1]), "--run",
+                             str(run_dir), "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["distance"] >= 0
