@@ -507,6 +507,15 @@ def _print_evaluation(report: dict) -> None:
         )
     if report.get("baselines_skipped"):
         console.print(f"Baselines skipped: {report['baselines_skipped']}.", highlight=False)
+    errors = report.get("errors")
+    if errors and (errors["false_rejects"] or errors["false_accepts"]):
+        rejects = ", ".join(f"{row['identity']} {_percent(row['rate'])}" for row in errors["false_rejects"][:3])
+        accepts = ", ".join(f"{' / '.join(row['identities'])} {_percent(row['rate'])}" for row in errors["false_accepts"][:3])
+        console.print(
+            f"Errors at the model's EER threshold: most same pairs rejected for {rejects or 'no identity'}; "
+            f"most different pairs accepted for {accepts or 'no identity pair'} (all in metrics.json, 'errors').",
+            highlight=False,
+        )
     threshold = report.get("threshold")
     if threshold is None:
         console.print("The run has no calibrated threshold.", highlight=False)

@@ -217,6 +217,7 @@ def evaluate_run(
     from facetrip.data import load_faces
     from facetrip.evaluation import (
         distances_between,
+        error_breakdown,
         read_lfw_pairs,
         roc,
         roc_plot_png,
@@ -302,8 +303,15 @@ def evaluate_run(
         },
         "model": verification_metrics(model_distances, pairs.same, pairs.folds, seed),
         "threshold": _threshold_report(metadata, model_distances, pairs.same),
+        "errors": None,
         "baselines": {},
         "baselines_skipped": None,
+    }
+    identity_of = np.asarray(used_faces.identity_names, dtype=object)[used_faces.labels]  # (U,)
+    report["errors"] = {
+        **error_breakdown(model_distances, pairs.same, identity_of[pairs.first], identity_of[pairs.second],
+                          report["model"]["eer_threshold"]),
+        "rule": "the model's equal-error-rate threshold on these pairs",
     }
     curves = {f"model ({metric}), AUC {report['model']['auc']:.3f}": roc(model_distances, pairs.same)[:2]}
 

@@ -485,6 +485,53 @@ def rates_at_threshold(distances: np.ndarray, same: np.ndarray, threshold: float
     }
 
 
+def error_breakdown(distances: np.ndarray, same: np.ndarray, first_identity, second_identity,
+                    threshold: float, top: int = 5) -> dict:
+    """Which identities a threshold fails on: false rejects per identity, false accepts per identity pair.
+
+    A same pair is falsely rejected when ``d > threshold``; a different pair is falsely
+    accepted when ``d <= threshold``. Rates are per identity (of the same pairs of that
+    identity) and per unordered identity pair (of the different pairs between the two).
+
+    Args:
+        distances: (M,) pair distances.
+        same: (M,) bool.
+        first_identity, second_identity: (M,) identity names of the two images of each pair.
+        threshold: accept a pair when its distance is at most this.
+        top: how many identities and identity pairs to list (highest rate first, then name).
+
+    Returns:
+        ``{"threshold", "false_rejects": [{"identity", "rate", "errors", "pairs"}],
+        "false_accepts": [{"identities": [a, b], "rate", "errors", "pairs"}]}``, listing only
+        entries with at least one error.
+    """
+    distances, same = np.asarray(distances, np.float64), np.asarray(same, bool)
+    first = np.asarray([str(name) for name in first_identity], dtype=object)
+    second = np.asarray([str(name) for name in second_identity], dtype=object)
+    accepted = distances <= threshold
+
+    def ranked(keys: np.ndarray, errors: np.ndarray) -> list[tuple]:
+        """(key, rate, errors, pairs) for each distinct key with an error, worst first."""
+        rows = []
+        for key in sorted(set(keys.tolist())):
+            members = keys == key
+            count = int(np.sum(errors[members]))
+            if count:
+                rows.append((key, count / int(np.sum(members)), count, int(np.sum(members))))
+        return sorted(rows, key=lambda row: (-row[1], row[0]))[:top]
+
+    rejected = ranked(first[same], ~accepted[same])
+    pair_keys = np.asarray([" / ".join(sorted((a, b))) for a, b in zip(first[~same], second[~same])], dtype=object)
+    confused = ranked(pair_keys, accepted[~same])
+    return {
+        "threshold": float(threshold),
+        "false_rejects": [{"identity": key, "rate": rate, "errors": errors, "pairs": pairs}
+                          for key, rate, errors, pairs in rejected],
+        "false_accepts": [{"identities": key.split(" / "), "rate": rate, "errors": errors, "pairs": pairs}
+                          for key, rate, errors, pairs in confused],
+    }
+
+
 def verification_metrics(distances: np.ndarray, same: np.ndarray, folds: np.ndarray | None = None,
                          seed: int = 0, num_folds: int = NUM_FOLDS) -> dict:
     """Every verification number of one set of pair distances.

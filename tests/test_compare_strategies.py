@@ -1,6 +1,12 @@
-"""scripts/compare_strategies.py: variant parsing and the markdown table (no training)."""
+"""scripts/compare_strategies.py: variant parsing and the markdown table (no training); scripts/screen_levers.py runs."""
 
 import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -30,3 +36,32 @@ def test_table_reports_mean_and_spread_over_splits():
     # EER mean 10%, population std 5 points; AUC 0.960 +- 0.020; 3 min of training on average
     assert "| batch_hard | 10.0% ± 5.0 | 0.960 ± 0.020 | 0.80 ± 0.10 | 0.200 | 3.0 min |" in table
     assert "| *Fisherfaces* (baseline) | 10.0% ± 0.0 |" in table and "split seeds 0, 1" in table
+
+
+@pytest.mark.slow
+def test_screen_levers_trains_every_lever_and_reports_per_split(data_dir):
+    """Two epochs of a tiny model with every extra lever on: one line per evaluation, then the mean."""
+    command = [sys.executable, str(REPO / "scripts" / "screen_levers.py"), "--split", "0", "--size", "16", "14",
+               "--width", "4", "--dim", "8", "--epochs", "2", "--eval-every", "1", "--joint", "1", "--smooth", "0.1",
+               "--erase", "0.5", "--rot", "10", "--zoom", "0.1", "--ramp", "0.5", "--gamma", "0.3", "--norm",
+               "--simclr", "0.5", "--head", "flatten", "--train-dev", "--tag", "smoke", "--data-dir", str(data_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line[2:]) for line in result.stdout.splitlines() if line.startswith("0 {")]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert all(0.0 <= row[key] <= 1.0 for row in rows for key in ("dev_eer", "eer", "auc", "eer_tta"))
+    assert rows[-1]["dev_eer"] >= 0.0 and np.isfinite(rows[-1]["ce"]) and np.isfinite(rows[-1]["trip"])
+    final = [line for line in result.stdout.splitlines() if line.startswith("FINAL smoke")]
+    assert len(final) == 1 and json.loads(final[0].rsplit("} ", 1)[1])["eer"] == rows[-1]["eer"]
+
+
+def test_fusion_averages_standardised_distances():
+    spec = importlib.util.spec_from_file_location("fuse_runs", REPO / "scripts" / "fuse_runs.py")
+    fuse_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuse_runs)
+    distances = np.array([0.1, 0.4, 0.7, 1.0])
+    # standardising removes scale and offset: a model whose distances are 10 d + 3 ranks pairs as d does
+    assert np.allclose(fuse_runs.fused([distances, 10 * distances + 3]), fuse_runs.standardised(distances))
+    assert np.allclose(fuse_runs.standardised(distances), (distances - 0.55) / np.std(distances))
+    assert np.allclose(fuse_runs.fused([distances, -distances]), 0.0)  # opposite opinions cancel
+    assert np.allclose(fuse_runs.standardised(np.full(3, 0.5)), 0.0)  # a constant set stays finite

@@ -18,6 +18,7 @@ from facetrip.evaluate_run import EvaluationError, image_index_by_name_and_numbe
 from facetrip.evaluation import (
     PairsFileError,
     best_threshold,
+    error_breakdown,
     k_fold_accuracy,
     parse_lfw_pairs,
     roc,
@@ -45,6 +46,29 @@ def test_perfectly_separable_pairs_give_auc_1_and_eer_0():
     assert metrics["tar_at_far_10pct"] == metrics["tar_at_far_1pct"] == metrics["tar_at_far_0.1pct"] == 1.0
     assert metrics["accuracy"]["mean"] == 1.0 and metrics["accuracy"]["std"] == 0.0
     assert (metrics["same_pairs"], metrics["different_pairs"]) == (3, 9)
+
+
+def test_error_breakdown_by_hand():
+    """Threshold 0.5. Same pairs: a (0.2, 0.7 -> 1 of 2 rejected), b (0.9 -> 1 of 1), c (0.1 -> none).
+    Different pairs: a/b (0.4 accepted, 0.8 not -> 1 of 2), c/a written as (c, a) (0.3 -> 1 of 1),
+    b/c (0.6 -> none). c has no false reject and b/c no false accept, so neither is listed."""
+    distances = np.array([0.2, 0.7, 0.9, 0.1, 0.4, 0.8, 0.3, 0.6])
+    same = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    first = ["a", "a", "b", "c", "a", "b", "c", "b"]
+    second = ["a", "a", "b", "c", "b", "a", "a", "c"]
+    errors = error_breakdown(distances, same, first, second, threshold=0.5)
+    assert errors["false_rejects"] == [
+        {"identity": "b", "rate": 1.0, "errors": 1, "pairs": 1},
+        {"identity": "a", "rate": 0.5, "errors": 1, "pairs": 2},
+    ]
+    assert errors["false_accepts"] == [
+        {"identities": ["a", "c"], "rate": 1.0, "errors": 1, "pairs": 1},
+        {"identities": ["a", "b"], "rate": 0.5, "errors": 1, "pairs": 2},
+    ]
+    # a distance equal to the threshold is accepted, as everywhere else
+    assert error_breakdown(distances, same, first, second, threshold=0.7)["false_rejects"][0]["identity"] == "b"
+    assert error_breakdown(distances, same, first, second, threshold=0.5, top=1)["false_accepts"] == [
+        {"identities": ["a", "c"], "rate": 1.0, "errors": 1, "pairs": 1}]
 
 
 def test_small_roc_by_hand():
@@ -375,6 +399,13 @@ def test_train_ends_with_the_evaluation(finished_run):
     report = json.loads((run_dir / "metrics.json").read_text())
     assert set(report["baselines"]) == {"raw pixels", "Eigenfaces", "Fisherfaces"}
     assert (run_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    errors = report["errors"]
+    assert errors["threshold"] == report["model"]["eer_threshold"]
+    test_identities = set(json.loads((run_dir / "split.json").read_text())["test"])
+    assert all(row["identity"] in test_identities and row["pairs"] == 45 for row in errors["false_rejects"])
+    assert all(set(row["identities"]) <= test_identities and row["pairs"] == 100 for row in errors["false_accepts"])
+    if report["model"]["eer"] > 0:  # the tiny model makes mistakes: they are listed and summarised
+        assert errors["false_rejects"] and errors["false_accepts"] and "Errors at the model's EER threshold" in text
 
 
 @pytest.mark.slow
