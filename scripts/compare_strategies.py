@@ -7,7 +7,8 @@ Fisherfaces) are scored on exactly the same pairs. Reported per variant: mean +-
 splits of EER, AUC and TAR at FAR = 1%, the fraction of positive triplets in the last
 epoch, and the training time (wall clock, this machine).
 
-Finished runs are reused, so an interrupted comparison continues where it stopped.
+Finished runs are reused when their saved config is the one asked for, so an interrupted
+comparison continues where it stopped, and a run of an older default is trained again.
 
 Usage::
 
@@ -59,6 +60,19 @@ def final_fraction_positive(run_dir: Path) -> float:
     return float(rows[-1]["fraction_positive_triplets"]) if rows else float("nan")
 
 
+def is_finished_run_of(run_dir: Path, config) -> bool:
+    """Whether ``run_dir`` holds a finished run trained with exactly ``config`` (reusable)."""
+    from facetrip.config import Config, ConfigError
+    from facetrip.runs import CONFIG_FILE
+
+    if not (run_dir / "training_seconds.json").is_file() or not (run_dir / CONFIG_FILE).is_file():
+        return False
+    try:
+        return Config.from_toml(run_dir / CONFIG_FILE).to_dict() == config.to_dict()
+    except (ConfigError, OSError, ValueError):
+        return False
+
+
 def train_and_evaluate(base_config: Path | None, overrides: dict, split_seed: int, run_dir: Path, baselines: bool) -> dict:
     """Train (unless already finished) and evaluate one variant on one split."""
     from facetrip.config import Config
@@ -66,14 +80,14 @@ def train_and_evaluate(base_config: Path | None, overrides: dict, split_seed: in
     from facetrip.training import prepare_run_dir, train
 
     timing = run_dir / "training_seconds.json"
-    if not timing.is_file():
+    config = Config.from_toml(base_config) if base_config else Config()
+    for key, value in {**overrides, "split.seed": split_seed}.items():
+        config.set(key, value)
+    if not is_finished_run_of(run_dir, config):
         if run_dir.exists():
             import shutil
 
-            shutil.rmtree(run_dir)  # an unfinished run: start it again
-        config = Config.from_toml(base_config) if base_config else Config()
-        for key, value in {**overrides, "split.seed": split_seed}.items():
-            config.set(key, value)
+            shutil.rmtree(run_dir)  # unfinished, or trained with another config (e.g. an older default)
         prepare_run_dir(config, run_dir)
         started = time.perf_counter()
         train(config, run_dir)

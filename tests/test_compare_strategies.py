@@ -65,3 +65,22 @@ def test_fusion_averages_standardised_distances():
     assert np.allclose(fuse_runs.standardised(distances), (distances - 0.55) / np.std(distances))
     assert np.allclose(fuse_runs.fused([distances, -distances]), 0.0)  # opposite opinions cancel
     assert np.allclose(fuse_runs.standardised(np.full(3, 0.5)), 0.0)  # a constant set stays finite
+
+
+def test_finished_runs_are_reused_only_with_the_same_config(tmp_path):
+    from facetrip.config import Config
+
+    run_dir = tmp_path / "batch_hard_split0"
+    run_dir.mkdir()
+    config = Config()
+    config.set("split.seed", 0)
+    (run_dir / "config.toml").write_text(config.to_toml())
+    assert not compare_strategies.is_finished_run_of(run_dir, config)  # no timing: unfinished
+    (run_dir / "training_seconds.json").write_text('{"seconds": 1.0}')
+    assert compare_strategies.is_finished_run_of(run_dir, config)
+    changed = Config()
+    changed.set("split.seed", 0)
+    changed.set("model.width", config.model.width + 1)  # e.g. the default changed since
+    assert not compare_strategies.is_finished_run_of(run_dir, changed)
+    (run_dir / "config.toml").write_text("not [ toml")
+    assert not compare_strategies.is_finished_run_of(run_dir, config)
