@@ -123,7 +123,7 @@ def load_embedding_model(run_dir: str | Path):
     import keras
 
     import facetrip.losses  # noqa: F401  registers TripletLoss for deserialisation
-    import facetrip.model  # noqa: F401  registers HorizontalFlip (the flip test-time augmentation)
+    import facetrip.model  # noqa: F401  registers HorizontalFlip and Shift (the test-time augmentation layers)
 
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():

@@ -170,7 +170,7 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
 
     from facetrip.data import Augmentation, IdentitySplit, PKSampler, load_faces, pk_dataset, split_identities
     from facetrip.losses import TripletLoss, resolve_metric, resolve_strategy, triplet_metrics
-    from facetrip.model import build_embedding_model, with_flip_averaging
+    from facetrip.model import build_embedding_model, with_test_time_augmentation
     from facetrip.trainer import EmbeddingTrainer, phase_callback
 
     run_dir = Path(run_dir)
@@ -187,6 +187,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         raise TrainingError(str(error)) from None
     if config.train.precision not in ("float32", "bf16"):
         raise TrainingError(f"precision must be float32 or bf16, not {config.train.precision!r}.")
+    if config.model.tta_shift < 0:
+        raise TrainingError(f"model.tta_shift must be 0 or more pixels, not {config.model.tta_shift}.")
 
     faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
     split_path = run_dir / SPLIT_FILE
@@ -226,7 +228,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         raise TrainingError(str(error)) from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    exported_model = with_flip_averaging(model) if config.model.flip_tta else model
+    with_tta = config.model.flip_tta or config.model.tta_shift > 0
+    exported_model = with_test_time_augmentation(model, config.model.flip_tta, config.model.tta_shift) if with_tta else model
     trainer = EmbeddingTrainer(
         model, train_faces.labels, TripletLoss(strategy=strategy, margin=config.loss.margin, metric=metric),
         statistics=triplet_metrics(margin=config.loss.margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
@@ -250,6 +253,7 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
             "embedding_dim": config.model.embedding_dim,
             "backbone": config.model.backbone,
             "flip_tta": config.model.flip_tta,
+            "tta_shift": config.model.tta_shift,
             "strategy": strategy,
             "metric": metric,
             "margin": config.loss.margin,

@@ -61,15 +61,20 @@ def final_fraction_positive(run_dir: Path) -> float:
 
 
 def is_finished_run_of(run_dir: Path, config) -> bool:
-    """Whether ``run_dir`` holds a finished run trained with exactly ``config`` (reusable)."""
-    from facetrip.config import Config, ConfigError
+    """Whether ``run_dir`` holds a finished run trained with exactly ``config`` (reusable).
+
+    The saved ``config.toml`` is compared as written: a run saved before a config key
+    existed does not match (its value for the new key is unknown), so it is trained again.
+    """
+    import tomllib
+
     from facetrip.runs import CONFIG_FILE
 
     if not (run_dir / "training_seconds.json").is_file() or not (run_dir / CONFIG_FILE).is_file():
         return False
     try:
-        return Config.from_toml(run_dir / CONFIG_FILE).to_dict() == config.to_dict()
-    except (ConfigError, OSError, ValueError):
+        return tomllib.loads((run_dir / CONFIG_FILE).read_text()) == tomllib.loads(config.to_toml())
+    except (OSError, ValueError):
         return False
 
 

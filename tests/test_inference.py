@@ -136,7 +136,8 @@ def test_a_fresh_process_loads_the_flip_averaged_model(finished_run, faces):
     import sys
 
     run_dir, _ = finished_run
-    assert json.loads((run_dir / "metadata.json").read_text())["flip_tta"] is True
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["flip_tta"] is True and metadata["tta_shift"] == 1  # mirror and shift layers in the saved model
     result = subprocess.run([sys.executable, "-m", "facetrip.cli", "verify", str(faces[0]), str(faces[1]), "--run",
                              str(run_dir), "--json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

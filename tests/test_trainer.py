@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from facetrip.data.pipeline import Augmentation, _augment, _erase, _rotate
 from facetrip.losses import TripletLoss
-from facetrip.model import build_embedding_model, with_flip_averaging
+from facetrip.model import Shift, build_embedding_model, tta_offsets, with_flip_averaging, with_test_time_augmentation
 from facetrip.trainer import EmbeddingTrainer
 
 
@@ -81,6 +81,44 @@ def test_flip_averaging_is_the_renormalised_sum_and_survives_saving(tmp_path):
     averaged.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
+
+
+def shifted_reference(images, dy, dx):
+    """out[y, x] = in[y + dy, x + dx] with the border mirrored (c b a | a b c), by explicit indexing."""
+    height, width = images.shape[1:3]
+    rows = np.arange(height) + dy
+    columns = np.arange(width) + dx
+    rows = np.where(rows < 0, -rows - 1, np.where(rows >= height, 2 * height - rows - 1, rows))
+    columns = np.where(columns < 0, -columns - 1, np.where(columns >= width, 2 * width - columns - 1, columns))
+    return images[:, rows][:, :, columns]
+
+
+@pytest.mark.parametrize("dy, dx", [(0, 0), (1, 0), (-1, 0), (0, 2), (-2, -1)])
+def test_shift_layer_matches_explicit_indexing(dy, dx):
+    images = np.random.default_rng(5).random((2, 7, 6, 1)).astype(np.float32)
+    np.testing.assert_array_equal(Shift(dy, dx)(images).numpy(), shifted_reference(images, dy, dx))
+
+
+def test_test_time_augmentation_is_the_renormalised_sum_over_ten_views_and_survives_saving(tmp_path):
+    embedder = build_embedding_model((12, 10, 1), embedding_dim=4, width=4)
+    images = np.random.default_rng(6).random((3, 12, 10, 1)).astype(np.float32)
+    assert tta_offsets(1) == [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)] and tta_offsets(0) == [(0, 0)]
+    with pytest.raises(ValueError):
+        tta_offsets(-1)
+    views = [shifted_reference(images, dy, dx) for dy, dx in tta_offsets(1)]
+    views += [view[:, :, ::-1] for view in views]
+    expected = sum(embedder.predict(view, verbose=0) for view in views)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    augmented = with_test_time_augmentation(embedder, flip=True, shift=1)
+    np.testing.assert_allclose(augmented.predict(images, verbose=0), expected, atol=1e-5)
+    augmented.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-5)
+    # shift 0 is flip averaging; neither is the embedder itself
+    np.testing.assert_allclose(with_test_time_augmentation(embedder, flip=True, shift=0).predict(images, verbose=0),
+                               with_flip_averaging(embedder).predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(with_test_time_augmentation(embedder, flip=False, shift=0).predict(images, verbose=0),
+                               embedder.predict(images, verbose=0), atol=1e-6)
 
 
 def test_rotation_by_zero_is_identity_and_by_pi_turns_the_image():
