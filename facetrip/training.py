@@ -305,8 +305,13 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
 
 
 def offline_triplets_per_batch(sampler) -> int:
-    """Triplets per offline batch: about as many images (3 per triplet) as an online P x K batch."""
-    return max(1, sampler.batch_size // 3)
+    """Triplets per offline batch: about as many images (3 per triplet) as an online P x K batch.
+
+    An even number of triplets (an even batch of images): TF 2.21's oneDNN CPU kernels
+    crashed the process (segfault / double free) training the width-8 default model on
+    batches of 63 and 65 images (64 // 3 = 21 triplets), while 48-62, 64 and 66 worked.
+    """
+    return max(1, sampler.batch_size // 6 * 2)
 
 
 def _fit_offline(trainer, faces, sampler, config: Config, metric: str, start_epoch: int, image_size, augmentation, callbacks):

@@ -46,3 +46,26 @@ def test_offline_training_can_start_from_a_mined_file(offline_run, tmp_path, dat
     bad = run_cli("train", "--config", TINY, "--strategy", "offline", "--triplets", tmp_path / "none.npz",
                   "--run-dir", tmp_path / "bad", "--data-dir", data_dir)
     assert bad.exit_code == 2 and "No triplets file" in " ".join(bad.output.split())
+
+
+def test_offline_batches_hold_an_even_number_of_triplets():
+    from types import SimpleNamespace
+
+    from facetrip.training import offline_triplets_per_batch
+
+    for batch_size, expected in ((64, 20), (32, 10), (12, 4), (6, 2), (2, 1)):
+        assert offline_triplets_per_batch(SimpleNamespace(batch_size=batch_size)) == expected
+
+
+@pytest.mark.slow
+def test_offline_training_of_the_default_model_does_not_crash(tmp_path, data_dir):
+    """Regression: with 21 triplets (63 images) per batch, TF's oneDNN kernels killed the process
+    (segfault) training the default width-8 model; the run must now finish one epoch."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "facetrip.cli", "train", "--strategy", "offline", "--epochs", "1", "--no-evaluate",
+               "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "model.keras").is_file()
