@@ -309,7 +309,7 @@ def offline_triplets_per_batch(sampler) -> int:
 
     An even number of triplets (an even batch of images): TF 2.21's oneDNN CPU kernels
     crashed the process (segfault / double free) training the width-8 default model on
-    batches of 63 and 65 images (64 // 3 = 21 triplets), while 48-62, 64 and 66 worked.
+    batches of 63 and 65 images (64 // 3 = 21 triplets), while 48, 57, 60, 62, 64 and 66 worked.
     """
     return max(1, sampler.batch_size // 6 * 2)
 
