@@ -284,6 +284,8 @@ def evaluate_run(
     embeddings = run.embed_images(images)
     metric = metadata["metric"]
     model_distances = distances_between(embeddings[pairs.first], embeddings[pairs.second], metric)
+    model_metrics = verification_metrics(model_distances, pairs.same, pairs.folds, seed)
+    identity_of = np.asarray(used_faces.identity_names, dtype=object)[used_faces.labels]  # (U,)
     report: dict[str, Any] = {
         "facetrip_version": __version__,
         "run": str(run_dir),
@@ -301,17 +303,15 @@ def evaluate_run(
             "max_pairs_per_class": max_pairs,
             "seed": seed,
         },
-        "model": verification_metrics(model_distances, pairs.same, pairs.folds, seed),
+        "model": model_metrics,
         "threshold": _threshold_report(metadata, model_distances, pairs.same),
-        "errors": None,
+        "errors": {
+            **error_breakdown(model_distances, pairs.same, identity_of[pairs.first], identity_of[pairs.second],
+                              model_metrics["eer_threshold"]),
+            "rule": "the model's equal-error-rate threshold on these pairs",
+        },
         "baselines": {},
         "baselines_skipped": None,
-    }
-    identity_of = np.asarray(used_faces.identity_names, dtype=object)[used_faces.labels]  # (U,)
-    report["errors"] = {
-        **error_breakdown(model_distances, pairs.same, identity_of[pairs.first], identity_of[pairs.second],
-                          report["model"]["eer_threshold"]),
-        "rule": "the model's equal-error-rate threshold on these pairs",
     }
     curves = {f"model ({metric}), AUC {report['model']['auc']:.3f}": roc(model_distances, pairs.same)[:2]}
 

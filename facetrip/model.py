@@ -183,8 +183,4 @@ def with_flip_averaging(embedder: keras.Model, name: str = "facetrip_embedder_fl
     Returns:
         keras.Model with the same input and output shapes as ``embedder``.
     """
-    images = keras.Input(shape=embedder.input_shape[1:], name="image")
-    direct = embedder(images)  # (B, D)
-    mirrored = embedder(HorizontalFlip(name="mirror")(images))  # (B, D)
-    summed = layers.Add(dtype="float32", name="sum_views")([direct, mirrored])
-    return keras.Model(images, layers.UnitNormalization(dtype="float32", name="l2_normalise_views")(summed), name=name)
+    return with_test_time_augmentation(embedder, flip=True, shift=0, name=name)
