@@ -142,6 +142,16 @@ class CheckpointSchedule:
         return self.decided[epoch]
 
 
+def training_augmentation(config: Config):
+    """The :class:`~facetrip.data.Augmentation` of ``config.augment``, or None when it is disabled."""
+    from facetrip.data import Augmentation
+
+    if not config.augment.enabled:
+        return None
+    return Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness,
+                        config.augment.contrast, config.augment.rotation, config.augment.erasing)
+
+
 def prepare_run_dir(config: Config, run_dir: Path) -> None:
     """Write the config a new run uses; refuse a directory that already holds a run."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +178,7 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     """
     import keras
 
-    from facetrip.data import Augmentation, IdentitySplit, PKSampler, load_faces, pk_dataset, split_identities
+    from facetrip.data import IdentitySplit, PKSampler, load_faces, pk_dataset, split_identities
     from facetrip.losses import TripletLoss, resolve_metric, resolve_strategy, triplet_metrics
     from facetrip.model import build_embedding_model, with_test_time_augmentation
     from facetrip.trainer import EmbeddingTrainer, phase_callback
@@ -206,10 +216,7 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     if start_epoch >= config.train.epochs:
         raise TrainingError(f"{run_dir} already completed its {config.train.epochs} epochs: nothing to resume.")
 
-    augmentation = None
-    if config.augment.enabled:
-        augmentation = Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness,
-                                    config.augment.contrast, config.augment.rotation, config.augment.erasing)
+    augmentation = training_augmentation(config)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.utils.set_random_seed(config.train.seed)

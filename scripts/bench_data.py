@@ -9,15 +9,16 @@ when other processes keep the machine busy)::
 Everything runs in one process, one measurement after the other (never two at once),
 with tfds writing into a temporary ``data_dir`` (nothing lands in ~/tensorflow_datasets):
 
-1. Pipeline throughput: ``pk_dataset`` with P = 16, K = 4 (batch 64) at 56 x 46 x 1,
-   augmentation off and on (``facetrip.data.Augmentation()``), on ORL
+1. Pipeline throughput: ``pk_dataset`` with P = 16, K = 4 (batch 64) at 32 x 26 x 1 (the
+   default input), augmentation off and on (the default config's: flip, shift, brightness,
+   contrast, rotation, random erasing), on ORL
    (``load_faces("orl_faces")``, 6 batches an epoch, so ``epochs=range(N)``) and on a
    synthetic folder (5,000 identities x 4 JPEGs of 32 x 32, written with PIL and loaded
    with ``load_faces("folder:TMP")``; the time to prepare it through tfds is reported).
    Each run builds a fresh dataset, drops its first batches (warm-up) and times the
    rest: batches/s and images/s, median of the runs.
-2. Training step: the default embedding model (``facetrip.model.build_embedding_model()``
-   when that exists, else a stand-in ResNet-18-like network), batch 64, one
+2. Training step: the default embedding model (``facetrip.model.build_embedding_model``
+   with the default config's model settings), batch 64, one
    ``tf.function`` step of batch-hard triplet loss (margin 0.2) and Adam, float32,
    median of the timed steps after warm-up.
 3. Ratio: pipeline batches/s over model steps/s; target >= 10x (PASS / FAIL).
@@ -59,7 +60,7 @@ if str(REPO_ROOT) not in sys.path:
 IDENTITIES_PER_BATCH = 16  # P
 IMAGES_PER_IDENTITY = 4  # K
 BATCH_SIZE = IDENTITIES_PER_BATCH * IMAGES_PER_IDENTITY
-IMAGE_SIZE = (56, 46)
+IMAGE_SIZE = (32, 26)  # the default config's input (facetrip.config.Config().data.image_size)
 CHANNELS = 1
 MARGIN = 0.2
 RATIO_TARGET = 10.0
@@ -298,7 +299,7 @@ def measure_pipeline(
     Enough epochs are asked for that at least ``min_batches`` batches are timed after the
     ``warmup_batches`` dropped ones. Run r uses sampler seed r.
     """
-    from facetrip.data import Augmentation, PKSampler, pk_dataset
+    from facetrip.data import PKSampler, pk_dataset
 
     faces = info.faces
     probe = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=0)
@@ -316,7 +317,7 @@ def measure_pipeline(
         """(batches/s after the warm-up, seconds to the first batch) of a fresh dataset."""
         sampler = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=seed)
         dataset = pk_dataset(
-            faces, sampler, IMAGE_SIZE, CHANNELS, epochs=range(epochs), augmentation=Augmentation() if augment else None
+            faces, sampler, IMAGE_SIZE, CHANNELS, epochs=range(epochs), augmentation=default_augmentation() if augment else None
         )
         start = time.perf_counter()
         first_batch, seen = None, 0
@@ -347,60 +348,32 @@ def measure_pipeline(
 def warm_up_runtime(faces, batches: int = 20) -> None:
     """Pull a few augmented batches once, untimed, so one-off TensorFlow start-up costs (thread pools,
     kernel registration, first decode) do not land in the first measured run."""
-    from facetrip.data import Augmentation, PKSampler, pk_dataset
+    from facetrip.data import PKSampler, pk_dataset
 
     sampler = PKSampler(faces.labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=99)
     epochs = math.ceil(batches / sampler.batches_per_epoch)
-    for _ in pk_dataset(faces, sampler, IMAGE_SIZE, CHANNELS, epochs=range(epochs), augmentation=Augmentation()):
+    for _ in pk_dataset(faces, sampler, IMAGE_SIZE, CHANNELS, epochs=range(epochs), augmentation=default_augmentation()):
         pass
     gc.collect()
 
 
-def residual_block(x, width: int, stride: int):
-    """A basic ResNet block: 3x3 conv - BN - ReLU - 3x3 conv - BN, plus a (projected) shortcut, ReLU."""
-    import keras
+def default_augmentation():
+    """The default config's training augmentation."""
+    from facetrip.config import Config
+    from facetrip.training import training_augmentation
 
-    shortcut = x
-    y = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False)(x)
-    y = keras.layers.BatchNormalization()(y)
-    y = keras.layers.ReLU()(y)
-    y = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(y)
-    y = keras.layers.BatchNormalization()(y)
-    if stride != 1 or x.shape[-1] != width:
-        shortcut = keras.layers.Conv2D(width, 1, strides=stride, use_bias=False)(x)
-        shortcut = keras.layers.BatchNormalization()(shortcut)
-    return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
-
-
-def stand_in_model(input_shape=(*IMAGE_SIZE, CHANNELS), widths=(32, 64, 128, 256), embedding_dim: int = 128):
-    """ResNet-18-like embedding network, the stand-in until facetrip ships its default model.
-
-    Stem 3x3 conv (stride 1) - BN - ReLU; 4 stages of 2 basic blocks with widths
-    ``widths``, the first block of stages 2-4 at stride 2 (56 x 46 -> 7 x 6); global
-    average pooling; Dense(``embedding_dim``); L2 normalisation.
-    """
-    import keras
-
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU()(x)
-    for stage, width in enumerate(widths):
-        for block in range(2):
-            x = residual_block(x, width, stride=2 if stage > 0 and block == 0 else 1)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(embedding_dim)(x)
-    outputs = keras.layers.UnitNormalization(axis=-1)(x)
-    return keras.Model(inputs, outputs, name="resnet18_like_stand_in")
+    return training_augmentation(Config())
 
 
 def default_model():
-    """``(model, description)``: facetrip's default model if it exists, else the stand-in."""
-    try:
-        from facetrip.model import build_embedding_model
-    except ImportError:
-        return stand_in_model(), "stand-in ResNet-18-like (facetrip.model.build_embedding_model not available yet)"
-    return build_embedding_model(), "facetrip.model.build_embedding_model() (default arguments)"
+    """``(model, description)``: the embedding model of the default config."""
+    from facetrip.config import Config
+    from facetrip.model import build_embedding_model
+
+    model = Config().model
+    return build_embedding_model(
+        (*IMAGE_SIZE, CHANNELS), model.embedding_dim, model.backbone, model.width, model.dropout, head=model.head,
+    ), f"facetrip.model.build_embedding_model, default config (width {model.width}, embedding {model.embedding_dim}, {model.head} head)"
 
 
 def measure_train_step(steps: int, warmup_steps: int, waiter: QuietWaiter, seed: int = 0) -> ModelResult:
@@ -549,28 +522,18 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
             f"{', '.join(f'{value:.1f}' for value in result.batches_per_second)} | "
             f"{statistics.median(result.first_batch_seconds):.3f} | {', '.join(f'{value:.2f}' for value in result.other_load)} |"
         )
-    stand_in = model.name.startswith("stand-in")
     lines += [
         "",
         "### 2. Training step (measured alone)",
         "",
-        f"Model: **{model.name}**."
-        + (
-            " This is a **stand-in until the training issue's default model lands**: stem 3x3 conv 32, "
-            "4 stages x 2 basic residual blocks (widths 32/64/128/256, stages 2-4 start at stride 2), "
-            "global average pooling, Dense 128, L2-normalised."
-            if stand_in
-            else " (Without `facetrip.model.build_embedding_model` the script falls back to a stand-in "
-            "ResNet-18-like network: stem 3x3 conv 32, 4 stages x 2 basic blocks of widths 32/64/128/256, "
-            "Dense 128, L2-normalised.)"
-        ),
+        f"Model: **{model.name}**. "
         f"One `tf.function` step: forward (training=True), `batch_hard_triplet_loss(margin={MARGIN})`, gradients, Adam; "
         f"a fixed random batch of {BATCH_SIZE} x {' x '.join(map(str, model.input_shape))}, float32. "
         f"{args.model_warmup} warm-up steps, median of {args.model_steps}.",
         "",
         "| model | parameters | batch | step median (s) | step min (s) | steps/s | other load (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| {'stand-in ResNet-18-like' if stand_in else 'facetrip default'} | {model.parameters:,} | {BATCH_SIZE} | "
+        f"| facetrip default | {model.parameters:,} | {BATCH_SIZE} | "
         f"{model.median_step:.3f} | {min(model.step_seconds):.3f} | {model.steps_per_second:.2f} | "
         f"{'' if model.other_load is None else f'{model.other_load:.2f}'} |",
         "",

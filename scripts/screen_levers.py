@@ -72,6 +72,8 @@ p.add_argument("--zoom", type=float, default=0.0)
 p.add_argument("--ramp", type=float, default=0.0)
 p.add_argument("--gamma", type=float, default=0.0)
 p.add_argument("--train-dev", action="store_true")
+p.add_argument("--blend", type=int, default=0, help="add this many synthetic identities, each the pixel average of two training identities")
+p.add_argument("--ema", type=float, default=0.0, help="exponential moving average of the weights (momentum; 0: off), evaluated at the end")
 p.add_argument("--data-dir", default=None, help="tfds storage folder (default: tfds' own)")
 a = p.parse_args()
 a.margin = a.margin if a.margin == 'soft' else float(a.margin)
@@ -86,6 +88,29 @@ from facetrip.training import embed_faces
 from facetrip.evaluation import pair_distances, verification_summary
 
 faces = load_faces("orl_faces", data_dir=a.data_dir)
+
+
+def with_blended_identities(train, count: int, seed: int):
+    """``train`` plus ``count`` synthetic identities: each is a random pair (A, B) of training
+    identities, and each of its images is the pixel average of a random photo of A and one of B."""
+    import dataclasses
+    rng = np.random.default_rng(seed)
+    people = np.unique(train.labels)
+    pixels = [tf.io.decode_image(bytes(code), channels=1, expand_animations=False).numpy().astype(np.float32)
+              for code in train.encoded]
+    encoded, labels, names, files = list(train.encoded), list(train.labels), list(train.identity_names), list(train.file_names)
+    for number in range(count):
+        first, second = rng.choice(people, 2, replace=False)
+        photos_a, photos_b = np.flatnonzero(train.labels == first), np.flatnonzero(train.labels == second)
+        label = len(names)
+        names.append(f"blend{number}")
+        for _ in range(10):
+            mixed = 0.5 * pixels[rng.choice(photos_a)] + 0.5 * pixels[rng.choice(photos_b)]
+            encoded.append(tf.io.encode_png(np.round(mixed).astype(np.uint8)).numpy())
+            labels.append(label)
+            files.append(f"blend{number}")
+    return dataclasses.replace(train, encoded=np.asarray(encoded, dtype=object), labels=np.asarray(labels, np.int64),
+                               identity_names=names, file_names=np.asarray(files))
 results = []
 for split_seed in a.split:
     keras.utils.set_random_seed(0)
@@ -93,6 +118,8 @@ for split_seed in a.split:
     tr = faces.restricted_to(list(split.train) + (list(split.dev) if a.train_dev else []))
     te = faces.restricted_to(split.test)
     dv = faces.restricted_to(split.dev)
+    if a.blend:
+        tr = with_blended_identities(tr, a.blend, seed=split_seed)
     ids = np.unique(tr.labels)
     sampler = PKSampler(tr.labels, a.P, a.K, seed=0)
     steps = sampler.batches_per_epoch
@@ -113,7 +140,7 @@ for split_seed in a.split:
     class_weights = tf.Variable(tf.random.normal([a.dim, len(ids)], stddev=0.05))
     lut = tf.constant(np.searchsorted(ids, np.arange(ids.max() + 1)).astype(np.int64))
     sched = keras.optimizers.schedules.CosineDecay(a.lr, total_epochs * steps, alpha=0.01)
-    opt = keras.optimizers.AdamW(sched, weight_decay=a.wd)
+    opt = keras.optimizers.AdamW(sched, weight_decay=a.wd, use_ema=a.ema > 0, ema_momentum=a.ema or 0.99)
     variables = model.trainable_variables + [class_weights]
     opt.build(variables)
 
@@ -193,6 +220,8 @@ for split_seed in a.split:
         for _ in range(steps):
             x, y = next(it)
             ce, trip = step(x, y, tf.constant(ce_w), tf.constant(tr_w))
+        if a.ema > 0 and epoch + 1 == total_epochs:
+            opt.finalize_variable_values(variables)  # the averaged weights replace the last ones
         if (epoch + 1) % a.eval_every == 0 or epoch + 1 == total_epochs:
             t = time.time() - t0
             dev = evaluate(dv, False)

@@ -1,10 +1,10 @@
-"""The training model (classification warm-up + triplet loss), flip averaging, rotation and erasing."""
+"""The training model (classification warm-up + triplet loss), test-time augmentation, and the training augmentation."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from facetrip.data.pipeline import Augmentation, _augment, _erase, _rotate
+from facetrip.data.pipeline import Augmentation, _augment, _erase, _geometric_transforms
 from facetrip.losses import TripletLoss
 from facetrip.model import Shift, build_embedding_model, tta_offsets, with_flip_averaging, with_test_time_augmentation
 from facetrip.trainer import EmbeddingTrainer
@@ -121,30 +121,56 @@ def test_test_time_augmentation_is_the_renormalised_sum_over_ten_views_and_survi
                                embedder.predict(images, verbose=0), atol=1e-6)
 
 
-def test_rotation_by_zero_is_identity_and_by_pi_turns_the_image():
-    image = tf.constant(np.random.default_rng(4).random((6, 5, 1)), tf.float32)
-    np.testing.assert_allclose(_rotate(image, tf.constant(0.0)).numpy(), image.numpy(), atol=1e-5)
-    np.testing.assert_allclose(_rotate(image, tf.constant(np.pi)).numpy(), image.numpy()[::-1, ::-1], atol=1e-4)
+def _transformed(images, flips, shifts, angles):
+    height, width = images.shape[1], images.shape[2]
+    transforms = _geometric_transforms(tf.constant(flips), tf.constant(shifts, tf.float32),
+                                       tf.constant(angles, tf.float32), height, width)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT").numpy()
 
 
-def test_erasing_replaces_one_rectangle_or_nothing():
-    image = tf.zeros((20, 16, 1))
-    erased = _erase(image, tf.constant([1, 2], tf.int64), probability=1.0).numpy()[:, :, 0]
-    rows, columns = np.nonzero(erased)
-    assert 0 < len(rows) < erased.size
-    box = erased[rows.min(): rows.max() + 1, columns.min(): columns.max() + 1]
-    assert np.count_nonzero(box) == len(rows)  # the changed pixels fill one rectangle
-    assert 2 <= box.shape[0] <= 10 and 1 <= box.shape[1] <= 8  # 10-50% of each side
-    np.testing.assert_array_equal(_erase(image, tf.constant([1, 2], tf.int64), probability=0.0).numpy(), image.numpy())
+def test_geometric_transforms_flip_shift_and_rotate_like_numpy():
+    """Flip, then whole-pixel shift with mirrored borders (np.pad 'symmetric'), then rotation."""
+    images = np.random.default_rng(4).random((4, 7, 5, 1)).astype(np.float32)
+    flips = [False, True, True, False]
+    shifts = [[0, 0], [0, 0], [1, -2], [-1, 1]]  # (shift_y, shift_x)
+    out = _transformed(images, flips, shifts, [0.0, 0.0, 0.0, 0.0])
+    for image, flip, (dy, dx), result in zip(images, flips, shifts, out):
+        source = image[:, ::-1] if flip else image
+        padded = np.pad(source, [(2, 2), (2, 2), (0, 0)], mode="symmetric")  # (11, 9, 1)
+        expected = padded[2 + dy: 2 + dy + 7, 2 + dx: 2 + dx + 5]  # output (y, x) = source (y + dy, x + dx)
+        np.testing.assert_array_equal(result, expected)
+    turned = _transformed(images, [False, False, True, False], [[0, 0]] * 4, [0.0, np.pi, np.pi, 1e-7])
+    np.testing.assert_allclose(turned[1], images[1, ::-1, ::-1], atol=1e-4)  # half a turn
+    np.testing.assert_allclose(turned[2], images[2, ::-1], atol=1e-4)  # mirrored, then half a turn
+    np.testing.assert_allclose(turned[3], images[3], atol=1e-4)
 
 
-def test_augmentation_with_rotation_and_erasing_is_seeded():
-    image = tf.constant(np.random.default_rng(5).random((20, 16, 1)), tf.float32)
+def test_erasing_replaces_one_rectangle_per_image_or_nothing():
+    images = tf.zeros((6, 20, 16, 1))
+    erased = _erase(images, tf.constant([1, 2], tf.int64), probability=1.0).numpy()[..., 0]
+    for image in erased:
+        rows, columns = np.nonzero(image)
+        assert 0 < len(rows) < image.size
+        box = image[rows.min(): rows.max() + 1, columns.min(): columns.max() + 1]
+        assert np.count_nonzero(box) == len(rows)  # the changed pixels fill one rectangle
+        assert 2 <= box.shape[0] <= 10 and 1 <= box.shape[1] <= 8  # 10-50% of each side
+    assert len({tuple(np.nonzero(image)[0][[0, -1]]) + tuple(np.nonzero(image)[1][[0, -1]]) for image in erased}) > 1
+    np.testing.assert_array_equal(_erase(images, tf.constant([1, 2], tf.int64), probability=0.0).numpy(), images.numpy())
+
+
+def test_augmentation_is_seeded_and_draws_per_image():
+    image = np.random.default_rng(5).random((20, 16, 1)).astype(np.float32)
+    batch = tf.constant(np.stack([image] * 8))  # one image eight times
     augmentation = Augmentation(rotation=10.0, erasing=0.5)
-    first = _augment(image, tf.constant([3, 4], tf.int64), augmentation).numpy()
-    np.testing.assert_array_equal(first, _augment(image, tf.constant([3, 4], tf.int64), augmentation).numpy())
-    assert not np.allclose(first, _augment(image, tf.constant([3, 5], tf.int64), augmentation).numpy())
+    first = _augment(batch, tf.constant([3, 4], tf.int64), augmentation).numpy()
+    np.testing.assert_array_equal(first, _augment(batch, tf.constant([3, 4], tf.int64), augmentation).numpy())
+    assert not np.allclose(first, _augment(batch, tf.constant([3, 5], tf.int64), augmentation).numpy())
     assert first.min() >= 0 and first.max() <= 1
+    assert all(not np.allclose(first[0], other) for other in first[1:])  # each copy augmented differently
+    unchanged = _augment(batch, tf.constant([3, 4], tf.int64), Augmentation(False, 0.0, 0.0, 0.0)).numpy()
+    np.testing.assert_array_equal(unchanged, batch.numpy())
 
 
 def test_flatten_head_keeps_positions_and_unknown_heads_are_refused():

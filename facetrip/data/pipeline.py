@@ -1,9 +1,11 @@
 """tf.data pipelines: P x K training batches and plain batches for embedding / evaluation.
 
-Index batches come from :class:`~facetrip.data.sampler.PKSampler` on the host; the
-encoded images sit in a TensorFlow lookup table (outside the graph, so large data sets
-do not hit the 2 GB graph limit) and are decoded, resized and augmented in parallel by
-:func:`~facetrip.data.images.preprocess_encoded`, the same function inference uses.
+Index batches come from :class:`~facetrip.data.sampler.PKSampler` on the host. Images
+are decoded and resized by :func:`~facetrip.data.images.preprocess_encoded`, the same
+function inference uses: once up front for data sets that fit in memory, otherwise per
+image from a TensorFlow lookup table of the encoded bytes (outside the graph, so large
+data sets do not hit the 2 GB graph limit). Augmentation works on whole batches, several
+batches in parallel.
 """
 
 from __future__ import annotations
@@ -39,65 +41,98 @@ class Augmentation:
     erasing: float = 0.0
 
 
-def _rotate(image, angle):
-    """Rotate one (H, W, C) image by ``angle`` radians about its centre, reflecting at the borders."""
+def _geometric_transforms(flips, shifts, angles, height: int, width: int):
+    """Projective transforms that flip, shift by whole pixels, then rotate each image.
+
+    The result is what mirroring (if ``flips``), then translating by ``shifts``, then
+    rotating by ``angles`` about the centre would give, done as one resampling: output
+    pixel (x, y) samples input pixel
+
+        u = cos a (x - cx) - sin a (y - cy) + cx + shift_x,   y_in = sin a (x - cx) + cos a (y - cy) + cy + shift_y,
+        x_in = (W - 1) - u if flipped else u,
+
+    with (cx, cy) the centre. Whole-pixel shifts and flips without rotation sample pixel
+    centres exactly, so they copy pixels.
+
+    Args:
+        flips: (B,) bool.
+        shifts: (B, 2) float32, (shift_y, shift_x) in pixels.
+        angles: (B,) float32, radians.
+        height, width: image size.
+
+    Returns:
+        (B, 8) float32 rows for ``ImageProjectiveTransformV3``.
+    """
     import tensorflow as tf
 
-    height, width = image.shape[0], image.shape[1]
-    cos, sin = tf.cos(angle), tf.sin(angle)
+    cos, sin = tf.cos(angles), tf.sin(angles)
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
-    # maps each output pixel (x, y) to the input pixel it samples
-    transform = tf.stack([cos, -sin, centre_x - cos * centre_x + sin * centre_y,
-                          sin, cos, centre_y - sin * centre_x - cos * centre_y, 0.0, 0.0])  # (8,)
-    rotated = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform[None], output_shape=[height, width], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT",
-    )  # (1, H, W, C)
-    return rotated[0]
+    u_offset = centre_x - cos * centre_x + sin * centre_y + shifts[:, 1]  # (B,)
+    y_offset = centre_y - sin * centre_x - cos * centre_y + shifts[:, 0]  # (B,)
+    sign = tf.where(flips, -1.0, 1.0)  # (B,)
+    x_offset = tf.where(flips, (width - 1) - u_offset, u_offset)
+    zeros = tf.zeros_like(cos)
+    return tf.stack([sign * cos, -sign * sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)  # (B, 8)
 
 
-def _erase(image, seed, probability: float):
-    """With ``probability``, replace a random rectangle of one (H, W, C) image by uniform noise."""
+def _erase(images, seed, probability: float):
+    """With ``probability`` per image, replace a random rectangle of (B, H, W, C) images by uniform noise."""
     import tensorflow as tf
 
-    seeds = tf.random.experimental.stateless_split(seed, num=3)  # (3, 2)
-    height, width = image.shape[0], image.shape[1]
-    draws = tf.random.stateless_uniform([5], seeds[0])  # apply?, box height, box width, top, left
-    box_height = tf.cast((0.1 + 0.4 * draws[1]) * height, tf.int32)
+    seeds = tf.random.experimental.stateless_split(seed, num=2)  # (2, 2)
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    draws = tf.random.stateless_uniform([5, batch], seeds[0])  # apply?, box height, box width, top, left
+    box_height = tf.cast((0.1 + 0.4 * draws[1]) * height, tf.int32)  # (B,)
     box_width = tf.cast((0.1 + 0.4 * draws[2]) * width, tf.int32)
     top = tf.cast(draws[3] * tf.cast(height - box_height, tf.float32), tf.int32)
     left = tf.cast(draws[4] * tf.cast(width - box_width, tf.float32), tf.int32)
-    rows = tf.range(height)[:, None]  # (H, 1)
-    columns = tf.range(width)[None, :]  # (1, W)
-    inside = (rows >= top) & (rows < top + box_height) & (columns >= left) & (columns < left + box_width)  # (H, W)
-    inside &= draws[0] < probability
-    noise = tf.random.stateless_uniform(tf.shape(image), seeds[1])
-    return tf.where(inside[:, :, None], noise, image)
+    rows = tf.range(height)[None, :, None]  # (1, H, 1)
+    columns = tf.range(width)[None, None, :]  # (1, 1, W)
+    inside = ((rows >= top[:, None, None]) & (rows < (top + box_height)[:, None, None])
+              & (columns >= left[:, None, None]) & (columns < (left + box_width)[:, None, None]))  # (B, H, W)
+    inside &= (draws[0] < probability)[:, None, None]
+    noise = tf.random.stateless_uniform(tf.shape(images), seeds[1])
+    return tf.where(inside[..., None], noise, images)
 
 
-def _augment(image, seed, augmentation: Augmentation):
-    """Augment one (H, W, C) image in [0, 1] with stateless ops seeded by ``seed`` (2,) int64."""
+def _augment(images, seed, augmentation: Augmentation):
+    """Augment a (B, H, W, C) batch in [0, 1], each image with its own draws, seeded by ``seed`` (2,) int64.
+
+    Flip, shift and rotation are one resampling per image (reflected borders), then
+    brightness (``x + delta``) and contrast (``(x - mean) * factor + mean``, per image and
+    channel), clipping to [0, 1], and random erasing. Whole batches at a time: the
+    per-image work is a few vectorised ops, so the input pipeline stays a small share of
+    a training step even for small models.
+    """
     import tensorflow as tf
 
-    seeds = tf.random.experimental.stateless_split(seed, num=6)  # (6, 2)
-    height, width, channels = image.shape
-    if augmentation.flip:
-        image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    if augmentation.max_shift > 0:
-        pad_y, pad_x = int(round(height * augmentation.max_shift)), int(round(width * augmentation.max_shift))
-        padded = tf.pad(image, [[pad_y, pad_y], [pad_x, pad_x], [0, 0]], mode="SYMMETRIC")
-        image = tf.image.stateless_random_crop(padded, [height, width, channels], seeds[1])
+    seeds = tf.random.experimental.stateless_split(seed, num=7)  # (7, 2)
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    flips = tf.random.stateless_uniform([batch], seeds[0]) < (0.5 if augmentation.flip else 0.0)  # (B,)
+    pad_y, pad_x = int(round(height * augmentation.max_shift)), int(round(width * augmentation.max_shift))
+    shifts = tf.stack([
+        tf.random.stateless_uniform([batch], seeds[1], -pad_y, pad_y + 1, dtype=tf.int32),
+        tf.random.stateless_uniform([batch], seeds[2], -pad_x, pad_x + 1, dtype=tf.int32),
+    ], axis=1)  # (B, 2)
+    limit = augmentation.rotation * np.pi / 180
+    angles = tf.random.stateless_uniform([batch], seeds[3], -limit, limit) if limit > 0 else tf.zeros([batch])
+    if augmentation.flip or augmentation.max_shift > 0 or augmentation.rotation > 0:
+        images = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=_geometric_transforms(flips, tf.cast(shifts, tf.float32), angles, height, width),
+            output_shape=[height, width], fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
+        )  # (B, H, W, C)
     if augmentation.brightness > 0:
-        image = tf.image.stateless_random_brightness(image, augmentation.brightness, seeds[2])
+        images += tf.random.stateless_uniform([batch, 1, 1, 1], seeds[4], -augmentation.brightness,
+                                              augmentation.brightness)
     if augmentation.contrast > 0:
-        image = tf.image.stateless_random_contrast(image, 1 - augmentation.contrast, 1 + augmentation.contrast, seeds[3])
-    if augmentation.rotation > 0:
-        limit = augmentation.rotation * np.pi / 180
-        image = _rotate(image, tf.random.stateless_uniform([], seeds[4], -limit, limit))
-    image = tf.clip_by_value(image, 0.0, 1.0)
+        factors = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[5], 1 - augmentation.contrast,
+                                              1 + augmentation.contrast)
+        means = tf.reduce_mean(images, axis=[1, 2], keepdims=True)  # (B, 1, 1, C)
+        images = (images - means) * factors + means
+    images = tf.clip_by_value(images, 0.0, 1.0)
     if augmentation.erasing > 0:
-        image = _erase(image, seeds[5], augmentation.erasing)
-    return image
+        images = _erase(images, seeds[6], augmentation.erasing)
+    return images
 
 
 # Data sets whose preprocessed images fit in this many bytes are decoded and resized once,
@@ -105,11 +140,12 @@ def _augment(image, seed, augmentation: Augmentation):
 PREPROCESSED_CACHE_BYTES = 1 << 30
 
 
-def _image_reader(faces: FaceImages, image_size, channels: int):
-    """A function from an image index to its preprocessed (H, W, C) tensor.
+def _batch_reader(faces: FaceImages, image_size, channels: int):
+    """A function from (B,) image indices to their preprocessed (B, H, W, C) images.
 
-    Small data sets are preprocessed once into a variable (outside the graph); larger
-    ones are decoded per element from a lookup table of the encoded bytes.
+    Small data sets are preprocessed once into a variable (outside the graph) and a batch
+    is one gather; larger ones are decoded image by image from a lookup table of the
+    encoded bytes.
     """
     import tensorflow as tf
 
@@ -117,9 +153,12 @@ def _image_reader(faces: FaceImages, image_size, channels: int):
     if len(faces) * height * width * channels * 4 <= PREPROCESSED_CACHE_BYTES:
         batches = [images for images, _ in image_dataset(faces, image_size, channels, batch_size=256)]
         images = tf.Variable(tf.concat(batches, axis=0), trainable=False)  # (N, H, W, C)
-        return lambda index: tf.gather(images, index)
+        return lambda indices: tf.gather(images, indices)
     table = _image_table(faces.encoded)
-    return lambda index: preprocess_encoded(table.lookup(index), image_size, channels)
+    return lambda indices: tf.map_fn(
+        lambda index: preprocess_encoded(table.lookup(index), image_size, channels), indices,
+        fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32),
+    )  # (B, H, W, C)
 
 
 def _image_table(encoded: np.ndarray):
@@ -161,7 +200,7 @@ def pk_dataset(
 
 def indexed_batches(faces: FaceImages, index_batches, num_batches: int, batch_size: int, image_size, channels: int,
                     augmentation: Augmentation | None = None, seed: int = 0):
-    """Batches of the images named by host-side index arrays, decoded and augmented in parallel.
+    """Batches of the images named by host-side index arrays, read and augmented in parallel.
 
     Args:
         faces: the images.
@@ -170,7 +209,7 @@ def indexed_batches(faces: FaceImages, index_batches, num_batches: int, batch_si
         num_batches: total number of batches it yields.
         batch_size: images per batch.
         image_size, channels: model input.
-        augmentation: None for none; otherwise seeded by (seed, epoch, position).
+        augmentation: None for none; otherwise seeded by (seed, epoch, batch position in the epoch).
         seed: base seed of the augmentation.
 
     Returns:
@@ -178,25 +217,25 @@ def indexed_batches(faces: FaceImages, index_batches, num_batches: int, batch_si
     """
     import tensorflow as tf
 
-    read_image = _image_reader(faces, image_size, channels)
+    read_images = _batch_reader(faces, image_size, channels)
     labels = tf.constant(faces.labels, tf.int64)
 
-    def flatten():
+    def batches():
         for epoch, indices in index_batches():
-            flat = np.asarray(indices, np.int64).reshape(-1)  # (batches * batch_size,)
-            yield flat, np.full_like(flat, epoch), np.arange(len(flat), dtype=np.int64)
+            for position, batch in enumerate(np.asarray(indices, np.int64).reshape(-1, batch_size)):
+                yield batch, np.int64(epoch), np.int64(position)
 
-    def load(index, epoch, position):
-        image = read_image(index)  # (H, W, C)
+    def load(indices, epoch, position):
+        images = read_images(indices)  # (B, H, W, C)
         if augmentation is not None:
-            element_seed = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch, position])  # (2,)
-            image = _augment(image, element_seed, augmentation)
-        return image, tf.gather(labels, index)
+            batch_seed = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch, position])  # (2,)
+            images = _augment(images, batch_seed, augmentation)
+        return images, tf.gather(labels, indices)
 
-    spec = tf.TensorSpec([None], tf.int64)
-    dataset = tf.data.Dataset.from_generator(flatten, output_signature=(spec, spec, spec))
-    dataset = dataset.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    scalar = tf.TensorSpec([], tf.int64)
+    dataset = tf.data.Dataset.from_generator(
+        batches, output_signature=(tf.TensorSpec([batch_size], tf.int64), scalar, scalar))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
