@@ -43,8 +43,13 @@ def _basic_block(inputs, filters: int, stride: int, regulariser, name: str):
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv2", **convolution)(x)
     x = layers.BatchNormalization(name=f"{name}_bn2")(x)
     shortcut = inputs
+    if stride != 1:
+        # Subsampling then a 1x1 convolution is a strided 1x1 convolution, computed apart:
+        # TF 2.21's oneDNN CPU kernel of the strided one crashes the process (segfault)
+        # when training on odd batch sizes with fewer than 16 input channels (width 8).
+        shortcut = layers.MaxPooling2D(pool_size=1, strides=stride, name=f"{name}_subsample")(shortcut)
     if stride != 1 or inputs.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project", **convolution)(inputs)
+        shortcut = layers.Conv2D(filters, 1, name=f"{name}_project", **convolution)(shortcut)
         shortcut = layers.BatchNormalization(name=f"{name}_project_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([x, shortcut]))
 

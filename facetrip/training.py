@@ -314,9 +314,11 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
 def offline_triplets_per_batch(sampler) -> int:
     """Triplets per offline batch: about as many images (3 per triplet) as an online P x K batch.
 
-    An even number of triplets (an even batch of images): TF 2.21's oneDNN CPU kernels
-    crashed the process (segfault / double free) training the width-8 default model on
-    batches of 63 and 65 images (64 // 3 = 21 triplets), while 48, 57, 60, 62, 64 and 66 worked.
+    An even number of triplets (an even batch of images): introduced when TF 2.21's oneDNN
+    CPU kernels crashed the process training the width-8 default model on batches of 63
+    images (64 // 3 = 21 triplets). The crash was in the strided 1x1 shortcut convolution,
+    which the model now computes as subsampling plus a 1x1 convolution, so odd batches
+    train too; the count stays even so that offline results remain comparable.
     """
     return max(1, sampler.batch_size // 6 * 2)
 

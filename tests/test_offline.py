@@ -69,3 +69,17 @@ def test_offline_training_of_the_default_model_does_not_crash(tmp_path, data_dir
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_online_training_of_the_default_model_on_odd_batches_does_not_crash(tmp_path, data_dir):
+    """Regression: P x K = 21 x 3 = 63 killed the process ('munmap_chunk(): invalid pointer') in
+    oneDNN's strided 1x1 convolution of the width-8 model; the shortcut now subsamples first."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "facetrip.cli", "train", "-P", "21", "-K", "3", "--epochs", "1", "--no-evaluate",
+               "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "model.keras").is_file()

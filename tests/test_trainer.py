@@ -173,6 +173,18 @@ def test_augmentation_is_seeded_and_draws_per_image():
     np.testing.assert_array_equal(unchanged, batch.numpy())
 
 
+def test_subsampled_shortcut_is_the_strided_1x1_convolution():
+    """The shortcut computes subsampling then a 1x1 convolution (a oneDNN crash workaround):
+    the same function as a 1x1 convolution of stride 2, on even and odd feature-map sizes."""
+    model = build_embedding_model((31, 26, 1), 16, width=8, head="flatten")
+    subsample, project = model.get_layer("stage2_block1_subsample"), model.get_layer("stage2_block1_project")
+    features = tf.constant(np.random.default_rng(6).random((3, 31, 26, 8)), tf.float32)  # odd height, even width
+    ours = project(subsample(features)).numpy()
+    strided = tf.nn.conv2d(features, project.kernel, strides=2, padding="VALID").numpy()
+    assert ours.shape == strided.shape == (3, 16, 13, 16)
+    np.testing.assert_allclose(ours, strided, atol=1e-5)
+
+
 def test_flatten_head_keeps_positions_and_unknown_heads_are_refused():
     pooled = build_embedding_model((16, 16, 1), embedding_dim=4, width=4, head="pool")
     flattened = build_embedding_model((16, 16, 1), embedding_dim=4, width=4, head="flatten")
