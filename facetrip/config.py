@@ -53,6 +53,7 @@ class AugmentConfig:
     contrast: float = 0.2
     rotation: float = 10.0  # largest random rotation, degrees
     erasing: float = 0.5  # probability of erasing a random rectangle (random erasing)
+    blended_identities: int = 0  # synthetic training identities, each blending two real ones (facetrip.data.synthetic)
 
 
 @dataclasses.dataclass

@@ -179,6 +179,7 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     import keras
 
     from facetrip.data import IdentitySplit, PKSampler, load_faces, pk_dataset, split_identities
+    from facetrip.data.synthetic import blended_identities
     from facetrip.losses import TripletLoss, resolve_metric, resolve_strategy, triplet_metrics
     from facetrip.model import build_embedding_model, with_test_time_augmentation
     from facetrip.trainer import EmbeddingTrainer, phase_callback
@@ -199,6 +200,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         raise TrainingError(f"precision must be float32 or bf16, not {config.train.precision!r}.")
     if config.model.tta_shift < 0:
         raise TrainingError(f"model.tta_shift must be 0 or more pixels, not {config.model.tta_shift}.")
+    if config.augment.blended_identities < 0:
+        raise TrainingError(f"augment.blended_identities must be 0 or more, not {config.augment.blended_identities}.")
 
     faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
     split_path = run_dir / SPLIT_FILE
@@ -208,6 +211,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         split = split_identities(faces.identity_names, dev=config.split.dev, test=config.split.test, seed=config.split.seed)
         split.save(split_path)
     train_faces = faces.restricted_to(split.train)
+    if config.augment.enabled and config.augment.blended_identities:
+        train_faces = blended_identities(train_faces, config.augment.blended_identities, seed=config.train.seed)
     sampler = PKSampler(
         train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity, seed=config.train.seed
     )
