@@ -82,6 +82,7 @@ from facetrip.tf_runtime import import_tensorflow
 tf = import_tensorflow()
 import keras
 from facetrip.data import Augmentation, PKSampler, load_faces, pk_dataset, split_identities
+from facetrip.data.synthetic import blended_identities
 from facetrip.losses import online_triplet_loss
 from facetrip.model import build_embedding_model
 from facetrip.training import embed_faces
@@ -89,28 +90,6 @@ from facetrip.evaluation import pair_distances, verification_summary
 
 faces = load_faces("orl_faces", data_dir=a.data_dir)
 
-
-def with_blended_identities(train, count: int, seed: int):
-    """``train`` plus ``count`` synthetic identities: each is a random pair (A, B) of training
-    identities, and each of its images is the pixel average of a random photo of A and one of B."""
-    import dataclasses
-    rng = np.random.default_rng(seed)
-    people = np.unique(train.labels)
-    pixels = [tf.io.decode_image(bytes(code), channels=1, expand_animations=False).numpy().astype(np.float32)
-              for code in train.encoded]
-    encoded, labels, names, files = list(train.encoded), list(train.labels), list(train.identity_names), list(train.file_names)
-    for number in range(count):
-        first, second = rng.choice(people, 2, replace=False)
-        photos_a, photos_b = np.flatnonzero(train.labels == first), np.flatnonzero(train.labels == second)
-        label = len(names)
-        names.append(f"blend{number}")
-        for _ in range(10):
-            mixed = 0.5 * pixels[rng.choice(photos_a)] + 0.5 * pixels[rng.choice(photos_b)]
-            encoded.append(tf.io.encode_png(np.round(mixed).astype(np.uint8)).numpy())
-            labels.append(label)
-            files.append(f"blend{number}")
-    return dataclasses.replace(train, encoded=np.asarray(encoded, dtype=object), labels=np.asarray(labels, np.int64),
-                               identity_names=names, file_names=np.asarray(files))
 results = []
 for split_seed in a.split:
     keras.utils.set_random_seed(0)
@@ -119,7 +98,7 @@ for split_seed in a.split:
     te = faces.restricted_to(split.test)
     dv = faces.restricted_to(split.dev)
     if a.blend:
-        tr = with_blended_identities(tr, a.blend, seed=split_seed)
+        tr = blended_identities(tr, a.blend, seed=split_seed)
     ids = np.unique(tr.labels)
     sampler = PKSampler(tr.labels, a.P, a.K, seed=0)
     steps = sampler.batches_per_epoch

@@ -44,7 +44,8 @@ def test_screen_levers_trains_every_lever_and_reports_per_split(data_dir):
     command = [sys.executable, str(REPO / "scripts" / "screen_levers.py"), "--split", "0", "--size", "16", "14",
                "--width", "4", "--dim", "8", "--epochs", "2", "--eval-every", "1", "--joint", "1", "--smooth", "0.1",
                "--erase", "0.5", "--rot", "10", "--zoom", "0.1", "--ramp", "0.5", "--gamma", "0.3", "--norm",
-               "--simclr", "0.5", "--head", "flatten", "--train-dev", "--tag", "smoke", "--data-dir", str(data_dir)]
+               "--simclr", "0.5", "--head", "flatten", "--train-dev", "--blend", "2", "--ema", "0.9", "--tag", "smoke",
+               "--data-dir", str(data_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line[2:]) for line in result.stdout.splitlines() if line.startswith("0 {")]
