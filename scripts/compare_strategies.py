@@ -1,6 +1,7 @@
 """Compare training recipes on the same ORL identity splits: a markdown table of test verification.
 
-Each variant is the default config plus overrides; each is trained on every identity
+Each variant is the base config (``--config``, else facetrip's defaults: the pretrained
+dlib_resnet backbone) plus overrides; each is trained on every identity
 split (``split.seed``) and evaluated with ``facetrip evaluate``'s workflow on the split's
 10 test identities (never trained on). The baselines (raw pixels, Eigenfaces,
 Fisherfaces) are scored on exactly the same pairs. Reported per variant: mean +- std over
@@ -13,7 +14,9 @@ comparison continues where it stopped, and a run of an older default is trained 
 Usage::
 
     # the strategies the issue asks for (5 splits, default recipe otherwise)
-    python scripts/compare_strategies.py --splits 0 1 2 3 4 --out docs/strategies.md
+    python scripts/compare_strategies.py --strategies --splits 0 1 2 3 4 --out docs/strategies_default.md
+    # the same on the from-scratch recipe
+    python scripts/compare_strategies.py --config configs/scratch.toml --strategies --splits 0 1 2 3 4
     # any recipe: NAME=section.key:value;section.key:value
     python scripts/compare_strategies.py --variant "no rotation=augment.rotation:0" --variant "56x46=data.image_size:[56,46]"
 """

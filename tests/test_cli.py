@@ -23,6 +23,9 @@ def test_version_command():
     result = CliRunner().invoke(app, ["version"])
     assert result.exit_code == 0
     assert f"facetrip {__version__}" in result.stdout and "tensorflow" in result.stdout
+    import dlib
+
+    assert f"dlib {dlib.__version__}" in result.stdout  # the default backbone's library is installed
 
 
 def test_version_keeps_tensorflow_startup_lines_out_of_stderr():

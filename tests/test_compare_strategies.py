@@ -83,7 +83,7 @@ def test_finished_runs_are_reused_only_with_the_same_config(tmp_path):
     changed.set("split.seed", 0)
     changed.set("model.width", config.model.width + 1)  # e.g. the default changed since
     assert not compare_strategies.is_finished_run_of(run_dir, changed)
-    saved_before_a_key_existed = config.to_toml().replace("tta_shift = 1\n", "")
+    saved_before_a_key_existed = config.to_toml().replace("tta_shift = 0\n", "")
     assert saved_before_a_key_existed != config.to_toml()
     (run_dir / "config.toml").write_text(saved_before_a_key_existed)
     assert not compare_strategies.is_finished_run_of(run_dir, config)

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
+
+SCRATCH = REPO / "configs" / "scratch.toml"
 
 
 @pytest.fixture(scope="module")
@@ -58,28 +60,29 @@ def test_offline_batches_hold_an_even_number_of_triplets():
 
 
 @pytest.mark.slow
-def test_offline_training_of_the_default_model_does_not_crash(tmp_path, data_dir):
+def test_offline_training_of_the_scratch_model_does_not_crash(tmp_path, data_dir):
     """Regression: with 21 triplets (63 images) per batch, TF's oneDNN kernels killed the process
-    (segfault) training the default width-8 model; the run must now finish one epoch."""
+    (segfault) training the from-scratch width-8 model (configs/scratch.toml, the default until
+    session 5); the run must now finish one epoch."""
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "facetrip.cli", "train", "--strategy", "offline", "--epochs", "1", "--no-evaluate",
-               "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
+               "--config", str(SCRATCH), "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "model.keras").is_file()
 
 
 @pytest.mark.slow
-def test_online_training_of_the_default_model_on_odd_batches_does_not_crash(tmp_path, data_dir):
+def test_online_training_of_the_scratch_model_on_odd_batches_does_not_crash(tmp_path, data_dir):
     """Regression: P x K = 21 x 3 = 63 killed the process ('munmap_chunk(): invalid pointer') in
     oneDNN's strided 1x1 convolution of the width-8 model; the shortcut now subsamples first."""
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "facetrip.cli", "train", "-P", "21", "-K", "3", "--epochs", "1", "--no-evaluate",
-               "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
+               "--config", str(SCRATCH), "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "model.keras").is_file()

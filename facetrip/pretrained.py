@@ -1,0 +1,129 @@
+"""A pretrained face backbone: dlib's face-recognition ResNet as a frozen Keras layer.
+
+Thirty identities are too few to learn a face embedding from scratch (docs/quality.md:
+mean EER 7.1% on unseen ORL people at best). dlib's ResNet (29 convolutions, trained by
+Davis King on about 3 million faces of about 7,500 people; public domain) maps a face to
+128 numbers, and ships inside the ``face_recognition_models`` wheel, so it works offline.
+
+:class:`DlibFaceDescriptor` runs it inside a facetrip model:
+
+    image (H, W, C) in [0, 1] -> 8-bit RGB -> 5 landmarks (:class:`~facetrip.data.alignment.LandmarkFinder`)
+          -> 150 x 150 face chip aligned on them (dlib) -> ResNet -> descriptor (128,)
+
+The layer has no trainable weights and no gradient: dlib computes it on the CPU through
+``tf.numpy_function``. facetrip trains the head on top of it (``model.build_embedding_model``
+with ``backbone="dlib_resnet"``) with the triplet loss. Descriptors are memoised by image
+content, so a training run without augmentation computes each image's descriptor once.
+The layer is serialisable (``get_config``), so a saved run needs only facetrip and the two
+wheels to load.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import threading
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from facetrip.data.alignment import AlignmentUnavailableError, LandmarkFinder
+
+DESCRIPTOR_DIM = 128
+
+# Descriptors kept in memory per process (128 float32 each: 100,000 take 51 MB).
+_CACHE_SIZE = 100_000
+
+# Every dlib call runs on this one Python thread. TensorFlow calls ``tf.numpy_function``
+# from its own C++ threads, whose Python thread states come and go; dlib's pybind11 binding
+# caches a thread state and crashed (segfault in take_gil) when called from them.
+_DLIB_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="facetrip-dlib")
+
+
+class _DlibRecogniser:
+    """dlib's face recognition model, loaded once per process; descriptors memoised by image bytes."""
+
+    _lock = threading.Lock()
+    _model = None
+    _cache: collections.OrderedDict = collections.OrderedDict()
+
+    @classmethod
+    def model(cls):
+        with cls._lock:
+            if cls._model is None:
+                try:
+                    import dlib
+                    import face_recognition_models
+                except ImportError as error:
+                    raise AlignmentUnavailableError(
+                        f"The dlib_resnet backbone needs dlib and its models ({error.name} is missing): "
+                        "pip install dlib-bin face_recognition_models."
+                    ) from None
+                cls._model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+        return cls._model
+
+    @classmethod
+    def describe(cls, rgb: np.ndarray, finder: LandmarkFinder) -> np.ndarray:
+        """(128,) float32 descriptor of one (h, w, 3) uint8 image."""
+        key = hashlib.sha1(rgb.tobytes() + repr(rgb.shape).encode()).digest()
+        with cls._lock:
+            if key in cls._cache:
+                cls._cache.move_to_end(key)
+                return cls._cache[key]
+        shape, _ = finder.shape(rgb)
+        descriptor = np.asarray(cls.model().compute_face_descriptor(rgb, shape), np.float32)  # (128,)
+        with cls._lock:
+            cls._cache[key] = descriptor
+            while len(cls._cache) > _CACHE_SIZE:
+                cls._cache.popitem(last=False)
+        return descriptor
+
+
+def describe_images(images: np.ndarray) -> np.ndarray:
+    """dlib descriptors of a batch of images.
+
+    Args:
+        images: (B, H, W, C) float in [0, 1], C = 1 (grey, copied to RGB) or 3.
+
+    Returns:
+        (B, 128) float32, unnormalised (dlib's own scale: its threshold is a Euclidean 0.6).
+    """
+    images = np.asarray(images, np.float32)
+    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)  # (B, H, W, C)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)  # (B, H, W, 3)
+    return _DLIB_THREAD.submit(_describe_all, pixels).result()
+
+
+def _describe_all(pixels: np.ndarray) -> np.ndarray:
+    finder = LandmarkFinder()
+    descriptors = [_DlibRecogniser.describe(np.ascontiguousarray(image), finder) for image in pixels]
+    return np.stack(descriptors) if descriptors else np.zeros((0, DESCRIPTOR_DIM), np.float32)  # (B, 128)
+
+
+def check_available() -> None:
+    """Raise :class:`AlignmentUnavailableError` (one line, what to install) unless dlib and its models load."""
+    _DLIB_THREAD.submit(lambda: (LandmarkFinder._load(), _DlibRecogniser.model())).result()
+
+
+@keras.saving.register_keras_serializable(package="facetrip")
+class DlibFaceDescriptor(keras.layers.Layer):
+    """(B, H, W, C) images in [0, 1] -> (B, 128) dlib face descriptors; frozen, computed by dlib.
+
+    No weights and no gradient (the output is a constant to the optimiser). Always float32.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+
+    def call(self, images):
+        descriptors = tf.numpy_function(describe_images, [tf.cast(images, tf.float32)], tf.float32, stateful=False)
+        descriptors.set_shape([None, DESCRIPTOR_DIM])
+        return tf.stop_gradient(descriptors)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], DESCRIPTOR_DIM)
