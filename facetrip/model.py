@@ -133,7 +133,7 @@ def _descriptor_head(images, embedding_dim: int, dropout: float, regulariser):
 
     descriptors = DlibFaceDescriptor(name="dlib_resnet")(images)  # (B, 128)
     unit = layers.UnitNormalization(dtype="float32", name="descriptor_l2")(descriptors)
-    features = layers.Dropout(dropout, name="dropout")(unit) if dropout else unit
+    features = layers.Dropout(dropout, dtype="float32", name="dropout")(unit) if dropout else unit
     if embedding_dim == DESCRIPTOR_DIM:
         correction = layers.Dense(embedding_dim, kernel_initializer="zeros", kernel_regularizer=regulariser,
                                   dtype="float32", name="projection")(features)  # (B, 128), 0 at the start

@@ -21,7 +21,6 @@ wheels to load.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import hashlib
 import threading
 
@@ -29,18 +28,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facetrip.data.alignment import AlignmentUnavailableError, LandmarkFinder
+from facetrip.data.alignment import AlignmentUnavailableError, LandmarkFinder, on_dlib_thread
 
 DESCRIPTOR_DIM = 128
 
 # Descriptors kept in memory per process (128 float32 each: 100,000 take 51 MB).
 _CACHE_SIZE = 100_000
-
-# Every dlib call runs on this one Python thread. TensorFlow calls ``tf.numpy_function``
-# from its own C++ threads, whose Python thread states come and go; dlib's pybind11 binding
-# caches a thread state and crashed (segfault in take_gil) when called from them.
-_DLIB_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="facetrip-dlib")
-
 
 class _DlibRecogniser:
     """dlib's face recognition model, loaded once per process; descriptors memoised by image bytes."""
@@ -94,7 +87,7 @@ def describe_images(images: np.ndarray) -> np.ndarray:
     pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)  # (B, H, W, C)
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)  # (B, H, W, 3)
-    return _DLIB_THREAD.submit(_describe_all, pixels).result()
+    return on_dlib_thread(_describe_all, pixels)
 
 
 def _describe_all(pixels: np.ndarray) -> np.ndarray:
@@ -105,7 +98,7 @@ def _describe_all(pixels: np.ndarray) -> np.ndarray:
 
 def check_available() -> None:
     """Raise :class:`AlignmentUnavailableError` (one line, what to install) unless dlib and its models load."""
-    _DLIB_THREAD.submit(lambda: (LandmarkFinder._load(), _DlibRecogniser.model())).result()
+    on_dlib_thread(lambda: (LandmarkFinder._load(), _DlibRecogniser.model()))
 
 
 @keras.saving.register_keras_serializable(package="facetrip")
@@ -113,12 +106,15 @@ class DlibFaceDescriptor(keras.layers.Layer):
     """(B, H, W, C) images in [0, 1] -> (B, 128) dlib face descriptors; frozen, computed by dlib.
 
     No weights and no gradient (the output is a constant to the optimiser). Always float32.
+    XLA cannot compile ``tf.numpy_function``: the layer says so (``supports_jit = False``),
+    so Keras' ``jit_compile="auto"`` stays off for models that hold it, also on a GPU.
     """
 
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
+        self.supports_jit = False
 
     def call(self, images):
         descriptors = tf.numpy_function(describe_images, [tf.cast(images, tf.float32)], tf.float32, stateful=False)

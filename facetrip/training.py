@@ -225,6 +225,9 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     train_faces = faces.restricted_to(split.train)
     if config.augment.enabled and config.augment.blended_identities:
         train_faces = blended_identities(train_faces, config.augment.blended_identities, seed=config.train.seed)
+    elif config.augment.blended_identities:
+        logger.warning("augment.blended_identities = %d is ignored: augmentation is off (augment.enabled = false).",
+                       config.augment.blended_identities)
     sampler = PKSampler(
         train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity, seed=config.train.seed
     )

