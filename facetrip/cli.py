@@ -369,6 +369,10 @@ def verify(
     threshold = "-" if result["threshold"] is None else f"{result['threshold']:.4f}"
     table.add_row(first_image.name, second_image.name, f"{result['distance']:.4f}", threshold, verdict[result["same_person"]])
     console.print(table)
+    for image, found in zip((first_image, second_image), result.get("faces_found", (True, True))):
+        if not found:
+            console.print(f"[yellow]No face found in {image.name}[/]: the whole image was taken as the face "
+                          f"(a face too small at the run's {loaded.image_size[0]}x{loaded.image_size[1]} input, or none).")
 
 
 @app.command()

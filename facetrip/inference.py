@@ -41,13 +41,19 @@ class Run:
 
     def embed_files(self, paths, batch_size: int = 64) -> np.ndarray:
         """(N, D) embeddings of image files, in order; raises ImageReadError naming a bad file."""
-        encoded = [read_image_bytes(path) for path in paths]
-        return self.embed_encoded(encoded, batch_size)
+        return self.embed_images(self.preprocess_files(paths), batch_size)
+
+    def preprocess_files(self, paths) -> np.ndarray:
+        """(N, H, W, C) model inputs of image files, in order; raises ImageReadError naming a bad file."""
+        return self.preprocess_encoded([read_image_bytes(path) for path in paths])
+
+    def preprocess_encoded(self, encoded) -> np.ndarray:
+        """(N, H, W, C) model inputs of encoded images (bytes), through :func:`preprocess_encoded`."""
+        return np.stack([preprocess_encoded(data, self.image_size, self.channels).numpy() for data in encoded])
 
     def embed_encoded(self, encoded, batch_size: int = 64) -> np.ndarray:
         """(N, D) embeddings of encoded images (bytes), through :func:`preprocess_encoded`."""
-        images = np.stack([preprocess_encoded(data, self.image_size, self.channels).numpy() for data in encoded])
-        return self.embed_images(images, batch_size)
+        return self.embed_images(self.preprocess_encoded(encoded), batch_size)
 
     def embed_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(N, D) float32 embeddings of preprocessed (N, H, W, C) images in [0, 1]; the model is a black box."""
@@ -81,12 +87,17 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path) -> dict[
 
     Returns:
         ``{"distance", "threshold", "same_person", "metric", "run", "images"}``; ``same_person``
-        is ``distance <= threshold`` (None when the run has no calibrated threshold).
+        is ``distance <= threshold`` (None when the run has no calibrated threshold). Runs
+        with a pretrained backbone that finds faces itself add ``faces_found``: for each
+        image, whether dlib's detector found a face (if not, the whole image was used).
     """
-    first, second = run.embed_files([first_image, second_image])
+    from facetrip.model import PRETRAINED_BACKBONES
+
+    images = run.preprocess_files([first_image, second_image])  # (2, H, W, C)
+    first, second = run.embed_images(images)
     value = distance(first, second, run.metadata["metric"])
     threshold = run.metadata.get("threshold")
-    return {
+    result = {
         "images": [str(first_image), str(second_image)],
         "distance": value,
         "threshold": threshold,
@@ -94,6 +105,11 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path) -> dict[
         "metric": run.metadata["metric"],
         "run": str(run.path),
     }
+    if run.metadata.get("backbone") in PRETRAINED_BACKBONES:
+        from facetrip.pretrained import faces_found
+
+        result["faces_found"] = [bool(found) for found in faces_found(images)]
+    return result
 
 
 def collect_images(inputs) -> tuple[list[Path], list[str]]:

@@ -90,6 +90,17 @@ def describe_images(images: np.ndarray) -> np.ndarray:
     return on_dlib_thread(_describe_all, pixels)
 
 
+def faces_found(images: np.ndarray) -> np.ndarray:
+    """(B,) bool: whether dlib's detector finds a face in each (B, H, W, C) image in [0, 1].
+
+    Where it finds none, :func:`describe_images` places the landmarks in the whole image.
+    """
+    pixels = np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)  # (B, H, W, C)
+    finder = LandmarkFinder()
+    return np.array([finder.shape(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))[1]
+                     for image in pixels], dtype=bool)
+
+
 def _describe_all(pixels: np.ndarray) -> np.ndarray:
     finder = LandmarkFinder()
     descriptors = [_DlibRecogniser.describe(np.ascontiguousarray(image), finder) for image in pixels]
