@@ -13,7 +13,9 @@ Davis King on about 3 million faces of about 7,500 people; public domain) maps a
 The layer has no trainable weights and no gradient: dlib computes it on the CPU through
 ``tf.numpy_function``. facetrip trains the head on top of it (``model.build_embedding_model``
 with ``backbone="dlib_resnet"``) with the triplet loss. Descriptors are memoised by image
-content, so a training run without augmentation computes each image's descriptor once.
+content in memory and on disk (:func:`descriptor_cache_dir`), so a training run without
+augmentation computes each image's descriptor once, and the next run on the same images
+none.
 The layer is serialisable (``get_config``), so a saved run needs only facetrip and the two
 wheels to load.
 """
@@ -22,18 +24,55 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import threading
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from facetrip.data.alignment import AlignmentUnavailableError, LandmarkFinder, on_dlib_thread
+from facetrip.data.alignment import DETECTION_SIDE, AlignmentUnavailableError, LandmarkFinder, on_dlib_thread
 
 DESCRIPTOR_DIM = 128
 
 # Descriptors kept in memory per process (128 float32 each: 100,000 take 51 MB).
 _CACHE_SIZE = 100_000
+
+# Descriptors are also kept on disk between runs, one 640-byte .npy per image, in
+# $FACETRIP_CACHE_DIR (default: $XDG_CACHE_HOME/facetrip, else ~/.cache/facetrip); an empty
+# FACETRIP_CACHE_DIR turns this off. The folder names the model and the detection setting
+# the descriptors depend on.
+CACHE_ENV = "FACETRIP_CACHE_DIR"
+_CACHE_FOLDER = f"dlib_resnet_v1_detect{DETECTION_SIDE}"
+
+
+def descriptor_cache_dir() -> Path | None:
+    """The folder of the on-disk descriptor cache, or None when it is turned off."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured is not None:
+        return Path(configured).expanduser() / _CACHE_FOLDER if configured else None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "facetrip" / _CACHE_FOLDER
+
+
+def _read_cached(path: Path) -> np.ndarray | None:
+    try:
+        descriptor = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):  # absent, unreadable or corrupt: compute it again
+        return None
+    return descriptor if descriptor.shape == (DESCRIPTOR_DIM,) and descriptor.dtype == np.float32 else None
+
+
+def _write_cached(path: Path, descriptor: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(temporary, "wb") as handle:
+            np.save(handle, descriptor, allow_pickle=False)
+        os.replace(temporary, path)  # readers never see half a file
+    except OSError:  # a read-only or full disk only costs the time to compute it again
+        pass
 
 class _DlibRecogniser:
     """dlib's face recognition model, loaded once per process; descriptors memoised by image bytes."""
@@ -65,8 +104,14 @@ class _DlibRecogniser:
             if key in cls._cache:
                 cls._cache.move_to_end(key)
                 return cls._cache[key]
-        shape, _ = finder.shape(rgb)
-        descriptor = np.asarray(cls.model().compute_face_descriptor(rgb, shape), np.float32)  # (128,)
+        folder = descriptor_cache_dir()
+        path = folder / key.hex()[:2] / f"{key.hex()}.npy" if folder is not None else None
+        descriptor = _read_cached(path) if path is not None else None
+        if descriptor is None:
+            shape, _ = finder.shape(rgb)
+            descriptor = np.asarray(cls.model().compute_face_descriptor(rgb, shape), np.float32)  # (128,)
+            if path is not None:
+                _write_cached(path, descriptor)
         with cls._lock:
             cls._cache[key] = descriptor
             while len(cls._cache) > _CACHE_SIZE:

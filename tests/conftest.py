@@ -2,9 +2,12 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# dlib descriptors cached on disk go to a fresh folder per test session, not ~/.cache
+os.environ["FACETRIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="facetrip-test-cache-")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402

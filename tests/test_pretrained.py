@@ -43,12 +43,14 @@ def test_descriptors_tell_people_apart(photos):
 
 
 def test_descriptors_are_deterministic_and_grey_equals_its_rgb_copy(photos, monkeypatch):
-    """Computed afresh each time (the memo emptied in between): dlib itself is deterministic,
-    and a grey image gives the descriptor of its copy in three channels."""
+    """Computed afresh each time (the memo emptied in between, no disk cache): dlib itself is
+    deterministic, and a grey image gives the descriptor of its copy in three channels."""
     import collections
 
-    from facetrip.pretrained import _DlibRecogniser
+    from facetrip.pretrained import CACHE_ENV, _DlibRecogniser, descriptor_cache_dir
 
+    monkeypatch.setenv(CACHE_ENV, "")
+    assert descriptor_cache_dir() is None
     images, _ = photos
     monkeypatch.setattr(_DlibRecogniser, "_cache", collections.OrderedDict())
     first = describe_images(images[:3])
@@ -78,6 +80,33 @@ def test_descriptors_are_memoised_by_image_content(photos, monkeypatch):
     brighter = np.clip(images[:1] * 1.1, 0, 1)
     assert not np.array_equal(describe_images(brighter), first[:1])
     assert calls == [1] and len(_DlibRecogniser._cache) == 3  # a changed image is computed anew
+
+
+def test_descriptors_are_kept_on_disk_between_processes(photos, monkeypatch, tmp_path):
+    """A new process (an empty memo) reads the descriptor from the disk cache instead of
+    computing it; a corrupt cache file is computed again and replaced."""
+    import collections
+
+    from facetrip.pretrained import CACHE_ENV, _DlibRecogniser, descriptor_cache_dir
+
+    images, _ = photos
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(_DlibRecogniser, "_cache", collections.OrderedDict())
+    first = describe_images(images[:1])
+    files = list(descriptor_cache_dir().rglob("*.npy"))
+    assert len(files) == 1 and str(files[0]).startswith(str(tmp_path))
+    calls = []
+    model = _DlibRecogniser.model()
+    monkeypatch.setattr(_DlibRecogniser, "_model", type("Counting", (), {
+        "compute_face_descriptor": lambda self, *args: calls.append(1) or model.compute_face_descriptor(*args)})())
+    monkeypatch.setattr(_DlibRecogniser, "_cache", collections.OrderedDict())
+    np.testing.assert_array_equal(describe_images(images[:1]), first)
+    assert calls == []  # read from disk
+    files[0].write_bytes(b"not a numpy file")
+    monkeypatch.setattr(_DlibRecogniser, "_cache", collections.OrderedDict())
+    np.testing.assert_array_equal(describe_images(images[:1]), first)
+    assert calls == [1]  # recomputed ...
+    np.testing.assert_array_equal(np.load(files[0]), first[0])  # ... and the file repaired
 
 
 def test_models_with_the_dlib_layer_never_use_xla():

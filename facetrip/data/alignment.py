@@ -43,7 +43,7 @@ TEMPLATE = np.array([[68.9, 53.1], [55.8, 53.1], [22.3, 52.5], [35.4, 52.9], [45
 
 # Smallest side, in pixels, at which the detector looks for faces; smaller images are
 # upsampled (the HOG detector finds faces of about 80 x 80 pixels and up).
-_DETECTION_SIDE = 160
+DETECTION_SIDE = 160
 
 
 class AlignmentUnavailableError(DataError):
@@ -175,7 +175,7 @@ class LandmarkFinder:
         grey = pixels if pixels.ndim == 2 else pixels.mean(axis=-1).astype(np.uint8)
         grey = np.ascontiguousarray(grey)
         height, width = grey.shape
-        upsample = int(np.clip(np.ceil(np.log2(_DETECTION_SIDE / max(min(height, width), 1))), 0, 3))
+        upsample = int(np.clip(np.ceil(np.log2(DETECTION_SIDE / max(min(height, width), 1))), 0, 3))
         faces = detector(grey, upsample)
         box = max(faces, key=lambda face: face.area()) if len(faces) else dlib.rectangle(0, 0, width - 1, height - 1)
         return predictor(grey, box), bool(len(faces))
