@@ -74,6 +74,7 @@ def _write_cached(path: Path, descriptor: np.ndarray) -> None:
     except OSError:  # a read-only or full disk only costs the time to compute it again
         pass
 
+
 class _DlibRecogniser:
     """dlib's face recognition model, loaded once per process; descriptors memoised by image bytes."""
 
