@@ -122,8 +122,7 @@ def describe_images(images: np.ndarray) -> np.ndarray:
     Returns:
         (B, 128) float32, unnormalised (dlib's own scale: its threshold is a Euclidean 0.6).
     """
-    images = np.asarray(images, np.float32)
-    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)  # (B, H, W, C)
+    pixels = _to_uint8(images)  # (B, H, W, C)
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)  # (B, H, W, 3)
     return on_dlib_thread(_describe_all, pixels)
@@ -134,10 +133,15 @@ def faces_found(images: np.ndarray) -> np.ndarray:
 
     Where it finds none, :func:`describe_images` places the landmarks in the whole image.
     """
-    pixels = np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)  # (B, H, W, C)
+    pixels = _to_uint8(images)  # (B, H, W, C)
     finder = LandmarkFinder()
     return np.array([finder.shape(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))[1]
                      for image in pixels], dtype=bool)
+
+
+def _to_uint8(images) -> np.ndarray:
+    """Model inputs in [0, 1] as the 8-bit pixels dlib reads."""
+    return np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _describe_all(pixels: np.ndarray) -> np.ndarray:
