@@ -93,8 +93,9 @@ def data(
     seed: int = typer.Option(0, help="Seed of the identity split and the sampler."),
     identities_per_batch: int = typer.Option(16, "-P", help="P: identities per batch."),
     images_per_identity: int = typer.Option(4, "-K", help="K: images per identity."),
+    face_chips: bool = typer.Option(True, "--face-chips/--no-face-chips", help="Also align every photo's face (cached), as training does, and count the photos without a detected face."),
 ) -> None:
-    """Prepare a data source and show what training would get from it: identities, split, P x K batches."""
+    """Prepare a data source and show what training would get from it: identities, split, P x K batches, faces found."""
     import numpy as np
 
     from facetrip.data import DataError, PKSampler, split_identities
@@ -117,6 +118,12 @@ def data(
     table.add_row("split (identities)", f"train {len(split.train)}, dev {len(split.dev)}, test {len(split.test)} (seed {seed})")
     table.add_row("train images", f"{len(train)}")
     table.add_row("P x K batches per epoch", f"{sampler.batches_per_epoch} of {sampler.batch_size} images")
+    if face_chips:
+        from facetrip.model_input import prepare_faces
+
+        with console.status(f"Aligning the faces of {len(faces):,} photos ..."):
+            _, report = prepare_faces(faces, True)
+        table.add_row("face chips", report.summary())
     console.print(table)
 
 
@@ -219,6 +226,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate (cosine decay)."),
     image_size: Optional[str] = typer.Option(None, help="Model input, HEIGHTxWIDTH, e.g. 56x46."),
     embedding_dim: Optional[int] = typer.Option(None, help="Embedding size."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="face_resnet: what stays fixed: none | stem | stage1 .. stage5 | all (only the head trains)."),
     data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
@@ -244,6 +252,7 @@ def train(
         "train.learning_rate": lr,
         "data.image_size": _parse_image_size(image_size) if image_size is not None else None,
         "model.embedding_dim": embedding_dim,
+        "model.freeze": freeze,
         "data.source": data_source,
         "data.data_dir": data_dir,
         "train.seed": seed,
@@ -301,11 +310,19 @@ def _train_into(config, run_dir: Path, resume: bool) -> None:
         fail(str(error), code=1)
     except (TrainingError, DataError, RunError) as error:
         fail(str(error))
+    from facetrip.calibration import percent
+
     summary = metadata.get(metadata.get("threshold_source", ""), {})
+    calibration = metadata.get("calibration") or {}
     console.print(
         f"[bold green]Done:[/] {run_dir}  threshold {metadata.get('threshold')!s:.6}"
-        + (f"  {metadata['threshold_source']} EER {summary['eer']:.1%}  AUC {summary['auc']:.4f}" if summary else "")
+        + (f" ({metadata['threshold_source']} FAR {_percent(calibration['far'])}, target {percent(calibration['target_far'])})"
+           if calibration else "")
+        + (f"  {metadata['threshold_source']} EER {summary['eer']:.1%}  AUC {summary['auc']:.4f}" if summary else ""),
+        highlight=False,
     )
+    if calibration.get("fallback"):
+        console.print(f"[yellow]Threshold:[/] {calibration['fallback']}.", highlight=False, soft_wrap=True)
 
 
 RUN_HELP = "Run directory (default: the latest finished run under runs/)."
@@ -330,9 +347,13 @@ def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Opti
     from facetrip.data import IdentitySplit
 
     faces = load_source(data_source or loaded.metadata["source"], data_dir)
-    if split == "all":
-        return faces
-    return faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+    if split != "all":
+        faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+    if loaded.face_chips:
+        with console.status(f"Aligning the faces of {len(faces):,} photos ..."):
+            faces, report = loaded.prepare_faces(faces)
+        console.print(report.summary(), style="dim", highlight=False)
+    return faces
 
 
 @app.command()
@@ -340,15 +361,27 @@ def verify(
     first_image: Path = typer.Argument(..., help="First photo (jpg, png, pgm, bmp, ...; grey or colour, any size)."),
     second_image: Path = typer.Argument(..., help="Second photo."),
     run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Decide with this distance threshold instead of the run's."),
+    far: Optional[float] = typer.Option(
+        None, "--far", help="Decide with the threshold for this false accept rate (0.001 = 0.1%) on the run's dev pairs."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, for scripts."),
 ) -> None:
     """Are two photos the same person? Prints the distance, the run's threshold and the verdict."""
     import json
 
+    from facetrip.calibration import CalibrationError, check_target_far
     from facetrip.data import ImageReadError
     from facetrip.data.images import decode_file
     from facetrip.inference import verify as verify_pair
 
+    if threshold is not None and far is not None:
+        fail("Give --threshold X or --far F, not both.")
+    try:
+        if far is not None:
+            check_target_far(far)
+    except CalibrationError as error:
+        fail(f"--far: {error}")
     for image in (first_image, second_image):  # fail on a bad file before loading TensorFlow
         try:
             decode_file(image)
@@ -356,8 +389,8 @@ def verify(
             fail(str(error))
     loaded = _load_run(run)
     try:
-        result = verify_pair(loaded, first_image, second_image)
-    except ImageReadError as error:
+        result = verify_pair(loaded, first_image, second_image, threshold=threshold, far=far)
+    except (ImageReadError, CalibrationError) as error:
         fail(str(error))
     if as_json:
         typer.echo(json.dumps(result))
@@ -366,13 +399,13 @@ def verify(
     table = Table(title=f"facetrip verify ({loaded.path})")
     for column in ("image 1", "image 2", f"{result['metric']} distance", "threshold", "verdict"):
         table.add_column(column)
-    threshold = "-" if result["threshold"] is None else f"{result['threshold']:.4f}"
-    table.add_row(first_image.name, second_image.name, f"{result['distance']:.4f}", threshold, verdict[result["same_person"]])
+    shown_threshold = "-" if result["threshold"] is None else f"{result['threshold']:.4f}"
+    table.add_row(first_image.name, second_image.name, f"{result['distance']:.4f}", shown_threshold,
+                  verdict[result["same_person"]])
     console.print(table)
-    for image, found in zip((first_image, second_image), result.get("faces_found", (True, True))):
-        if not found:
-            console.print(f"[yellow]No face found in {image.name}[/]: the whole image was taken as the face "
-                          f"(a face too small at the run's {loaded.image_size[0]}x{loaded.image_size[1]} input, or none).")
+    console.print(f"Threshold: {result['threshold_rule']}.", style="dim", highlight=False, soft_wrap=True)
+    if "faces_detected" in result:
+        _print_face_counts([first_image, second_image], result["faces_detected"])
 
 
 @app.command()
@@ -383,21 +416,26 @@ def embed(
     split: str = typer.Option("test", help="With --data (or no inputs): train | dev | test | all identities of the run's split."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default RUN/embeddings-SPLIT or RUN/embeddings)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (files written, faces found per photo), for scripts."),
 ) -> None:
     """Embed images with a run's model: embeddings.npy, metadata.tsv and TensorBoard projector files."""
+    import json
+
     from facetrip.data import DataError, ImageReadError
     from facetrip.inference import collect_images, write_embeddings
     from facetrip.training import embed_faces
 
     setup_logging()
     loaded = _load_run(run)
+    faces_detected = None
     try:
         if inputs:
             paths, labels = collect_images(inputs)
             if not paths:
                 fail("No image files found in the given inputs.")
             with console.status(f"Embedding {len(paths)} images ..."):
-                embeddings = loaded.embed_files(paths)
+                images, faces_detected = loaded.inputs_of_files(paths)
+                embeddings = loaded.embed_images(images)
             target = output or loaded.path / "embeddings"
         else:
             faces = _split_of_run(loaded, split, data_source, data_dir)
@@ -410,11 +448,30 @@ def embed(
             target = output or loaded.path / f"embeddings-{split}"
     except (DataError, ImageReadError) as error:
         fail(str(error))
-    written = write_embeddings(target, embeddings, labels, paths)
+    written = write_embeddings(target, embeddings, labels, paths, faces_detected)
+    if as_json:
+        photos = [{"path": str(path), "label": label, **({} if faces_detected is None else {"faces_detected": int(count)})}
+                  for path, label, count in zip(paths, labels, faces_detected or [None] * len(paths))]
+        typer.echo(json.dumps({"output": str(target), "files": {name: str(path) for name, path in written.items()},
+                               "embedding_dim": int(embeddings.shape[1]), "photos": photos}))
+        return
+    if faces_detected is not None:
+        _print_face_counts(paths, faces_detected)
     console.print(
         f"Wrote {len(embeddings)} embeddings of size {embeddings.shape[1]} to {target}/ "
         f"({', '.join(path.name for path in written.values())}); view with: tensorboard --logdir {target}"
     )
+
+
+def _print_face_counts(paths, faces_detected, shown: int = 5) -> None:
+    """Yellow lines naming the photos without a detected face, or with several."""
+    for what, chosen, consequence in (("no face found", lambda count: count == 0, "the whole photo was used as the face"),
+                                      ("several faces", lambda count: count > 1, "the largest was used")):
+        names = [Path(path).name for path, count in zip(paths, faces_detected) if chosen(count)]
+        if names:
+            listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+            console.print(f"[yellow]{what.capitalize()}[/] in {len(names)} of {len(paths)} photos ({consequence}): {listed}",
+                          highlight=False)
 
 
 @app.command()
@@ -530,9 +587,12 @@ def _print_evaluation(report: dict) -> None:
     if threshold is None:
         console.print("The run has no calibrated threshold.", highlight=False)
     else:
+        from facetrip.calibration import percent
+
+        target = f" (target {percent(threshold['target_far'])})" if threshold.get("target_far") is not None else ""
         console.print(
             f"At the run's threshold {threshold['threshold']:.4f} ({threshold['rule']}): accuracy "
-            f"{_percent(threshold['accuracy'])}, FAR {_percent(threshold['far'])}, FRR {_percent(threshold['frr'])}.",
+            f"{_percent(threshold['accuracy'])}, FAR {_percent(threshold['far'])}{target}, FRR {_percent(threshold['frr'])}.",
             highlight=False,
         )
     console.print(f"Wrote {report['files']['metrics']} and {report['files']['roc']} to {report['run']}/", highlight=False)
@@ -581,6 +641,32 @@ def evaluate(
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
         return
     _print_evaluation(report)
+
+
+@app.command()
+def export(
+    run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    export_format: str = typer.Option("savedmodel", "--format", help="savedmodel (TensorFlow Serving, TF.js, ...) | tflite (phones)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write into (default RUN/export-FORMAT)."),
+) -> None:
+    """Export a run's model for serving: uint8 face chips in, unit embeddings out (see export.json)."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    from facetrip.export import ExportError, export_run
+    from facetrip.runs import RunError, latest_run
+
+    setup_logging()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        target = run_dir if run_dir is not None else latest_run()
+        with console.status(f"Exporting {target} as {export_format} ..."):
+            info = export_run(target, export_format, output)
+    except (ExportError, RunError) as error:
+        fail(str(error))
+    shape = "x".join(str(size) for size in info["input"]["shape"][1:])
+    console.print(f"Wrote {info['path']}: signature {info['signature']}, uint8 images {shape} in, "
+                  f"{info['output']['shape'][1]}-d unit embeddings out; {info['input']['what']}.", highlight=False)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ class ConfigError(ValueError):
 class DataConfig:
     source: str = "orl_faces"  # orl_faces | folder:PATH | tfds:NAME[:SPLIT]
     data_dir: str = ""  # tfds storage; "" means tfds' default (~/tensorflow_datasets)
-    image_size: list = dataclasses.field(default_factory=lambda: [112, 92])  # height, width (ORL's own size)
-    channels: int = 3  # 1 (grey) or 3 (RGB); dlib_resnet reads RGB (grey images are copied to 3 channels)
+    face_chips: bool = True  # cut the aligned 150x150 face chip of every photo first (facetrip.data.face_chips)
+    image_size: list = dataclasses.field(default_factory=lambda: [150, 150])  # height, width of the model input
+    channels: int = 3  # 1 (grey) or 3 (RGB); face_resnet reads RGB (grey images are copied to 3 channels)
 
 
 @dataclasses.dataclass
@@ -46,13 +47,14 @@ class SamplerConfig:
 
 @dataclasses.dataclass
 class AugmentConfig:
-    enabled: bool = False  # off for the pretrained default (every new image costs a dlib descriptor); on in configs/scratch.toml
+    enabled: bool = True
     flip: bool = True
-    max_shift: float = 0.08  # random translation, fraction of height / width
+    max_shift: float = 0.03  # random translation, fraction of height / width (face chips are aligned: small)
     brightness: float = 0.1
     contrast: float = 0.2
-    rotation: float = 10.0  # largest random rotation, degrees
-    erasing: float = 0.5  # probability of erasing a random rectangle (random erasing)
+    rotation: float = 0.0  # largest random rotation, degrees
+    scale: float = 0.05  # largest random zoom about the centre, fraction (factors 1 - scale .. 1 + scale)
+    erasing: float = 0.0  # probability of erasing a random rectangle (random erasing)
     blended_identities: int = 0  # synthetic training identities, each blending two real ones (facetrip.data.synthetic)
 
 
@@ -66,9 +68,10 @@ class LossConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    backbone: str = "dlib_resnet"  # dlib_resnet (pretrained, frozen; docs/quality.md) | resnet_small | resnet50
+    backbone: str = "face_resnet"  # face_resnet (dlib's pretrained face ResNet, fine-tuned) | resnet_small | resnet50
+    freeze: str = "none"  # face_resnet: none | stem | stage1 .. stage5 (frozen up to it) | all (only the head trains)
     width: int = 8  # channels of the first resnet_small stage (doubling per stage); 8 beat 16 on 5 ORL splits
-    embedding_dim: int = 128  # 128 = dlib's descriptor size: the head starts as the identity
+    embedding_dim: int = 128  # 128 = the face ResNet's descriptor size: the head starts as the identity
     head: str = "flatten"  # pool (global average) | flatten (keeps where on the face a feature is)
     dropout: float = 0.0
     flip_tta: bool = True  # export f(x) + f(mirror(x)), renormalised (flip test-time augmentation)
@@ -77,12 +80,15 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 150
+    epochs: int = 20
     warmup_epochs: int = 0  # epochs of cosine-softmax classification before the triplet loss takes over
     classification_weight: float = 1.0  # weight of the classification term after the warm-up
+    optimizer: str = "lamb"  # lamb (layer-wise steps relative to each weight's size: fine-tuning) | adamw
     learning_rate: float = 1e-3
+    lr_warmup_epochs: int = 1  # linear warm-up of the learning rate before the cosine decay
     weight_decay: float = 1e-4
     precision: str = "float32"  # float32 | bf16
+    target_far: float = 0.01  # the saved threshold is calibrated to this false-accept rate on dev pairs
     checkpoint_seconds: float = 30.0  # save model + backup at the first epoch end this long after the last save
     seed: int = 0
 

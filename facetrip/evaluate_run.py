@@ -7,6 +7,10 @@ with the saved model (a black box), fits raw pixels / Eigenfaces / Fisherfaces o
 run's training identities, scores everyone on exactly the same pairs, and writes
 ``metrics.json`` and ``roc.png`` into the run directory.
 
+On another data source than the run's, every identity of that source is evaluated except
+those named like one of the run's training identities (the same name may be the same
+person); the baselines still fit on the training identities of the run's own source.
+
 Images reach the model and the baselines as the same arrays: the run's image size and
 channels through :func:`facetrip.data.preprocess_encoded`, the path training used.
 """
@@ -20,15 +24,12 @@ from typing import Any, Callable
 import numpy as np
 
 from facetrip import __version__
+# Runs calibrated to a target FAR save their threshold's rule; THRESHOLD_RULES describes older, equal-error runs.
+from facetrip.calibration import THRESHOLD_RULES, saved_threshold_rule  # noqa: F401  (THRESHOLD_RULES re-exported)
 from facetrip.evaluation import NUM_FOLDS, NamedPairs, Pairs, PairsFileError
 
 # Most same-identity (and most different-identity) pairs; above it a balanced sample is drawn.
 DEFAULT_MAX_PAIRS_PER_CLASS = 50_000
-# How the verification threshold saved with a run was chosen, by its threshold_source.
-THRESHOLD_RULES = {
-    "dev": "equal error rate on dev identities",
-    "train": "equal error rate on train identities (the run has no dev identities)",
-}
 # Identities named in an error message before "..."
 _SHOWN_NAMES = 3
 
@@ -146,6 +147,45 @@ def pairs_from_file(named: NamedPairs, faces, pairs_file: str | Path) -> Pairs:
     return Pairs(indices[:, 0], indices[:, 1], named.same.copy(), folds, how)
 
 
+def is_same_source(first: str, second: str) -> bool:
+    """Whether two data source names name the same data: parsed (``orl`` = ``orl_faces``), folder paths resolved.
+
+    Raises:
+        DataError: a malformed source name.
+    """
+    from facetrip.data import parse_source
+
+    first_spec, second_spec = parse_source(first), parse_source(second)
+    if first_spec.kind == second_spec.kind == "folder":
+        return Path(first_spec.name).expanduser().resolve() == Path(second_spec.name).expanduser().resolve()
+    return first_spec == second_spec
+
+
+def identities_of_another_source(faces, training_identities) -> tuple[list[str], list[str]]:
+    """The identities of a source the run was not trained on to evaluate on, and those left out.
+
+    An identity whose name is also one of the run's training identities is left out: the
+    same name in both sources may be the same person, and a model must be scored on
+    people it never saw.
+
+    Returns:
+        ``(evaluated, left_out)``, both sorted lists of names.
+    """
+    trained_on = set(map(str, training_identities))
+    names = sorted(map(str, faces.identity_names))
+    return [name for name in names if name not in trained_on], [name for name in names if name in trained_on]
+
+
+def pairs_of_identities(faces, identity_names, max_pairs: int, seed: int) -> Pairs:
+    """:func:`facetrip.evaluation.verification_pairs` of the images of some identities, as indices into ``faces``."""
+    from facetrip.evaluation import verification_pairs
+
+    wanted = np.isin(np.asarray(faces.identity_names, dtype=object), list(identity_names))  # (identities,)
+    images = np.flatnonzero(wanted[faces.labels])  # (T,) indices into faces
+    chosen = verification_pairs(faces.labels[images], max_pairs, seed)
+    return Pairs(images[chosen.first], images[chosen.second], chosen.same, None, chosen.how)
+
+
 def preprocess_images(faces, image_size, channels: int) -> np.ndarray:
     """(N, H, W, C) float32 images in [0, 1] through :func:`facetrip.data.preprocess_encoded`, in order."""
     from facetrip.data import image_dataset
@@ -163,18 +203,63 @@ def _compact(faces, pairs: Pairs):
     return faces.take(used), Pairs(first, second, pairs.same, pairs.folds, pairs.how)
 
 
+def _baseline_training_faces(faces, training_identities, training_source: str | None, data_dir: str | None,
+                             stage: Callable[[str], None]):
+    """The images of the run's training identities to fit the baselines on.
+
+    Args:
+        faces: the evaluated source's images.
+        training_identities: the run's training identity names.
+        training_source: the run's own source when ``faces`` come from another one (it is
+            loaded); None when ``faces`` are the run's own source.
+        data_dir: tfds storage folder.
+        stage: progress callback.
+
+    Returns:
+        ``(training faces, None)``, or ``(None, why the baselines are skipped)``.
+    """
+    from facetrip.data import DataError, load_faces
+
+    if training_source is not None:
+        stage(f"Loading {training_source} (the run's training identities, to fit the baselines) ...")
+        try:
+            faces = load_faces(training_source, data_dir=data_dir)
+        except DataError as error:
+            reason = str(error).rstrip(".")
+            return None, f"the run's training source {training_source} cannot be loaded to fit them on ({reason})"
+    train_faces = faces.restricted_to(training_identities)
+    if len(np.unique(train_faces.labels)) < 2:
+        return None, f"{faces.source} holds fewer than two of the run's training identities to fit them on"
+    return train_faces, None
+
+
 def _threshold_report(metadata: dict, distances: np.ndarray, same: np.ndarray) -> dict | None:
-    """Test accuracy / FAR / FRR at the threshold saved with the run (None when it has none)."""
+    """Accuracy / FAR / FRR on these pairs at the threshold saved with the run (None when it has none).
+
+    A run calibrated to a target false accept rate adds ``target_far``, the FAR and its
+    interval on the calibration pairs (``calibration_far``, ``calibration_far_interval``)
+    and ``far_within_calibration_interval``: whether the FAR here lies in that interval.
+    Older runs have None in these keys and their equal-error rule (:data:`THRESHOLD_RULES`).
+    ``calibration`` is the ROC summary of the calibration pairs.
+    """
     from facetrip.evaluation import rates_at_threshold
 
     threshold = metadata.get("threshold")
     if threshold is None:
         return None
     source = metadata.get("threshold_source", "dev")
+    calibration = metadata.get("calibration") or {}
+    rates = rates_at_threshold(distances, same, float(threshold))
+    interval = calibration.get("far_interval")
     return {
-        **rates_at_threshold(distances, same, float(threshold)),
+        **rates,
         "source": source,
-        "rule": THRESHOLD_RULES.get(source, f"equal error rate on {source} identities"),
+        "rule": saved_threshold_rule(metadata),
+        "target_far": calibration.get("target_far"),
+        "calibration_far": calibration.get("far"),
+        "calibration_far_interval": interval,
+        "far_within_calibration_interval": None if interval is None else bool(interval[0] <= rates["far"] <= interval[1]),
+        "fallback": calibration.get("fallback"),
         "calibration": metadata.get(source),
     }
 
@@ -195,13 +280,16 @@ def evaluate_run(
         run_dir: a finished run directory.
         pairs_file: an LFW-format pairs file (``N`` or ``FOLDS N`` header) naming images
             of the data source by identity and 1-based number; None for the run's test
-            identities.
-        max_pairs: most same (and most different) pairs from the test identities; when
+            identities (or, on another data source, all of its identities).
+        max_pairs: most same (and most different) pairs from the evaluated identities; when
             either kind has more, a seeded balanced sample of min(max_pairs, same,
             different) pairs of each kind is drawn.
         seed: seed of the pair sample, the k-fold assignment and the baselines' fit sample.
-        baselines: also score raw pixels, Eigenfaces and Fisherfaces.
-        data_source: data source (default: the run's).
+        baselines: also score raw pixels, Eigenfaces and Fisherfaces, fitted on the run's
+            training identities from the run's own data source.
+        data_source: data source (default: the run's). Another source than the run's is
+            evaluated on all its identities except those named like a training identity
+            of the run (:func:`identities_of_another_source`).
         data_dir: tfds storage folder (default: tfds' own).
         on_stage: called with a short message as each stage starts (a progress display).
 
@@ -222,7 +310,6 @@ def evaluate_run(
         roc,
         roc_plot_png,
         verification_metrics,
-        verification_pairs,
     )
     from facetrip.inference import Run
     from facetrip.runs import EVALUATION_FILE, ROC_PLOT_FILE, atomic_write_bytes, atomic_write_json, read_metadata
@@ -234,15 +321,18 @@ def evaluate_run(
     metadata = read_metadata(run_dir)  # a one-line RunError before any data is loaded
     split = run_split(run_dir, metadata)
     named = read_lfw_pairs(pairs_file) if pairs_file is not None else None
-    if named is None and not split["test"]:
+    training_source = metadata["source"]
+    other_source = data_source is not None and not is_same_source(data_source, training_source)
+    if named is None and not other_source and not split["test"]:
         raise EvaluationError(
             f"{run_dir} has no test identities (its split lists none): evaluate on a pairs file (--pairs FILE) "
             f"or train with test identities (split.test > 0)."
         )
     run = Run.load(run_dir)
-    source = data_source or metadata["source"]
+    source = data_source or training_source
     stage(f"Loading {source} ...")
     faces = load_faces(source, data_dir=data_dir)
+    left_out: list[str] = []
 
     if named is not None:
         trained_on = set(split["train"]) & (set(named.first_names) | set(named.second_names))
@@ -253,6 +343,16 @@ def evaluate_run(
             )
         pairs = pairs_from_file(named, faces, pairs_file)
         evaluated_identities = sorted(set(named.first_names) | set(named.second_names))
+    elif other_source:
+        evaluated_identities, left_out = identities_of_another_source(faces, split["train"])
+        if not evaluated_identities:
+            raise EvaluationError(
+                f"All {len(left_out)} identities of {faces.source} are named like training identities of {run_dir} "
+                f"({_names(left_out)}): the same name may be the same person, so none can be scored."
+            )
+        pairs = pairs_of_identities(faces, evaluated_identities, max_pairs, seed)
+        left_out_note = f" ({len(left_out)} left out, named like training identities)" if left_out else ""
+        pairs.how = f"all identities of {faces.source}{left_out_note}, a model trained on {training_source}: {pairs.how}"
     else:
         missing = set(split["test"]) - set(faces.identity_names)
         if len(missing) == len(split["test"]):
@@ -261,10 +361,7 @@ def evaluate_run(
                 f"(e.g. {_names(missing)}): evaluate with the run's own data source (--data)."
             )
         evaluated_identities = sorted(set(split["test"]) - missing)
-        is_test_identity = np.isin(np.asarray(faces.identity_names, dtype=object), evaluated_identities)  # (identities,)
-        test_images = np.flatnonzero(is_test_identity[faces.labels])  # (T,) indices into faces
-        test_pairs = verification_pairs(faces.labels[test_images], max_pairs, seed)
-        pairs = Pairs(test_images[test_pairs.first], test_images[test_pairs.second], test_pairs.same, None, test_pairs.how)
+        pairs = pairs_of_identities(faces, evaluated_identities, max_pairs, seed)
     if pairs.num_same == 0 or pairs.num_different == 0:
         raise EvaluationError(
             f"The pairs hold {pairs.num_same} same-identity and {pairs.num_different} different-identity pairs: "
@@ -278,6 +375,9 @@ def evaluate_run(
             f"or an 'N' header for seeded folds)."
         )
     used_faces, pairs = _compact(faces, pairs)
+    if run.face_chips:
+        stage(f"Aligning the faces of {len(used_faces):,} photos ...")
+    used_faces, chip_report = run.prepare_faces(used_faces)  # the photos as the model reads them
 
     stage(f"Embedding {len(used_faces):,} images ...")
     images = preprocess_images(used_faces, run.image_size, run.channels)  # (U, H, W, C)
@@ -290,9 +390,14 @@ def evaluate_run(
         "facetrip_version": __version__,
         "run": str(run_dir),
         "source": faces.source,
+        "training_source": training_source,
         "image_size": list(run.image_size),
         "channels": run.channels,
         "metric": metric,
+        "faces": None if chip_report is None else {
+            "images": chip_report.images, "no_face": len(chip_report.no_face),
+            "several_faces": len(chip_report.several_faces), "summary": chip_report.summary(),
+        },
         "pairs": {
             "how": pairs.how,
             "file": str(pairs_file) if pairs_file is not None else None,
@@ -300,6 +405,7 @@ def evaluate_run(
             "different": pairs.num_different,
             "images": len(used_faces),
             "identities": len(evaluated_identities),
+            "left_out_identities": left_out,
             "max_pairs_per_class": max_pairs,
             "seed": seed,
         },
@@ -316,13 +422,14 @@ def evaluate_run(
     curves = {f"model ({metric}), AUC {report['model']['auc']:.3f}": roc(model_distances, pairs.same)[:2]}
 
     if baselines:
-        train_faces = faces.restricted_to(split["train"])
-        if len(np.unique(train_faces.labels)) < 2:
-            report["baselines_skipped"] = f"{faces.source} holds fewer than two of the run's training identities to fit them on"
-        else:
+        train_faces, report["baselines_skipped"] = _baseline_training_faces(
+            faces, split["train"], training_source if other_source else None, data_dir, stage
+        )
+        if train_faces is not None:
             train_faces = train_faces.take(fit_sample(len(train_faces), seed))  # preprocess only what is fitted on
             stage(f"Fitting the baselines on {len(train_faces):,} training images ...")
             try:
+                train_faces, _ = run.prepare_faces(train_faces)  # the same inputs as the model's
                 fitted = fit_baselines(preprocess_images(train_faces, run.image_size, run.channels), train_faces.labels, seed)
             except BaselineError as error:
                 fitted, report["baselines_skipped"] = [], str(error)

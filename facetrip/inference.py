@@ -1,7 +1,7 @@
 """Using a trained run: embed images, verify a pair of photos.
 
-Every image goes through :func:`facetrip.data.read_image_bytes` and
-:func:`facetrip.data.preprocess_encoded`, the path the training images took.
+Every photo reaches the model through :mod:`facetrip.model_input`, the path the training
+images took: its aligned face chip (for runs on face chips), decoded and resized.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from facetrip.data.images import is_image_file, preprocess_encoded, read_image_bytes
+from facetrip.data.images import is_image_file
+from facetrip.model_input import decode_inputs
 from facetrip.runs import RunError, load_embedding_model, read_metadata
 
 
@@ -33,45 +34,72 @@ class Run:
     def channels(self) -> int:
         return int(self.metadata["channels"])
 
+    @property
+    def face_chips(self) -> bool:
+        """Whether the model reads aligned face chips (runs that predate them read whole images)."""
+        return bool(self.metadata.get("face_chips", False))
+
     @classmethod
     def load(cls, run_dir: str | Path) -> Run:
         metadata = read_metadata(run_dir)  # checks the format before touching the model
-        check_backbone_available(metadata.get("backbone", ""))
+        check_backbone_supported(run_dir, metadata.get("backbone", ""))
         return cls(Path(run_dir), load_embedding_model(run_dir), metadata)
+
+    def inputs_of_files(self, paths) -> tuple[np.ndarray, list[int] | None]:
+        """Model inputs of photo files, in order, through :mod:`facetrip.model_input`.
+
+        Returns:
+            ``((N, H, W, C) float32 in [0, 1], faces detected per photo)``; None instead of the
+            counts for runs that read whole images.
+
+        Raises:
+            ImageReadError: naming the first missing or unreadable file.
+        """
+        from facetrip.model_input import file_inputs
+
+        encoded, faces_detected = file_inputs(paths, self.face_chips)
+        return decode_inputs(encoded, self.image_size, self.channels), faces_detected
+
+    def inputs_of_encoded(self, encoded) -> tuple[np.ndarray, list[int] | None]:
+        """Model inputs of encoded photos (bytes), as :meth:`inputs_of_files`."""
+        from facetrip.model_input import encoded_inputs
+
+        prepared, faces_detected = encoded_inputs(encoded, self.face_chips)
+        return decode_inputs(prepared, self.image_size, self.channels), faces_detected
+
+    def preprocess_files(self, paths) -> np.ndarray:
+        """(N, H, W, C) model inputs of image files, in order; raises ImageReadError naming a bad file."""
+        return self.inputs_of_files(paths)[0]
 
     def embed_files(self, paths, batch_size: int = 64) -> np.ndarray:
         """(N, D) embeddings of image files, in order; raises ImageReadError naming a bad file."""
         return self.embed_images(self.preprocess_files(paths), batch_size)
 
-    def preprocess_files(self, paths) -> np.ndarray:
-        """(N, H, W, C) model inputs of image files, in order; raises ImageReadError naming a bad file."""
-        return self.preprocess_encoded([read_image_bytes(path) for path in paths])
-
-    def preprocess_encoded(self, encoded) -> np.ndarray:
-        """(N, H, W, C) model inputs of encoded images (bytes), through :func:`preprocess_encoded`."""
-        return np.stack([preprocess_encoded(data, self.image_size, self.channels).numpy() for data in encoded])
-
     def embed_encoded(self, encoded, batch_size: int = 64) -> np.ndarray:
-        """(N, D) embeddings of encoded images (bytes), through :func:`preprocess_encoded`."""
-        return self.embed_images(self.preprocess_encoded(encoded), batch_size)
+        """(N, D) embeddings of encoded photos (bytes)."""
+        return self.embed_images(self.inputs_of_encoded(encoded)[0], batch_size)
 
     def embed_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(N, D) float32 embeddings of preprocessed (N, H, W, C) images in [0, 1]; the model is a black box."""
+        """(N, D) float32 embeddings of model inputs (N, H, W, C) in [0, 1]; the model is a black box."""
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0), np.float32)
 
+    def prepare_faces(self, faces):
+        """A data set as this run's model reads it (aligned face chips when the run uses them): ``(faces, report)``."""
+        from facetrip.model_input import prepare_faces
 
-def check_backbone_available(backbone: str) -> None:
-    """Raise :class:`RunError` (what to install) when a run's pretrained backbone cannot run here."""
-    from facetrip.model import PRETRAINED_BACKBONES
+        return prepare_faces(faces, self.face_chips)
 
-    if backbone in PRETRAINED_BACKBONES:
-        from facetrip.data.alignment import AlignmentUnavailableError
-        from facetrip.pretrained import check_available
 
-        try:
-            check_available()
-        except AlignmentUnavailableError as error:
-            raise RunError(str(error)) from None
+# Backbones of older facetrip versions that this one cannot run.
+_RETIRED_BACKBONES = {
+    "dlib_resnet": "the frozen dlib backbone that ran outside TensorFlow, replaced by the native face_resnet",
+}
+
+
+def check_backbone_supported(run_dir, backbone: str) -> None:
+    """Raise :class:`RunError` (what to do) when a run's backbone cannot run in this version."""
+    if backbone in _RETIRED_BACKBONES:
+        raise RunError(f"{run_dir} was trained with {_RETIRED_BACKBONES[backbone]}: train it again with facetrip train.")
 
 
 def distance(first: np.ndarray, second: np.ndarray, metric: str) -> float:
@@ -82,33 +110,47 @@ def distance(first: np.ndarray, second: np.ndarray, metric: str) -> float:
     return float(distances[0])
 
 
-def verify(run: Run, first_image: str | Path, second_image: str | Path) -> dict[str, Any]:
-    """Compare two photos: distance, the run's threshold, and the verdict.
+def verify(run: Run, first_image: str | Path, second_image: str | Path, threshold: float | None = None,
+           far: float | None = None) -> dict[str, Any]:
+    """Compare two photos: distance, the threshold, and the verdict.
+
+    Args:
+        run: the loaded run.
+        first_image, second_image: photo files.
+        threshold: decide with this threshold instead of the run's.
+        far: decide with the threshold for this false accept rate on the run's saved
+            calibration distances (:func:`facetrip.calibration.verification_threshold`).
 
     Returns:
-        ``{"distance", "threshold", "same_person", "metric", "run", "images"}``; ``same_person``
-        is ``distance <= threshold`` (None when the run has no calibrated threshold). Runs
-        with a pretrained backbone that finds faces itself add ``faces_found``: for each
-        image, whether dlib's detector found a face (if not, the whole image was used).
-    """
-    from facetrip.model import PRETRAINED_BACKBONES
+        ``{"distance", "threshold", "threshold_rule", "same_person", "metric", "run", "images"}``;
+        ``same_person`` is ``distance <= threshold`` (None when there is no threshold) and
+        ``threshold_rule`` says how the threshold was chosen. Runs
+        on face chips add ``faces_detected`` (faces the detector found in each photo: 0 means
+        the whole photo was used as the face, 2 or more that the largest was used) and
+        ``faces_found`` (at least one).
 
-    images = run.preprocess_files([first_image, second_image])  # (2, H, W, C)
+    Raises:
+        CalibrationError: both ``threshold`` and ``far``, ``far`` outside (0, 1), or ``far``
+            for a run that saved no calibration distances.
+    """
+    from facetrip.calibration import verification_threshold
+
+    threshold, threshold_rule = verification_threshold(run.metadata, threshold, far)  # before any image is embedded
+    images, faces_detected = run.inputs_of_files([first_image, second_image])  # (2, H, W, C)
     first, second = run.embed_images(images)
     value = distance(first, second, run.metadata["metric"])
-    threshold = run.metadata.get("threshold")
     result = {
         "images": [str(first_image), str(second_image)],
         "distance": value,
         "threshold": threshold,
+        "threshold_rule": threshold_rule,
         "same_person": None if threshold is None else bool(value <= threshold),
         "metric": run.metadata["metric"],
         "run": str(run.path),
     }
-    if run.metadata.get("backbone") in PRETRAINED_BACKBONES:
-        from facetrip.pretrained import faces_found
-
-        result["faces_found"] = [bool(found) for found in faces_found(images)]
+    if run.face_chips:
+        result["faces_detected"] = [int(count) for count in faces_detected]
+        result["faces_found"] = [count > 0 for count in faces_detected]
     return result
 
 
@@ -123,8 +165,8 @@ def collect_images(inputs) -> tuple[list[Path], list[str]]:
     return paths, [path.parent.name for path in paths]
 
 
-def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, paths) -> dict[str, Path]:
-    """embeddings.npy, metadata.tsv (label, path) and a TensorBoard Embedding Projector set-up.
+def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, paths, faces_detected=None) -> dict[str, Path]:
+    """embeddings.npy, metadata.tsv (label, path[, faces detected]) and a TensorBoard Embedding Projector set-up.
 
     The projector reads ``output_dir`` as a TensorBoard log dir: a checkpoint of the
     embedding variable, ``projector_config.pbtxt`` and the metadata file; ``tensors.tsv``
@@ -140,7 +182,11 @@ def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, pat
     buffer = io.BytesIO()
     np.save(buffer, embeddings)
     atomic_write_bytes(output_dir / "embeddings.npy", buffer.getvalue())
-    rows = ["label\tpath", *(f"{label}\t{path}" for label, path in zip(labels, paths))]
+    if faces_detected is None:
+        rows = ["label\tpath", *(f"{label}\t{path}" for label, path in zip(labels, paths))]
+    else:
+        rows = ["label\tpath\tfaces_detected",
+                *(f"{label}\t{path}\t{count}" for label, path, count in zip(labels, paths, faces_detected))]
     atomic_write_text(output_dir / "metadata.tsv", "\n".join(rows) + "\n")
     atomic_write_text(output_dir / "tensors.tsv", "\n".join("\t".join(f"{value:.6g}" for value in row) for row in embeddings) + "\n")
     checkpoint = tf.train.Checkpoint(embedding=tf.Variable(embeddings))

@@ -123,8 +123,8 @@ def load_embedding_model(run_dir: str | Path):
     import keras
 
     import facetrip.losses  # noqa: F401  registers TripletLoss for deserialisation
-    import facetrip.model  # noqa: F401  registers HorizontalFlip and Shift (the test-time augmentation layers)
-    import facetrip.pretrained  # noqa: F401  registers DlibFaceDescriptor (the dlib_resnet backbone)
+    import facetrip.models.face_resnet  # noqa: F401  registers the face ResNet's layers
+    import facetrip.models.tta  # noqa: F401  registers HorizontalFlip and Shift (the test-time augmentation layers)
 
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():

@@ -62,6 +62,23 @@ class EmbeddingTrainer(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "triplet_loss", "classification_loss")}
         self.built = True  # the embedder is built and the trainer's own weights exist (Keras' backup requires it)
 
+    def initialise_centres(self, embeddings, labels) -> None:
+        """Start each identity's centre at the mean direction of its embeddings.
+
+        With a pretrained embedder the classification term then agrees with the embedding
+        from the first step, instead of pulling every face towards a random centre.
+
+        Args:
+            embeddings: (N, D) embeddings of training images, from the embedder as it is.
+            labels: (N,) their identity labels.
+        """
+        classes = np.asarray(tf.gather(self._class_of_label, np.asarray(labels, np.int64).reshape(-1)))  # (N,)
+        sums = np.zeros((self.num_identities, embeddings.shape[1]), np.float64)
+        np.add.at(sums, classes, np.asarray(embeddings, np.float64))  # (identities, D)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centres = np.where(norms > 0, sums / np.maximum(norms, 1e-12), np.asarray(self.class_centres).T)
+        self.class_centres.assign(centres.T.astype(np.float32))  # (D, identities)
+
     def phase_weights(self, epoch: int) -> tuple[float, float]:
         """``(w_cls, w_triplet)`` of an epoch (0-based)."""
         if epoch < self.warmup_epochs:

@@ -149,7 +149,7 @@ def training_augmentation(config: Config):
     if not config.augment.enabled:
         return None
     return Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness,
-                        config.augment.contrast, config.augment.rotation, config.augment.erasing)
+                        config.augment.contrast, config.augment.rotation, config.augment.erasing, config.augment.scale)
 
 
 def prepare_run_dir(config: Config, run_dir: Path) -> None:
@@ -181,7 +181,10 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     from facetrip.data import IdentitySplit, PKSampler, load_faces, pk_dataset, split_identities
     from facetrip.data.synthetic import blended_identities
     from facetrip.losses import TripletLoss, resolve_metric, resolve_strategy, triplet_metrics
-    from facetrip.model import build_embedding_model, with_test_time_augmentation
+    from facetrip.model_input import model_input_metadata, prepare_faces
+    from facetrip.models import PRETRAINED_BACKBONES, build_embedding_model, resolve_backbone
+    from facetrip.models.tta import with_test_time_augmentation
+
     from facetrip.trainer import EmbeddingTrainer, phase_callback
 
     run_dir = Path(run_dir)
@@ -203,19 +206,24 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     if config.augment.blended_identities < 0:
         raise TrainingError(f"augment.blended_identities must be 0 or more, not {config.augment.blended_identities}.")
 
-    from facetrip.model import PRETRAINED_BACKBONES
+    try:
+        backbone = resolve_backbone(config.model.backbone)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    if backbone == "face_resnet":
+        from facetrip.models.face_resnet import face_resnet_weights_path
 
-    if config.model.backbone in PRETRAINED_BACKBONES:
-        from facetrip.pretrained import check_available
-
-        check_available()  # a one-line error naming what to install, before any data is loaded
-        if config.augment.enabled or config.model.tta_shift > 0:
-            logger.warning(
-                "%s computes a descriptor for every new image: with augmentation or shift test-time augmentation "
-                "on, training and embedding are far slower (configs/default.toml turns both off).", config.model.backbone,
-            )
+        try:
+            face_resnet_weights_path()  # a one-line error naming what to install, before any data is loaded
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
 
     faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
+    if config.data.face_chips:
+        logger.info("Aligning the faces of %d photos (cached after the first time) ...", len(faces))
+    faces, chip_report = prepare_faces(faces, config.data.face_chips)
+    if chip_report is not None:
+        logger.info("%s", chip_report.summary())
     split_path = run_dir / SPLIT_FILE
     if resume and split_path.is_file():
         split = IdentitySplit.load(split_path)
@@ -233,7 +241,9 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     )
     image_size = tuple(config.data.image_size)
     start_epoch = completed_epochs(run_dir) if resume else 0
-    if start_epoch >= config.train.epochs:
+    if config.train.epochs < 0:
+        raise TrainingError(f"train.epochs must be 0 or more, not {config.train.epochs}.")
+    if resume and start_epoch >= config.train.epochs:
         raise TrainingError(f"{run_dir} already completed its {config.train.epochs} epochs: nothing to resume.")
 
     augmentation = training_augmentation(config)
@@ -246,12 +256,13 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         model = build_embedding_model(
             input_shape=(*image_size, config.data.channels),
             embedding_dim=config.model.embedding_dim,
-            backbone=config.model.backbone,
+            backbone=backbone,
             width=config.model.width,
             dropout=config.model.dropout,
             head=config.model.head,
+            freeze=config.model.freeze,
         )
-    except ValueError as error:  # an unknown backbone or head
+    except (ValueError, OSError) as error:  # an unknown head or freeze level, a wrong input size, unreadable weights
         raise TrainingError(str(error)) from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -263,11 +274,9 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         classification_weight=config.train.classification_weight,
     )
 
-    total_steps = config.train.epochs * sampler.batches_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.train.learning_rate, decay_steps=total_steps, alpha=0.01
-    )
-    trainer.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.train.weight_decay))
+    trainer.compile(optimizer=build_optimizer(config, sampler.batches_per_epoch))
+    if backbone in PRETRAINED_BACKBONES and start_epoch == 0 and config.train.epochs > 0:
+        trainer.initialise_centres(embed_faces(model, train_faces, image_size, config.data.channels), train_faces.labels)
 
     def write_metadata(**extra):
         metadata = {
@@ -278,7 +287,9 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
             "image_size": list(image_size),
             "channels": config.data.channels,
             "embedding_dim": config.model.embedding_dim,
-            "backbone": config.model.backbone,
+            "backbone": backbone,
+            "freeze": config.model.freeze,
+            **model_input_metadata(config.data.face_chips, chip_report),
             "flip_tta": config.model.flip_tta,
             "tta_shift": config.model.tta_shift,
             "strategy": strategy,
@@ -314,7 +325,9 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
                               delete_checkpoint=not offline),
         *callbacks,
     ]
-    if offline:
+    if config.train.epochs == 0:  # the network as it is, for comparisons: exported, calibrated, evaluated
+        save_model_atomically(exported_model, run_dir / MODEL_FILE)
+    elif offline:
         _fit_offline(trainer, train_faces, sampler, config, metric, start_epoch, image_size, augmentation, all_callbacks)
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     else:
@@ -329,6 +342,48 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     metadata = write_metadata(epochs_completed=config.train.epochs, **calibration)
     plot_metrics(run_dir)
     return metadata
+
+
+OPTIMIZERS = ("lamb", "adamw")
+
+
+def build_optimizer(config: Config, steps_per_epoch: int):
+    """The optimizer of ``train.optimizer`` on :func:`learning_rate_schedule`, with decoupled weight decay.
+
+    ``lamb`` (You et al., 2020) scales each layer's Adam step by ||w|| / ||step||, so every
+    layer changes by about the learning rate *relative to its own size*. The pretrained
+    face ResNet needs that: its convolution kernels are small (mean |w| 4e-4 to 1e-2,
+    with batch-norm scales of 3 to 14 folded into the layer after them), and AdamW's
+    absolute steps of 1e-4 changed them by up to a quarter per step and collapsed every
+    embedding onto one point within two epochs on ORL. ``adamw`` suits from-scratch training.
+    """
+    import keras
+
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    name = config.train.optimizer.lower()
+    if name == "lamb":
+        return keras.optimizers.Lamb(learning_rate=schedule, weight_decay=config.train.weight_decay or None)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.train.weight_decay)
+    raise TrainingError(f"Unknown optimizer {config.train.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int):
+    """Linear warm-up over ``train.lr_warmup_epochs`` to ``train.learning_rate``, then cosine decay to 1% of it.
+
+    The warm-up protects pretrained weights from the first, largest updates of a freshly
+    initialised head and classifier; from-scratch training uses none.
+    """
+    import keras
+
+    total_steps = max(1, config.train.epochs * steps_per_epoch)
+    warmup_steps = min(config.train.lr_warmup_epochs * steps_per_epoch, total_steps - 1)
+    if warmup_steps <= 0:
+        return keras.optimizers.schedules.CosineDecay(config.train.learning_rate, decay_steps=total_steps, alpha=0.01)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=total_steps - warmup_steps, alpha=0.01,
+        warmup_target=config.train.learning_rate, warmup_steps=warmup_steps,
+    )
 
 
 def offline_triplets_per_batch(sampler) -> int:
@@ -445,7 +500,22 @@ def embed_faces(model, faces, image_size, channels, batch_size: int = 128):
 
 
 def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dict[str, Any]:
-    """The verification threshold at the equal-error point on dev identities (train if there are none)."""
+    """The verification threshold for ``config.train.target_far`` on dev identities (train if there are none).
+
+    All pairs of those identities' images are embedded and the threshold is
+    :func:`facetrip.calibration.calibrate_to_far` of their distances: the largest with
+    ``#{different pairs, d <= t} / N <= target_far``, or a normal tail fit when there are
+    too few different pairs for the target (``calibration["fallback"]`` says so).
+
+    Returns:
+        ``threshold``, ``threshold_source`` (``dev`` | ``train``), ``calibration`` (the
+        calibration's dict), ``calibration_different_distances`` (a sorted sample of the
+        different-pair distances, :func:`facetrip.calibration.saved_distances`, for
+        ``verify --far``) and ``<source>``: the ROC summary of those pairs
+        (:func:`facetrip.evaluation.verification_summary`). Only ``threshold`` (None) and
+        ``threshold_source`` when the identities give no same or no different pairs.
+    """
+    from facetrip.calibration import SAVED_DISTANCES_KEY, calibrate_to_far, saved_distances
     from facetrip.evaluation import pair_distances, verification_summary
 
     source = "dev" if len(split.dev) >= 2 else "train"
@@ -457,7 +527,14 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
     except ValueError:
         logger.warning("Could not calibrate a threshold: the %s identities give no same/different pairs.", source)
         return {"threshold": None, "threshold_source": source}
-    return {"threshold": summary["eer_threshold"], "threshold_source": source, source: summary}
+    calibration = calibrate_to_far(distances, same, config.train.target_far, pairs_name=source)
+    return {
+        "threshold": calibration["threshold"],
+        "threshold_source": source,
+        "calibration": calibration,
+        SAVED_DISTANCES_KEY: saved_distances(distances[~same]),
+        source: summary,
+    }
 
 
 def plot_metrics(run_dir: Path) -> None:

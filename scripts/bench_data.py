@@ -17,7 +17,7 @@ with tfds writing into a temporary ``data_dir`` (nothing lands in ~/tensorflow_d
    with ``load_faces("folder:TMP")``; the time to prepare it through tfds is reported).
    Each run builds a fresh dataset, drops its first batches (warm-up) and times the
    rest: batches/s and images/s, median of the runs.
-2. Training step: the from-scratch embedding model (``facetrip.model.build_embedding_model``
+2. Training step: the from-scratch embedding model (``facetrip.models.resnet.build_embedding_model``
    with configs/scratch.toml's model settings), batch 64, one
    ``tf.function`` step of batch-hard triplet loss (margin 0.2) and Adam, float32,
    median of the timed steps after warm-up.
@@ -369,12 +369,12 @@ def default_augmentation():
 def default_model():
     """``(model, description)``: the embedding model of the from-scratch recipe (configs/scratch.toml)."""
     from facetrip.config import Config
-    from facetrip.model import build_embedding_model
+    from facetrip.models import build_embedding_model
 
     model = Config.from_toml(SCRATCH_CONFIG).model
     return build_embedding_model(
         (*IMAGE_SIZE, CHANNELS), model.embedding_dim, model.backbone, model.width, model.dropout, head=model.head,
-    ), f"facetrip.model.build_embedding_model, configs/scratch.toml (width {model.width}, embedding {model.embedding_dim}, {model.head} head)"
+    ), f"facetrip.models.resnet.build_embedding_model, configs/scratch.toml (width {model.width}, embedding {model.embedding_dim}, {model.head} head)"
 
 
 def measure_train_step(steps: int, warmup_steps: int, waiter: QuietWaiter, seed: int = 0) -> ModelResult:

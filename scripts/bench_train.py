@@ -4,7 +4,7 @@ Reproduce with::
 
     .venv/bin/python scripts/bench_train.py --steps 60 --repeats 8 --output docs/bench_train_default.md
 
-For each precision the from-scratch training model (``facetrip.model.build_embedding_model``
+For each precision the from-scratch training model (``facetrip.models.resnet.build_embedding_model``
 and ``facetrip.trainer.EmbeddingTrainer`` with ``configs/scratch.toml``, facetrip's default
 until session 5: the batch-hard triplet loss plus the classification term) is trained with
 ``fit`` on (the pretrained default trains only a head on cached dlib descriptors, so its
@@ -52,7 +52,7 @@ def make_model_and_data(precision: str, data_dir: str):
     from facetrip.config import Config
     from facetrip.data import PKSampler, load_faces, pk_dataset, split_identities
     from facetrip.losses import TripletLoss
-    from facetrip.model import build_embedding_model
+    from facetrip.models import build_embedding_model
     from facetrip.trainer import EmbeddingTrainer
     from facetrip.training import training_augmentation
 

@@ -2,7 +2,7 @@
 
 For each run (its saved model, which may already average an image with its mirror image),
 the test identities' images are embedded as they are, and again with the embeddings of
-copies shifted by one pixel up, down, left and right added (``facetrip.model.Shift``, as
+copies shifted by one pixel up, down, left and right added (``facetrip.models.resnet.Shift``, as
 ``model.tta_shift = 1`` does inside a saved model), and with copies zoomed 5% in and out
 added. Every variant is scored on all pairs of the run's test identities; the table gives
 the mean over runs. No retraining: the difference between rows is the views alone.
@@ -36,7 +36,7 @@ def main() -> None:
     from facetrip.evaluate_run import preprocess_images, run_split
     from facetrip.evaluation import verification_metrics, verification_pairs
     from facetrip.inference import Run
-    from facetrip.model import Shift, tta_offsets
+    from facetrip.models.tta import Shift, tta_offsets
     from facetrip.runs import read_metadata
 
     def zoomed(images: np.ndarray, factor: float) -> np.ndarray:

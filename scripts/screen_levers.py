@@ -84,7 +84,7 @@ import keras
 from facetrip.data import Augmentation, PKSampler, load_faces, pk_dataset, split_identities
 from facetrip.data.synthetic import blended_identities
 from facetrip.losses import online_triplet_loss
-from facetrip.model import build_embedding_model
+from facetrip.models import build_embedding_model
 from facetrip.training import embed_faces
 from facetrip.evaluation import pair_distances, verification_summary
 

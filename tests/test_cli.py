@@ -39,6 +39,7 @@ def test_data_command_summarises_orl(tmp_path):
     assert result.exit_code == 0, result.output
     assert "400" in result.stdout and "40 (40 with two or more images)" in result.stdout
     assert "train 25, dev 5, test 10" in result.stdout
+    assert "400 photos aligned" in " ".join(result.stdout.split())  # the face chips training would get
 
 
 def test_bad_data_source_gives_one_line_and_exit_code_2(tmp_path):

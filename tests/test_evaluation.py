@@ -395,7 +395,8 @@ def test_run_split_refuses_test_identities_that_were_trained_on(finished_run, tm
 @pytest.mark.slow
 def test_train_ends_with_the_evaluation(finished_run):
     run_dir, output = finished_run
-    assert "Fisherfaces" in output and "equal error rate on dev identities" in flat(output)
+    assert "Fisherfaces" in output and "at most 1% of 1,000 dev different-identity pairs" in flat(output)
+    assert "(target 1%)" in flat(output) and "(dev FAR" in flat(output)  # the evaluation's and training's summaries
     report = json.loads((run_dir / "metrics.json").read_text())
     assert set(report["baselines"]) == {"raw pixels", "Eigenfaces", "Fisherfaces"}
     assert (run_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -424,7 +425,10 @@ def test_evaluate_writes_metrics_and_roc(finished_run, tmp_path, data_dir):
     assert 0.0 <= report["model"]["auc"] <= 1.0 and report["model"]["accuracy"]["num_folds"] == 10
     assert report["baselines"]["Fisherfaces"]["auc"] > 0.9  # ORL is easy for Fisherfaces even at 16 x 14
     threshold = report["threshold"]
-    assert threshold["threshold"] == metadata["threshold"] and threshold["rule"] == "equal error rate on dev identities"
+    assert threshold["threshold"] == metadata["threshold"] and threshold["rule"] == metadata["calibration"]["rule"]
+    assert threshold["rule"] == "largest distance accepting at most 1% of 1,000 dev different-identity pairs"
+    assert threshold["target_far"] == 0.01 and threshold["calibration_far"] <= 0.01
+    assert threshold["calibration_far_interval"] == metadata["calibration"]["far_interval"]
     # accuracy at a threshold = the share of correct decisions: (1 - FAR) N / (N + P) + (1 - FRR) P / (N + P)
     assert threshold["accuracy"] == pytest.approx((1 - threshold["far"]) * 4500 / 4950 + (1 - threshold["frr"]) * 450 / 4950)
     assert (run_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

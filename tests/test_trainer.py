@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from facetrip.data.pipeline import Augmentation, _augment, _erase, _geometric_transforms
 from facetrip.losses import TripletLoss
-from facetrip.model import Shift, build_embedding_model, tta_offsets, with_flip_averaging, with_test_time_augmentation
+from facetrip.models import build_embedding_model
+from facetrip.models.tta import Shift, tta_offsets, with_flip_averaging, with_test_time_augmentation
 from facetrip.trainer import EmbeddingTrainer
 
 

@@ -154,7 +154,7 @@ def test_bf16_training_runs(tmp_path, data_dir):
 
 
 def test_resnet50_backbone_builds_for_colour_input():
-    from facetrip.model import build_embedding_model
+    from facetrip.models import build_embedding_model
 
     model = build_embedding_model(input_shape=(32, 32, 3), embedding_dim=16, backbone="resnet50")
     embeddings = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)

@@ -31,6 +31,8 @@ class Augmentation:
         rotation: largest random rotation in degrees (reflected borders).
         erasing: probability of random erasing: a rectangle of 10-50% of the height and
             of the width is replaced by uniform noise (Zhong et al., 2020).
+        scale: largest random zoom about the centre, as a fraction: factors in
+            [1 - scale, 1 + scale] (over 1 magnifies).
     """
 
     flip: bool = True
@@ -39,33 +41,36 @@ class Augmentation:
     contrast: float = 0.2
     rotation: float = 0.0
     erasing: float = 0.0
+    scale: float = 0.0
 
 
-def _geometric_transforms(flips, shifts, angles, height: int, width: int):
-    """Projective transforms that flip, shift by whole pixels, then rotate each image.
+def _geometric_transforms(flips, shifts, angles, height: int, width: int, zooms=None):
+    """Projective transforms that flip, shift by whole pixels, then rotate and zoom each image.
 
     The result is what mirroring (if ``flips``), then translating by ``shifts``, then
-    rotating by ``angles`` about the centre would give, done as one resampling: output
-    pixel (x, y) samples input pixel
+    rotating by ``angles`` and zooming by ``zooms`` about the centre would give, done as
+    one resampling: output pixel (x, y) samples input pixel
 
-        u = cos a (x - cx) - sin a (y - cy) + cx + shift_x,   y_in = sin a (x - cx) + cos a (y - cy) + cy + shift_y,
+        u = (cos a (x - cx) - sin a (y - cy)) / z + cx + shift_x,   y_in = (sin a (x - cx) + cos a (y - cy)) / z + cy + shift_y,
         x_in = (W - 1) - u if flipped else u,
 
-    with (cx, cy) the centre. Whole-pixel shifts and flips without rotation sample pixel
-    centres exactly, so they copy pixels.
+    with (cx, cy) the centre. Whole-pixel shifts and flips without rotation or zoom sample
+    pixel centres exactly, so they copy pixels.
 
     Args:
         flips: (B,) bool.
         shifts: (B, 2) float32, (shift_y, shift_x) in pixels.
         angles: (B,) float32, radians.
         height, width: image size.
+        zooms: (B,) float32 zoom factors z (over 1 magnifies); None for 1.
 
     Returns:
         (B, 8) float32 rows for ``ImageProjectiveTransformV3``.
     """
     import tensorflow as tf
 
-    cos, sin = tf.cos(angles), tf.sin(angles)
+    zooms = tf.ones_like(angles) if zooms is None else zooms
+    cos, sin = tf.cos(angles) / zooms, tf.sin(angles) / zooms  # (B,) each, the rotation shrunk by the zoom
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
     u_offset = centre_x - cos * centre_x + sin * centre_y + shifts[:, 1]  # (B,)
     y_offset = centre_y - sin * centre_x - cos * centre_y + shifts[:, 0]  # (B,)
@@ -116,9 +121,14 @@ def _augment(images, seed, augmentation: Augmentation):
     ], axis=1)  # (B, 2)
     limit = augmentation.rotation * np.pi / 180
     angles = tf.random.stateless_uniform([batch], seeds[3], -limit, limit) if limit > 0 else tf.zeros([batch])
-    if augmentation.flip or augmentation.max_shift > 0 or augmentation.rotation > 0:
+    zooms = None
+    if augmentation.scale > 0:
+        zoom_seed = tf.random.experimental.stateless_fold_in(seeds[3], 1)
+        zooms = tf.random.stateless_uniform([batch], zoom_seed, 1 - augmentation.scale, 1 + augmentation.scale)  # (B,)
+    if augmentation.flip or augmentation.max_shift > 0 or augmentation.rotation > 0 or augmentation.scale > 0:
         images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=_geometric_transforms(flips, tf.cast(shifts, tf.float32), angles, height, width),
+            images=images,
+            transforms=_geometric_transforms(flips, tf.cast(shifts, tf.float32), angles, height, width, zooms),
             output_shape=[height, width], fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
         )  # (B, H, W, C)
     if augmentation.brightness > 0:

@@ -1,0 +1,109 @@
+"""Export a run's embedding model for serving: a TensorFlow SavedModel or a TFLite model.
+
+Both take what :mod:`facetrip.model_input` makes of a photo, as 8-bit pixels, and return
+unit embeddings:
+
+    serve(images: uint8 (B, H, W, C)) -> {"embeddings": float32 (B, D)}, each row of norm 1
+
+For runs on face chips (the default) ``(H, W, C) = (150, 150, 3)``: the aligned face chip
+that :func:`facetrip.data.face_chips.chip_from_file` (a file) or
+:func:`~facetrip.data.face_chips.chip_from_pixels` (an RGB array) cuts: dlib's HOG face
+detector on the photo at its own resolution (longer side scaled into the range the
+detector needs), dlib's 5 landmarks on the largest face, then ``dlib.get_face_chip`` with
+size 150 and padding 0.25. A server must cut chips the same way, ideally by calling that
+function; ``export.json`` beside the model names the alignment version, the input, the
+distance and the run's calibrated threshold. Test-time augmentation (the mirror image) is
+inside the exported model, as in the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("savedmodel", "tflite")
+EXPORT_INFO_FILE = "export.json"
+
+
+class ExportError(ValueError):
+    """A run or format that cannot be exported: one line saying why."""
+
+
+def serving_function(model, image_size: tuple[int, int], channels: int):
+    """A tf.function from uint8 images (B, H, W, C) to ``{"embeddings": (B, D) float32}``."""
+    import tensorflow as tf
+
+    signature = tf.TensorSpec([None, *image_size, channels], tf.uint8, name="images")
+
+    @tf.function(input_signature=[signature])
+    def serve(images):
+        inputs = tf.cast(images, tf.float32) / 255.0  # (B, H, W, C) in [0, 1], what the model was trained on
+        return {"embeddings": tf.cast(model(inputs, training=False), tf.float32)}  # (B, D)
+
+    return serve
+
+
+def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: str | Path | None = None) -> dict[str, Any]:
+    """Write the run's model in a serving format, with ``export.json`` describing its input.
+
+    Args:
+        run_dir: a finished run directory.
+        export_format: ``savedmodel`` (a folder) or ``tflite`` (one ``model.tflite`` file).
+        output: the folder to write into (default ``RUN/export-FORMAT``).
+
+    Returns:
+        What ``export.json`` holds, plus ``path`` (the model written).
+
+    Raises:
+        ExportError, RunError: one line saying what is wrong.
+    """
+    import tensorflow as tf
+
+    from facetrip.inference import Run
+    from facetrip.runs import atomic_write_bytes, atomic_write_json
+
+    if export_format not in FORMATS:
+        raise ExportError(f"Unknown export format {export_format!r}: choose one of {', '.join(FORMATS)}.")
+    run = Run.load(run_dir)
+    target = Path(output) if output is not None else Path(run_dir) / f"export-{export_format}"
+    target.mkdir(parents=True, exist_ok=True)
+    serve = serving_function(run.model, run.image_size, run.channels)
+    module = tf.Module()
+    module.model = run.model  # tracks the weights
+    module.serve = serve
+    saved_model_dir = target / "savedmodel" if export_format == "savedmodel" else target / ".savedmodel-for-tflite"
+    tf.saved_model.save(module, str(saved_model_dir), signatures={"serving_default": serve})
+    if export_format == "tflite":
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+        model_path = target / "model.tflite"
+        atomic_write_bytes(model_path, converter.convert())
+        import shutil
+
+        shutil.rmtree(saved_model_dir, ignore_errors=True)
+    else:
+        model_path = saved_model_dir
+    metadata = run.metadata
+    info = {
+        "format": export_format,
+        "model": model_path.name,
+        "signature": "serving_default",
+        "input": {"name": "images", "dtype": "uint8", "shape": [None, *run.image_size, run.channels],
+                  "what": ("aligned face chips (facetrip.data.face_chips.chip_from_file)" if run.face_chips
+                           else "whole photos resized to the input size (antialiased), grey or RGB as channels says")},
+        "output": {"name": "embeddings", "dtype": "float32", "shape": [None, metadata.get("embedding_dim")],
+                   "norm": "L2-normalised"},
+        "chip": metadata.get("chip"),
+        "metric": metadata.get("metric"),
+        "threshold": metadata.get("threshold"),
+        "flip_tta": metadata.get("flip_tta"),
+        "run": str(run_dir),
+        "facetrip_version": metadata.get("facetrip_version"),
+    }
+    atomic_write_json(target / EXPORT_INFO_FILE, info)
+    return {**info, "path": str(model_path)}
+
+
+def load_export_info(folder: str | Path) -> dict[str, Any]:
+    """The ``export.json`` of an export folder."""
+    return json.loads((Path(folder) / EXPORT_INFO_FILE).read_text())

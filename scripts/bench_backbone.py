@@ -1,0 +1,263 @@
+"""Benchmark the Keras face ResNet against dlib's own, on the same chips.
+
+Reproduce (from the repository root)::
+
+    .venv/bin/python scripts/bench_backbone.py --chips 256 --repeats 5 --output docs/bench_backbone.md
+    .venv/bin/python scripts/bench_backbone.py --chips 32 --repeats 2      # smoke test, about a minute
+
+Measured in one process, one thing at a time:
+
+1. Descriptors per second of ``facetrip.models.face_resnet.build_face_resnet()`` (dlib's
+   weights) in batches of 32, under the float32 and the mixed_bfloat16 policies, against
+   dlib's ``face_recognition_model_v1.compute_face_descriptor`` on the same list of
+   aligned chips (its batch overload, dlib's fastest path). The chips are random 8-bit
+   150 x 150 x 3 images: both networks cost the same whatever the pixels. The three run
+   in ABBA order (A B C, C B A, ...) so that a machine that speeds up or slows down
+   during the run favours none of them; each row reports the median over the repeats and
+   its ratio to dlib.
+2. Training images per second: forward, backward and an Adam update of the whole network
+   (full fine-tuning, float32), batch 32, in a compiled ``tf.function``.
+
+Each contender runs once untimed first (tracing, dlib's allocation). The report (markdown)
+goes to stdout and ``--output``; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+BATCH_SIZE = 32
+LEARNING_RATE = 1e-4
+COMMAND = ".venv/bin/python scripts/bench_backbone.py"
+
+
+@dataclass
+class Row:
+    """One line of the report: a contender's throughput over the repeats."""
+
+    name: str
+    unit: str  # what is counted per second
+    per_second: list[float] = field(default_factory=list)
+    compared_to_dlib: bool = True
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_second)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def random_chips(count: int, seed: int = 0) -> np.ndarray:
+    """(count, 150, 150, 3) uint8 chips."""
+    from facetrip.models.face_resnet import FACE_CHIP_SIZE
+
+    return np.random.default_rng(seed).integers(0, 256, (count, FACE_CHIP_SIZE, FACE_CHIP_SIZE, 3), dtype=np.uint8)
+
+
+def model_input_batches(chips: np.ndarray) -> list:
+    """uint8 chips -> the model's float32 input in [0, 1], as (BATCH_SIZE, 150, 150, 3) tensors."""
+    import tensorflow as tf
+
+    starts = range(0, len(chips), BATCH_SIZE)
+    return [tf.constant(chips[start : start + BATCH_SIZE].astype(np.float32) / 255.0) for start in starts]
+
+
+def timed_rate(work: Callable[[], None], items: int) -> float:
+    """Items per second of one call of ``work``."""
+    start = time.perf_counter()
+    work()
+    return items / (time.perf_counter() - start)
+
+
+# ============================================================================ contenders
+
+
+def keras_descriptor_pass(policy: str, chips: np.ndarray) -> Callable[[], None]:
+    """A pass of the Keras network over all chips, in batches, under a dtype policy."""
+    import keras
+    import tensorflow as tf
+
+    from facetrip.models.face_resnet import build_face_resnet
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_face_resnet()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    forward = tf.function(lambda batch: model(batch, training=False), jit_compile=False)
+    batches = model_input_batches(chips)
+
+    def run() -> None:
+        for batch in batches:
+            forward(batch).numpy()
+
+    return run
+
+
+def dlib_descriptor_pass(chips: np.ndarray) -> Callable[[], None]:
+    """dlib's descriptors of all chips, through its batch overload (main thread only)."""
+    import dlib
+
+    from facetrip.models.face_resnet import face_resnet_weights_path
+
+    recogniser = dlib.face_recognition_model_v1(str(face_resnet_weights_path()))
+    chip_list = [np.ascontiguousarray(chip) for chip in chips]
+
+    def run() -> None:
+        recogniser.compute_face_descriptor(chip_list)
+
+    return run
+
+
+def keras_training_pass(chips: np.ndarray) -> Callable[[], None]:
+    """Training steps (forward, backward, Adam) over all chips, float32, nothing frozen."""
+    import keras
+    import tensorflow as tf
+
+    from facetrip.models.face_resnet import DESCRIPTOR_DIM, build_face_resnet
+
+    model = build_face_resnet()
+    optimizer = keras.optimizers.Adam(learning_rate=LEARNING_RATE)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(batch, target):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(batch, training=True) - target))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    batches = model_input_batches(chips)
+    target = tf.zeros((BATCH_SIZE, DESCRIPTOR_DIM))
+
+    def run() -> None:
+        for batch in batches:
+            step(batch, target[: len(batch)]).numpy()
+
+    return run
+
+
+# ========================================================================== measurement
+
+
+def abba_rounds(contenders: dict[str, Callable[[], None]], items: int, repeats: int) -> dict[str, list[float]]:
+    """Rates of each contender, run in ABBA order: forwards on even rounds, backwards on odd."""
+    names = list(contenders)
+    for name in names:  # untimed warm-up
+        contenders[name]()
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            rates[name].append(timed_rate(contenders[name], items))
+            progress(f"  round {round_index + 1}/{repeats}  {name}: {rates[name][-1]:.1f}/s")
+    return rates
+
+
+def descriptor_rows(chips: np.ndarray, repeats: int) -> list[Row]:
+    progress(f"descriptors: {len(chips)} chips, {repeats} ABBA rounds")
+    contenders = {
+        f"Keras face ResNet, float32, batch {BATCH_SIZE}": keras_descriptor_pass("float32", chips),
+        f"Keras face ResNet, mixed_bfloat16, batch {BATCH_SIZE}": keras_descriptor_pass("mixed_bfloat16", chips),
+        "dlib compute_face_descriptor (batch overload)": dlib_descriptor_pass(chips),
+    }
+    rates = abba_rounds(contenders, len(chips), repeats)
+    return [Row(name, "chips/s", per_second) for name, per_second in rates.items()]
+
+
+def training_rows(chips: np.ndarray, repeats: int) -> list[Row]:
+    progress(f"training: {len(chips)} chips, {repeats} rounds")
+    name = f"Keras face ResNet training (forward + backward + Adam), float32, batch {BATCH_SIZE}"
+    rates = abba_rounds({name: keras_training_pass(chips)}, len(chips), repeats)
+    return [Row(name, "images/s", rates[name], compared_to_dlib=False)]
+
+
+# ------------------------------------------------------------ end-to-end row (not yet)
+# The place for "photos/s of `facetrip embed` on LFW photos": whole photos through the one
+# photo -> chip path (detect, 5 landmarks, aligned 150 x 150 chip) and the Keras network,
+# against dlib's detector + shape predictor + compute_face_descriptor on the same photos,
+# timed in ABBA rounds like descriptor_rows. It waits for the photo-to-chip path.
+
+
+def end_to_end_rows(photo_count: int, repeats: int) -> list[Row]:
+    """Rows for end-to-end photos/s; none until the photo-to-chip path exists."""
+    del photo_count, repeats
+    return []
+
+
+# ================================================================================ report
+
+
+def render(rows: list[Row], chips: int, repeats: int) -> str:
+    import dlib
+    import keras
+    import tensorflow as tf
+
+    dlib_rows = [row for row in rows if row.name.startswith("dlib")]
+    dlib_median = dlib_rows[0].median if dlib_rows else None
+    lines = [
+        "# Face ResNet: Keras vs dlib",
+        "",
+        f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, dlib {dlib.__version__}. "
+        f"{chips} random 150 x 150 chips, {repeats} rounds (ABBA order), median per row.",
+        f"Command: `{COMMAND} --chips {chips} --repeats {repeats}`",
+        "",
+        "| measurement | median | runs | vs dlib |",
+        "| --- | ---: | --- | ---: |",
+    ]
+    for row in rows:
+        ratio = f"{row.median / dlib_median:.2f}x" if row.compared_to_dlib and dlib_median else "-"
+        runs = ", ".join(f"{rate:.1f}" for rate in row.per_second)
+        lines.append(f"| {row.name} | {row.median:.1f} {row.unit} | {runs} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chips", type=int, default=256, help="chips per timed pass (default 256)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per contender (default 5)")
+    parser.add_argument("--output", type=Path, help="also write the markdown report to this file")
+    arguments = parser.parse_args(argv)
+    if arguments.chips < 1 or arguments.repeats < 1:
+        parser.error("--chips and --repeats must be at least 1")
+    return arguments
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    chips = random_chips(arguments.chips)
+    rows = descriptor_rows(chips, arguments.repeats)
+    rows += training_rows(chips, arguments.repeats)
+    rows += end_to_end_rows(arguments.chips, arguments.repeats)
+    report = render(rows, arguments.chips, arguments.repeats)
+    print(report)
+    if arguments.output:
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        arguments.output.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

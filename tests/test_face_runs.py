@@ -1,0 +1,200 @@
+"""Runs of the pretrained face network: photos of any kind through the one chip path, fine-tuning, export.
+
+One run of the pretrained network without training (``facetrip train --epochs 0``) is
+made per test session; LFW photos are used where the shared data holds them (skipped
+otherwise).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from facetrip.data.orl import orl_faces_root
+
+SHARED_DATA = Path(os.environ.get("FACETRIP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+LFW_IMAGES = SHARED_DATA / "lfw" / "images"
+needs_lfw = pytest.mark.skipif(not LFW_IMAGES.is_dir(), reason="LFW is not in ../shared/data")
+
+
+def orl(identity: int, image: int) -> Path:
+    return orl_faces_root() / f"s{identity}" / f"{image}.pgm"
+
+
+def lfw(name: str, number: int) -> Path:
+    return LFW_IMAGES / name / f"{name}_{number:04d}.jpg"
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory, data_dir):
+    """The pretrained face network as a run: chips of ORL, no training, threshold calibrated on ORL's dev people."""
+    run_dir = tmp_path_factory.mktemp("runs") / "pretrained"
+    result = run_cli("train", "--epochs", "0", "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def verify(run_dir, first, second) -> dict:
+    result = run_cli("verify", first, second, "--run", run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.mark.slow
+def test_the_pretrained_run_records_its_input_and_tells_orl_people_apart(pretrained_run):
+    metadata = json.loads((pretrained_run / "metadata.json").read_text())
+    assert metadata["backbone"] == "face_resnet" and metadata["face_chips"] is True
+    assert metadata["image_size"] == [150, 150] and metadata["chip"]["size"] == 150
+    assert metadata["training_faces"]["images"] == 400
+    assert verify(pretrained_run, orl(1, 1), orl(1, 2))["same_person"] is True
+    assert verify(pretrained_run, orl(1, 1), orl(2, 1))["same_person"] is False
+
+
+@pytest.mark.slow
+def test_a_small_face_in_a_large_rgba_photo_is_found_before_anything_is_resized(pretrained_run, tmp_path):
+    """An ORL face pasted small into a 2400 x 1800 RGBA canvas: its chip is found at the photo's own
+    resolution, so it embeds close to the original photo (the old path squashed the whole canvas)."""
+    face = Image.open(orl(5, 1)).convert("RGB").resize((224, 272))
+    canvas = Image.new("RGBA", (2400, 1800), (90, 120, 160, 255))
+    canvas.paste(face, (1500, 700))
+    canvas.save(tmp_path / "phone.png")
+    result = verify(pretrained_run, orl(5, 2), tmp_path / "phone.png")
+    assert result["faces_detected"] == [1, 1]
+    assert result["same_person"] is True
+    different = verify(pretrained_run, orl(6, 1), tmp_path / "phone.png")
+    assert different["distance"] > result["distance"]
+
+
+@pytest.mark.slow
+def test_verify_and_embed_say_when_no_face_is_found(pretrained_run, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "noise.png")
+    table = run_cli("verify", orl(1, 1), tmp_path / "noise.png", "--run", pretrained_run)
+    assert table.exit_code == 0, table.output
+    assert "No face found in 1 of 2 photos" in " ".join(table.output.split())
+    assert verify(pretrained_run, orl(1, 1), tmp_path / "noise.png")["faces_detected"][1] == 0
+    folder = tmp_path / "photos" / "someone"
+    folder.mkdir(parents=True)
+    Image.open(orl(1, 1)).save(folder / "face.png")
+    Image.open(tmp_path / "noise.png").save(folder / "noise.png")
+    embedded = run_cli("embed", tmp_path / "photos", "--run", pretrained_run, "-o", tmp_path / "out", "--json")
+    assert embedded.exit_code == 0, embedded.output
+    report = json.loads(embedded.output)
+    assert {Path(photo["path"]).name: photo["faces_detected"] for photo in report["photos"]} == {"face.png": 1, "noise.png": 0}
+    assert "faces_detected" in (tmp_path / "out" / "metadata.tsv").read_text().splitlines()[0]
+
+
+@needs_lfw
+@pytest.mark.slow
+def test_press_photos_of_lfw_people_are_told_apart_by_a_run_made_on_orl(pretrained_run, tmp_path):
+    """A model used on another data set: LFW photos (250 x 250 colour JPEG), verified with a run made on ORL."""
+    assert verify(pretrained_run, lfw("George_W_Bush", 1), lfw("George_W_Bush", 2))["same_person"] is True
+    assert verify(pretrained_run, lfw("George_W_Bush", 1), lfw("Colin_Powell", 1))["same_person"] is False
+    big = Image.open(lfw("Colin_Powell", 2)).resize((1000, 1000))  # a larger JPEG of the same photo
+    big.save(tmp_path / "powell_big.jpg", quality=92)
+    assert verify(pretrained_run, lfw("Colin_Powell", 1), tmp_path / "powell_big.jpg")["same_person"] is True
+
+
+@pytest.mark.slow
+def test_the_run_loads_and_embeds_in_a_fresh_process_without_dlib(pretrained_run, tmp_path):
+    """model.keras holds the whole network: a new process loads it and embeds a chip without importing dlib."""
+    from facetrip.data.face_chips import chip_from_file
+    from facetrip.inference import Run
+
+    chip = chip_from_file(orl(3, 3)).pixels
+    np.save(tmp_path / "chip.npy", chip)
+    expected = Run.load(pretrained_run).embed_images(chip[None].astype(np.float32) / 255.0)
+    script = (
+        "import sys, numpy as np\n"
+        "from facetrip.runs import load_embedding_model\n"
+        f"model = load_embedding_model({str(pretrained_run)!r})\n"
+        f"chip = np.load({str(tmp_path / 'chip.npy')!r}).astype('float32')[None] / 255.0\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, model.predict(chip, verbose=0))\n"
+        "assert 'dlib' not in sys.modules, 'dlib was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format, tolerance", [("savedmodel", 1e-5), ("tflite", 1e-3)])
+def test_exported_models_embed_real_chips_as_the_keras_model_does(pretrained_run, tmp_path, export_format, tolerance):
+    import tensorflow as tf
+
+    from facetrip.data.face_chips import chip_from_file
+    from facetrip.inference import Run
+
+    result = run_cli("export", pretrained_run, "--format", export_format, "-o", tmp_path / "export")
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert info["input"]["shape"] == [None, 150, 150, 3] and info["input"]["dtype"] == "uint8"
+    assert info["chip"]["alignment"] and info["threshold"] is not None
+    chips = np.stack([chip_from_file(orl(identity, 1)).pixels for identity in (1, 2, 3)])  # (3, 150, 150, 3) uint8
+    expected = Run.load(pretrained_run).embed_images(chips.astype(np.float32) / 255.0)
+    if export_format == "savedmodel":
+        serve = tf.saved_model.load(str(tmp_path / "export" / "savedmodel")).signatures["serving_default"]
+        embeddings = serve(images=tf.constant(chips))["embeddings"].numpy()
+    else:
+        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "export" / "model.tflite"))
+        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], chips.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], chips)
+        interpreter.invoke()
+        embeddings = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(embeddings, expected, atol=tolerance)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=tolerance)
+
+
+def test_export_errors_are_one_line(tmp_path):
+    result = run_cli("export", tmp_path / "nothing")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_fine_tuning_trains_the_face_network_unless_frozen(tmp_path, data_dir):
+    """One short epoch: with --freeze stage4 the last stage and the head change and the stem does not;
+    with --freeze all the whole ResNet stays as it was."""
+    from facetrip.inference import Run
+    from facetrip.models.face_resnet import build_face_resnet
+
+    pretrained = build_face_resnet()
+
+    def changed(run_dir) -> dict[str, bool]:
+        model = Run.load(run_dir).model
+        backbone = next(layer for layer in _all_layers(model) if layer.name == "face_resnet")
+        return {name: not np.array_equal(backbone.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0])
+                for name in ("stem_conv", "stage3_block1_conv1", "stage5_block1_conv1", "descriptor")}
+
+    for freeze, expected in (("stage4", {"stem_conv": False, "stage3_block1_conv1": False,
+                                          "stage5_block1_conv1": True, "descriptor": True}),
+                             ("all", {"stem_conv": False, "stage3_block1_conv1": False,
+                                      "stage5_block1_conv1": False, "descriptor": False})):
+        run_dir = tmp_path / freeze
+        result = run_cli("train", "--epochs", "1", "-P", "4", "-K", "2", "--freeze", freeze, "--run-dir", run_dir,
+                         "--data-dir", data_dir, "--no-evaluate")
+        assert result.exit_code == 0, result.output
+        assert changed(run_dir) == expected, freeze
+        assert json.loads((run_dir / "metadata.json").read_text())["freeze"] == freeze
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def test_wrong_freeze_levels_and_input_sizes_are_one_line_errors(tmp_path, data_dir):
+    result = run_cli("train", "--epochs", "0", "--freeze", "stage9", "--run-dir", tmp_path / "a", "--data-dir", data_dir)
+    assert result.exit_code == 2 and "stage9" in result.output and "stage5" in result.output
+    result = run_cli("train", "--epochs", "0", "--image-size", "112x92", "--run-dir", tmp_path / "b", "--data-dir", data_dir)
+    assert result.exit_code == 2 and "150x150" in result.output
