@@ -466,7 +466,7 @@ def embed(
 def _print_face_counts(paths, faces_detected, shown: int = 5) -> None:
     """Yellow lines naming the photos without a detected face, or with several."""
     for what, chosen, consequence in (("no face found", lambda count: count == 0, "the whole photo was used as the face"),
-                                      ("several faces", lambda count: count > 1, "the largest was used")):
+                                      ("several faces", lambda count: count > 1, "the one at the centre, else the largest, was used")):
         names = [Path(path).name for path, count in zip(paths, faces_detected) if chosen(count)]
         if names:
             listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
@@ -569,7 +569,8 @@ def _print_evaluation(report: dict) -> None:
         fit = report["baselines_fit"]
         console.print(
             "Baselines: " + "; ".join(f"{name}: {metrics['description']}" for name, metrics in report["baselines"].items())
-            + f"; fitted on {fit['images']:,} images of {fit['identities']:,} training identities, centred on {fit['centre']}.",
+            + f"; fitted on {fit['images']:,} images of {fit['identities']:,} training identities"
+            + (f" at {fit['input']}" if fit.get("input") else "") + f", centred on {fit['centre']}.",
             highlight=False,
         )
     if report.get("baselines_skipped"):

@@ -30,18 +30,27 @@ class ExportError(ValueError):
     """A run or format that cannot be exported: one line saying why."""
 
 
+def serving_model(model, image_size: tuple[int, int], channels: int):
+    """A Keras model from uint8 images (B, H, W, C) to (B, D) float32 unit embeddings: ``model(images / 255)``."""
+    import keras
+
+    images = keras.Input(shape=(*image_size, channels), dtype="uint8", name="images")
+    inputs = keras.layers.Rescaling(1.0 / 255.0, dtype="float32", name="to_unit_range")(images)  # (B, H, W, C) in [0, 1]
+    embeddings = keras.layers.Activation("linear", dtype="float32", name="embeddings")(model(inputs))  # (B, D)
+    return keras.Model(images, embeddings, name="facetrip_serving")
+
+
 def serving_function(model, image_size: tuple[int, int], channels: int):
-    """A tf.function from uint8 images (B, H, W, C) to ``{"embeddings": (B, D) float32}``."""
+    """A tf.function from uint8 images (B, H, W, C) to ``{"embeddings": (B, D) float32}``, for the SavedModel."""
     import tensorflow as tf
 
-    signature = tf.TensorSpec([None, *image_size, channels], tf.uint8, name="images")
+    serving = serving_model(model, image_size, channels)
 
-    @tf.function(input_signature=[signature])
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_size, channels], tf.uint8, name="images")])
     def serve(images):
-        inputs = tf.cast(images, tf.float32) / 255.0  # (B, H, W, C) in [0, 1], what the model was trained on
-        return {"embeddings": tf.cast(model(inputs, training=False), tf.float32)}  # (B, D)
+        return {"embeddings": serving(images, training=False)}
 
-    return serve
+    return serving, serve
 
 
 def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: str | Path | None = None) -> dict[str, Any]:
@@ -68,21 +77,18 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
     run = Run.load(run_dir)
     target = Path(output) if output is not None else Path(run_dir) / f"export-{export_format}"
     target.mkdir(parents=True, exist_ok=True)
-    serve = serving_function(run.model, run.image_size, run.channels)
-    module = tf.Module()
-    module.model = run.model  # tracks the weights
-    module.serve = serve
-    saved_model_dir = target / "savedmodel" if export_format == "savedmodel" else target / ".savedmodel-for-tflite"
-    tf.saved_model.save(module, str(saved_model_dir), signatures={"serving_default": serve})
+    serving, serve = serving_function(run.model, run.image_size, run.channels)
     if export_format == "tflite":
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+        # Converted from the Keras model: converting the SavedModel's tf.function gave NaN
+        # embeddings in TF 2.21's converter, the Keras graph converts exactly (1e-7).
         model_path = target / "model.tflite"
-        atomic_write_bytes(model_path, converter.convert())
-        import shutil
-
-        shutil.rmtree(saved_model_dir, ignore_errors=True)
+        atomic_write_bytes(model_path, tf.lite.TFLiteConverter.from_keras_model(serving).convert())
     else:
-        model_path = saved_model_dir
+        module = tf.Module()
+        module.serving = serving  # tracks the weights
+        module.serve = serve
+        model_path = target / "savedmodel"
+        tf.saved_model.save(module, str(model_path), signatures={"serving_default": serve})
     metadata = run.metadata
     info = {
         "format": export_format,

@@ -126,7 +126,8 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         ``same_person`` is ``distance <= threshold`` (None when there is no threshold) and
         ``threshold_rule`` says how the threshold was chosen. Runs
         on face chips add ``faces_detected`` (faces the detector found in each photo: 0 means
-        the whole photo was used as the face, 2 or more that the largest was used) and
+        the whole photo was used as the face, 2 or more that the one at the centre, else the
+        largest, was used) and
         ``faces_found`` (at least one).
 
     Raises:

@@ -304,7 +304,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
             import json
 
             kept = json.loads(previous.read_text())
-            metadata = {**{key: kept[key] for key in ("threshold", "threshold_source", "dev") if key in kept}, **metadata}
+            kept_keys = ("threshold", "threshold_source", "calibration", "calibration_different_distances", "dev")
+            metadata = {**{key: kept[key] for key in kept_keys if key in kept}, **metadata}
         atomic_write_json(previous, metadata)
         return metadata
 
@@ -500,7 +501,10 @@ def embed_faces(model, faces, image_size, channels, batch_size: int = 128):
 
 
 def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dict[str, Any]:
-    """The verification threshold for ``config.train.target_far`` on dev identities (train if there are none).
+    """The verification threshold for ``config.train.target_far`` on identities the model never trained on.
+
+    Those are the dev identities, or with ``train.epochs = 0`` the dev and training
+    identities; the training identities when there are no dev identities.
 
     All pairs of those identities' images are embedded and the threshold is
     :func:`facetrip.calibration.calibrate_to_far` of their distances: the largest with
@@ -508,7 +512,8 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
     too few different pairs for the target (``calibration["fallback"]`` says so).
 
     Returns:
-        ``threshold``, ``threshold_source`` (``dev`` | ``train``), ``calibration`` (the
+        ``threshold``, ``threshold_source`` (``dev``; ``train`` without dev identities;
+        ``dev_and_train`` for a run without training), ``calibration`` (the
         calibration's dict), ``calibration_different_distances`` (a sorted sample of the
         different-pair distances, :func:`facetrip.calibration.saved_distances`, for
         ``verify --far``) and ``<source>``: the ROC summary of those pairs
@@ -518,8 +523,15 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
     from facetrip.calibration import SAVED_DISTANCES_KEY, calibrate_to_far, saved_distances
     from facetrip.evaluation import pair_distances, verification_summary
 
-    source = "dev" if len(split.dev) >= 2 else "train"
-    subset = faces.restricted_to(split.dev if source == "dev" else split.train)
+    if config.train.epochs == 0:
+        # The network never saw the training identities either: all of them calibrate, and
+        # many more pairs of identities make the false-accept estimate far less noisy.
+        source, identities = "dev_and_train", (*split.dev, *split.train)
+    elif len(split.dev) >= 2:
+        source, identities = "dev", split.dev
+    else:
+        source, identities = "train", split.train
+    subset = faces.restricted_to(identities)
     embeddings = embed_faces(model, subset, config.data.image_size, config.data.channels)
     distances, same = pair_distances(embeddings, subset.labels, metric)
     try:
@@ -527,7 +539,7 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
     except ValueError:
         logger.warning("Could not calibrate a threshold: the %s identities give no same/different pairs.", source)
         return {"threshold": None, "threshold_source": source}
-    calibration = calibrate_to_far(distances, same, config.train.target_far, pairs_name=source)
+    calibration = calibrate_to_far(distances, same, config.train.target_far, pairs_name=source.replace("_", " "))
     return {
         "threshold": calibration["threshold"],
         "threshold_source": source,

