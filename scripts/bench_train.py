@@ -4,11 +4,10 @@ Reproduce with::
 
     .venv/bin/python scripts/bench_train.py --steps 60 --repeats 8 --output docs/bench_train_default.md
 
-For each precision the from-scratch training model (``facetrip.models.resnet.build_embedding_model``
-and ``facetrip.trainer.EmbeddingTrainer`` with ``configs/scratch.toml``, facetrip's default
-until session 5: the batch-hard triplet loss plus the classification term) is trained with
-``fit`` on (the pretrained default trains only a head on cached dlib descriptors, so its
-input pipeline is not what limits it)
+For each precision the from-scratch training model (``facetrip.models.build_embedding_model``
+and ``facetrip.trainer.EmbeddingTrainer`` with ``configs/scratch.toml``: the batch-hard
+triplet loss plus the classification term) is trained with ``fit`` on (the face network's
+training speed is in docs/face_network.md)
 
 - the ORL pipeline: P x K batches from ``pk_dataset`` with the recipe's augmentation;
 - in-memory batches (the reference): 64 of those batches computed before timing and

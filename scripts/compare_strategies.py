@@ -61,6 +61,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def final_fraction_positive(run_dir: Path) -> float:
+    """The fraction of positive triplets in the last epoch (NaN for a run without training)."""
+    if not (run_dir / "metrics.csv").is_file():
+        return float("nan")
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     return float(rows[-1]["fraction_positive_triplets"]) if rows else float("nan")

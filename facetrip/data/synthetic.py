@@ -3,7 +3,7 @@
 With few training identities the embedding learns what tells *these* people apart. A
 blended identity adds a person: each of its images is the pixel average of a random
 photo of person A and a random photo of person B (two fixed people per synthetic
-identity), so the network has to separate A, B and their blend. Measured in session 4
+identity), so the network has to separate A, B and their blend. Measured on ORL
 (docs/quality.md): 75 blends of 25 ORL training people lowered the EER on 3 of 3 splits
 in the screening loop, but not through ``facetrip train`` (5 splits: EER 7.6% against
 7.1% without), so it is off by default (``augment.blended_identities = 0``).
