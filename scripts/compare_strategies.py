@@ -135,7 +135,7 @@ def per_split_eer(metrics: list[dict]) -> str:
 def markdown_table(results: dict[str, list[dict]], baselines: dict[str, list[dict]], splits) -> str:
     header = (
         f"| recipe | EER | EER per split | AUC | TAR @ FAR=1% | positive triplets (last epoch) | training time |\n"
-        f"|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for name, runs in results.items():

@@ -40,14 +40,13 @@ import math
 import multiprocessing
 import os
 import threading
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from facetrip.data.alignment import import_dlib, on_dlib_thread
-from facetrip.data.images import MAX_IMAGE_PIXELS, ImageReadError, decode_file, to_8bit
+from facetrip.data.images import ImageReadError, decode_bytes, decode_file, to_8bit
 from facetrip.data.sources import FaceImages
 
 logger = logging.getLogger(__name__)
@@ -152,43 +151,6 @@ def rgb_from_image(image) -> np.ndarray:
 
     upright = ImageOps.exif_transpose(image)  # before to_8bit, which drops the EXIF of 16-bit images
     return np.asarray(to_8bit(upright).convert("RGB"))  # (h, w, 3)
-
-
-def decode_bytes(data: bytes, name: str = "image bytes"):
-    """Decode encoded image bytes with PIL, as :func:`~facetrip.data.images.decode_file` does files.
-
-    Args:
-        data: the encoded image (JPEG, PNG, PGM, ...).
-        name: what to call the image in an error message (a file name).
-
-    Returns:
-        the decoded PIL image.
-
-    Raises:
-        ImageReadError: the bytes are not a readable image, or one above ``MAX_IMAGE_PIXELS``.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise ImageReadError(_too_large(name, f"{width} x {height} pixels"))
-                image.load()
-                return image.copy()
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError:  # PIL's own limit, checked while it opens the header
-        raise ImageReadError(_too_large(name, "above PIL's limit")) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{name} is not a readable image ({str(error).splitlines()[0][:120]})") from None
-
-
-def _too_large(name: str, size: str) -> str:
-    return (f"{name} is too large to decode ({size}; facetrip decodes at most {MAX_IMAGE_PIXELS:,} pixels): "
-            "resize it first")
 
 
 def _as_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -494,7 +456,7 @@ def chip_from_encoded(data: bytes) -> FaceChip:
         ImageReadError: the bytes are not a readable image.
     """
     data = bytes(data)
-    return _chip_cached(data, lambda: rgb_from_image(decode_bytes(data)))
+    return _chip_cached(data, lambda: rgb_from_image(decode_bytes(data)[0]))
 
 
 def chip_from_file(path: str | Path) -> FaceChip:
@@ -512,7 +474,7 @@ def chip_from_file(path: str | Path) -> FaceChip:
         decode_file(path)  # raises, saying what is wrong with the file (missing, a folder, empty, unreadable)
         raise ImageReadError(f"{path} could not be read")
     # Decoded from the bytes read once: the chip is cached under the bytes it was cut from.
-    return _chip_cached(data, lambda: rgb_from_image(decode_bytes(data, str(path))))
+    return _chip_cached(data, lambda: rgb_from_image(decode_bytes(data, str(path))[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,4 +611,4 @@ def _chip_pngs_of_photos(jobs: Iterable[_Job]) -> list[tuple[int, bytes]]:
 
 def _chip_png_of_photo(name: str, data: bytes) -> bytes:
     """The PNG chip of one encoded photo, computed (no cache)."""
-    return encode_chip(chip_from_pixels(rgb_from_image(decode_bytes(data, name))))
+    return encode_chip(chip_from_pixels(rgb_from_image(decode_bytes(data, name)[0])))

@@ -42,8 +42,6 @@ def decode_file(path: str | Path):
     Returns:
         ``(image, format)``: a decoded PIL image and PIL's format name (JPEG, PNG, ...).
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if path.is_dir():
         raise ImageReadError(f"{path} is a directory, not an image file")
@@ -52,20 +50,39 @@ def decode_file(path: str | Path):
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path} is empty (0 bytes)")
     try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"{path} cannot be read ({error.strerror})") from None
+    return decode_bytes(data, str(path))
+
+
+def decode_bytes(data: bytes, name: str = "image bytes"):
+    """Fully decode encoded image bytes with PIL; raises :class:`ImageReadError` naming ``name``.
+
+    Args:
+        data: the encoded image (JPEG, PNG, PGM, ...).
+        name: what to call the image in an error message (its file name).
+
+    Returns:
+        ``(image, format)``: a decoded PIL image and PIL's format name.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise ImageReadError(_too_large(path, f"{width} x {height} pixels"))
+                    raise ImageReadError(_too_large(name, f"{width} x {height} pixels"))
                 image.load()  # decode now: truncated or corrupt files fail here, not mid-epoch
                 return image.copy(), image.format
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(_too_large(path, str(error).split("(")[1].split(")")[0])) from None
+    except Image.DecompressionBombError:  # PIL's own limit, checked while it reads the header
+        raise ImageReadError(_too_large(name, "above PIL's own limit")) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{path} is not a readable image ({str(error).splitlines()[0][:120]})") from None
+        raise ImageReadError(f"{name} is not a readable image ({str(error).splitlines()[0][:120]})") from None
 
 
 def _too_large(path, size: str) -> str:

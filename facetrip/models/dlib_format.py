@@ -515,7 +515,7 @@ def _read_con(cursor: _Cursor, expected: ExpectedLayer) -> Conv:
         cursor.integer(_INT), cursor.integer(_INT),  # padding_y, padding_x
     )
     filter_shape = cursor.alias_tensor("con_ filters")
-    bias_shape = cursor.alias_tensor("con_ biases")
+    cursor.alias_tensor("con_ biases")  # the bias's shape: its values are in the parameter block
     cursor.skip_multipliers(4)
     use_bias = cursor.boolean() if name == "con_5" else True
     if num_filters != expected.filters:
