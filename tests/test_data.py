@@ -249,3 +249,33 @@ def test_preprocessed_cache_and_per_element_decoding_give_the_same_batches(orl, 
     cached = first_batch()
     monkeypatch.setattr(pipeline, "PREPROCESSED_CACHE_BYTES", 0)  # as for a data set too large to cache
     np.testing.assert_allclose(first_batch(), cached, atol=1e-6)
+
+
+def test_zoom_magnifies_about_the_centre():
+    """With zoom z and no rotation, output pixel (x, y) samples input pixel c + (x - c) / z: the
+    transform row is [1/z, 0, c (1 - 1/z), 0, 1/z, c (1 - 1/z), 0, 0]; mirrored, x_in = (W - 1) - u."""
+    import tensorflow as tf
+
+    from facetrip.data.pipeline import _geometric_transforms
+
+    height, width = 9, 7
+    rows = _geometric_transforms(tf.constant([False, True]), tf.zeros([2, 2]), tf.zeros([2]), height, width,
+                                 tf.constant([2.0, 2.0])).numpy()
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    np.testing.assert_allclose(rows[0], [0.5, 0, centre_x * 0.5, 0, 0.5, centre_y * 0.5, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(rows[1], [-0.5, 0, (width - 1) - centre_x * 0.5, 0, 0.5, centre_y * 0.5, 0, 0], atol=1e-6)
+
+
+def test_zoom_augmentation_changes_images_reproducibly():
+    import tensorflow as tf
+
+    from facetrip.data.pipeline import Augmentation, _augment
+
+    images = tf.constant(np.random.default_rng(0).random((4, 20, 20, 3)), tf.float32)
+    zoom_only = Augmentation(flip=False, max_shift=0.0, brightness=0.0, contrast=0.0, scale=0.2)
+    seed = tf.constant([3, 4], tf.int64)
+    first, again = _augment(images, seed, zoom_only).numpy(), _augment(images, seed, zoom_only).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - images.numpy()).mean() > 0.01
+    untouched = _augment(images, seed, Augmentation(flip=False, max_shift=0.0, brightness=0.0, contrast=0.0)).numpy()
+    np.testing.assert_allclose(untouched, images.numpy(), atol=1e-6)
