@@ -66,8 +66,16 @@ def evaluate_on_lfw(run_dir: Path, lfw: Path, pairs: str) -> dict:
     return {**report, "seconds": time.perf_counter() - started}
 
 
-def markdown(rows: list[tuple[str, dict]], pairs: str) -> str:
+def markdown(rows: list[tuple[str, dict]], pairs: str, command: str = "") -> str:
+    import datetime
+    import os
+
     lines = [
+        f"# LFW through facetrip ({pairs}, 10 folds)",
+        "",
+        f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPU cores. Command: `{command}`. An evaluation's time "
+        "includes aligning the photos when the chip cache is cold (the first run).",
+        "",
         f"| run | accuracy ({pairs}, 10 folds) | AUC | EER | TAR @ FAR=1% | saved threshold: FAR (target) | FRR | evaluation time |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -111,7 +119,7 @@ def main(argv=None) -> int:
         print(f"{name}: {100 * accuracy['mean']:.2f}% ± {100 * accuracy['std']:.2f}, AUC {report['model']['auc']:.4f}, "
               f"{report['seconds']:.0f} s", flush=True)
         rows.append((name, report))
-    table = markdown(rows, args.pairs)
+    table = markdown(rows, args.pairs, ".venv/bin/python scripts/bench_lfw.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(table)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -161,3 +161,26 @@ def test_resnet50_backbone_builds_for_colour_input():
     assert embeddings.shape == (2, 16)
     with pytest.raises(ValueError, match="Unknown backbone"):
         build_embedding_model(backbone="vgg")
+
+
+def test_learning_rate_warms_up_then_decays_and_the_optimizer_is_chosen_by_name():
+    """Warm-up of one epoch (4 steps) to the peak, then cosine decay to 1% of it at the last step."""
+    import keras
+
+    from facetrip.training import TrainingError, build_optimizer, learning_rate_schedule
+
+    config = Config()
+    config.set("train.epochs", 5)
+    config.set("train.learning_rate", 1e-3)
+    config.set("train.lr_warmup_epochs", 1)
+    schedule = learning_rate_schedule(config, steps_per_epoch=4)
+    rates = [float(schedule(step)) for step in range(21)]
+    assert rates[0] == 0.0 and rates[2] == pytest.approx(5e-4) and rates[4] == pytest.approx(1e-3)
+    assert all(later <= earlier for earlier, later in zip(rates[4:], rates[5:]))
+    assert rates[20] == pytest.approx(1e-5, rel=1e-3)
+    assert isinstance(build_optimizer(config, 4), keras.optimizers.Lamb)
+    config.set("train.optimizer", "adamw")
+    assert isinstance(build_optimizer(config, 4), keras.optimizers.AdamW)
+    config.set("train.optimizer", "sgd9")
+    with pytest.raises(TrainingError, match="lamb, adamw"):
+        build_optimizer(config, 4)
