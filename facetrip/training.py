@@ -203,6 +203,8 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         raise TrainingError(f"precision must be float32 or bf16, not {config.train.precision!r}.")
     if config.model.tta_shift < 0:
         raise TrainingError(f"model.tta_shift must be 0 or more pixels, not {config.model.tta_shift}.")
+    if not 0.0 < config.train.target_far < 1.0:
+        raise TrainingError(f"train.target_far must lie strictly between 0 and 1, not {config.train.target_far}.")
     if config.augment.blended_identities < 0:
         raise TrainingError(f"augment.blended_identities must be 0 or more, not {config.augment.blended_identities}.")
 

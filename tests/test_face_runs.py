@@ -198,3 +198,21 @@ def test_wrong_freeze_levels_and_input_sizes_are_one_line_errors(tmp_path, data_
     assert result.exit_code == 2 and "stage9" in result.output and "stage5" in result.output
     result = run_cli("train", "--epochs", "0", "--image-size", "112x92", "--run-dir", tmp_path / "b", "--data-dir", data_dir)
     assert result.exit_code == 2 and "150x150" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, margin", [("batch_all", "0.2"), ("semi_hard", "0.2"), ("offline", "0.2"),
+                                              ("batch_hard", "soft")])
+def test_every_strategy_fine_tunes_the_face_network(tmp_path, data_dir, strategy, margin):
+    """One short epoch of each strategy on the face network (the last stage and the head training):
+    the run finishes with a finite loss and a calibrated threshold."""
+    import csv
+
+    run_dir = tmp_path / strategy
+    result = run_cli("train", "--epochs", "1", "-P", "4", "-K", "2", "--freeze", "stage4", "--strategy", strategy,
+                     "--margin", margin, "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
+    assert result.exit_code == 0, result.output
+    with (run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and np.isfinite(float(rows[-1]["loss"]))
+    assert json.loads((run_dir / "metadata.json").read_text())["threshold"] is not None
