@@ -127,7 +127,8 @@ def test_another_source_is_evaluated_on_all_its_identities_but_those_named_like_
                             f"a model trained on folder:{trained}: all 36 unordered pairs")
     assert report["source"] == f"folder:{other}" and report["training_source"] == f"folder:{trained}"
     assert set(report["baselines"]) == {"raw pixels", "Eigenfaces", "Fisherfaces"} and report["baselines_skipped"] is None
-    assert report["baselines_fit"] == {"images": 16, "identities": 4, "centre": "the mean of the evaluated images"}
+    assert report["baselines_fit"] == {"images": 16, "identities": 4, "centre": "the mean of the evaluated images",
+                                       "input": "16x14x1"}
     assert report["threshold"]["rule"] == "equal error rate on dev identities" and report["threshold"]["target_far"] is None
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(report))
 
