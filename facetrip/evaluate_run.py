@@ -201,6 +201,21 @@ def preprocess_images(faces, image_size, channels: int) -> np.ndarray:
 BASELINE_CHIP_SIZE = (56, 56)
 
 
+def evaluation_files(other_source: str | None) -> tuple[str, str]:
+    """``(metrics file, ROC plot file)`` names in the run directory.
+
+    The run's own evaluation is ``metrics.json`` / ``roc.png``; one on another data source
+    gets files named after it (``metrics-folder_lfw_images.json``), so it never replaces
+    the run's own.
+    """
+    from facetrip.runs import EVALUATION_FILE, ROC_PLOT_FILE
+
+    if other_source is None:
+        return EVALUATION_FILE, ROC_PLOT_FILE
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", other_source).strip("_")[-60:]
+    return f"metrics-{slug}.json", f"roc-{slug}.png"
+
+
 def baseline_input(run) -> tuple[tuple[int, int], int]:
     """``((height, width), channels)`` the baselines read: the run's input, or small grey chips for runs on face chips."""
     if run.face_chips:
@@ -465,7 +480,8 @@ def evaluate_run(
 
     stage("Writing metrics.json and roc.png ...")
     title = f"{Path(run_dir).name}: {pairs.num_same:,} same / {pairs.num_different:,} different pairs of {faces.source}"
-    atomic_write_bytes(run_dir / ROC_PLOT_FILE, roc_plot_png(curves, title))
-    report["files"] = {"metrics": EVALUATION_FILE, "roc": ROC_PLOT_FILE}
-    atomic_write_json(run_dir / EVALUATION_FILE, report)
+    metrics_file, roc_file = evaluation_files(faces.source if other_source else None)
+    atomic_write_bytes(run_dir / roc_file, roc_plot_png(curves, title))
+    report["files"] = {"metrics": metrics_file, "roc": roc_file}
+    atomic_write_json(run_dir / metrics_file, report)
     return report

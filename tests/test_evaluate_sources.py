@@ -130,7 +130,9 @@ def test_another_source_is_evaluated_on_all_its_identities_but_those_named_like_
     assert report["baselines_fit"] == {"images": 16, "identities": 4, "centre": "the mean of the evaluated images",
                                        "input": "16x14x1"}
     assert report["threshold"]["rule"] == "equal error rate on dev identities" and report["threshold"]["target_far"] is None
-    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(report))
+    # the run's own evaluation stays; this one is written beside it, named after the source
+    assert report["files"]["metrics"].startswith("metrics-") and not (run_dir / "metrics.json").exists()
+    assert json.loads((run_dir / report["files"]["metrics"]).read_text()) == json.loads(json.dumps(report))
 
     shutil.rmtree(trained)  # the run's own source is gone: the model is still scored, the baselines say why not
     report = evaluate_run(run_dir, data_source=f"folder:{other}", data_dir=data_dir)
