@@ -66,14 +66,21 @@ def encoded_inputs(encoded, face_chips: bool) -> tuple[list[bytes], list[int] | 
     """A user's encoded photos as the encoded images the model's preprocessing reads.
 
     Args:
-        encoded: photo bytes, one per photo.
+        encoded: photo bytes, one per photo (any format of :data:`~facetrip.data.images.PIL_FORMATS`).
         face_chips: reduce each photo to its aligned face chip first.
 
     Returns:
         ``(encoded images, faces detected per photo)``; None instead of the counts without face chips.
+
+    Raises:
+        ImageReadError: a photo is not a readable image of a supported format, or too large.
     """
     if not face_chips:
-        return list(encoded), None
+        from facetrip.data.images import decodable_bytes
+
+        # Checked and, unless TensorFlow decodes them exactly as checked, re-encoded: a GIF's
+        # later frames, say, never reach TensorFlow's decoder.
+        return [decodable_bytes(bytes(data)) for data in encoded], None
     from facetrip.data.face_chips import chip_from_encoded, encode_chip
 
     chips = [chip_from_encoded(bytes(data)) for data in encoded]
@@ -84,7 +91,7 @@ def file_inputs(paths, face_chips: bool) -> tuple[list[bytes], list[int] | None]
     """A user's photo files as the encoded images the model's preprocessing reads.
 
     Args:
-        paths: photo files (any format PIL reads, any size).
+        paths: photo files (any size, any format of :data:`~facetrip.data.images.PIL_FORMATS`).
         face_chips: reduce each photo to its aligned face chip first.
 
     Returns:

@@ -19,7 +19,11 @@ Every command that touches a photo (train, evaluate, embed, verify, mine) turns 
 
 Chips are cached per photo (keyed by the SHA-1 of its encoded bytes) as PNG files under
 :func:`chip_cache_dir`, and in a small in-process memo. The folder names
-:data:`ALIGNMENT_VERSION`, so a change of any step above starts a fresh cache.
+:data:`ALIGNMENT_VERSION`, so a change of any step above starts a fresh cache. What the
+folder holds is not trusted: a cache file is used only when it is a regular file (not a
+link, a FIFO or a device), decodes to a 150 x 150 RGB chip, and names in a text chunk the
+photo key and alignment version it was stored under; anything else is computed again
+and replaced. Files are written under a fresh name, created exclusively, then renamed.
 
 :func:`chip_faces` aligns a whole :class:`~facetrip.data.sources.FaceImages`; many
 uncached photos are spread over worker processes. This module imports only numpy, PIL
@@ -39,14 +43,18 @@ import logging
 import math
 import multiprocessing
 import os
+import secrets
+import stat
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from facetrip.data.alignment import import_dlib, on_dlib_thread
-from facetrip.data.images import ImageReadError, decode_bytes, decode_file, to_8bit
+from facetrip.data.images import ImageReadError, decode_bytes, read_at_most, read_photo_file, to_8bit
 from facetrip.data.sources import FaceImages
 
 logger = logging.getLogger(__name__)
@@ -87,6 +95,23 @@ MAX_POOL_WORKERS = 4
 # PNG text chunks of a chip: how many faces the detector found survives the cache with it.
 _FACES_DETECTED_KEY = "facetrip:faces_detected"
 _ALIGNMENT_KEY = "facetrip:alignment"
+
+# A cache file is the chip's PNG with one more text chunk, right after the PNG header, that
+# names the photo key and the alignment version it was stored under: a well-formed chip of
+# another photo (or of another alignment) copied to a key's file is not that photo's chip.
+_CACHE_ENTRY_KEY = "facetrip:cache_entry"
+_PNG_HEADER = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR"
+_PNG_HEADER_END = len(_PNG_HEADER) + 13 + 4  # the signature and the IHDR chunk: its 13 bytes and CRC
+
+# A 150 x 150 RGB chip takes some 30-70 KB as PNG: a larger cache file is not one.
+_MAX_CACHE_FILE_BYTES = 1 << 20
+
+# Cache files are read without following a link at their name and without waiting on a FIFO,
+# and written to a fresh name that must not exist yet (no file or link planted there is used).
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_CACHE_READ_FLAGS = os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | _O_CLOEXEC
+_CACHE_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -328,12 +353,15 @@ def decode_chip(png: bytes) -> FaceChip:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(png)) as image:
-            image.load()  # checks every chunk's CRC: a damaged file fails here
-            if image.format != "PNG" or image.mode != "RGB" or image.size != (CHIP_SIZE, CHIP_SIZE):
+        with Image.open(io.BytesIO(png), formats=("PNG",)) as image:
+            # Checked before decoding: a header claiming a huge image must not get its memory.
+            if image.mode != "RGB" or image.size != (CHIP_SIZE, CHIP_SIZE):
                 raise ValueError(f"a {image.format} {image.mode} image of {image.size[0]} x {image.size[1]} pixels")
+            image.load()  # checks every chunk's CRC: a damaged file fails here
             pixels = np.asarray(image)  # (150, 150, 3)
             faces_detected = int(image.info[_FACES_DETECTED_KEY])
+            if faces_detected < 0:
+                raise ValueError(f"a detection count of {faces_detected}")
     except Exception as error:  # PIL raises many types for damaged files
         raise ImageReadError(f"not a facetrip face chip ({type(error).__name__}: {str(error)[:120]})") from None
     return FaceChip(pixels, faces_detected)
@@ -343,7 +371,7 @@ def _faces_detected_in(png: bytes) -> int:
     """The detection count of a PNG chip, read from its header only."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(png)) as image:
+    with Image.open(io.BytesIO(png), formats=("PNG",)) as image:
         return int(image.info[_FACES_DETECTED_KEY])
 
 
@@ -406,36 +434,125 @@ def _cache_path(key: str) -> Path | None:
 
 
 def _cached_png(key: str) -> bytes | None:
-    """The PNG chip of a photo from the memo or the disk, or None (absent, unreadable or damaged)."""
+    """The PNG chip of a photo from the memo or the disk, or None.
+
+    None also for a cache file that is not this photo's chip of this alignment (see
+    :func:`_chip_of_cache_file`): the chip is then computed again and the file replaced.
+
+    Args:
+        key: the photo key (:func:`_photo_key`).
+
+    Returns:
+        the PNG chip, as :func:`encode_chip` wrote it, or None.
+    """
     png = _memo.get(key)
     if png is not None:
         return png
     path = _cache_path(key)
     if path is None:
         return None
+    cache_file = _read_cache_file(path)
+    png = _chip_of_cache_file(key, cache_file) if cache_file is not None else None
+    if png is not None:
+        _memo.put(key, png)
+    return png
+
+
+def _read_cache_file(path: Path) -> bytes | None:
+    """The bytes of a cache file, or None when it is absent, unreadable, too large or not a regular file.
+
+    A link at ``path`` is not followed and a FIFO is not waited on: both are refused at once.
+
+    Args:
+        path: the cache file.
+
+    Returns:
+        its bytes, or None.
+    """
     try:
-        png = path.read_bytes()
-        decode_chip(png)  # a damaged or foreign file is computed again and overwritten
-    except (OSError, ImageReadError):
+        # Checked before opening, as opening a device can do things of its own (a tape rewinds).
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        descriptor = os.open(path, _CACHE_READ_FLAGS)
+    except OSError:  # absent, unreadable, or replaced by a link since (ELOOP)
         return None
-    _memo.put(key, png)
+    try:
+        status = os.fstat(descriptor)  # what was opened: the file may have been replaced since
+        if not stat.S_ISREG(status.st_mode) or status.st_size > _MAX_CACHE_FILE_BYTES:
+            return None
+        cache_file = read_at_most(descriptor, _MAX_CACHE_FILE_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    return cache_file if len(cache_file) <= _MAX_CACHE_FILE_BYTES else None
+
+
+def _cache_label(key: str) -> bytes:
+    """The PNG text chunk that names a cache file's photo key and alignment version."""
+    payload = _CACHE_ENTRY_KEY.encode("latin-1") + b"\0" + f"{key} {ALIGNMENT_VERSION}".encode("latin-1")
+    return struct.pack(">I", len(payload)) + b"tEXt" + payload + struct.pack(">I", zlib.crc32(b"tEXt" + payload))
+
+
+def _cache_file_of(key: str, png: bytes) -> bytes:
+    """What a photo's PNG chip is cached as: the PNG with :func:`_cache_label` right after its header."""
+    if not png.startswith(_PNG_HEADER):
+        raise ValueError("a face chip is a PNG starting with its IHDR chunk")
+    return png[:_PNG_HEADER_END] + _cache_label(key) + png[_PNG_HEADER_END:]
+
+
+def _chip_of_cache_file(key: str, cache_file: bytes) -> bytes | None:
+    """The PNG chip a cache file holds for ``key``, or None when it is not this photo's chip of this alignment.
+
+    Args:
+        key: the photo key the file was read under.
+        cache_file: the file's bytes (:func:`_cache_file_of`).
+
+    Returns:
+        the PNG chip without the label, byte for byte what :func:`encode_chip` wrote, or None
+        when the label is missing or names another key or alignment, or the chip does not
+        decode to 150 x 150 RGB.
+    """
+    label = _cache_label(key)
+    if not cache_file.startswith(_PNG_HEADER) or cache_file[_PNG_HEADER_END : _PNG_HEADER_END + len(label)] != label:
+        return None
+    png = cache_file[:_PNG_HEADER_END] + cache_file[_PNG_HEADER_END + len(label) :]
+    try:
+        decode_chip(png)
+    except ImageReadError:
+        return None
     return png
 
 
 def _remember(key: str, png: bytes) -> None:
-    """Keep a photo's PNG chip in the memo and, when caching is on, on disk (atomically)."""
+    """Keep a photo's PNG chip in the memo and, when caching is on, on disk (atomically).
+
+    The file is written under a fresh random name, created exclusively without following
+    links (with the user's umask, like any file they write), then renamed over the cache
+    file: readers never see half a file, and a file or link planted at either name is
+    replaced, never written through.
+
+    Args:
+        key: the photo key (:func:`_photo_key`).
+        png: the PNG chip (:func:`encode_chip`).
+    """
     _memo.put(key, png)
     path = _cache_path(key)
     if path is None:
         return
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(png)
-        os.replace(temporary, path)  # readers never see half a file
+        descriptor = os.open(temporary, _CACHE_WRITE_FLAGS, 0o666)
+        created = True
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(_cache_file_of(key, png))
+        os.replace(temporary, path)
     except OSError:  # a read-only or full disk only costs the time to compute it again
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
 
 
 def _chip_cached(data: bytes, decode_rgb: Callable[[], np.ndarray]) -> FaceChip:
@@ -463,16 +580,12 @@ def chip_from_file(path: str | Path) -> FaceChip:
     """The face chip of a photo file, cached by the file's bytes.
 
     Raises:
-        ImageReadError: naming the file, when it is missing, empty, corrupt or too large.
+        ImageReadError: naming the file, when it is missing, not a regular file, empty,
+            corrupt, of an unsupported format or too large.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError:
-        data = b""
-    if not data:
-        decode_file(path)  # raises, saying what is wrong with the file (missing, a folder, empty, unreadable)
-        raise ImageReadError(f"{path} could not be read")
+    # Raises, saying what is wrong with the file (missing, a folder, a FIFO, empty, unreadable).
+    data = read_photo_file(path)
     # Decoded from the bytes read once: the chip is cached under the bytes it was cut from.
     return _chip_cached(data, lambda: rgb_from_image(decode_bytes(data, str(path))[0]))
 
