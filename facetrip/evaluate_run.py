@@ -38,6 +38,18 @@ class EvaluationError(ValueError):
     """A run or pairs set that cannot be evaluated honestly: one line saying why."""
 
 
+class ReportNotWritten(EvaluationError):
+    """The evaluation was computed but ``metrics.json`` or ``roc.png`` could not be written.
+
+    Attributes:
+        report: the complete report (``files`` is None), so that nothing computed is lost.
+    """
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
 def _names(names) -> str:
     names = sorted(names)
     return ", ".join(names[:_SHOWN_NAMES]) + (", ..." if len(names) > _SHOWN_NAMES else "")
@@ -327,6 +339,8 @@ def evaluate_run(
 
     Raises:
         EvaluationError, PairsFileError, RunError, DataError: one line saying what is wrong.
+        ReportNotWritten: (an EvaluationError) the run directory cannot be written; it
+            carries the report.
     """
     from facetrip.baselines import BaselineError, fit_baselines, fit_sample
     from facetrip.data import load_faces
@@ -481,7 +495,14 @@ def evaluate_run(
     stage("Writing metrics.json and roc.png ...")
     title = f"{Path(run_dir).name}: {pairs.num_same:,} same / {pairs.num_different:,} different pairs of {faces.source}"
     metrics_file, roc_file = evaluation_files(faces.source if other_source else None)
-    atomic_write_bytes(run_dir / roc_file, roc_plot_png(curves, title))
-    report["files"] = {"metrics": metrics_file, "roc": roc_file}
-    atomic_write_json(run_dir / metrics_file, report)
+    plot = roc_plot_png(curves, title)
+    target = run_dir / roc_file
+    try:
+        atomic_write_bytes(target, plot)
+        report["files"] = {"metrics": metrics_file, "roc": roc_file}
+        target = run_dir / metrics_file
+        atomic_write_json(target, report)
+    except OSError as error:  # a read-only run directory, or a folder where the file must go
+        report["files"] = None
+        raise ReportNotWritten(f"Cannot write {target}: {error.strerror or error}.", report) from None
     return report

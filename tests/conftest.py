@@ -52,3 +52,12 @@ def finished_run(tmp_path_factory, data_dir):
     result = run_cli("train", "--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--strategy", "batch_all")
     assert result.exit_code == 0, result.output
     return run_dir, result.output
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory, data_dir):
+    """The pretrained face network as a run: chips of ORL, no training, threshold calibrated on ORL's dev people."""
+    run_dir = tmp_path_factory.mktemp("runs") / "pretrained"
+    result = run_cli("train", "--epochs", "0", "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
+    assert result.exit_code == 0, result.output
+    return run_dir

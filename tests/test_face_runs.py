@@ -31,15 +31,6 @@ def lfw(name: str, number: int) -> Path:
     return LFW_IMAGES / name / f"{name}_{number:04d}.jpg"
 
 
-@pytest.fixture(scope="session")
-def pretrained_run(tmp_path_factory, data_dir):
-    """The pretrained face network as a run: chips of ORL, no training, threshold calibrated on ORL's dev people."""
-    run_dir = tmp_path_factory.mktemp("runs") / "pretrained"
-    result = run_cli("train", "--epochs", "0", "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
-    assert result.exit_code == 0, result.output
-    return run_dir
-
-
 def verify(run_dir, first, second) -> dict:
     result = run_cli("verify", first, second, "--run", run_dir, "--json")
     assert result.exit_code == 0, result.output
@@ -216,3 +207,28 @@ def test_every_strategy_fine_tunes_the_face_network(tmp_path, data_dir, strategy
         rows = list(csv.DictReader(handle))
     assert rows and np.isfinite(float(rows[-1]["loss"]))
     assert json.loads((run_dir / "metadata.json").read_text())["threshold"] is not None
+
+
+@pytest.mark.slow
+def test_weight_interpolation_saves_the_point_between_pretrained_and_fine_tuned(tmp_path, data_dir):
+    """One short epoch, twice from the same seed: with --weight-interpolation 0.5 the saved stage-5 kernel is the
+    mean of the pretrained kernel and the kernel that --weight-interpolation 1 (plain fine-tuning) saves."""
+    from facetrip.inference import Run
+    from facetrip.models.face_resnet import build_face_resnet
+
+    pretrained = build_face_resnet().get_layer("stage5_block1_conv1").get_weights()[0]
+
+    def train_and_read(share: str):
+        run_dir = tmp_path / share
+        result = run_cli("train", "--epochs", "1", "-P", "4", "-K", "2", "--freeze", "stage4", "--weight-interpolation",
+                         share, "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
+        assert result.exit_code == 0, result.output
+        assert json.loads((run_dir / "metadata.json").read_text())["weight_interpolation"] == float(share)
+        backbone = next(layer for layer in _all_layers(Run.load(run_dir).model) if layer.name == "face_resnet")
+        return backbone.get_layer("stage5_block1_conv1").get_weights()[0]
+
+    fine_tuned, halfway = train_and_read("1"), train_and_read("0.5")
+    movement = np.abs(fine_tuned - pretrained).max()
+    assert movement > 1e-5  # the epoch moved the kernel (by about 1e-4 here)
+    np.testing.assert_allclose(halfway, (pretrained + fine_tuned) / 2, rtol=0, atol=movement / 100)
+    assert np.abs(halfway - fine_tuned).max() > movement / 4  # and the saved kernel is not the fine-tuned one
