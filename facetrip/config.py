@@ -3,12 +3,14 @@
 ``configs/default.toml`` mirrors these defaults for users to read and copy (a test keeps
 the two identical). ``facetrip train --config FILE`` reads a TOML file with any subset of
 the sections; command-line flags override single values; the config actually used is
-saved with the run as ``config.toml``.
+saved with the run as ``config.toml``. Every value is checked as it is read: its type, and
+for numbers finiteness and the range in :data:`ALLOWED`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any, Union
@@ -20,7 +22,7 @@ else:  # pragma: no cover
 
 
 class ConfigError(ValueError):
-    """An unreadable config file, an unknown key, or a value of the wrong type."""
+    """An unreadable config file, an unknown key, or a value of the wrong type or out of range."""
 
 
 @dataclasses.dataclass
@@ -34,8 +36,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class SplitConfig:
-    test: float = 10  # identities for test: a count (>= 1) or a fraction (< 1)
-    dev: float = 5  # identities for dev: threshold calibration and checkpoint choice
+    test: float = 10.0  # identities for test: a count (>= 1) or a fraction (< 1)
+    dev: float = 5.0  # identities for dev: threshold calibration and checkpoint choice
     seed: int = 0
 
 
@@ -86,6 +88,8 @@ class TrainConfig:
     optimizer: str = "lamb"  # lamb (layer-wise steps relative to each weight's size: fine-tuning) | adamw
     learning_rate: float = 1e-3
     lr_warmup_epochs: int = 1  # linear warm-up of the learning rate before the cosine decay
+    # Pretrained backbones: the saved weights are (1 - a) * pretrained + a * fine-tuned (WiSE-FT); 1 = fine-tuned.
+    weight_interpolation: float = 0.5
     weight_decay: float = 1e-4
     precision: str = "float32"  # float32 | bf16
     target_far: float = 0.01  # the saved threshold is calibrated to this false-accept rate on dev pairs
@@ -133,10 +137,24 @@ class Config:
             raise ConfigError(f"Config file {path} does not exist.") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"Config file {path} is not valid TOML: {error}.") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as error:
+            raise ConfigError(f"Config file {path}: {error}") from None
 
     def set(self, dotted_key: str, value: Any) -> None:
-        """Set ``section.key`` to ``value``, checked against the default's type."""
+        """Set ``section.key`` to ``value``, checked against the default's type and the key's :data:`ALLOWED` range.
+
+        Config files and command-line flags both come through here, so a bad value is
+        refused before any data is prepared.
+
+        Args:
+            dotted_key: ``section.key``, e.g. ``train.epochs``.
+            value: the new value (TOML or command-line types).
+
+        Raises:
+            ConfigError: an unknown key, or a value of the wrong type, not finite or out of range.
+        """
         section_name, _, key = dotted_key.partition(".")
         section = getattr(self, section_name, None) if section_name in SECTIONS else None
         if section is None or key not in {field.name for field in dataclasses.fields(section)}:
@@ -147,31 +165,199 @@ class Config:
 SECTIONS = tuple(field.name for field in dataclasses.fields(Config))
 
 
+@dataclasses.dataclass(frozen=True)
+class Allowed:
+    """The valid values of one numeric config key.
+
+    Attributes:
+        low, high: the smallest and largest value (None: unbounded on that side).
+        low_open, high_open: the bound itself is not allowed.
+        choices: the only values allowed, instead of a range.
+        count_or_fraction: a whole count >= 1 or a fraction in [0, 1) (identities of a split).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    count_or_fraction: bool = False
+
+    def admits(self, number: float) -> bool:
+        """Whether ``number`` (finite, of the key's type) is allowed.
+
+        Args:
+            number: the value, already converted to the key's type.
+
+        Returns:
+            True when it lies in the range (or is one of the choices).
+        """
+        if self.choices:
+            return number in self.choices
+        if self.count_or_fraction:
+            return 0 <= number < 1 or (1 <= number <= _LARGEST_WHOLE and number == int(number))
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return False
+        return self.high is None or (number < self.high if self.high_open else number <= self.high)
+
+    def bounds(self) -> str:
+        """The range in words: ``from 0 to 1``, ``>= 2``, ``> 0 and < 1`` ("" when unbounded).
+
+        Returns:
+            The range, without the kind of number.
+        """
+        if self.low is not None and self.high is not None and not (self.low_open or self.high_open):
+            return f"from {self.low} to {self.high}"
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {self.high}")
+        return " and ".join(bounds)
+
+    def describe(self, whole: bool) -> str:
+        """What is allowed, in words: ``a whole number >= 0``, ``a number > 0 and < 1``, ``1 or 3``.
+
+        Args:
+            whole: the key holds whole numbers.
+
+        Returns:
+            The phrase that completes "KEY must be ...".
+        """
+        if self.choices:
+            return " or ".join(str(choice) for choice in self.choices)
+        if self.count_or_fraction:
+            return "a count (a whole number >= 1) or a fraction (>= 0 and < 1)"
+        kind = "a whole number" if whole else "a number"
+        return f"{kind} {self.bounds()}" if self.bounds() else kind
+
+
+# NumPy's legacy seeding (keras.utils.set_random_seed) takes only 0 .. 2**32 - 1.
+_LARGEST_SEED = 2**32 - 1
+# Whole numbers become TensorFlow int32 shapes and step counts; nothing sensible comes near this.
+_LARGEST_WHOLE = 2**31 - 1
+# An input side beyond this would need gigabytes per batch; face chips are 150 x 150.
+_LARGEST_IMAGE_SIDE = 4096
+
+# The valid range of every numeric key, from how the code uses it (a test checks that each
+# numeric default has an entry, so a new key cannot skip validation).
+ALLOWED: dict[str, Allowed] = {
+    "data.image_size": Allowed(1, _LARGEST_IMAGE_SIDE),  # each of height, width
+    "data.channels": Allowed(choices=(1, 3)),  # grey or RGB
+    "split.test": Allowed(count_or_fraction=True),
+    "split.dev": Allowed(count_or_fraction=True),
+    "split.seed": Allowed(0, _LARGEST_SEED),
+    "sampler.identities_per_batch": Allowed(2),  # a triplet needs a second identity
+    "sampler.images_per_identity": Allowed(2),  # a positive pair needs two images
+    "augment.max_shift": Allowed(0, 1),  # a fraction of height / width
+    "augment.brightness": Allowed(0, 1),  # images are in [0, 1]
+    "augment.contrast": Allowed(0, 1),  # factors 1 - contrast .. 1 + contrast must stay >= 0
+    "augment.rotation": Allowed(0, 180),  # degrees either way
+    "augment.scale": Allowed(0, 1, high_open=True),  # zoom factors 1 - scale .. 1 + scale must stay > 0
+    "augment.erasing": Allowed(0, 1),  # a probability
+    "augment.blended_identities": Allowed(0),
+    "loss.margin": Allowed(0),  # or "soft"
+    "model.width": Allowed(1),
+    "model.embedding_dim": Allowed(1),
+    "model.dropout": Allowed(0, 1, high_open=True),  # a rate of 1 would drop every feature
+    "model.tta_shift": Allowed(0),  # pixels; 0 = off
+    "train.epochs": Allowed(0),  # 0 = the network as it is, exported and evaluated
+    "train.warmup_epochs": Allowed(0),
+    "train.classification_weight": Allowed(0),
+    "train.learning_rate": Allowed(0, low_open=True),
+    "train.lr_warmup_epochs": Allowed(0),
+    "train.weight_interpolation": Allowed(0, 1),  # 0 = the pretrained weights, 1 = the fine-tuned ones
+    "train.weight_decay": Allowed(0),
+    "train.target_far": Allowed(0, 1, low_open=True, high_open=True),  # a false-accept rate to calibrate to
+    "train.checkpoint_seconds": Allowed(0),
+    "train.seed": Allowed(0, _LARGEST_SEED),
+}
+
+
+def _checked_number(name: str, whole: bool, value: Any) -> int | float:
+    """``value`` as the int or float of key ``name``, if it is finite and in :data:`ALLOWED`.
+
+    Args:
+        name: the dotted key, for the error message.
+        whole: the key holds whole numbers.
+        value: the value from the file or the command line.
+
+    Returns:
+        The value as int (``whole``) or float.
+
+    Raises:
+        ConfigError: naming the key, the value and what is allowed.
+    """
+    allowed = ALLOWED.get(name, Allowed())
+    rule = allowed.describe(whole)
+
+    def refused() -> ConfigError:
+        return ConfigError(f"{name} must be {rule}, not {value!r}.")
+
+    # bool is an int in Python, but `epochs = true` is a mistake, not 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise refused()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise refused()
+    if whole and value != int(value):
+        raise refused()
+    number = int(value) if whole else float(value)
+    if not allowed.admits(number):
+        raise refused()
+    if whole and allowed.high is None and abs(number) > _LARGEST_WHOLE:
+        raise ConfigError(f"{name} must be {rule} (at most {_LARGEST_WHOLE}), not {value!r}.")
+    return number
+
+
 def _checked(name: str, default: Any, value: Any) -> Any:
+    """``value`` for key ``name``, checked against the type of its default and its :data:`ALLOWED` range.
+
+    Args:
+        name: the dotted key.
+        default: the key's default, which gives its type.
+        value: the value from the file or the command line.
+
+    Returns:
+        The value in the key's type.
+
+    Raises:
+        ConfigError: naming the key, the value and what is allowed.
+    """
     if name == "loss.margin":
         if isinstance(value, str) and value.lower() == "soft":
             return "soft"
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                return _checked_number(name, False, value)
+            except ConfigError:
+                pass
         raise ConfigError(f"loss.margin must be a number >= 0 or 'soft', not {value!r}.")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, not {value!r}.")
         return value
-    if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise ConfigError(f"{name} must be a whole number, not {value!r}.")
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, not {value!r}.")
-        return float(value)
+    if isinstance(default, (int, float)):
+        return _checked_number(name, isinstance(default, int), value)
     if isinstance(default, list):
+        whole = isinstance(default[0], int)
+        items = f"{len(default)} {'whole numbers' if whole else 'numbers'}"
+        if name in ALLOWED and ALLOWED[name].bounds():
+            items += f", each {ALLOWED[name].bounds()}"
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
-            raise ConfigError(f"{name} must be a list of {len(default)} values, not {value!r}.")
-        return [_checked(name, default[0], item) for item in value]
+            raise ConfigError(f"{name} must be a list of {items}, not {value!r}.")
+        try:
+            return [_checked_number(name, whole, item) for item in value]
+        except ConfigError:
+            raise ConfigError(f"{name} must be a list of {items}, not {list(value)!r}.") from None
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, not {value!r}.")
+        try:
+            value.encode("utf-8")  # the run saves its config as UTF-8 TOML
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"{name} must be UTF-8 text, not {value!r} (a name that is not UTF-8: rename it, or link to it from a "
+                f"UTF-8 name)."
+            ) from None
         return value
     return value

@@ -172,24 +172,65 @@ def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, pat
     The projector reads ``output_dir`` as a TensorBoard log dir: a checkpoint of the
     embedding variable, ``projector_config.pbtxt`` and the metadata file; ``tensors.tsv``
     is also written for projector.tensorflow.org.
+
+    metadata.tsv has one row per embedding, each with the header's number of fields, what
+    the names hold: in labels and paths a backslash is written ``\\\\``, a tab ``\\t``, a
+    newline ``\\n``, a carriage return ``\\r``, other control and line-separating characters
+    ``\\xHH`` / ``\\uHHHH``, and each byte of a file name that is not UTF-8 ``\\xHH``.
+    Every file's content is built before the first is written, so a name that cannot be
+    written leaves no half-written output.
+
+    Args:
+        output_dir: the folder to write into (created if missing).
+        embeddings: (N, D) float32 embeddings.
+        labels: (N,) label of each embedding (its folder or identity name).
+        paths: (N,) the file each embedding came from.
+        faces_detected: (N,) faces found in each photo, or None (no column).
+
+    Returns:
+        ``{file name: path}`` of embeddings.npy, metadata.tsv, tensors.tsv and projector_config.pbtxt.
     """
+    import re
+
     import tensorflow as tf
     from tensorboard.plugins import projector
 
-    from facetrip.runs import atomic_write_bytes, atomic_write_text
+    from facetrip.runs import atomic_write_bytes
+
+    short_escapes = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    # What a TSV reader could take for a field or row end: the projector splits on tab and
+    # newline, Python's str.splitlines() on \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029 too;
+    # lone surrogates are the bytes of names that are not UTF-8 (Python's surrogateescape).
+    needs_escape = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+    def escaped(match: re.Match) -> str:
+        character = match.group()
+        if character in short_escapes:
+            return short_escapes[character]
+        if "\udc80" <= character <= "\udcff":  # the byte 0x80-0xff that was not UTF-8
+            return f"\\x{ord(character) - 0xDC00:02x}"
+        return f"\\x{ord(character):02x}" if ord(character) <= 0xFF else f"\\u{ord(character):04x}"
+
+    def field(value) -> str:
+        return needs_escape.sub(escaped, str(value))
+
+    if faces_detected is None:
+        rows = ["label\tpath", *(f"{field(label)}\t{field(path)}" for label, path in zip(labels, paths))]
+    else:
+        rows = ["label\tpath\tfaces_detected",
+                *(f"{field(label)}\t{field(path)}\t{int(count)}" for label, path, count in zip(labels, paths, faces_detected))]
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings)
+    contents = {
+        "embeddings.npy": buffer.getvalue(),
+        "metadata.tsv": ("\n".join(rows) + "\n").encode("utf-8"),
+        "tensors.tsv": ("\n".join("\t".join(f"{value:.6g}" for value in row) for row in embeddings) + "\n").encode("utf-8"),
+    }
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.save(buffer, embeddings)
-    atomic_write_bytes(output_dir / "embeddings.npy", buffer.getvalue())
-    if faces_detected is None:
-        rows = ["label\tpath", *(f"{label}\t{path}" for label, path in zip(labels, paths))]
-    else:
-        rows = ["label\tpath\tfaces_detected",
-                *(f"{label}\t{path}\t{count}" for label, path, count in zip(labels, paths, faces_detected))]
-    atomic_write_text(output_dir / "metadata.tsv", "\n".join(rows) + "\n")
-    atomic_write_text(output_dir / "tensors.tsv", "\n".join("\t".join(f"{value:.6g}" for value in row) for row in embeddings) + "\n")
+    for name, content in contents.items():
+        atomic_write_bytes(output_dir / name, content)
     checkpoint = tf.train.Checkpoint(embedding=tf.Variable(embeddings))
     checkpoint.save(str(output_dir / "embedding.ckpt"))
     config = projector.ProjectorConfig()

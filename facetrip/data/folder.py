@@ -1,11 +1,15 @@
 """An image folder of identities, ``root/<identity>/<image>`` (the LFW layout), as a tfds dataset.
 
 Each folder gets its own builder config, named after the folder and a fingerprint of its
-files (relative path, size, modification time): preparing the same unchanged folder
-again reuses what tfds stored, and a changed folder is prepared anew.
+absolute path and its files (relative path and content digest): preparing the same
+unchanged folder again reuses what tfds stored, and a changed folder (a photo added,
+removed or replaced, even by one of the same name, size and modification time) or
+another folder with the same names is prepared anew.
 
 Unreadable or corrupt files are left out with one warning that names them; images are
-stored as RGB (JPEG and PNG bytes untouched, other formats as PNG).
+stored as RGB (JPEG and PNG bytes untouched, other formats as PNG). Identity and file
+names are stored as text: any name works, and the bytes of a name that is not UTF-8 are
+stored as ``\\xHH`` escapes (``b"\\xff.png"`` becomes ``\\xff.png``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -21,7 +26,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from facetrip.data.errors import DataError
+from facetrip.data.offline_builder import OfflinePreparationMessages
 from facetrip.data.images import ImageReadError, decode_file, is_image_file, to_8bit
+from facetrip.data.sources import utf8_name
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +39,8 @@ def list_identity_images(root: Path) -> dict[str, list[Path]]:
     """``{identity: [image paths]}`` for every sub-folder of ``root`` (images found recursively).
 
     Raises:
-        DataError: ``root`` is not a folder or holds no identity sub-folder with images.
+        DataError: ``root`` is not a folder or holds no identity sub-folder with images, or
+            two identities or files would be stored under one name (:func:`~facetrip.data.sources.utf8_name`).
     """
     if not root.is_dir():
         raise DataError(f"Image folder {root} does not exist or is not a folder.")
@@ -46,16 +54,81 @@ def list_identity_images(root: Path) -> dict[str, list[Path]]:
             f"Image folder {root} holds no images in the expected layout root/<identity>/<image> "
             f"(jpg, png, bmp, gif, pgm, ...)."
         )
+    _check_stored_names_are_distinct(root, identities)
     return identities
 
 
+def _check_stored_names_are_distinct(root: Path, identities: dict[str, list[Path]]) -> None:
+    """Refuse a folder where two identities, or two files, would be stored under one name.
+
+    Only a name that is not UTF-8 next to one spelling out its ``\\xHH`` escapes can do that;
+    stored together they would merge two identities (or clash as tfds keys).
+
+    Args:
+        root: the folder.
+        identities: ``{identity: [image paths]}`` of ``root``.
+
+    Raises:
+        DataError: naming both and what they would be stored as.
+    """
+    names = {name for identity, paths in identities.items() for name in (identity, *_relative_names(root, paths))}
+    stored_as: dict[str, str] = {}
+    for name in sorted(names):  # sorted: the same pair is named every time, a folder before its files
+        if name.isascii():  # stored as it is (the only names that change hold bytes >= 0x80)
+            continue
+        stored = utf8_name(name)
+        other = name if stored == name else (stored if stored in names else stored_as.get(stored, name))
+        stored_as.setdefault(stored, name)
+        if other != name:
+            # as bytes: stored, the two names read alike
+            raise DataError(
+                f"Image folder {utf8_name(str(root))}: {os.fsencode(other)!r} and {os.fsencode(name)!r} would both be "
+                f"stored as {stored!r}: rename one."
+            )
+
+
+def _relative_names(root: Path, paths: list[Path]) -> list[str]:
+    """The paths below ``root`` relative to it, as strings (string slicing: pathlib's relative_to is slower).
+
+    Args:
+        root: the folder.
+        paths: files inside it.
+
+    Returns:
+        ``identity/.../file`` for each path, with the platform's separator.
+    """
+    prefix = len(os.path.join(str(root), ""))
+    return [str(path)[prefix:] for path in paths]
+
+
 def fingerprint(root: Path, identities: dict[str, list[Path]]) -> str:
-    """A short hash of every image's relative path, size and modification time."""
-    digest = hashlib.sha1()
+    """A short hash of the folder's absolute path and every image's relative path and content.
+
+    The content digest, not the size and modification time, tells a replaced photo from the
+    one before (a copy that keeps the old time stamp, or one written within the file system's
+    time-stamp resolution, changes neither), and touching a photo does not prepare the
+    folder again. Measured on LFW (13,233 photos, 162 MB, warm page cache, 2 busy CPU
+    cores): 0.5 s of CPU, 0.3 s more than hashing sizes and modification times, next to
+    0.5 s for listing the folder, 7-9 s for loading the prepared copy and 35 s for
+    preparing it. It reads every photo, so it grows with the folder's bytes as loading does.
+
+    Args:
+        root: the folder, absolute (two folders with the same names are different data).
+        identities: :func:`list_identity_images` of ``root``.
+
+    Returns:
+        12 hex digits.
+    """
+    digest = hashlib.sha1(os.fsencode(root) + b"\n")
     for paths in identities.values():
-        for path in paths:
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        for path, name in zip(paths, _relative_names(root, paths)):
+            try:
+                with open(path, "rb") as handle:
+                    content = hashlib.file_digest(handle, "sha1").hexdigest().encode()  # text: no \0 or \n inside
+            except OSError as error:  # left out, with a warning, when the folder is prepared
+                content = type(error).__name__.encode()
+            # the bytes of the name, so that names that are not UTF-8 hash too
+            digest.update(os.fsencode(name) + b"\0" + content + b"\n")
     return digest.hexdigest()[:12]
 
 
@@ -64,7 +137,7 @@ class IdentityFolderConfig(tfds.core.BuilderConfig):
     root: str = ""
 
 
-class IdentityFolder(tfds.core.GeneratorBasedBuilder):
+class IdentityFolder(OfflinePreparationMessages, tfds.core.GeneratorBasedBuilder):
     """Faces from ``root/<identity>/<image>``; one builder config per folder content."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -72,7 +145,7 @@ class IdentityFolder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            description=f"Identity-labelled images from the folder {self.builder_config.root}.",
+            description=f"Identity-labelled images from the folder {utf8_name(self.builder_config.root)}.",
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(None, None, 3)),
@@ -83,28 +156,35 @@ class IdentityFolder(tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "label"),
         )
 
+    def image_count(self) -> int:
+        return sum(len(paths) for paths in list_identity_images(Path(self.builder_config.root)).values())
+
     def _split_generators(self, dl_manager):
         del dl_manager
         root = Path(self.builder_config.root)
         return {"train": self._generate_examples(root, list_identity_images(root))}
 
     def _generate_examples(self, root: Path, identities: dict[str, list[Path]]):
-        """Decode each image once; unreadable ones are skipped and reported together at the end."""
+        """Decode each image once; unreadable ones are skipped and reported together at the end.
+
+        Raises:
+            DataError: no image is readable.
+        """
         unreadable, num_readable = [], 0
         for identity, paths in identities.items():
             for path in paths:
+                file_name = utf8_name(path.relative_to(root).as_posix())
                 try:
                     image, image_format = decode_file(path)
                 except ImageReadError as error:
-                    unreadable.append(str(error))
+                    unreadable.append(utf8_name(str(error)))
                     continue
-                file_name = path.relative_to(root).as_posix()
                 if image_format in ("JPEG", "PNG") and image.mode == "RGB":
                     picture = io.BytesIO(path.read_bytes())  # stored untouched
                 else:
                     picture = np.asarray(to_8bit(image).convert("RGB"), np.uint8)  # stored as PNG
                 num_readable += 1
-                yield file_name, {"image": picture, "label": identity, "file_name": file_name}
+                yield file_name, {"image": picture, "label": utf8_name(identity), "file_name": file_name}
         if unreadable:
             shown = "; ".join(unreadable[:_SHOWN_BAD_FILES])
             more = f" and {len(unreadable) - _SHOWN_BAD_FILES} more" if len(unreadable) > _SHOWN_BAD_FILES else ""

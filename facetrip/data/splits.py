@@ -56,6 +56,8 @@ class IdentitySplit:
 
 
 def _how_many(amount: float, total: int, what: str) -> int:
+    if not math.isfinite(amount):
+        raise DataError(f"{what} must be a whole count (>= 1) or a fraction (< 1), not {amount}.")
     if amount < 0:
         raise DataError(f"{what} must be >= 0, not {amount}.")
     if amount < 1:
