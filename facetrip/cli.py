@@ -227,19 +227,24 @@ def train(
     image_size: Optional[str] = typer.Option(None, help="Model input, HEIGHTxWIDTH, e.g. 56x46."),
     embedding_dim: Optional[int] = typer.Option(None, help="Embedding size."),
     freeze: Optional[str] = typer.Option(None, "--freeze", help="face_resnet: what stays fixed: none | stem | stage1 .. stage5 | all (only the head trains)."),
+    weight_interpolation: Optional[float] = typer.Option(None, "--weight-interpolation", help="face_resnet: save (1 - a) * pretrained + a * fine-tuned weights (WiSE-FT): 1 = fine-tuned; lower forgets less."),
     data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
     precision: Optional[str] = typer.Option(None, help="float32 | bf16 (mixed bfloat16)."),
     triplets: Optional[Path] = typer.Option(None, "--triplets", help="With --strategy offline: a `facetrip mine` file for the first epoch."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<timestamp>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last epoch."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train into a --run-dir that holds a run or other files: the run's files are replaced, files facetrip did not write are kept."),
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Evaluate on the test identities when training ends (facetrip evaluate)."),
 ) -> None:
     """Train an embedding model with online (or offline) triplet mining; writes a run directory, then evaluates it."""
+    from rich.markup import escape
+
     from facetrip.config import Config, ConfigError
     from facetrip.data import DataError
-    from facetrip.runs import CONFIG_FILE, new_run_dir
+    from facetrip.runs import RunError, new_run_dir, run_lock
+    from facetrip.training import TrainingError, check_new_run_dir, is_facetrip_run, load_resume_config
 
     setup_logging()
     overrides = {
@@ -253,52 +258,71 @@ def train(
         "data.image_size": _parse_image_size(image_size) if image_size is not None else None,
         "model.embedding_dim": embedding_dim,
         "model.freeze": freeze,
+        "train.weight_interpolation": weight_interpolation,
         "data.source": data_source,
         "data.data_dir": data_dir,
         "train.seed": seed,
         "train.precision": precision,
         "loss.offline_triplets": str(triplets) if triplets is not None else None,
     }
+    target = resume if resume is not None else run_dir
     try:
         if resume is not None:
-            if not (resume / CONFIG_FILE).is_file():
-                fail(f"{resume} is not a facetrip run directory (no {CONFIG_FILE}).")
-            config, target = Config.from_toml(resume / CONFIG_FILE), resume
-            if any(value is not None for value in overrides.values()) or config_file is not None:
+            if any(value is not None for value in overrides.values()) or config_file is not None or run_dir is not None:
                 fail("--resume continues a run with its own config: drop the other options.")
+            if overwrite:
+                fail("--resume continues a run and --overwrite starts one again: give one of them.")
+            if not resume.is_dir() or not ((resume / "config.toml").exists() or is_facetrip_run(resume)):
+                fail(escape(f"{resume} is not a facetrip run directory (no config.toml)."))  # before a lock file is written
         else:
             config = Config.from_toml(config_file) if config_file is not None else Config()
             for key, value in overrides.items():
                 if value is not None:
                     config.set(key, value)
+            if run_dir is not None:
+                check_new_run_dir(run_dir, overwrite)  # refuse before writing anything into it
+                run_dir.mkdir(parents=True, exist_ok=True)
             target = run_dir if run_dir is not None else new_run_dir()
-        _train_into(config, target, resume is not None)
-    except (ConfigError, DataError) as error:
-        fail(str(error))
-    if evaluate_after:
-        _evaluate_after_training(target, config.data.data_dir or None)
+        # Held from the config to the evaluation: a second process gets a one-line error, not a mixed run.
+        with run_lock(target):
+            if resume is not None:
+                config, notes = load_resume_config(target)
+                for note in notes:
+                    error_console.print(f"[yellow]Warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+            _train_into(config, target, resume is not None, overwrite)
+            if evaluate_after:
+                _evaluate_after_training(target, config.data.data_dir or None)
+    except (ConfigError, DataError, RunError, TrainingError) as error:
+        fail(escape(str(error)))  # messages quote paths, which may hold rich markup
+    except OSError as error:  # a run directory that cannot be created or written (permissions, a full disk)
+        fail(escape(f"Cannot write the run directory {target if target is not None else 'runs/'}: {error.strerror or error}."))
 
 
-def _train_into(config, run_dir: Path, resume: bool) -> None:
+def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False) -> None:
+    """Train into ``run_dir`` (prepared here unless resuming), with progress and a summary; one-line errors."""
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
     import tensorflow_datasets as tfds
+    from rich.markup import escape
 
     from facetrip.data import DataError
     from facetrip.runs import RunError
-    from facetrip.training import TrainingDiverged, TrainingError, completed_epochs, prepare_run_dir, train as run_training
+    from facetrip.training import TrainingDiverged, TrainingError, find_resume_point, prepare_run_dir, train as run_training
 
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         if not resume:
-            prepare_run_dir(config, run_dir)
-        start = completed_epochs(run_dir) if resume else 0
+            prepare_run_dir(config, run_dir, overwrite=overwrite)
+        checkpoint = find_resume_point(run_dir).checkpoint if resume else None
+        start = checkpoint.epoch if checkpoint is not None else 0
+        resuming = (f" (resuming after epoch {start}, from checkpoint {checkpoint.name})" if checkpoint is not None
+                    else " (resuming from the start: no checkpoint was saved yet)")
         console.print(
             f"[bold]facetrip train[/] {config.loss.strategy} (margin {config.loss.margin}, {config.loss.metric}) on "
             f"{config.data.source}, P={config.sampler.identities_per_batch} K={config.sampler.images_per_identity} "
-            f"-> {run_dir}" + (f" (resuming after epoch {start})" if resume else "")
+            f"-> {escape(str(run_dir))}" + (resuming if resume else ""), highlight=False,
         )
         progress = rich_progress_callback(config.train.epochs, start)
         try:
@@ -309,7 +333,7 @@ def _train_into(config, run_dir: Path, resume: bool) -> None:
     except TrainingDiverged as error:
         fail(str(error), code=1)
     except (TrainingError, DataError, RunError) as error:
-        fail(str(error))
+        fail(escape(str(error)))
     from facetrip.calibration import percent
 
     summary = metadata.get(metadata.get("threshold_source", ""), {})
@@ -333,19 +357,26 @@ def _load_run(run: Optional[Path]):
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
+    from rich.markup import escape
+
     from facetrip.inference import Run
     from facetrip.runs import RunError, latest_run
 
     try:
         return Run.load(run if run is not None else latest_run())
     except RunError as error:
-        fail(str(error))
+        fail(escape(str(error)))  # the message quotes the run's files, which may hold rich markup
 
 
 def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Optional[str]):
     """The images of one split (train, dev, test or all) of a run's identities, from its source."""
     from facetrip.data import IdentitySplit
 
+    recorded = loaded.metadata.get("split") or {}
+    missing = [part for part in ("train", "dev", "test", "seed") if part not in recorded]
+    if split != "all" and missing:
+        fail(f"{loaded.path}/metadata.json records no complete identity split (no {', '.join(missing)}): "
+             f"use --split all, or give image files.")
     faces = load_source(data_source or loaded.metadata["source"], data_dir)
     if split != "all":
         faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
@@ -448,7 +479,15 @@ def embed(
             target = output or loaded.path / f"embeddings-{split}"
     except (DataError, ImageReadError) as error:
         fail(str(error))
-    written = write_embeddings(target, embeddings, labels, paths, faces_detected)
+    import tensorflow as tf
+    from rich.markup import escape
+
+    try:
+        written = write_embeddings(target, embeddings, labels, paths, faces_detected)
+    except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
+        reason = ("a file is in the way" if target.exists() and not target.is_dir()
+                  else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
+        fail(escape(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output."))
     if as_json:
         photos = [{"path": str(path), "label": label, **({} if faces_detected is None else {"faces_detected": int(count)})}
                   for path, label, count in zip(paths, labels, faces_detected or [None] * len(paths))]
@@ -456,7 +495,7 @@ def embed(
                                "embedding_dim": int(embeddings.shape[1]), "photos": photos}))
         return
     if faces_detected is not None:
-        _print_face_counts(paths, faces_detected)
+        _print_face_counts(paths, faces_detected)  # names that are not UTF-8 are printed as \xHH escapes
     console.print(
         f"Wrote {len(embeddings)} embeddings of size {embeddings.shape[1]} to {target}/ "
         f"({', '.join(path.name for path in written.values())}); view with: tensorboard --logdir {target}"
@@ -465,9 +504,13 @@ def embed(
 
 def _print_face_counts(paths, faces_detected, shown: int = 5) -> None:
     """Yellow lines naming the photos without a detected face, or with several."""
+    from rich.markup import escape
+
+    from facetrip.data.sources import utf8_name
+
     for what, chosen, consequence in (("no face found", lambda count: count == 0, "the whole photo was used as the face"),
                                       ("several faces", lambda count: count > 1, "the one at the centre, else the largest, was used")):
-        names = [Path(path).name for path, count in zip(paths, faces_detected) if chosen(count)]
+        names = [escape(utf8_name(Path(path).name)) for path, count in zip(paths, faces_detected) if chosen(count)]
         if names:
             listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
             console.print(f"[yellow]{what.capitalize()}[/] in {len(names)} of {len(paths)} photos ({consequence}): {listed}",
@@ -494,6 +537,8 @@ def mine(
         fail("Only offline mining (--offline) exists: online mining happens inside the loss during training.")
     setup_logging()
     loaded = _load_run(run)
+    if margin is None and "margin" not in loaded.metadata:
+        fail(f"{loaded.path}/metadata.json records no margin: give one with --margin.")
     chosen_margin = _parse_margin(margin) if margin is not None else loaded.metadata["margin"]
     chosen_margin = 0.0 if chosen_margin == "soft" else float(chosen_margin)
     try:
@@ -505,7 +550,12 @@ def mine(
         result = mine_triplets(embeddings, faces.labels, chosen_margin, metric=loaded.metadata["metric"],
                                max_triplets=max_triplets, seed=seed)
     target = output or loaded.path / f"triplets-{split}.npz"
-    save_triplets(target, result, file_names=faces.file_names, source=faces.source)
+    try:
+        save_triplets(target, result, file_names=faces.file_names, source=faces.source)
+    except OSError as error:  # a read-only run directory, or a folder where the file must go
+        from rich.markup import escape
+
+        fail(escape(f"Cannot write {target}: {error.strerror or error}; choose another file with --output."))
     total = max(result.counts["total"], 1)
     table = Table(title=f"{faces.source} {split}: {len(faces)} images, margin {chosen_margin}, {loaded.metadata['metric']}")
     table.add_column("category")
@@ -521,13 +571,19 @@ def mine(
 def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
     """`facetrip evaluate` on a run that just finished; training stays a success if it cannot run."""
     from facetrip.data import DataError
-    from facetrip.evaluate_run import EvaluationError, evaluate_run
+    from facetrip.evaluate_run import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.evaluation import PairsFileError
     from facetrip.runs import RunError
 
     try:
         with console.status("Evaluating on the test identities ...") as status:
             report = evaluate_run(run_dir, data_dir=data_dir, on_stage=lambda message: status.update(message))
+    except ReportNotWritten as error:  # computed but not saved: show it, then say what could not be written
+        from rich.markup import escape
+
+        _print_evaluation(error.report)
+        error_console.print(f"[yellow]Evaluation not saved:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return
     except (EvaluationError, PairsFileError, RunError, DataError) as error:
         error_console.print(f"[yellow]Evaluation skipped:[/] {error}", highlight=False, soft_wrap=True)
         return
@@ -596,7 +652,8 @@ def _print_evaluation(report: dict) -> None:
             f"{_percent(threshold['accuracy'])}, FAR {_percent(threshold['far'])}{target}, FRR {_percent(threshold['frr'])}.",
             highlight=False,
         )
-    console.print(f"Wrote {report['files']['metrics']} and {report['files']['roc']} to {report['run']}/", highlight=False)
+    if report.get("files"):  # None when the run directory could not be written (the command says so)
+        console.print(f"Wrote {report['files']['metrics']} and {report['files']['roc']} to {report['run']}/", highlight=False)
 
 
 @app.command()
@@ -621,14 +678,17 @@ def evaluate(
     import_tensorflow()
     import tensorflow_datasets as tfds
 
+    from rich.markup import escape
+
     from facetrip.data import DataError
-    from facetrip.evaluate_run import EvaluationError, evaluate_run
+    from facetrip.evaluate_run import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.evaluation import PairsFileError
     from facetrip.runs import RunError, latest_run
 
     setup_logging()
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
+    not_written = None
     try:
         target = run_dir if run_dir is not None else latest_run()
         with console.status("Evaluating ...") as status:
@@ -636,12 +696,17 @@ def evaluate(
                 target, pairs_file=pairs, max_pairs=max_pairs, seed=seed, baselines=with_baselines,
                 data_source=data_source, data_dir=data_dir, on_stage=lambda message: status.update(message),
             )
+    except ReportNotWritten as error:  # computed, but the run directory cannot be written: show it all first
+        report, not_written = error.report, error
     except (EvaluationError, PairsFileError, RunError, DataError) as error:
-        fail(str(error))
+        fail(escape(str(error)))  # the message may quote the run's files, which may hold rich markup
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
-        return
-    _print_evaluation(report)
+    else:
+        _print_evaluation(report)
+    if not_written is not None:
+        fail(escape(f"{not_written} The metrics above are not saved: evaluate a writable copy of the run directory "
+                    f"to keep them."))
 
 
 @app.command()
@@ -654,17 +719,27 @@ def export(
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
+    import tensorflow as tf
+    from rich.markup import escape
+
     from facetrip.export import ExportError, export_run
     from facetrip.runs import RunError, latest_run
 
     setup_logging()
     logging.getLogger("absl").setLevel(logging.ERROR)
+    target = None
     try:
         target = run_dir if run_dir is not None else latest_run()
         with console.status(f"Exporting {target} as {export_format} ..."):
             info = export_run(target, export_format, output)
     except (ExportError, RunError) as error:
-        fail(str(error))
+        fail(escape(str(error)))  # the message may quote the run's files, which may hold rich markup
+    except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
+        default_folder = Path(target) / f"export-{export_format}" if target is not None else Path.cwd()
+        folder = output if output is not None else default_folder
+        reason = ("a file is in the way" if folder.exists() and not folder.is_dir()
+                  else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
+        fail(escape(f"Cannot write the export into {folder}: {reason}; choose another folder with --output."))
     shape = "x".join(str(size) for size in info["input"]["shape"][1:])
     console.print(f"Wrote {info['path']}: signature {info['signature']}, uint8 images {shape} in, "
                   f"{info['output']['shape'][1]}-d unit embeddings out; {info['input']['what']}.", highlight=False)
