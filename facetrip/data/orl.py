@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from facetrip.data.offline_builder import OfflinePreparationMessages
+
 NUM_IDENTITIES = 40
 IMAGES_PER_IDENTITY = 10
 IMAGE_SHAPE = (112, 92, 1)
@@ -50,7 +52,7 @@ def orl_faces_root() -> Path:
     return root
 
 
-class OrlFaces(tfds.core.GeneratorBasedBuilder):
+class OrlFaces(OfflinePreparationMessages, tfds.core.GeneratorBasedBuilder):
     """AT&T / ORL faces: 40 identities x 10 grey 112 x 92 images, prepared offline."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -74,6 +76,9 @@ class OrlFaces(tfds.core.GeneratorBasedBuilder):
             homepage="https://cam-orl.co.uk/facedatabase.html",
             citation=_CITATION,
         )
+
+    def image_count(self) -> int:
+        return NUM_IDENTITIES * IMAGES_PER_IDENTITY
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
