@@ -98,14 +98,96 @@ def test_empty_and_unreadable_folders_give_clear_errors(tmp_path, data_dir):
         load_faces("folder:/no/such/folder", data_dir=data_dir)
 
 
-def test_unprepared_tfds_dataset_fails_fast_without_network(data_dir, monkeypatch):
+def closed_local_port() -> int:
+    """A localhost port nothing listens on: connecting is refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class UnpreparedBuilder:
+    """The part of a tfds builder that ``ensure_prepared`` reads, for a data set downloaded from ``url``."""
+
+    def __init__(self, url: str):
+        self.url_infos = {url: None}
+        self.data_dir = "/nowhere/tfds"
+        self.downloads = 0
+
+    def is_prepared(self) -> bool:
+        return False
+
+    def download_and_prepare(self) -> None:
+        self.downloads += 1
+
+
+def test_the_network_probe_connects_for_real(monkeypatch):
+    """``_reachable`` itself, on local sockets: a listening port is reachable; a closed port is refused
+    at once; a port whose accept queue is full drops the connection request, as a firewall or a
+    machine without network does, and the probe gives up after ``_NETWORK_PROBE_SECONDS``."""
+    import socket
+    import sys
     import time
 
     import facetrip.data.sources as sources
 
-    monkeypatch.setattr(sources, "_reachable", lambda host, port: False)  # as on a machine without network
+    assert not sources._reachable("127.0.0.1", closed_local_port())
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        assert sources._reachable("127.0.0.1", port)
+        if sys.platform != "linux":
+            return  # the full-queue behaviour below is Linux's
+        waiting = []  # listen(0) queues one connection; requests beyond it are dropped, not refused
+        try:
+            for _ in range(3):
+                client = socket.socket()
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", port))
+                waiting.append(client)
+            monkeypatch.setattr(sources, "_NETWORK_PROBE_SECONDS", 0.5)
+            start = time.perf_counter()
+            assert not sources._reachable("127.0.0.1", port)
+            assert 0.4 <= time.perf_counter() - start < 5.0
+        finally:
+            for client in waiting:
+                client.close()
+
+
+def test_an_unprepared_tfds_dataset_is_downloaded_only_when_its_host_answers():
+    """``ensure_prepared`` with the real probe and host parsing: the download host of the builder's
+    URL is tried; a listening one leads to ``download_and_prepare``, a closed one to a one-line
+    DataError naming --data-dir, without a download attempt."""
+    import socket
+
+    from facetrip.data.sources import ensure_prepared
+
+    spec = parse_source("tfds:lfw")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        answering = UnpreparedBuilder(f"http://127.0.0.1:{server.getsockname()[1]}/lfw.tgz")
+        ensure_prepared(spec, answering)
+    assert answering.downloads == 1
+    silent = UnpreparedBuilder(f"http://127.0.0.1:{closed_local_port()}/lfw.tgz")
+    with pytest.raises(DataError, match=r"'lfw' is not prepared in /nowhere/tfds and 127.0.0.1 cannot be reached"):
+        ensure_prepared(spec, silent)
+    assert silent.downloads == 0
+
+
+def test_unprepared_tfds_dataset_fails_fast_without_network(data_dir, monkeypatch):
+    """``load_faces`` end to end, the real probe pointed at a closed local port instead of LFW's host
+    (this test must never download LFW, and some sandboxes accept any outgoing connection)."""
+    import time
+
+    import facetrip.data.sources as sources
+
+    port = closed_local_port()
+    monkeypatch.setattr(sources, "_download_hosts", lambda builder: [("127.0.0.1", port)])
     start = time.perf_counter()
-    with pytest.raises(DataError, match=r"'lfw' is not prepared in .* --data-dir"):
+    with pytest.raises(DataError, match=r"'lfw' is not prepared in .* 127.0.0.1 cannot be reached .* --data-dir"):
         load_faces("tfds:lfw", data_dir=data_dir)
     assert time.perf_counter() - start < 30
 

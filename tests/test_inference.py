@@ -32,17 +32,31 @@ def faces():
     return root / "s1" / "1.pgm", root / "s1" / "2.pgm", root / "s2" / "1.pgm"
 
 
+def verify_json(run_dir, first, second) -> dict:
+    result = run_cli("verify", first, second, "--run", run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
 @pytest.mark.slow
 def test_verify_prints_distance_threshold_and_verdict(finished_run, faces):
+    """The distance is the euclidean distance of the run's two embeddings; the verdict compares it with
+    the run's threshold, and the table says the same as the JSON."""
+    from facetrip.inference import Run
+
     run_dir, _ = finished_run
-    result = run_cli("verify", faces[0], faces[2], "--run", run_dir, "--json")
-    assert result.exit_code == 0, result.output
-    verdict = json.loads(result.output)
+    verdict = verify_json(run_dir, faces[0], faces[2])
     metadata = json.loads((run_dir / "metadata.json").read_text())
-    assert verdict["threshold"] == metadata["threshold"] and verdict["distance"] > 0
+    run = Run.load(run_dir)
+    embeddings = run.embed_images(run.inputs_of_files([faces[0], faces[2]])[0])  # (2, 8)
+    assert verdict["distance"] == pytest.approx(float(np.linalg.norm(embeddings[0] - embeddings[1])), rel=1e-5)
+    assert verdict["threshold"] == metadata["threshold"]
     assert verdict["same_person"] == (verdict["distance"] <= verdict["threshold"])
+    same_identity = verify_json(run_dir, faces[0], faces[1])
     table = run_cli("verify", faces[0], faces[1], "--run", run_dir)
-    assert table.exit_code == 0 and "threshold" in table.output and ("same person" in table.output or "different" in table.output)
+    words = "same person" if same_identity["same_person"] else "different people"
+    assert table.exit_code == 0 and "threshold" in table.output and words in flat(table.output), table.output
+    assert f"{same_identity['distance']:.4f}" in table.output
 
 
 @pytest.mark.slow
@@ -141,4 +155,6 @@ def test_a_fresh_process_loads_the_flip_averaged_model(finished_run, faces):
     result = subprocess.run([sys.executable, "-m", "facetrip.cli", "verify", str(faces[0]), str(faces[1]), "--run",
                              str(run_dir), "--json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["distance"] >= 0
+    fresh, here = json.loads(result.stdout), verify_json(run_dir, faces[0], faces[1])
+    assert fresh["distance"] == pytest.approx(here["distance"], rel=1e-5, abs=1e-7)  # the same model, loaded anew
+    assert fresh["same_person"] == here["same_person"] and fresh["threshold"] == here["threshold"]

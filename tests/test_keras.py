@@ -78,9 +78,12 @@ def test_statistic_metric_accumulates_a_mean(rng):
 
 
 def test_bfloat16_model_output_is_accepted(rng):
+    """bfloat16 embeddings are computed in float32: the loss is that of their float32 values, exactly."""
     embeddings = tf.cast(rng.normal(size=(8, 4)), tf.bfloat16)
     loss = TripletLoss("batch_all", margin=0.2)(pk_labels(2, 4), embeddings)
-    assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+    expected = batch_all_triplet_loss(pk_labels(2, 4), tf.cast(embeddings, tf.float32).numpy(), 0.2)[0]
+    assert loss.dtype == tf.float32 and float(expected) > 0
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_offline_strategy_takes_stacked_explicit_triplets(rng):

@@ -56,18 +56,46 @@ def test_blending_needs_two_identities_and_a_count_of_zero_or_more(orl):
 
 
 def test_training_with_blended_identities_classifies_them_too(tmp_path, data_dir):
-    """augment.blended_identities adds classes to the classification term; negative counts are one-line errors."""
+    """augment.blended_identities = 3 adds 3 identities of 10 images to what training sees.
+
+    ORL's 40 people split into 10 test, 5 dev and 25 training identities of 10 images: 250
+    images, 31 P x K = 4 x 2 batches per epoch (round(250 / 8)). With 3 blends there are 28
+    identities (28 classifier centres) and 280 images, round(280 / 8) = 35 batches. Negative
+    counts are one-line errors.
+    """
     from pathlib import Path
 
-    from conftest import TINY, run_cli
+    import keras
 
-    config = tmp_path / "blend.toml"
-    config.write_text(Path(TINY).read_text().replace("[augment]", "[augment]\nblended_identities = 3"))
-    result = run_cli("train", "--config", config, "--epochs", "1", "--no-evaluate", "--run-dir", tmp_path / "run",
-                     "--data-dir", data_dir)
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "run" / "model.keras").is_file()
-    config.write_text(Path(TINY).read_text().replace("[augment]", "[augment]\nblended_identities = -1"))
-    result = run_cli("train", "--config", config, "--run-dir", tmp_path / "bad", "--data-dir", data_dir)
-    assert result.exit_code == 2 and "blended_identities must be 0 or more" in result.output
+    from conftest import TINY, run_cli
+    from facetrip.config import Config
+    from facetrip.training import prepare_run_dir, train
+
+    class WhatTrainingSees(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.identities = self.model.num_identities
+            self.centres = tuple(self.model.class_centres.shape)
+            self.batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+
+    config = Config.from_toml(TINY)
+    config.set("augment.blended_identities", 3)
+    config.set("train.epochs", 1)
+    config.set("data.data_dir", str(data_dir))
+    run_dir = tmp_path / "run"
+    prepare_run_dir(config, run_dir)
+    seen = WhatTrainingSees()
+    metadata = train(config, run_dir, callbacks=[seen])
+    assert len(metadata["split"]["train"]) == 25 and metadata["epochs_completed"] == 1
+    assert seen.identities == 25 + 3 and seen.centres == (8, 28)  # (embedding_dim, identities)
+    assert seen.batches == round((250 + 3 * 10) / 8) == 35
+    assert (run_dir / "model.keras").is_file()
+
+    bad = tmp_path / "blend.toml"
+    bad.write_text(Path(TINY).read_text().replace("[augment]", "[augment]\nblended_identities = -1"))
+    result = run_cli("train", "--config", bad, "--run-dir", tmp_path / "bad", "--data-dir", data_dir)
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "blended_identities must be" in message and "not -1" in message, message
     assert "Traceback" not in result.output

@@ -402,8 +402,15 @@ def test_no_strategy_returns_nan_or_inf(labels, data):
 
 
 @pytest.mark.parametrize("margin", [0.2, "soft"])
-def test_float32_sums_stay_accurate_on_a_large_batch(rng, margin):
-    """B = 512 P x K batch: float32 prefix sums and chunked loops against an all-float64 run."""
+def test_float32_sums_stay_accurate_on_a_large_batch(rng, margin, monkeypatch):
+    """B = 512 P x K batch: float32 prefix sums and chunked loops against an all-float64 run.
+
+    The soft margin's 512 x 3 = 1,536 positive pairs would fit one chunk of the default
+    budget (2^22 // 512 = 8,192 pairs); a budget of 100 pairs makes it 16 chunks.
+    """
+    from facetrip.losses import triplet
+
+    monkeypatch.setattr(triplet, "_SOFT_BATCH_ALL_CHUNK_ELEMENTS", 100 * 512)
     labels = pk_labels(128, 4)
     embeddings = rng.normal(size=(512, 32))
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
