@@ -58,8 +58,17 @@ def load_source(source: str, data_dir: Optional[str]):
         return load_faces(source, data_dir=data_dir)
 
 
+def _print_version_and_exit(requested: bool) -> None:
+    if requested:
+        version()
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version_and_exit, is_eager=True,
+                                      help="Print the versions of facetrip, TensorFlow, Keras and dlib, and exit."),
+) -> None:
     """facetrip: triplet-loss face embeddings on TensorFlow 2 / Keras 3."""
 
 
@@ -127,11 +136,21 @@ def data(
     console.print(table)
 
 
-def rich_progress_callback(total_epochs: int, initial_epoch: int = 0):
-    """A Keras callback drawing epoch, step, loss, fraction of positive triplets and ETA with rich.
+# Without a terminal (a log file, CI), an epoch line at most this often, plus the first and the last.
+LOG_LINE_SECONDS = 30.0
+
+
+def rich_progress_callback(total_epochs: int, initial_epoch: int = 0, log_line_seconds: float = LOG_LINE_SECONDS):
+    """A Keras callback showing epoch, step, loss, fraction of positive triplets and ETA.
+
+    On a terminal: one live rich bar over all the epochs to train, and a line per epoch
+    above it. Without one (a log): no bar, and an epoch line for the first and the last
+    epoch and at most every ``log_line_seconds`` in between.
 
     Steps per epoch are read from the ``params`` Keras gives the callback.
     """
+    import time
+
     import keras
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -139,12 +158,17 @@ def rich_progress_callback(total_epochs: int, initial_epoch: int = 0):
         """One bar for the whole run, also across the per-epoch fit calls of offline training."""
 
         progress = None
+        started = False
+        last_line = float("-inf")
 
         def on_train_begin(self, logs=None):
-            if self.progress is not None:
+            if self.started:
                 return
+            self.started = True
             steps_per_epoch = self.params.get("steps") or 0
             console.print(f"{steps_per_epoch} steps per epoch, epochs {initial_epoch + 1} to {total_epochs}", highlight=False)
+            if not console.is_terminal:
+                return
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(),
@@ -162,9 +186,12 @@ def rich_progress_callback(total_epochs: int, initial_epoch: int = 0):
             )
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.progress.update(self.task, epoch=epoch + 1)
+            if self.progress is not None:
+                self.progress.update(self.task, epoch=epoch + 1)
 
         def on_train_batch_end(self, batch, logs=None):
+            if self.progress is None:
+                return
             logs = logs or {}
             self.progress.update(
                 self.task,
@@ -175,7 +202,12 @@ def rich_progress_callback(total_epochs: int, initial_epoch: int = 0):
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            self.progress.console.print(
+            now = time.monotonic()
+            edge = epoch == initial_epoch or epoch + 1 == total_epochs
+            if self.progress is None and not edge and now - self.last_line < log_line_seconds:
+                return
+            self.last_line = now
+            console.print(
                 f"epoch {epoch + 1:>3}/{total_epochs} loss {logs.get('loss', float('nan')):.4f} "
                 f"pos {logs.get('fraction_positive_triplets', float('nan')):.1%} "
                 f"d+ {logs.get('hardest_positive_dist', float('nan')):.3f} d- {logs.get('hardest_negative_dist', float('nan')):.3f} "
@@ -184,6 +216,8 @@ def rich_progress_callback(total_epochs: int, initial_epoch: int = 0):
             )
 
         def on_train_end(self, logs=None):
+            if self.progress is None:
+                return
             task = self.progress.tasks[0]
             if task.completed >= task.total:
                 self.stop()

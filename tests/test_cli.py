@@ -53,3 +53,36 @@ def test_bad_data_source_gives_one_line_and_exit_code_2(tmp_path):
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
         assert len([line for line in result.stderr.splitlines() if line.strip()]) <= 2, result.stderr
+
+
+def test_without_a_terminal_training_logs_the_first_and_last_epoch_and_then_every_so_often(monkeypatch):
+    """In a log there is no live bar: 10 epochs at a 30 s interval, all within a second, give 2 lines;
+    with an interval of 0 every epoch gets its line."""
+    import io
+
+    from rich.console import Console
+
+    import facetrip.cli as cli
+
+    def epoch_lines(interval: float) -> list[str]:
+        log = io.StringIO()
+        monkeypatch.setattr(cli, "console", Console(file=log, force_terminal=False, width=200))
+        callback = cli.rich_progress_callback(10, log_line_seconds=interval)
+        callback.set_params({"steps": 3})
+        callback.on_train_begin()
+        for epoch in range(10):
+            callback.on_epoch_begin(epoch)
+            for step in range(3):
+                callback.on_train_batch_end(step, {"loss": 0.5})
+            callback.on_epoch_end(epoch, {"loss": 0.5, "fraction_positive_triplets": 0.1})
+        callback.on_train_end()
+        assert callback.progress is None  # no live bar in a log
+        return [line for line in log.getvalue().splitlines() if line.startswith("epoch")]
+
+    assert [line.split()[1] for line in epoch_lines(30.0)] == ["1/10", "10/10"]
+    assert len(epoch_lines(0.0)) == 10
+
+
+def test_version_flag_prints_the_versions():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith(f"facetrip {__version__} ") and "tensorflow" in result.output
