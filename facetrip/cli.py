@@ -386,6 +386,13 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False) ->
 RUN_HELP = "Run directory (default: the latest finished run under runs/)."
 
 
+def _one_run(argument: Optional[Path], option: Optional[Path]) -> Optional[Path]:
+    """The run given as an argument (``evaluate RUN``) or as ``--run RUN``: every command takes both forms."""
+    if argument is not None and option is not None and argument != option:
+        fail(f"Two runs given ({argument} and --run {option}): give one.")
+    return argument if argument is not None else option
+
+
 def _load_run(run: Optional[Path]):
     """The run to use, loaded; one-line error if there is none or it cannot be loaded."""
     from facetrip.tf_runtime import import_tensorflow
@@ -553,6 +560,7 @@ def _print_face_counts(paths, faces_detected, shown: int = 5) -> None:
 
 @app.command()
 def mine(
+    run_argument: Optional[Path] = typer.Argument(None, metavar="[RUN]", help="The run (the same as --run RUN)."),
     offline: bool = typer.Option(True, "--offline/--no-offline", help="Offline mining over a whole split (the only mode)."),
     run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
     split: str = typer.Option("train", help="train | dev | test | all identities of the run's split."),
@@ -563,6 +571,7 @@ def mine(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Triplets file (default RUN/triplets-SPLIT.npz)."),
 ) -> None:
     """Count easy / semi-hard / hard triplets of a split with a run's model and save hard + semi-hard ones."""
+    run = _one_run(run_argument, run)
     from facetrip.data import DataError
     from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
     from facetrip.training import embed_faces
@@ -693,6 +702,7 @@ def _print_evaluation(report: dict) -> None:
 @app.command()
 def evaluate(
     run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt-format file (name i j / name1 i name2 j) instead of the test identities."),
     max_pairs: int = typer.Option(50_000, "--max-pairs", help="Most same (and most different) pairs; a larger test split gets a seeded balanced sample."),
     seed: int = typer.Option(0, help="Seed of the pair sample and the 10-fold assignment."),
@@ -706,6 +716,8 @@ def evaluate(
     Writes metrics.json and roc.png into the run directory.
     """
     import json
+
+    run_dir = _one_run(run_dir, run_option)
 
     from facetrip.tf_runtime import import_tensorflow
 
@@ -746,10 +758,12 @@ def evaluate(
 @app.command()
 def export(
     run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
     export_format: str = typer.Option("savedmodel", "--format", help="savedmodel (TensorFlow Serving, TF.js, ...) | tflite (phones)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write into (default RUN/export-FORMAT)."),
 ) -> None:
     """Export a run's model for serving: uint8 face chips in, unit embeddings out (see export.json)."""
+    run_dir = _one_run(run_dir, run_option)
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()

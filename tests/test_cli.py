@@ -86,3 +86,24 @@ def test_without_a_terminal_training_logs_the_first_and_last_epoch_and_then_ever
 def test_version_flag_prints_the_versions():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith(f"facetrip {__version__} ") and "tensorflow" in result.output
+
+
+def test_every_command_takes_the_run_as_an_argument_or_as_run(finished_run, tmp_path, data_dir):
+    """`mine RUN` and `mine --run RUN` write the same triplets; `export --run RUN` works; two different runs are refused."""
+    import numpy as np
+
+    run_dir, _ = finished_run
+    outputs = []
+    for form in ([str(run_dir)], ["--run", str(run_dir)]):
+        output = tmp_path / f"triplets-{len(outputs)}.npz"
+        result = CliRunner().invoke(app, ["mine", *form, "--offline", "--data-dir", data_dir, "-o", str(output)])
+        assert result.exit_code == 0, result.output
+        outputs.append(dict(np.load(output)))
+    assert outputs[0].keys() == outputs[1].keys()
+    for key in outputs[0]:
+        np.testing.assert_array_equal(outputs[0][key], outputs[1][key])
+    result = CliRunner().invoke(app, ["export", "--run", str(run_dir), "--format", "savedmodel", "-o", str(tmp_path / "served")])
+    assert result.exit_code == 0, result.output
+    for command in (["evaluate", str(run_dir), "--run", str(tmp_path)], ["mine", str(run_dir), "--run", str(tmp_path)]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2 and "Two runs given" in result.output
