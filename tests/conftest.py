@@ -61,3 +61,30 @@ def pretrained_run(tmp_path_factory, data_dir):
     result = run_cli("train", "--epochs", "0", "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
     assert result.exit_code == 0, result.output
     return run_dir
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty face-chip cache folder and an empty memo; yields the cache root."""
+    from facetrip.data import face_chips
+
+    monkeypatch.setenv("FACETRIP_CACHE_DIR", str(tmp_path / "cache"))
+    face_chips._memo.clear()
+    yield tmp_path / "cache"
+    face_chips._memo.clear()
+
+
+@pytest.fixture
+def detector_calls(monkeypatch):
+    """Counts how often the face detector runs in this process."""
+    from facetrip.data import face_chips
+
+    calls = []
+    detect = face_chips._detect_faces
+
+    def counting(rgb):
+        calls.append(rgb.shape)
+        return detect(rgb)
+
+    monkeypatch.setattr(face_chips, "_detect_faces", counting)
+    return calls

@@ -72,29 +72,6 @@ def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.abs(first.astype(np.float64) - second.astype(np.float64)).mean())
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty chip cache folder and an empty memo; yields the cache root."""
-    monkeypatch.setenv("FACETRIP_CACHE_DIR", str(tmp_path / "cache"))
-    face_chips._memo.clear()
-    yield tmp_path / "cache"
-    face_chips._memo.clear()
-
-
-@pytest.fixture
-def detector_calls(monkeypatch):
-    """Counts how often the face detector runs in this process."""
-    calls = []
-    detect = face_chips._detect_faces
-
-    def counting(rgb):
-        calls.append(rgb.shape)
-        return detect(rgb)
-
-    monkeypatch.setattr(face_chips, "_detect_faces", counting)
-    return calls
-
-
 # ---------------------------------------------------------------------------------------------
 # Against dlib's own steps
 

@@ -165,24 +165,6 @@ def test_postscript_named_jpg_is_refused_without_asking_the_eps_plugin(tmp_path,
 # The bytes checked are the bytes used
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty chip cache folder and an empty memo; yields the cache root."""
-    monkeypatch.setenv("FACETRIP_CACHE_DIR", str(tmp_path / "cache"))
-    face_chips._memo.clear()
-    yield tmp_path / "cache"
-    face_chips._memo.clear()
-
-
-@pytest.fixture
-def detector_calls(monkeypatch):
-    """Counts how often the face detector runs in this process."""
-    calls = []
-    detect = face_chips._detect_faces
-    monkeypatch.setattr(face_chips, "_detect_faces", lambda rgb: calls.append(rgb.shape) or detect(rgb))
-    return calls
-
-
 def noise_photo(seed: int) -> bytes:
     """A small grey PNG of noise: no face, so its chip is cut from the whole image (quickly)."""
     pixels = np.random.default_rng(seed).integers(0, 256, size=(60, 50), dtype=np.uint8)
