@@ -103,6 +103,7 @@ def data(
     identities_per_batch: int = typer.Option(16, "-P", help="P: identities per batch."),
     images_per_identity: int = typer.Option(4, "-K", help="K: images per identity."),
     face_chips: bool = typer.Option(True, "--face-chips/--no-face-chips", help="Also align every photo's face (cached), as training does, and count the photos without a detected face."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also write the photos to this new folder as EXPORT/<identity>/<photo>, usable as folder:EXPORT and by verify / embed."),
 ) -> None:
     """Prepare a data source and show what training would get from it: identities, split, P x K batches, faces found."""
     import numpy as np
@@ -115,6 +116,10 @@ def data(
         split = split_identities(faces.identity_names, dev=dev, test=test, seed=seed)
         train = faces.restricted_to(split.train)
         sampler = PKSampler(train.labels, identities_per_batch, images_per_identity, seed=seed)
+        if export is not None:
+            from facetrip.data.folder_export import export_faces
+
+            written = export_faces(faces, export)
     except DataError as error:
         fail(str(error))
 
@@ -133,6 +138,8 @@ def data(
         with console.status(f"Aligning the faces of {len(faces):,} photos ..."):
             _, report = prepare_faces(faces, True)
         table.add_row("face chips", report.summary())
+    if export is not None:
+        table.add_row("exported", f"{written} photos to {export}/<identity>/")
     console.print(table)
 
 
