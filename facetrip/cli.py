@@ -39,7 +39,8 @@ def setup_logging() -> None:
     logger = logging.getLogger("facetrip")
     if not logger.handlers:
         logger.addHandler(RichHandler(console=error_console, show_time=False, show_path=False))
-        logger.setLevel(logging.INFO)
+        if logger.level == logging.NOTSET:  # --verbose set DEBUG already
+            logger.setLevel(logging.INFO)
         logger.propagate = False
 
 
@@ -68,8 +69,14 @@ def _print_version_and_exit(requested: bool) -> None:
 def main(
     show_version: bool = typer.Option(False, "--version", callback=_print_version_and_exit, is_eager=True,
                                       help="Print the versions of facetrip, TensorFlow, Keras and dlib, and exit."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own start-up and C++ log lines, and debug logging."),
 ) -> None:
     """facetrip: triplet-loss face embeddings on TensorFlow 2 / Keras 3."""
+    if verbose:
+        from facetrip.tf_runtime import show_tensorflow_logs
+
+        show_tensorflow_logs()
+        logging.getLogger("facetrip").setLevel(logging.DEBUG)
 
 
 @app.command()
@@ -133,7 +140,7 @@ def data(
     table.add_row("train images", f"{len(train)}")
     table.add_row("P x K batches per epoch", f"{sampler.batches_per_epoch} of {sampler.batch_size} images")
     if face_chips:
-        from facetrip.model_input import prepare_faces
+        from facetrip.data.model_input import prepare_faces
 
         with console.status(f"Aligning the faces of {len(faces):,} photos ..."):
             _, report = prepare_faces(faces, True)
@@ -501,8 +508,7 @@ def embed(
     import json
 
     from facetrip.data import DataError, ImageReadError
-    from facetrip.inference import collect_images, write_embeddings
-    from facetrip.training import embed_faces
+    from facetrip.embedding import collect_images, embed_faces, write_embeddings
 
     setup_logging()
     loaded = _load_run(run)
@@ -581,7 +587,7 @@ def mine(
     run = _one_run(run_argument, run)
     from facetrip.data import DataError
     from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
-    from facetrip.training import embed_faces
+    from facetrip.embedding import embed_faces
 
     if not offline:
         fail("Only offline mining (--offline) exists: online mining happens inside the loss during training.")

@@ -1,6 +1,6 @@
 """Export a run's embedding model for serving: a TensorFlow SavedModel or a TFLite model.
 
-Both take what :mod:`facetrip.model_input` makes of a photo, as 8-bit pixels, and return
+Both take what :mod:`facetrip.data.model_input` makes of a photo, as 8-bit pixels, and return
 unit embeddings:
 
     serve(images: uint8 (B, H, W, C)) -> {"embeddings": float32 (B, D)}, each row of norm 1
@@ -71,6 +71,7 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
 
     from facetrip.inference import Run
     from facetrip.runs import atomic_write_bytes, atomic_write_json
+    from facetrip.tf_runtime import quiet_tensorflow
 
     if export_format not in FORMATS:
         raise ExportError(f"Unknown export format {export_format!r}: choose one of {', '.join(FORMATS)}.")
@@ -82,13 +83,16 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
         # Converted from the Keras model: converting the SavedModel's tf.function gave NaN
         # embeddings in TF 2.21's converter, the Keras graph converts exactly (1e-7).
         model_path = target / "model.tflite"
-        atomic_write_bytes(model_path, tf.lite.TFLiteConverter.from_keras_model(serving).convert())
+        with quiet_tensorflow():  # the converter prints the graph's captures and its C++ notes
+            converted = tf.lite.TFLiteConverter.from_keras_model(serving).convert()
+        atomic_write_bytes(model_path, converted)
     else:
         module = tf.Module()
         module.serving = serving  # tracks the weights
         module.serve = serve
         model_path = target / "savedmodel"
-        tf.saved_model.save(module, str(model_path), signatures={"serving_default": serve})
+        with quiet_tensorflow():
+            tf.saved_model.save(module, str(model_path), signatures={"serving_default": serve})
     metadata = run.metadata
     info = {
         "format": export_format,

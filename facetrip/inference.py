@@ -1,20 +1,18 @@
 """Using a trained run: embed images, verify a pair of photos.
 
-Every photo reaches the model through :mod:`facetrip.model_input`, the path the training
+Every photo reaches the model through :mod:`facetrip.data.model_input`, the path the training
 images took: its aligned face chip (for runs on face chips), decoded and resized.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facetrip.data.images import is_image_file
-from facetrip.model_input import decode_inputs
+from facetrip.data.model_input import decode_inputs
 from facetrip.runs import RunError, load_embedding_model, read_metadata
 
 
@@ -46,7 +44,7 @@ class Run:
         return cls(Path(run_dir), load_embedding_model(run_dir), metadata)
 
     def inputs_of_files(self, paths) -> tuple[np.ndarray, list[int] | None]:
-        """Model inputs of photo files, in order, through :mod:`facetrip.model_input`.
+        """Model inputs of photo files, in order, through :mod:`facetrip.data.model_input`.
 
         Returns:
             ``((N, H, W, C) float32 in [0, 1], faces detected per photo)``; None instead of the
@@ -55,14 +53,14 @@ class Run:
         Raises:
             ImageReadError: naming the first missing or unreadable file.
         """
-        from facetrip.model_input import file_inputs
+        from facetrip.data.model_input import file_inputs
 
         encoded, faces_detected = file_inputs(paths, self.face_chips)
         return decode_inputs(encoded, self.image_size, self.channels), faces_detected
 
     def inputs_of_encoded(self, encoded) -> tuple[np.ndarray, list[int] | None]:
         """Model inputs of encoded photos (bytes), as :meth:`inputs_of_files`."""
-        from facetrip.model_input import encoded_inputs
+        from facetrip.data.model_input import encoded_inputs
 
         prepared, faces_detected = encoded_inputs(encoded, self.face_chips)
         return decode_inputs(prepared, self.image_size, self.channels), faces_detected
@@ -85,7 +83,7 @@ class Run:
 
     def prepare_faces(self, faces):
         """A data set as this run's model reads it (aligned face chips when the run uses them): ``(faces, report)``."""
-        from facetrip.model_input import prepare_faces
+        from facetrip.data.model_input import prepare_faces
 
         return prepare_faces(faces, self.face_chips)
 
@@ -153,89 +151,3 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         result["faces_detected"] = [int(count) for count in faces_detected]
         result["faces_found"] = [count > 0 for count in faces_detected]
     return result
-
-
-def collect_images(inputs) -> tuple[list[Path], list[str]]:
-    """Image files from files and folders (recursively); the label is the parent folder's name."""
-    paths = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths.extend(sorted(path for path in item.rglob("*") if path.is_file() and is_image_file(path)))
-        else:
-            paths.append(item)
-    return paths, [path.parent.name for path in paths]
-
-
-def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, paths, faces_detected=None) -> dict[str, Path]:
-    """embeddings.npy, metadata.tsv (label, path[, faces detected]) and a TensorBoard Embedding Projector set-up.
-
-    The projector reads ``output_dir`` as a TensorBoard log dir: a checkpoint of the
-    embedding variable, ``projector_config.pbtxt`` and the metadata file; ``tensors.tsv``
-    is also written for projector.tensorflow.org.
-
-    metadata.tsv has one row per embedding, each with the header's number of fields, what
-    the names hold: in labels and paths a backslash is written ``\\\\``, a tab ``\\t``, a
-    newline ``\\n``, a carriage return ``\\r``, other control and line-separating characters
-    ``\\xHH`` / ``\\uHHHH``, and each byte of a file name that is not UTF-8 ``\\xHH``.
-    Every file's content is built before the first is written, so a name that cannot be
-    written leaves no half-written output.
-
-    Args:
-        output_dir: the folder to write into (created if missing).
-        embeddings: (N, D) float32 embeddings.
-        labels: (N,) label of each embedding (its folder or identity name).
-        paths: (N,) the file each embedding came from.
-        faces_detected: (N,) faces found in each photo, or None (no column).
-
-    Returns:
-        ``{file name: path}`` of embeddings.npy, metadata.tsv, tensors.tsv and projector_config.pbtxt.
-    """
-    import re
-
-    import tensorflow as tf
-    from tensorboard.plugins import projector
-
-    from facetrip.runs import atomic_write_bytes
-
-    short_escapes = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-    # What a TSV reader could take for a field or row end: the projector splits on tab and
-    # newline, Python's str.splitlines() on \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029 too;
-    # lone surrogates are the bytes of names that are not UTF-8 (Python's surrogateescape).
-    needs_escape = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-    def escaped(match: re.Match) -> str:
-        character = match.group()
-        if character in short_escapes:
-            return short_escapes[character]
-        if "\udc80" <= character <= "\udcff":  # the byte 0x80-0xff that was not UTF-8
-            return f"\\x{ord(character) - 0xDC00:02x}"
-        return f"\\x{ord(character):02x}" if ord(character) <= 0xFF else f"\\u{ord(character):04x}"
-
-    def field(value) -> str:
-        return needs_escape.sub(escaped, str(value))
-
-    if faces_detected is None:
-        rows = ["label\tpath", *(f"{field(label)}\t{field(path)}" for label, path in zip(labels, paths))]
-    else:
-        rows = ["label\tpath\tfaces_detected",
-                *(f"{field(label)}\t{field(path)}\t{int(count)}" for label, path, count in zip(labels, paths, faces_detected))]
-    buffer = io.BytesIO()
-    np.save(buffer, embeddings)
-    contents = {
-        "embeddings.npy": buffer.getvalue(),
-        "metadata.tsv": ("\n".join(rows) + "\n").encode("utf-8"),
-        "tensors.tsv": ("\n".join("\t".join(f"{value:.6g}" for value in row) for row in embeddings) + "\n").encode("utf-8"),
-    }
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name, content in contents.items():
-        atomic_write_bytes(output_dir / name, content)
-    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(embeddings))
-    checkpoint.save(str(output_dir / "embedding.ckpt"))
-    config = projector.ProjectorConfig()
-    embedding = config.embeddings.add()
-    embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-    embedding.metadata_path = "metadata.tsv"
-    projector.visualize_embeddings(str(output_dir), config)
-    return {name: output_dir / name for name in ("embeddings.npy", "metadata.tsv", "tensors.tsv", "projector_config.pbtxt")}

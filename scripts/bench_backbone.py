@@ -217,7 +217,7 @@ def facetrip_embed_pass(paths: list[Path], cold_cache: bool) -> Callable[[], Non
 
     from facetrip.data import face_chips
     from facetrip.data.sources import FaceImages
-    from facetrip.model_input import decode_inputs
+    from facetrip.data.model_input import decode_inputs
     from facetrip.models.face_embedder import build_face_embedder
     from facetrip.models.tta import with_flip_averaging
 

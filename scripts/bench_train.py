@@ -5,7 +5,7 @@ Reproduce with::
     .venv/bin/python scripts/bench_train.py --steps 60 --repeats 8 --output docs/bench_train_default.md
 
 For each precision the from-scratch training model (``facetrip.models.build_embedding_model``
-and ``facetrip.trainer.EmbeddingTrainer`` with ``configs/scratch.toml``: the batch-hard
+and ``facetrip.training.embedding_trainer.EmbeddingTrainer`` with ``configs/scratch.toml``: the batch-hard
 triplet loss plus the classification term) is trained with ``fit`` on (the face network's
 training speed is in docs/face_network.md)
 
@@ -52,7 +52,7 @@ def make_model_and_data(precision: str, data_dir: str):
     from facetrip.data import PKSampler, load_faces, pk_dataset, split_identities
     from facetrip.losses import TripletLoss
     from facetrip.models import build_embedding_model
-    from facetrip.trainer import EmbeddingTrainer
+    from facetrip.training.embedding_trainer import EmbeddingTrainer
     from facetrip.training import training_augmentation
 
     config = Config.from_toml(SCRATCH_CONFIG)  # a learned backbone: the pretrained default trains only a head

@@ -29,7 +29,7 @@ from facetrip.data import face_chips
 from facetrip.data.face_chips import chip_cache_dir, chip_from_encoded, chip_from_file, encode_chip
 from facetrip.data.images import IMAGE_EXTENSIONS, ImageReadError, decode_bytes, decode_file, read_image_bytes
 from facetrip.data.orl import orl_faces_root
-from facetrip.model_input import encoded_inputs
+from facetrip.data.model_input import encoded_inputs
 
 _spec = importlib.util.spec_from_file_location("fuzz_inputs", REPO / "scripts" / "fuzz_inputs.py")
 fuzz_inputs = importlib.util.module_from_spec(_spec)

@@ -121,7 +121,7 @@ def test_offline_training_trains_on_the_triplets_of_a_file(offline_run, tmp_path
 def test_offline_batches_hold_an_even_number_of_triplets():
     from types import SimpleNamespace
 
-    from facetrip.training import offline_triplets_per_batch
+    from facetrip.training.offline import offline_triplets_per_batch
 
     for batch_size, expected in ((64, 20), (32, 10), (12, 4), (6, 2), (2, 1)):
         assert offline_triplets_per_batch(SimpleNamespace(batch_size=batch_size)) == expected

@@ -71,9 +71,9 @@ def _on_open(event, arguments):
 
 sys.addaudithook(_on_open)
 
-import facetrip.training
+import facetrip.threshold
 
-_calibrate = facetrip.training.calibrate_threshold
+_calibrate = facetrip.threshold.calibrate_threshold
 
 
 def _die_at_the_end(*arguments, **keywords):
@@ -82,7 +82,7 @@ def _die_at_the_end(*arguments, **keywords):
     return _calibrate(*arguments, **keywords)
 
 
-facetrip.training.calibrate_threshold = _die_at_the_end
+facetrip.threshold.calibrate_threshold = _die_at_the_end
 
 from facetrip.cli import app
 
@@ -209,7 +209,7 @@ def test_concurrent_writers_never_share_a_temporary_file(tmp_path, monkeypatch):
     import matplotlib.figure
 
     from facetrip.runs import save_model_atomically
-    from facetrip.training import plot_metrics
+    from facetrip.training.history import plot_metrics
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     target = tmp_path / "model.keras"
@@ -260,7 +260,7 @@ def test_written_files_get_the_permissions_of_the_umask(tmp_path, umask):
 
 
 def test_training_curves_leave_out_a_row_cut_short(tmp_path):
-    from facetrip.training import plot_metrics
+    from facetrip.training.history import plot_metrics
 
     header = "epoch,fraction_positive_triplets,learning_rate,loss,val_loss\r\n"
     (tmp_path / "metrics.csv").write_text(header + "0,0.5,0.001,2.5,NA\r\n1,0.4,0.0005,2.0,NA\r\n2,0.3,0.00")
@@ -387,7 +387,8 @@ def test_checkpoints_are_chosen_by_their_commit_record_and_checksums(tmp_path):
     """The resume point, on hand-made checkpoints: the committed one, else the newest whole one before it."""
     import keras
 
-    from facetrip.training import TrainingError, find_resume_point, write_checkpoint
+    from facetrip.training import TrainingError, find_resume_point
+    from facetrip.training.checkpoints import write_checkpoint
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="adam", loss="mse")
@@ -417,7 +418,8 @@ def test_a_damaged_config_is_restored_from_the_checkpoint_and_an_edited_one_refu
     import keras
 
     from facetrip.config import Config
-    from facetrip.training import TrainingError, load_resume_config, write_checkpoint
+    from facetrip.training import TrainingError, load_resume_config
+    from facetrip.training.checkpoints import write_checkpoint
 
     config = Config.from_toml(TINY)
     text = config.to_toml()
@@ -438,7 +440,8 @@ def test_a_damaged_config_is_restored_from_the_checkpoint_and_an_edited_one_refu
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
     """Only temporaries of a checkpoint being written, and a metrics.csv row cut short: nothing to continue from."""
-    from facetrip.training import find_resume_point, trim_metrics
+    from facetrip.training import find_resume_point
+    from facetrip.training.history import trim_metrics
 
     (tmp_path / "backup").mkdir()
     (tmp_path / "backup" / ".epoch-0001.weights.h5.0123456789ab.weights.h5").write_bytes(b"\x89HDF")

@@ -271,7 +271,7 @@ def test_embed_writes_non_utf8_file_names_as_byte_escapes(finished_run, tmp_path
 @pytest.mark.slow
 def test_embed_prints_non_utf8_names_of_photos_without_a_face(finished_run, tmp_path):
     """A face-chip run lists the photos without a face on a UTF-8 terminal, whatever their names."""
-    from facetrip.model_input import model_input_metadata
+    from facetrip.data.model_input import model_input_metadata
 
     run_dir = tmp_path / "chips_run"
     shutil.copytree(finished_run[0], run_dir)

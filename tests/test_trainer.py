@@ -8,7 +8,7 @@ from facetrip.data.pipeline import Augmentation, _augment, _erase, _geometric_tr
 from facetrip.losses import TripletLoss
 from facetrip.models import build_embedding_model
 from facetrip.models.tta import Shift, tta_offsets, with_flip_averaging, with_test_time_augmentation
-from facetrip.trainer import EmbeddingTrainer
+from facetrip.training.embedding_trainer import EmbeddingTrainer
 
 
 def tiny_trainer(warmup_epochs=2, classification_weight=0.25, labels=(3, 7, 9)):
@@ -198,7 +198,7 @@ def test_flatten_head_keeps_positions_and_unknown_heads_are_refused():
 
 
 def test_checkpoint_schedule_saves_after_the_interval_and_at_the_last_epoch():
-    from facetrip.training import CheckpointSchedule
+    from facetrip.training.checkpoints import CheckpointSchedule
 
     now = [0.0]
     schedule = CheckpointSchedule(10.0, last_epoch=5, clock=lambda: now[0])

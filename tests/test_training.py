@@ -120,10 +120,10 @@ def test_train_errors_are_one_line(tmp_path, data_dir):
 
 
 def test_nan_loss_stops_training_with_a_clear_message():
-    from facetrip.training import TrainingDiverged, _callbacks_module
+    from facetrip.training import TrainingDiverged
+    from facetrip.training.callbacks import StopOnNonFiniteLoss
 
-    stop_on_nan = _callbacks_module()[0]
-    callback = stop_on_nan()
+    callback = StopOnNonFiniteLoss()
     callback.on_epoch_begin(3)
     callback.on_train_batch_end(0, {"loss": 0.5})
     with pytest.raises(TrainingDiverged, match="epoch 4, step 2.*last good checkpoint"):
@@ -167,7 +167,8 @@ def test_learning_rate_warms_up_then_decays_and_the_optimizer_is_chosen_by_name(
     """Warm-up of one epoch (4 steps) to the peak, then cosine decay to 1% of it at the last step."""
     import keras
 
-    from facetrip.training import TrainingError, build_optimizer, learning_rate_schedule
+    from facetrip.training import TrainingError
+    from facetrip.training.optimizer import build_optimizer, learning_rate_schedule
 
     config = Config()
     config.set("train.epochs", 5)

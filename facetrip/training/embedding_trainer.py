@@ -122,12 +122,3 @@ class EmbeddingTrainer(keras.Model):
     def metrics(self):
         return [*self.trackers.values(), *self.statistics]
 
-
-def phase_callback(trainer: EmbeddingTrainer):
-    """A Keras callback that sets the loss weights of each epoch before it starts."""
-
-    class SetTrainingPhase(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            trainer.set_epoch(epoch)
-
-    return SetTrainingPhase()

@@ -1,0 +1,428 @@
+"""One training run, as its plan: check the config, load and split the data, build the model, fit, calibrate.
+
+Online strategies (batch_all, batch_hard, semi_hard) run through ``model.fit`` on P x K
+batches with :class:`~facetrip.losses.TripletLoss`, so the train step is Keras' own
+(stateless per step, ready for a ``tf.distribute`` strategy); ``offline`` runs the loop of
+:mod:`facetrip.training.offline`. Checkpoints (:mod:`facetrip.training.checkpoints`) let
+``--resume`` continue a killed run exactly; the exported ``model.keras`` and metadata are
+replaced atomically at the same moments. Epochs after the last checkpoint are repeated on
+resume; their rows in metrics.csv are replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from facetrip import __version__
+from facetrip.config import Config
+from facetrip.runs import (
+    BACKUP_DIR,
+    LOGS_DIR,
+    METADATA_FILE,
+    METADATA_FORMAT,
+    METRICS_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    atomic_write_json,
+    run_lock,
+    save_model_atomically,
+)
+from facetrip.training.checkpoints import (
+    CheckpointSchedule,
+    ResumePoint,
+    find_resume_point,
+    finished_epochs,
+    remove_checkpoints,
+    restore_checkpoint,
+)
+from facetrip.training.errors import TrainingError
+from facetrip.training.history import plot_metrics, trim_metrics
+from facetrip.training.optimizer import build_optimizer
+from facetrip.training.resume import resume_split
+
+
+logger = logging.getLogger(__name__)
+
+ONLINE_STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
+OFFLINE = "offline"
+
+
+def training_augmentation(config: Config):
+    """The :class:`~facetrip.data.Augmentation` of ``config.augment``, or None when it is disabled."""
+    from facetrip.data import Augmentation
+
+    if not config.augment.enabled:
+        return None
+    return Augmentation(config.augment.flip, config.augment.max_shift, config.augment.brightness,
+                        config.augment.contrast, config.augment.rotation, config.augment.erasing, config.augment.scale)
+
+
+def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), resume: bool = False) -> dict[str, Any]:
+    """Train an embedding model into ``run_dir`` and return its metadata.
+
+    Args:
+        config: the configuration (already saved in ``run_dir`` by :func:`prepare_run_dir`).
+        run_dir: the run directory.
+        callbacks: extra Keras callbacks (the CLI's progress display).
+        resume: continue from the last whole checkpoint in ``run_dir`` (:func:`find_resume_point`).
+
+    Returns:
+        The metadata written to ``metadata.json``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN / Inf.
+        TrainingError, DataError: the config or data cannot be trained on.
+        RunError: another process is training into ``run_dir``.
+    """
+    with run_lock(run_dir):
+        return _train(config, Path(run_dir), callbacks, resume)
+
+
+def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool) -> dict[str, Any]:
+    """:func:`train`, with the run directory locked: the plan of a run."""
+    import keras
+
+    from facetrip.models.tta import with_test_time_augmentation
+    from facetrip.threshold import calibrate_threshold
+
+    choices = check_trainable(config)
+    resume_point = _resume_point(run_dir) if resume else ResumePoint(None)  # before the data: errors come fast
+    data = load_training_data(config, run_dir, resume_point if resume else None)
+
+    keras.utils.set_random_seed(config.train.seed)
+    model = build_model(config, choices.backbone)
+    interpolation = choices.weight_interpolation(config)
+    # Taken before any checkpoint is restored: the network as built is the pretrained end, on resume too.
+    pretrained_weights = model.get_weights() if interpolation < 1.0 and config.train.epochs > 0 else None
+    with_tta = config.model.flip_tta or config.model.tta_shift > 0
+    exported_model = with_test_time_augmentation(model, config.model.flip_tta, config.model.tta_shift) if with_tta else model
+    trainer = build_trainer(model, config, choices, data, resume_point)
+    metadata = RunMetadata(run_dir, config, choices, data, interpolation)
+
+    all_callbacks = training_callbacks(trainer, exported_model, metadata, config, run_dir, data, resume_point, resume,
+                                       callbacks)
+    fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, run_dir, all_callbacks)
+
+    if pretrained_weights is not None:
+        from facetrip.models.weight_interpolation import interpolate_model
+
+        logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
+                    "(train.weight_interpolation = %g).", 100 * interpolation, interpolation)
+        interpolate_model(model, pretrained_weights, interpolation)
+        save_model_atomically(exported_model, run_dir / MODEL_FILE)
+    calibration = calibrate_threshold(exported_model, data.faces, data.split, config, choices.metric)
+    written = metadata.write(epochs_completed=config.train.epochs, **calibration)
+    plot_metrics(run_dir)
+    remove_checkpoints(run_dir / BACKUP_DIR)  # last: a kill before this resumes at the calibration
+    return written
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingChoices:
+    """The names a config resolves to: the mining strategy (or ``offline``), the metric and the backbone."""
+
+    strategy: str
+    metric: str
+    backbone: str
+
+    @property
+    def offline(self) -> bool:
+        return self.strategy == OFFLINE
+
+    def weight_interpolation(self, config: Config) -> float:
+        """WiSE-FT: the saved weights lie this share of the way from the pretrained ones to the fine-tuned ones."""
+        from facetrip.models import PRETRAINED_BACKBONES
+
+        return config.train.weight_interpolation if self.backbone in PRETRAINED_BACKBONES else 1.0
+
+
+def check_trainable(config: Config) -> TrainingChoices:
+    """Resolve and check what ``config`` asks for, before any data is loaded, so errors come fast.
+
+    Returns:
+        The resolved strategy, metric and backbone.
+
+    Raises:
+        TrainingError: in one line, what cannot be trained and what to choose instead.
+    """
+    from facetrip.losses import resolve_metric, resolve_strategy
+    from facetrip.models import resolve_backbone
+
+    offline = config.loss.strategy.lower() == OFFLINE
+    try:
+        strategy = OFFLINE if offline else resolve_strategy(config.loss.strategy)
+    except ValueError:
+        raise TrainingError(
+            f"Unknown strategy {config.loss.strategy!r}: choose one of {', '.join((*ONLINE_STRATEGIES, OFFLINE))}."
+        ) from None
+    try:
+        metric = resolve_metric(config.loss.metric)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    if config.train.precision not in ("float32", "bf16"):
+        raise TrainingError(f"precision must be float32 or bf16, not {config.train.precision!r}.")
+    if config.model.tta_shift < 0:
+        raise TrainingError(f"model.tta_shift must be 0 or more pixels, not {config.model.tta_shift}.")
+    if not 0.0 < config.train.target_far < 1.0:
+        raise TrainingError(f"train.target_far must lie strictly between 0 and 1, not {config.train.target_far}.")
+    if config.augment.blended_identities < 0:
+        raise TrainingError(f"augment.blended_identities must be 0 or more, not {config.augment.blended_identities}.")
+    try:
+        backbone = resolve_backbone(config.model.backbone)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    if backbone == "face_resnet":
+        from facetrip.models.face_resnet import face_resnet_weights_path
+
+        try:
+            face_resnet_weights_path()  # a one-line error naming what to install, before any data is loaded
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
+    if config.train.epochs < 0:
+        raise TrainingError(f"train.epochs must be 0 or more, not {config.train.epochs}.")
+    return TrainingChoices(strategy, metric, backbone)
+
+
+def _resume_point(run_dir: Path) -> ResumePoint:
+    """The checkpoint a resumed run continues from, with its notes logged; refuses a finished run."""
+    if finished_epochs(run_dir) is not None:
+        raise TrainingError(f"{run_dir} already completed its {finished_epochs(run_dir)} epochs: nothing to resume.")
+    resume_point = find_resume_point(run_dir)
+    for note in resume_point.notes:
+        logger.warning("%s", note)
+    return resume_point
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What a run trains and calibrates on.
+
+    Attributes:
+        faces: every photo of the source, as the model reads it (face chips when the run uses them).
+        chip_report: how the photos' faces were found (None without face chips).
+        split: the identity split (train / dev / test).
+        train_faces: the training identities' photos (with blended identities, if any).
+        sampler: the P x K sampler over ``train_faces``.
+    """
+
+    faces: Any
+    chip_report: Any
+    split: Any
+    train_faces: Any
+    sampler: Any
+
+
+def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint | None) -> TrainingData:
+    """Load the source, reduce its photos to face chips, split its identities (or keep a resumed run's split).
+
+    Args:
+        config: the run's configuration.
+        run_dir: the run directory (``split.json`` is written there).
+        resume_point: where a resumed run continues (its split is kept); None for a new run.
+
+    Returns:
+        The run's :class:`TrainingData`.
+    """
+    from facetrip.data import PKSampler, load_faces, split_identities
+    from facetrip.data.model_input import prepare_faces
+    from facetrip.data.synthetic import blended_identities
+
+    faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
+    if config.data.face_chips:
+        logger.info("Aligning the faces of %d photos (cached after the first time) ...", len(faces))
+    faces, chip_report = prepare_faces(faces, config.data.face_chips)
+    if chip_report is not None:
+        logger.info("%s", chip_report.summary())
+    split_path = run_dir / SPLIT_FILE
+    split, split_note = resume_split(split_path, resume_point.checkpoint) if resume_point is not None else (None, None)
+    if split_note:
+        logger.warning("%s", split_note)
+    if split is None:
+        split = split_identities(faces.identity_names, dev=config.split.dev, test=config.split.test, seed=config.split.seed)
+        atomic_write_json(split_path, split.to_dict())
+    train_faces = faces.restricted_to(split.train)
+    if config.augment.enabled and config.augment.blended_identities:
+        train_faces = blended_identities(train_faces, config.augment.blended_identities, seed=config.train.seed)
+    elif config.augment.blended_identities:
+        logger.warning("augment.blended_identities = %d is ignored: augmentation is off (augment.enabled = false).",
+                       config.augment.blended_identities)
+    sampler = PKSampler(
+        train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity, seed=config.train.seed
+    )
+    return TrainingData(faces, chip_report, split, train_faces, sampler)
+
+
+def build_model(config: Config, backbone: str):
+    """The embedding network of ``config.model``, built under the run's precision policy (which is restored after).
+
+    Raises:
+        TrainingError: an unknown head or freeze level, a wrong input size, unreadable weights.
+    """
+    import keras
+
+    from facetrip.models import build_embedding_model
+
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        if config.train.precision == "bf16":
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        return build_embedding_model(
+            input_shape=(*config.data.image_size, config.data.channels),
+            embedding_dim=config.model.embedding_dim,
+            backbone=backbone,
+            width=config.model.width,
+            dropout=config.model.dropout,
+            head=config.model.head,
+            freeze=config.model.freeze,
+        )
+    except (ValueError, OSError) as error:
+        raise TrainingError(str(error)) from None
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def build_trainer(model, config: Config, choices: TrainingChoices, data: TrainingData, resume_point: ResumePoint):
+    """The compiled :class:`~facetrip.training.embedding_trainer.EmbeddingTrainer`, restored from the checkpoint if any.
+
+    A pretrained network starting afresh gets its classification centres from its own
+    embeddings of the training identities.
+    """
+    from facetrip.embedding import embed_faces
+    from facetrip.losses import TripletLoss, triplet_metrics
+    from facetrip.models import PRETRAINED_BACKBONES
+    from facetrip.training.embedding_trainer import EmbeddingTrainer
+
+    margin, metric = config.loss.margin, choices.metric
+    trainer = EmbeddingTrainer(
+        model, data.train_faces.labels, TripletLoss(strategy=choices.strategy, margin=margin, metric=metric),
+        statistics=triplet_metrics(margin=margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
+        classification_weight=config.train.classification_weight,
+    )
+    trainer.compile(optimizer=build_optimizer(config, data.sampler.batches_per_epoch))
+    if resume_point.checkpoint is not None:
+        restore_checkpoint(trainer, resume_point.checkpoint)
+    if choices.backbone in PRETRAINED_BACKBONES and resume_point.epoch == 0 and config.train.epochs > 0:
+        embeddings = embed_faces(model, data.train_faces, tuple(config.data.image_size), config.data.channels)
+        trainer.initialise_centres(embeddings, data.train_faces.labels)
+    return trainer
+
+
+class RunMetadata:
+    """Writes the run's ``metadata.json``: what the model reads and how it was trained, plus ``extra`` keys.
+
+    The threshold and calibration of an earlier write are kept until a new calibration
+    replaces them, so an export at a checkpoint never drops them.
+    """
+
+    KEPT_KEYS = ("threshold", "threshold_source", "calibration", "calibration_different_distances", "dev")
+
+    def __init__(self, run_dir: Path, config: Config, choices: TrainingChoices, data: TrainingData,
+                 interpolation: float):
+        self.path = run_dir / METADATA_FILE
+        self.config = config
+        self.choices = choices
+        self.data = data
+        self.interpolation = interpolation
+
+    def write(self, **extra) -> dict[str, Any]:
+        """Write metadata.json atomically with ``extra`` keys (``epochs_completed``, the calibration) and return it."""
+        import keras
+
+        from facetrip.data.model_input import model_input_metadata
+
+        config = self.config
+        metadata = {
+            "format": METADATA_FORMAT,
+            "facetrip_version": __version__,
+            "keras_version": keras.__version__,
+            "source": self.data.faces.source,
+            "image_size": list(config.data.image_size),
+            "channels": config.data.channels,
+            "embedding_dim": config.model.embedding_dim,
+            "backbone": self.choices.backbone,
+            "freeze": config.model.freeze,
+            **model_input_metadata(config.data.face_chips, self.data.chip_report),
+            "flip_tta": config.model.flip_tta,
+            "tta_shift": config.model.tta_shift,
+            "strategy": self.choices.strategy,
+            "metric": self.choices.metric,
+            "margin": config.loss.margin,
+            "epochs": config.train.epochs,
+            "weight_interpolation": self.interpolation,
+            "split": self.data.split.to_dict(),
+            **extra,
+        }
+        try:
+            kept = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or damaged: nothing worth keeping
+            kept = {}
+        if isinstance(kept, dict):
+            metadata = {**{key: kept[key] for key in self.KEPT_KEYS if key in kept}, **metadata}
+        atomic_write_json(self.path, metadata)
+        return metadata
+
+
+def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: Config, run_dir: Path,
+                       data: TrainingData, resume_point: ResumePoint, resume: bool, extra: Sequence[Any]) -> list:
+    """The Keras callbacks of a run, in the order they must run at the end of an epoch.
+
+    Logs and the export first, the backup that marks the epoch as done last, so a kill in
+    between repeats the epoch rather than losing its row. On resume, the rows of the epochs
+    about to be repeated (or cut short) are removed from metrics.csv first.
+    """
+    import keras
+
+    from facetrip.training.callbacks import (
+        BackupAtCheckpoints,
+        ExportAtCheckpoints,
+        LogLearningRate,
+        SetTrainingPhase,
+        StopOnNonFiniteLoss,
+    )
+
+    # The checkpoint is restored once, before, so offline training (one fit per epoch) keeps to the schedule too.
+    schedule = CheckpointSchedule(config.train.checkpoint_seconds, last_epoch=config.train.epochs - 1)
+    if resume:
+        trim_metrics(run_dir / METRICS_FILE, resume_point.epoch)
+    return [
+        SetTrainingPhase(trainer),
+        StopOnNonFiniteLoss(),
+        LogLearningRate(),
+        keras.callbacks.CSVLogger(str(run_dir / METRICS_FILE), append=True),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / LOGS_DIR), write_graph=False, profile_batch=0),
+        ExportAtCheckpoints(run_dir, exported_model, metadata.write, schedule),
+        BackupAtCheckpoints(schedule, run_dir / BACKUP_DIR, config.to_toml(), data.split.to_dict(),
+                            previous_epoch=resume_point.checkpoint.epoch if resume_point.checkpoint else None),
+        *extra,
+    ]
+
+
+def fit_epochs(trainer, exported_model, config: Config, choices: TrainingChoices, data: TrainingData,
+               start_epoch: int, run_dir: Path, callbacks: list) -> None:
+    """Fit from ``start_epoch`` to ``train.epochs``: online P x K batches, or the offline loop.
+
+    With ``train.epochs = 0`` (the network as it is, for comparisons) or a run killed after
+    its last checkpoint, only the export is left to do.
+    """
+    from facetrip.data import pk_dataset
+
+    image_size = tuple(config.data.image_size)
+    augmentation = training_augmentation(config)
+    if config.train.epochs == 0 or start_epoch >= config.train.epochs:
+        save_model_atomically(exported_model, run_dir / MODEL_FILE)
+    elif choices.offline:
+        from facetrip.training.offline import fit_offline
+
+        fit_offline(trainer, data.train_faces, data.sampler, config, choices.metric, start_epoch, image_size,
+                    augmentation, callbacks)
+    else:
+        dataset = pk_dataset(
+            data.train_faces, data.sampler, image_size, config.data.channels,
+            epochs=range(start_epoch, config.train.epochs), augmentation=augmentation,
+        )
+        trainer.fit(dataset, initial_epoch=start_epoch, epochs=config.train.epochs,
+                    steps_per_epoch=data.sampler.batches_per_epoch, callbacks=callbacks, verbose=0, shuffle=False)
