@@ -2,7 +2,7 @@
 
 Reproduce (from the repository root)::
 
-    .venv/bin/python scripts/bench_backbone.py --chips 256 --repeats 5 --output docs/bench_backbone.md
+    .venv/bin/python scripts/bench_backbone.py --chips 256 --repeats 5 --output docs/reports/bench_backbone.md
     .venv/bin/python scripts/bench_backbone.py --chips 32 --repeats 2      # smoke test, about a minute
 
 Measured in one process, one thing at a time:
@@ -33,14 +33,14 @@ import datetime
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarking import REPO_ROOT, abba_rounds, log, markdown_table, ratio_cell, timed, write_report
+
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -63,10 +63,6 @@ class Row:
         return statistics.median(self.per_second)
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def random_chips(count: int, seed: int = 0) -> np.ndarray:
     """(count, 150, 150, 3) uint8 chips."""
     from facetrip.models.face_resnet import FACE_CHIP_SIZE
@@ -80,13 +76,6 @@ def model_input_batches(chips: np.ndarray) -> list:
 
     starts = range(0, len(chips), BATCH_SIZE)
     return [tf.constant(chips[start : start + BATCH_SIZE].astype(np.float32) / 255.0) for start in starts]
-
-
-def timed_rate(work: Callable[[], None], items: int) -> float:
-    """Items per second of one call of ``work``."""
-    start = time.perf_counter()
-    work()
-    return items / (time.perf_counter() - start)
 
 
 # ============================================================================ contenders
@@ -161,35 +150,33 @@ def keras_training_pass(chips: np.ndarray) -> Callable[[], None]:
 # ========================================================================== measurement
 
 
-def abba_rounds(contenders: dict[str, Callable[[], None]], items: int, repeats: int) -> dict[str, list[float]]:
-    """Rates of each contender, run in ABBA order: forwards on even rounds, backwards on odd."""
-    names = list(contenders)
-    for name in names:  # untimed warm-up
-        contenders[name]()
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        order = names if round_index % 2 == 0 else names[::-1]
-        for name in order:
-            rates[name].append(timed_rate(contenders[name], items))
-            progress(f"  round {round_index + 1}/{repeats}  {name}: {rates[name][-1]:.1f}/s")
-    return rates
+def abba_rates(contenders: dict[str, Callable[[], None]], items: int, repeats: int) -> dict[str, list[float]]:
+    """Items per second of each contender's pass, over ``repeats`` rounds in ABBA order, after one untimed pass each."""
+
+    def rate_of(work: Callable[[], None]) -> Callable[[], float]:
+        return lambda: items / timed(work)[0]
+
+    def report(round_index: int, name: str, rate: float) -> None:
+        log(f"  round {round_index + 1}/{repeats}  {name}: {rate:.1f}/s")
+
+    return abba_rounds({name: rate_of(work) for name, work in contenders.items()}, repeats, warmup=True, report=report)
 
 
 def descriptor_rows(chips: np.ndarray, repeats: int) -> list[Row]:
-    progress(f"descriptors: {len(chips)} chips, {repeats} ABBA rounds")
+    log(f"descriptors: {len(chips)} chips, {repeats} ABBA rounds")
     contenders = {
         f"Keras face ResNet, float32, batch {BATCH_SIZE}": keras_descriptor_pass("float32", chips),
         f"Keras face ResNet, mixed_bfloat16, batch {BATCH_SIZE}": keras_descriptor_pass("mixed_bfloat16", chips),
         "dlib compute_face_descriptor (batch overload)": dlib_descriptor_pass(chips),
     }
-    rates = abba_rounds(contenders, len(chips), repeats)
+    rates = abba_rates(contenders, len(chips), repeats)
     return [Row(name, "chips/s", per_second) for name, per_second in rates.items()]
 
 
 def training_rows(chips: np.ndarray, repeats: int) -> list[Row]:
-    progress(f"training: {len(chips)} chips, {repeats} rounds")
+    log(f"training: {len(chips)} chips, {repeats} rounds")
     name = f"Keras face ResNet training (forward + backward + Adam), float32, batch {BATCH_SIZE}"
-    rates = abba_rounds({name: keras_training_pass(chips)}, len(chips), repeats)
+    rates = abba_rates({name: keras_training_pass(chips)}, len(chips), repeats)
     return [Row(name, "images/s", rates[name], compared_to_dlib=False)]
 
 
@@ -262,16 +249,16 @@ def end_to_end_rows(photo_count: int, repeats: int) -> list[Row]:
     """Photos/s from photo files to descriptors: facetrip's path (cold and warm chip cache) vs dlib's pipeline."""
     paths = lfw_photos(photo_count)
     if not paths:
-        progress(f"end to end: skipped, no LFW photos in {SHARED_DATA / 'lfw'}")
+        log(f"end to end: skipped, no LFW photos in {SHARED_DATA / 'lfw'}")
         return []
-    progress(f"end to end: {len(paths)} LFW photos, {repeats} ABBA rounds")
+    log(f"end to end: {len(paths)} LFW photos, {repeats} ABBA rounds")
     contenders = {
         f"facetrip embed path, cold chip cache: photos -> chips -> Keras network with flip ({len(paths)} LFW photos)":
             facetrip_embed_pass(paths, cold_cache=True),
         "facetrip embed path, chips cached": facetrip_embed_pass(paths, cold_cache=False),
         "dlib pipeline: detector + landmarks + compute_face_descriptor (no flip)": dlib_photo_pass(paths),
     }
-    rates = abba_rounds(contenders, len(paths), repeats)
+    rates = abba_rates(contenders, len(paths), repeats)
     return [Row(name, "photos/s", per_second) for name, per_second in rates.items()]
 
 
@@ -296,14 +283,14 @@ def render(rows: list[Row], chips: int, repeats: int, photos: int = 0) -> str:
         f"{chips} random 150 x 150 chips, {repeats} rounds (ABBA order), median per row.",
         f"Command: `{COMMAND} --chips {chips} --repeats {repeats}{photos_flag}`",
         "",
-        "| measurement | median | runs | vs dlib |",
-        "| --- | ---: | --- | ---: |",
     ]
+    cells = []
     for row in rows:
         dlib_median = dlib_median_of(row.unit)
-        ratio = f"{row.median / dlib_median:.2f}x" if row.compared_to_dlib and dlib_median else "-"
+        ratio = ratio_cell(row.median, dlib_median) if row.compared_to_dlib and dlib_median else "-"
         runs = ", ".join(f"{rate:.1f}" for rate in row.per_second)
-        lines.append(f"| {row.name} | {row.median:.1f} {row.unit} | {runs} | {ratio} |")
+        cells.append([row.name, f"{row.median:.1f} {row.unit}", runs, ratio])
+    lines += markdown_table(["measurement", "median", "runs", "vs dlib"], cells, "lrlr")
     return "\n".join(lines) + "\n"
 
 
@@ -328,9 +315,7 @@ def main(argv=None) -> int:
         rows += end_to_end_rows(arguments.photos, arguments.repeats)
     report = render(rows, arguments.chips, arguments.repeats, arguments.photos)
     print(report)
-    if arguments.output:
-        arguments.output.parent.mkdir(parents=True, exist_ok=True)
-        arguments.output.write_text(report)
+    write_report(arguments.output, report)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Reproduce (from the repository root; about a minute on 2 CPU cores)::
 
-    .venv/bin/python scripts/bench_baselines.py --output docs/evaluation.md
+    .venv/bin/python scripts/bench_baselines.py --output docs/reports/evaluation.md
     .venv/bin/python scripts/bench_baselines.py --image-size 56x46 112x92 28x23    # other resolutions
 
 For each split seed (0..4 by default): ``split_identities(names, dev=5, test=10, seed=s)``
@@ -28,14 +28,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse
 import datetime
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarking import REPO_ROOT, import_tensorflow_quietly, markdown_table, write_report
+
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -81,25 +81,25 @@ def measure(faces, image_size, seeds, test: int, dev: int) -> dict:
 
 
 def table(measured: dict, image_size) -> list[str]:
-    size = f"{image_size[0]}x{image_size[1]}"
-    targets = " | ".join(f"TAR@FAR={target * 100:g}%" for target in FAR_TARGETS)
-    lines = [
-        f"| {size} | centre | AUC (sd) | EER | {targets} | 10-fold accuracy | reference AUC / EER / TAR@1% (ours - reference) |",
-        "|---|---|---|---:|" + "---:|" * len(FAR_TARGETS) + "---:|---|",
-    ]
+    """The markdown table of one image size: each (baseline, centre)'s means over the splits, against the reference."""
+    header = [f"{image_size[0]}x{image_size[1]}", "centre", "AUC (sd)", "EER",
+              *(f"TAR@FAR={target * 100:g}%" for target in FAR_TARGETS), "10-fold accuracy",
+              "reference AUC / EER / TAR@1% (ours - reference)"]
+    rows = []
     for (name, centre), runs in measured["results"].items():
         auc = np.array([run["auc"] for run in runs])
         mean = {key: np.mean([run[key] for run in runs]) for key in ("eer", *map(far_key, FAR_TARGETS))}
         accuracy = np.mean([run["accuracy"]["mean"] for run in runs])
         reference = REFERENCE[name]
-        lines.append(
-            f"| {name} | {centre} | {auc.mean():.3f} ({auc.std():.3f}) | {mean['eer']:.1%} | "
-            + " | ".join(f"{mean[far_key(target)]:.2f}" for target in FAR_TARGETS)
-            + f" | {accuracy:.1%} | {reference[0]:.3f} / {reference[1]:.1%} / {reference[2]:.2f} "
+        rows.append([
+            name, centre, f"{auc.mean():.3f} ({auc.std():.3f})", f"{mean['eer']:.1%}",
+            *(f"{mean[far_key(target)]:.2f}" for target in FAR_TARGETS),
+            f"{accuracy:.1%}",
+            f"{reference[0]:.3f} / {reference[1]:.1%} / {reference[2]:.2f} "
             f"({auc.mean() - reference[0]:+.3f} / {(mean['eer'] - reference[1]) * 100:+.1f} pt / "
-            f"{mean[far_key(0.01)] - reference[2]:+.2f}) |"
-        )
-    return lines
+            f"{mean[far_key(0.01)] - reference[2]:+.2f})",
+        ])
+    return markdown_table(header, rows, "lllr" + "r" * len(FAR_TARGETS) + "rl")
 
 
 def main(argv=None) -> int:
@@ -111,15 +111,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here")
     args = parser.parse_args(argv)
 
-    from facetrip.tf_runtime import import_tensorflow
-
-    import_tensorflow()
-    import tensorflow_datasets as tfds
-
+    import_tensorflow_quietly()
     from facetrip.data import load_faces
 
-    tfds.disable_progress_bar()
-    logging.getLogger("absl").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as data_dir:
         faces = load_faces("orl_faces", data_dir=data_dir)
 
@@ -155,7 +149,7 @@ def main(argv=None) -> int:
     if args.output is not None:
         previous = args.output.read_text() if args.output.is_file() else ""
         notes = previous[previous.index(NOTES_HEADING):] if NOTES_HEADING in previous else ""
-        args.output.write_text(text + "\n" + (f"\n{notes}" if notes else ""))
+        write_report(args.output, text + "\n" + (f"\n{notes}" if notes else ""))
     return 0
 
 

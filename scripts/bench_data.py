@@ -3,7 +3,7 @@
 Reproduce (from the repository root; about 3 minutes on 2 idle CPU cores, up to about 10
 when other processes keep the machine busy)::
 
-    .venv/bin/python scripts/bench_data.py --output docs/bench_data.md
+    .venv/bin/python scripts/bench_data.py --output docs/reports/bench_data.md
     .venv/bin/python scripts/bench_data.py --quick                      # smoke test, about 1 minute
 
 Everything runs in one process, one measurement after the other (never two at once),
@@ -53,7 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarking import (REPO_ROOT, QuietWaiter, add_quiet_machine_arguments, import_tensorflow_quietly, log,
+                          markdown_table, ratio_cell, run_quietly, timed, timed_repeats, write_report)
+
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -66,7 +68,7 @@ CHANNELS = 1
 MARGIN = 0.2
 RATIO_TARGET = 10.0
 SAMPLER_TARGET_SECONDS = 5.0
-COMMAND = ".venv/bin/python scripts/bench_data.py --output docs/bench_data.md"
+COMMAND = ".venv/bin/python scripts/bench_data.py --output docs/reports/bench_data.md"
 
 
 # ================================================================================= results
@@ -146,100 +148,6 @@ class SamplerResult:
 # =============================================================================== set-up
 
 
-def import_tensorflow_quietly():
-    """TensorFlow, tfds and Keras with their start-up chatter and progress bars off."""
-    from facetrip.tf_runtime import import_tensorflow
-
-    tf = import_tensorflow()
-    import absl.logging
-    import tensorflow_datasets as tfds
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    tfds.disable_progress_bar()
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    return tf
-
-
-def log(message: str) -> None:
-    """Progress on stderr (the report goes to stdout)."""
-    print(f"[bench_data {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes on the machine have been busy (Linux ``/proc/stat``), or None."""
-    try:
-        with open("/proc/stat") as stat:
-            values = [int(value) for value in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process, all threads."""
-    times = os.times()
-    return times.user + times.system
-
-
-class OtherLoad:
-    """CPU use of *other* processes (in cores) between ``start()`` and ``stop()``: machine busy minus ours."""
-
-    def start(self) -> "OtherLoad":
-        self._machine, self._own, self._wall = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-        return self
-
-    def stop(self) -> float | None:
-        machine = machine_busy_seconds()
-        if machine is None or self._machine is None:
-            return None
-        wall = time.perf_counter() - self._wall
-        return max(0.0, (machine - self._machine) - (own_cpu_seconds() - self._own)) / max(wall, 1e-9)
-
-
-class QuietWaiter:
-    """Keeps other processes' CPU use out of the timings, as far as a bounded run time allows.
-
-    The machine is shared. Before each measurement it waits until other processes use under
-    ``threshold`` cores (total wait capped at ``budget`` seconds per benchmark, after which it
-    measures regardless); :func:`run_quietly` repeats a measurement during which they used
-    more, up to ``retries`` times, and keeps the quietest attempt.
-    """
-
-    def __init__(self, threshold: float, budget: float, retries: int, sample_seconds: float = 2.0):
-        self.threshold, self.budget, self.retries, self.sample_seconds = threshold, budget, retries, sample_seconds
-        self.waited = 0.0
-        self.repeated = 0
-
-    def wait(self) -> None:
-        """Sample other processes' load every ``sample_seconds`` until it is low or the budget is spent."""
-        while self.waited < self.budget:
-            monitor = OtherLoad().start()
-            time.sleep(self.sample_seconds)
-            load = monitor.stop()
-            if load is None or load < self.threshold:
-                return
-            self.waited += self.sample_seconds
-            log(f"  other processes use {load:.2f} cores: waiting ({self.waited:.0f} of {self.budget:.0f} s)")
-
-
-def run_quietly(measure, waiter: QuietWaiter, label: str):
-    """``(value, other_load)`` of the quietest attempt of ``measure()`` (see :class:`QuietWaiter`)."""
-    best = None
-    for attempt in range(1 + waiter.retries):
-        waiter.wait()
-        monitor = OtherLoad().start()
-        value = measure()
-        other = monitor.stop()
-        if best is None or (other is not None and other < best[1]):
-            best = (value, other)
-        if other is None or other < waiter.threshold:
-            break
-        if attempt < waiter.retries:
-            waiter.repeated += 1
-            log(f"  {label}: other processes used {other:.2f} cores during attempt {attempt + 1}: measuring again")
-    return best
-
-
 def write_synthetic_folder(root: Path, identities: int, images_per_identity: int, size: int, seed: int = 0) -> int:
     """Write ``root/idNNNNN/K.jpg``: RGB JPEGs of ``size`` x ``size``, smooth random faces-ish blobs.
 
@@ -269,14 +177,10 @@ def load_source(source: str, data_dir: str, reload: bool = False) -> SourceInfo:
     from facetrip.data import load_faces
 
     with contextlib.redirect_stdout(sys.stderr):  # tfds prints "Downloading and preparing ..." to stdout
-        start = time.perf_counter()
-        faces = load_faces(source, data_dir=data_dir)
-        prepare = time.perf_counter() - start
+        prepare, faces = timed(lambda: load_faces(source, data_dir=data_dir))
         reload_seconds = None
         if reload:
-            start = time.perf_counter()
-            faces = load_faces(source, data_dir=data_dir)
-            reload_seconds = time.perf_counter() - start
+            reload_seconds, faces = timed(lambda: load_faces(source, data_dir=data_dir))
     return SourceInfo(source, faces, prepare, reload_seconds)
 
 
@@ -312,7 +216,7 @@ def measure_pipeline(
         epochs=epochs,
         batches_timed=epochs * probe.batches_per_epoch - warmup_batches,
     )
-    label = f"{info.name} augmentation={'on' if augment else 'off'}"
+    label = f"{info.name} augmentation={on_off(augment)}"
 
     def one_run(seed: int) -> tuple[float, float]:
         """(batches/s after the warm-up, seconds to the first batch) of a fresh dataset."""
@@ -400,15 +304,13 @@ def measure_train_step(steps: int, warmup_steps: int, waiter: QuietWaiter, seed:
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 
-    for _ in range(warmup_steps):
-        train_step(images, labels).numpy()
+    def step():
+        return train_step(images, labels).numpy()
+
+    timed_repeats(step, 0, warmup=warmup_steps)  # once, not again when run_quietly repeats the timed steps
 
     def timed_steps() -> list[float]:
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            loss = train_step(images, labels).numpy()
-            times.append(time.perf_counter() - start)
+        times, loss = timed_repeats(step, steps)
         if not np.isfinite(loss):
             raise RuntimeError(f"train step gave a non-finite loss {loss}")
         return times
@@ -431,12 +333,10 @@ def measure_sampler(case: str, labels: np.ndarray, repeats: int) -> SamplerResul
     logging.getLogger("facetrip.data.sampler").setLevel(logging.ERROR)  # the left-out warning; counted below
     construct, epoch_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        sampler = PKSampler(labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=0)
-        construct.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        batches = sampler.epoch(0)
-        epoch_times.append(time.perf_counter() - start)
+        seconds, sampler = timed(lambda: PKSampler(labels, IDENTITIES_PER_BATCH, IMAGES_PER_IDENTITY, seed=0))
+        construct.append(seconds)
+        seconds, batches = timed(lambda: sampler.epoch(0))
+        epoch_times.append(seconds)
     usable_images = int(sampler.group_sizes.sum())
     coverage = len(np.unique(batches)) / usable_images
     log(f"  sampler {case}: construct {statistics.median(construct):.3f} s, epoch(0) {statistics.median(epoch_times):.3f} s")
@@ -456,14 +356,21 @@ def measure_sampler(case: str, labels: np.ndarray, repeats: int) -> SamplerResul
 # ================================================================================= report
 
 
-def seconds(value: float) -> str:
-    """A duration for the tables: 3 decimals below 10 s, 1 above."""
+def seconds(value: float | None) -> str:
+    """A duration for the tables: 3 decimals below 10 s, 1 above; '' for None."""
+    if value is None:
+        return ""
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
 def pass_fail(ok: bool) -> str:
     """PASS or FAIL."""
     return "PASS" if ok else "FAIL"
+
+
+def on_off(augmentation: bool) -> str:
+    """The augmentation column: on or off."""
+    return "on" if augmentation else "off"
 
 
 def render_report(args, sources: dict, pipelines: list[PipelineResult], model: ModelResult, samplers: list[SamplerResult]) -> tuple[str, list[str]]:
@@ -493,16 +400,12 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         "",
         "### Sources",
         "",
-        "| source | images | identities | tfds prepare + load (s) | load again, prepared (s) | writing the images (s) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for info in sources.values():
-        lines.append(
-            f"| {info.name} | {len(info.faces):,} | {len(info.faces.identity_names):,} | {seconds(info.prepare_seconds)} | "
-            f"{seconds(info.reload_seconds) if info.reload_seconds is not None else ''} | "
-            f"{seconds(info.generate_seconds) if info.generate_seconds is not None else ''} |"
-        )
-    lines += [
+        *markdown_table(
+            ["source", "images", "identities", "tfds prepare + load (s)", "load again, prepared (s)", "writing the images (s)"],
+            [[info.name, f"{len(info.faces):,}", f"{len(info.faces.identity_names):,}", seconds(info.prepare_seconds),
+              seconds(info.reload_seconds), seconds(info.generate_seconds)] for info in sources.values()],
+            "lrrrrr",
+        ),
         "",
         f"Synthetic folder: {args.folder_identities:,} identities x {args.folder_images} RGB JPEGs of "
         f"{args.folder_size} x {args.folder_size} (quality 90, seeded), written with PIL into a temporary folder and "
@@ -513,17 +416,16 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         f"Each run: a fresh `PKSampler` (seed = run) and `pk_dataset(..., epochs=range(N))`; the first "
         f"{args.warmup_batches} batches are dropped, the rest timed. Median of {args.repeats} runs.",
         "",
-        "| source | augmentation | batches/epoch | epochs | batches timed | batches/s (median) | images/s (median) | runs (batches/s) | first batch (s, median) | other load (cores, per run) |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---|",
-    ]
-    for result in pipelines:
-        lines.append(
-            f"| {result.source} | {'on' if result.augmentation else 'off'} | {result.batches_per_epoch} | {result.epochs} | "
-            f"{result.batches_timed} | {result.median_batches_per_second:.1f} | {result.median_images_per_second:,.0f} | "
-            f"{', '.join(f'{value:.1f}' for value in result.batches_per_second)} | "
-            f"{statistics.median(result.first_batch_seconds):.3f} | {', '.join(f'{value:.2f}' for value in result.other_load)} |"
-        )
-    lines += [
+        *markdown_table(
+            ["source", "augmentation", "batches/epoch", "epochs", "batches timed", "batches/s (median)",
+             "images/s (median)", "runs (batches/s)", "first batch (s, median)", "other load (cores, per run)"],
+            [[result.source, on_off(result.augmentation), result.batches_per_epoch, result.epochs, result.batches_timed,
+              f"{result.median_batches_per_second:.1f}", f"{result.median_images_per_second:,.0f}",
+              ", ".join(f"{value:.1f}" for value in result.batches_per_second),
+              f"{statistics.median(result.first_batch_seconds):.3f}",
+              ", ".join(f"{value:.2f}" for value in result.other_load)] for result in pipelines],
+            "llrrrrrlrl",
+        ),
         "",
         "### 2. Training step (measured alone)",
         "",
@@ -532,11 +434,13 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         f"a fixed random batch of {BATCH_SIZE} x {' x '.join(map(str, model.input_shape))}, float32. "
         f"{args.model_warmup} warm-up steps, median of {args.model_steps}.",
         "",
-        "| model | parameters | batch | step median (s) | step min (s) | steps/s | other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| facetrip from-scratch (configs/scratch.toml) | {model.parameters:,} | {BATCH_SIZE} | "
-        f"{model.median_step:.3f} | {min(model.step_seconds):.3f} | {model.steps_per_second:.2f} | "
-        f"{'' if model.other_load is None else f'{model.other_load:.2f}'} |",
+        *markdown_table(
+            ["model", "parameters", "batch", "step median (s)", "step min (s)", "steps/s", "other load (cores)"],
+            [["facetrip from-scratch (configs/scratch.toml)", f"{model.parameters:,}", BATCH_SIZE,
+              f"{model.median_step:.3f}", f"{min(model.step_seconds):.3f}", f"{model.steps_per_second:.2f}",
+              None if model.other_load is None else f"{model.other_load:.2f}"]],
+            "lrrrrrr",
+        ),
         "",
         f"### 3. Pipeline vs training step (target: the pipeline delivers batches >= {RATIO_TARGET:g}x faster than a step consumes them)",
         "",
@@ -544,20 +448,19 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         "Both were measured alone; in training they share the same 2 cores, so the ratio is an upper bound "
         "on the head-room, not a measurement of a concurrent run.",
         "",
-        "| source | augmentation | pipeline batches/s | model steps/s | ratio | target | result |",
-        "|---|---|---:|---:|---:|---:|---|",
     ]
+    rows = []
     for result in pipelines:
-        ratio = result.median_batches_per_second / model.steps_per_second
-        verdict = pass_fail(ratio >= RATIO_TARGET)
-        lines.append(
-            f"| {result.source} | {'on' if result.augmentation else 'off'} | {result.median_batches_per_second:.1f} | "
-            f"{model.steps_per_second:.2f} | {ratio:.1f}x | >= {RATIO_TARGET:g}x | {verdict} |"
-        )
+        ratio = ratio_cell(result.median_batches_per_second, model.steps_per_second, 1)
+        verdict = pass_fail(result.median_batches_per_second / model.steps_per_second >= RATIO_TARGET)
+        rows.append([result.source, on_off(result.augmentation), f"{result.median_batches_per_second:.1f}",
+                     f"{model.steps_per_second:.2f}", ratio, f">= {RATIO_TARGET:g}x", verdict])
         verdicts.append(
-            f"{verdict}: pipeline/step ratio {ratio:.1f}x >= {RATIO_TARGET:g}x "
-            f"({result.source}, augmentation {'on' if result.augmentation else 'off'})"
+            f"{verdict}: pipeline/step ratio {ratio} >= {RATIO_TARGET:g}x "
+            f"({result.source}, augmentation {on_off(result.augmentation)})"
         )
+    lines += markdown_table(["source", "augmentation", "pipeline batches/s", "model steps/s", "ratio", "target", "result"],
+                            rows, "llrrrrl")
     lines += [
         "",
         f"### 4. Host-side index generation (`PKSampler`, target: construction + `epoch(0)` < {SAMPLER_TARGET_SECONDS:g} s)",
@@ -565,17 +468,17 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
         f"Median of {args.repeats} runs, each a fresh `PKSampler(labels, P={IDENTITIES_PER_BATCH}, K={IMAGES_PER_IDENTITY}, seed=0)`. "
         "Coverage = distinct images in `epoch(0)` / images of usable identities (identities with one image are left out).",
         "",
-        "| labels | identities | images | usable identities | batches/epoch | construction (s) | epoch(0) (s) | total (s) | epoch coverage | result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    rows = []
     for result in samplers:
         verdict = pass_fail(result.total_median < SAMPLER_TARGET_SECONDS)
-        lines.append(
-            f"| {result.case} | {result.identities:,} | {result.images:,} | {result.usable_identities:,} | "
-            f"{result.batches_per_epoch:,} | {statistics.median(result.construct_seconds):.3f} | "
-            f"{statistics.median(result.epoch_seconds):.3f} | {result.total_median:.3f} | {result.coverage:.1%} | {verdict} |"
-        )
+        rows.append([result.case, f"{result.identities:,}", f"{result.images:,}", f"{result.usable_identities:,}",
+                     f"{result.batches_per_epoch:,}", f"{statistics.median(result.construct_seconds):.3f}",
+                     f"{statistics.median(result.epoch_seconds):.3f}", f"{result.total_median:.3f}",
+                     f"{result.coverage:.1%}", verdict])
         verdicts.append(f"{verdict}: PKSampler construction + epoch(0) {result.total_median:.2f} s < {SAMPLER_TARGET_SECONDS:g} s ({result.case})")
+    lines += markdown_table(["labels", "identities", "images", "usable identities", "batches/epoch", "construction (s)",
+                             "epoch(0) (s)", "total (s)", "epoch coverage", "result"], rows, "lrrrrrrrrl")
     lines += ["", "### Verdicts", "", *[f"- {verdict}" for verdict in verdicts]]
     return "\n".join(lines), verdicts
 
@@ -586,7 +489,7 @@ def render_report(args, sources: dict, pipelines: list[PipelineResult], model: M
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options; ``--quick`` shrinks every size for a smoke test."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here (e.g. docs/bench_data.md)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here (e.g. docs/reports/bench_data.md)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline / sampler measurement (median reported)")
     parser.add_argument("--min-batches", type=int, default=120, help="at least this many batches timed per pipeline run")
     parser.add_argument("--warmup-batches", type=int, default=5, help="batches dropped at the start of each pipeline run")
@@ -596,11 +499,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--folder-images", type=int, default=4, help="images per identity in the synthetic folder")
     parser.add_argument("--folder-size", type=int, default=32, help="side of the synthetic JPEGs")
     parser.add_argument("--sampler-identities", type=int, default=100_000, help="identities for the PKSampler timing")
-    parser.add_argument("--quiet-threshold", type=float, default=0.25,
-                        help="before each measurement wait until other processes use fewer cores than this")
-    parser.add_argument("--wait-quiet", type=float, default=120.0, help="total seconds to wait for a quiet machine, at most")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="repeat a measurement during which other processes used more cores, at most this often")
+    add_quiet_machine_arguments(parser, threshold=0.25, wait=120.0, wait_scope="in total", retries=2)
     parser.add_argument("--quick", action="store_true", help="smoke test: small sizes, 1 run (numbers not representative)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -624,9 +523,8 @@ def main(argv=None) -> int:
         sources = {"orl": load_source("orl_faces", data_dir, reload=True)}
 
         log(f"writing {args.folder_identities} x {args.folder_images} synthetic JPEGs")
-        start = time.perf_counter()
-        write_synthetic_folder(folder, args.folder_identities, args.folder_images, args.folder_size)
-        generate_seconds = time.perf_counter() - start
+        generate_seconds, _ = timed(
+            lambda: write_synthetic_folder(folder, args.folder_identities, args.folder_images, args.folder_size))
         log("preparing the synthetic folder through tfds")
         sources["folder"] = load_source(f"folder:{folder}", data_dir, reload=True)
         sources["folder"].name = f"synthetic folder ({args.folder_identities:,} x {args.folder_images})"
@@ -637,7 +535,7 @@ def main(argv=None) -> int:
         pipelines = []
         for key in ("orl", "folder"):
             for augment in (False, True):
-                log(f"pipeline: {sources[key].name}, augmentation {'on' if augment else 'off'}")
+                log(f"pipeline: {sources[key].name}, augmentation {on_off(augment)}")
                 pipelines.append(
                     measure_pipeline(sources[key], augment, args.repeats, args.min_batches, args.warmup_batches, waiter)
                 )
@@ -658,8 +556,7 @@ def main(argv=None) -> int:
     report += f"\n\nTotal benchmark time: {time.perf_counter() - started:.0f} s.\n"
     print(report)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
+        write_report(args.output, report)
         log(f"wrote {args.output}")
     return 0 if all(verdict.startswith("PASS") for verdict in verdicts) else 1
 

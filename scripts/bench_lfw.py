@@ -16,7 +16,7 @@ saved (calibrated on its own dev people to ``train.target_far``), against that t
 
 Usage::
 
-    python scripts/bench_lfw.py --pretrained --pairs pairs.txt --output docs/bench_lfw.md
+    python scripts/bench_lfw.py --pretrained --pairs pairs.txt --output docs/reports/bench_lfw.md
     python scripts/bench_lfw.py --run runs/yaleb_split0 --pairs pairsDevTest.txt
 """
 
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarking import write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LFW = Path(os.environ.get("FACETRIP_SHARED_DATA", REPO.parent / "shared" / "data")) / "lfw"
@@ -121,9 +123,7 @@ def main(argv=None) -> int:
         rows.append((name, report))
     table = markdown(rows, args.pairs, ".venv/bin/python scripts/bench_lfw.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(table)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table)
+    write_report(args.output, table)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Reproduce (from the repository root; the full run takes several minutes on 2 CPU cores)::
 
-    .venv/bin/python scripts/bench_losses.py
+    .venv/bin/python scripts/bench_losses.py --output docs/reports/bench_losses.md   # or: make bench-losses
     .venv/bin/python scripts/bench_losses.py --sizes 64 256 --repeats 2          # quick check
     .venv/bin/python scripts/bench_losses.py --cases batch_all classic_batch_all --output bench.md
 
@@ -34,19 +34,16 @@ P x 4 (P = B / 4 identities of 4 images each), margin 0.2, euclidean distance.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarking import (GIB, REPO_ROOT, current_rss_bytes, gib, markdown_table, peak_rss_bytes, ratio_cell,
+                          report_from_worker, run_worker, timed, timed_repeats, write_report)
+
 DEFAULT_SIZES = (64, 256, 512, 1024, 2048, 4096)
 OURS = ("batch_all", "batch_hard", "semi_hard")
 CLASSIC = ("classic_batch_all", "classic_semi_hard")
@@ -55,8 +52,6 @@ BASELINE_OF = {"batch_all": "classic_batch_all", "semi_hard": "classic_semi_hard
 EMBEDDING_DIM = 128
 IMAGES_PER_IDENTITY = 4
 MARGIN = 0.2
-RESULT_PREFIX = "BENCH_RESULT "
-GIB = 1024**3
 
 
 # =============================================================================== baselines
@@ -235,21 +230,8 @@ def loss_function(case: str):
     raise ValueError(f"Unknown case {case!r}: choose from {', '.join(CASES)}.")
 
 
-def current_rss_bytes() -> int:
-    """Resident set size of this process now."""
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def run_worker(case: str, batch_size: int, repeats: int, seed: int) -> dict:
-    """Time forward + backward of one case at one B in this process; returns the result dict."""
+def measure_case(case: str, batch_size: int, repeats: int, seed: int) -> dict:
+    """Time forward + backward of one case at one B in this process; returns the measurements."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
@@ -270,23 +252,14 @@ def run_worker(case: str, batch_size: int, repeats: int, seed: int) -> dict:
         fraction = tf.constant(float("nan")) if fraction is None else fraction
         return loss, fraction, gradient
 
-    start = time.perf_counter()
-    loss, fraction, gradient = forward_backward(labels, embeddings)
-    _ = gradient.numpy()
-    warmup_s = time.perf_counter() - start
-
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    def call():
         loss, fraction, gradient = forward_backward(labels, embeddings)
-        gradient_np = gradient.numpy()  # forces completion
-        times.append(time.perf_counter() - start)
+        return loss, fraction, gradient.numpy()  # .numpy() forces completion
 
+    warmup_s, _ = timed(call)  # the call that traces
+    times, (loss, fraction, gradient_np) = timed_repeats(call, repeats)
     fraction_value = float(fraction.numpy())
     return {
-        "case": case,
-        "B": batch_size,
-        "ok": True,
         "loss": float(loss.numpy()),
         "fraction": None if np.isnan(fraction_value) else fraction_value,
         "gradient_norm": float(np.linalg.norm(gradient_np)),
@@ -299,40 +272,6 @@ def run_worker(case: str, batch_size: int, repeats: int, seed: int) -> dict:
         "peak_rss": peak_rss_bytes(),
         "tf_version": tf.__version__,
     }
-
-
-def summarise_error(error: Exception) -> str:
-    """A one-line reason for a TensorFlow failure (its first line is often just "Graph execution error:")."""
-    text = str(error)
-    oom = re.search(r"OOM when allocating tensor with (shape\[[^\]]*\] and type \w+)", text)
-    if oom:
-        return f"OOM allocating {oom.group(1)}"
-    node = re.search(r"Detected at node (\S+)", text)
-    skip = ("Graph execution error", "Detected at node", "[[", "Hint:", "dtype:", "tensor_shape", "}")
-    # Indented lines are the Python traceback of the node, not the reason.
-    lines = [line.strip() for line in text.splitlines()
-             if line.strip() and not line[0].isspace() and not line.startswith(skip)]
-    message = lines[0][:120] if lines else type(error).__name__
-    dims = re.findall(r"dim \{\s*size: (\d+)", text)
-    if dims:  # e.g. "Cannot parse tensor from proto" followed by the tensor's shape
-        message += f" [shape ({', '.join(dims)})]"
-    return f"{message} at node {node.group(1)}" if node else message
-
-
-def worker_main(case: str, batch_size: int, repeats: int, seed: int) -> None:
-    """Worker entry point: print one ``BENCH_RESULT {json}`` line, also on failure."""
-    try:
-        result = run_worker(case, batch_size, repeats, seed)
-    except Exception as error:  # noqa: BLE001 - every failure becomes a table row
-        result = {
-            "case": case,
-            "B": batch_size,
-            "ok": False,
-            "error": summarise_error(error),
-            "error_type": type(error).__name__,
-            "peak_rss": peak_rss_bytes(),
-        }
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 # ================================================================================= parent
@@ -370,53 +309,14 @@ def default_repeats(batch_size: int) -> int:
 
 def run_case(case: str, batch_size: int, repeats: int, seed: int, memory_cap: int, timeout_s: float) -> Outcome:
     """Run one worker subprocess, killing it past ``memory_cap`` bytes of RSS or ``timeout_s``."""
-    import psutil
-
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    command = [
-        sys.executable, str(Path(__file__).resolve()),
-        "--worker", case, str(batch_size), "--repeats", str(repeats), "--seed", str(seed),
-    ]
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=str(REPO_ROOT))
-        watched = psutil.Process(process.pid)
-        max_rss, killed = 0, None
-        while process.poll() is None:
-            try:
-                rss = watched.memory_info().rss
-            except psutil.Error:
-                rss = 0
-            max_rss = max(max_rss, rss)
-            if rss > memory_cap:
-                killed = f"killed at {memory_cap / GIB:.1f} GiB"
-            elif time.perf_counter() - start > timeout_s:
-                killed = f"timeout ({timeout_s:.0f} s)"
-            if killed:
-                process.kill()
-                process.wait()
-                break
-            time.sleep(0.05)
-        wall_s = time.perf_counter() - start
-        stdout.seek(0)
-        stderr.seek(0)
-        out_text, err_text = stdout.read(), stderr.read()
-
-    outcome = Outcome(case, batch_size, status="", max_rss_seen=max_rss, wall_s=wall_s)
-    if killed:
-        outcome.status = killed
+    run = run_worker(__file__, ["--worker", case, str(batch_size), "--repeats", str(repeats), "--seed", str(seed)],
+                     timeout_s, memory_cap)
+    outcome = Outcome(case, batch_size, status="", max_rss_seen=run.max_rss_seen, wall_s=run.wall_s)
+    if run.result is None:
+        outcome.status = run.stopped or f"error ({run.exit_reason()})"
+        outcome.result = {} if run.stopped else {"error": run.last_stderr_line()}
         return outcome
-    lines = [line for line in out_text.splitlines() if line.startswith(RESULT_PREFIX)]
-    if not lines:
-        code = process.returncode
-        reason = f"signal {-code}" if code < 0 else f"exit code {code}"
-        if code == -9:
-            reason += ", likely the kernel OOM killer"
-        tail = err_text.strip().splitlines()[-1:] or [""]
-        outcome.status = f"error ({reason})"
-        outcome.result = {"error": tail[0][:200]}
-        return outcome
-    outcome.result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    outcome.result = run.result
     if outcome.result.get("ok"):
         outcome.status = "ok"
     elif outcome.result.get("error_type") == "ResourceExhaustedError":
@@ -427,10 +327,6 @@ def run_case(case: str, batch_size: int, repeats: int, seed: int, memory_cap: in
 
 
 # ================================================================================ report
-
-
-def _gib(value_bytes) -> str:
-    return "" if value_bytes is None else f"{value_bytes / GIB:.2f}"
 
 
 def _seconds(value) -> str:
@@ -444,9 +340,8 @@ def comparison(ours: Outcome, classic: Outcome | None) -> tuple[str, str]:
     if classic is None or not ours.ok:
         return "", ""
     if classic.ok:
-        speedup = classic.result["median_s"] / ours.result["median_s"]
         memory = ours.result["peak_rss"] / classic.result["peak_rss"]
-        return f"{speedup:.1f}x", f"{memory:.3f}"
+        return ratio_cell(classic.result["median_s"], ours.result["median_s"], 1), f"{memory:.3f}"
     if classic.killed_at_cap:
         # The classic run was stopped before finishing: its peak was at least the RSS seen.
         bound = max(classic.max_rss_seen, classic.result.get("peak_rss", 0))
@@ -457,11 +352,7 @@ def comparison(ours: Outcome, classic: Outcome | None) -> tuple[str, str]:
 
 def results_table(outcomes: dict[tuple[str, int], Outcome], sizes, cases) -> str:
     """The markdown table of all runs."""
-    header = (
-        "| B | case | status | fwd+bwd median (s) | min (s) | peak RSS (GiB) | incr. RSS (GiB) "
-        "| loss | vs classic: speed-up | vs classic: peak-RSS ratio |"
-    )
-    rows = [header, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for batch_size in sizes:
         for case in cases:
             outcome = outcomes.get((case, batch_size))
@@ -472,27 +363,26 @@ def results_table(outcomes: dict[tuple[str, int], Outcome], sizes, cases) -> str
             speedup, memory = comparison(outcome, classic) if case in BASELINE_OF else ("", "")
             if outcome.ok:
                 incremental = result["peak_rss"] - result["baseline_rss"]
-                peak = _gib(result["peak_rss"])
-                cells = [_seconds(result["median_s"]), _seconds(result["min_s"]), peak, _gib(incremental),
+                peak = gib(result["peak_rss"])
+                cells = [_seconds(result["median_s"]), _seconds(result["min_s"]), peak, gib(incremental),
                          f"{result['loss']:.6g}"]
                 status = "ok" if result.get("gradient_finite", True) else "ok (NON-FINITE GRADIENT)"
             else:
                 if outcome.killed_at_cap:
-                    peak = f">= {_gib(outcome.max_rss_seen)}"
+                    peak = f">= {gib(outcome.max_rss_seen)}"
                 else:  # failed by itself: its own peak is known
-                    peak = _gib(outcome.result.get("peak_rss") or outcome.max_rss_seen or None)
+                    peak = gib(outcome.result.get("peak_rss") or outcome.max_rss_seen or None)
                 cells = ["", "", peak, "", ""]
                 status = outcome.status
-            rows.append("| " + " | ".join([str(batch_size), case, status, *cells, speedup, memory]) + " |")
-    return "\n".join(rows)
+            rows.append([batch_size, case, status, *cells, speedup, memory])
+    header = ["B", "case", "status", "fwd+bwd median (s)", "min (s)", "peak RSS (GiB)", "incr. RSS (GiB)", "loss",
+              "vs classic: speed-up", "vs classic: peak-RSS ratio"]
+    return "\n".join(markdown_table(header, rows, "rllrrrrrrr"))
 
 
 def agreement_table(outcomes, sizes) -> str:
     """Loss values of ours next to the classic one on the same inputs, with the relative difference."""
-    rows = [
-        "| B | ours | loss (ours) | classic | loss (classic) | relative diff | fraction ours / classic |",
-        "|---:|---|---:|---|---:|---:|---|",
-    ]
+    rows = []
     for batch_size in sizes:
         for ours_case, classic_case in BASELINE_OF.items():
             ours, classic = outcomes.get((ours_case, batch_size)), outcomes.get((classic_case, batch_size))
@@ -500,16 +390,17 @@ def agreement_table(outcomes, sizes) -> str:
                 continue
             if not (ours.ok and classic.ok):
                 status = classic.status if ours.ok else ours.status
-                rows.append(f"| {batch_size} | {ours_case} | {_loss(ours)} | {classic_case} | {_loss(classic)} "
-                            f"| n/a ({status.split(':')[0]}) | |")
+                rows.append([batch_size, ours_case, _loss(ours), classic_case, _loss(classic),
+                             f"n/a ({status.split(':')[0]})", ""])
                 continue
             a, b = ours.result["loss"], classic.result["loss"]
             relative = abs(a - b) / max(abs(b), 1e-30)
             fractions = ""
             if ours.result.get("fraction") is not None and classic.result.get("fraction") is not None:
                 fractions = f"{ours.result['fraction']:.6f} / {classic.result['fraction']:.6f}"
-            rows.append(f"| {batch_size} | {ours_case} | {a:.8g} | {classic_case} | {b:.8g} | {relative:.2e} | {fractions} |")
-    return "\n".join(rows)
+            rows.append([batch_size, ours_case, f"{a:.8g}", classic_case, f"{b:.8g}", f"{relative:.2e}", fractions])
+    header = ["B", "ours", "loss (ours)", "classic", "loss (classic)", "relative diff", "fraction ours / classic"]
+    return "\n".join(markdown_table(header, rows, "rlrlrrl"))
 
 
 def _loss(outcome: Outcome) -> str:
@@ -541,8 +432,8 @@ def target_checks(outcomes) -> list[str]:
         ours_incremental = ours.result["peak_rss"] - ours.result["baseline_rss"]
         classic_incremental = classic.result["peak_rss"] - classic.result["baseline_rss"]
         lines.append(f"{verdict}  {name}: speed-up {speedup:.1f}x, peak-RSS ratio {ratio:.3f} "
-                     f"({_gib(ours.result['peak_rss'])} vs {_gib(classic.result['peak_rss'])} GiB; "
-                     f"incremental {_gib(ours_incremental)} vs {_gib(classic_incremental)} GiB, "
+                     f"({gib(ours.result['peak_rss'])} vs {gib(classic.result['peak_rss'])} GiB; "
+                     f"incremental {gib(ours_incremental)} vs {gib(classic_incremental)} GiB, "
                      f"ratio {ours_incremental / max(classic_incremental, 1):.3f}, for information)")
 
     # B = 4096: batch_all and semi_hard fwd+bwd <= 5 s and <= 2.5 GiB peak RSS.
@@ -556,7 +447,7 @@ def target_checks(outcomes) -> list[str]:
         else:
             median, peak = outcome.result["median_s"], outcome.result["peak_rss"]
             verdict = "PASS" if median <= 5 and peak <= 2.5 * GIB else "FAIL"
-            lines.append(f"{verdict}  {name}: {median:.2f} s, {_gib(peak)} GiB")
+            lines.append(f"{verdict}  {name}: {median:.2f} s, {gib(peak)} GiB")
 
     # B = 4096: batch_hard < 1 s.
     outcome = get("batch_hard", 4096)
@@ -593,7 +484,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         case, batch_size = args.worker[0], int(args.worker[1])
-        worker_main(case, batch_size, args.repeats or default_repeats(batch_size), args.seed)
+        repeats = args.repeats or default_repeats(batch_size)
+        report_from_worker(lambda: measure_case(case, batch_size, repeats, args.seed), {"case": case, "B": batch_size})
         return 0
 
     memory_cap = int(args.memory_cap_gib * GIB)
@@ -604,7 +496,7 @@ def main(argv=None) -> int:
             repeats = args.repeats or default_repeats(batch_size)
             outcome = run_case(case, batch_size, repeats, args.seed, memory_cap, args.timeout)
             outcomes[(case, batch_size)] = outcome
-            detail = (f"median {outcome.result['median_s']:.4f} s, peak {_gib(outcome.result['peak_rss'])} GiB, "
+            detail = (f"median {outcome.result['median_s']:.4f} s, peak {gib(outcome.result['peak_rss'])} GiB, "
                       f"loss {outcome.result['loss']:.6g}") if outcome.ok else outcome.result.get("error", "")
             print(f"[{outcome.wall_s:6.1f} s] B={batch_size:<5} {case:<18} {outcome.status:<24} {detail}",
                   file=sys.stderr, flush=True)
@@ -634,8 +526,7 @@ def main(argv=None) -> int:
         "```",
     ])
     print(report, flush=True)
-    if args.output:
-        args.output.write_text(report + "\n")
+    write_report(args.output, report + "\n")
     return 0
 
 

@@ -4,7 +4,7 @@ Reproduce (from the repository root; about 2 to 4 minutes on 2 idle CPU cores)::
 
     .venv/bin/python scripts/bench_mining.py
     .venv/bin/python scripts/bench_mining.py --sizes 10000 --repeats 1          # quick check
-    .venv/bin/python scripts/bench_mining.py --cases mine count --output bench_mining.md
+    .venv/bin/python scripts/bench_mining.py --cases mine count --output docs/reports/bench_mining.md
 
 Inputs: N random 128-D embeddings (seeded standard normal, L2-normalised, float32),
 10 images per identity (N / 10 identities), margin 0.2, euclidean distance.
@@ -30,18 +30,17 @@ how many cores other processes used during each run. TensorFlow is not imported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarking import (GIB, REPO_ROOT, OtherLoad, QuietWaiter, add_quiet_machine_arguments, gib, log, markdown_table,
+                          peak_rss_bytes, report_from_worker, run_worker, timed, write_report)
+
 DEFAULT_SIZES = (10_000, 100_000)
 CASES = ("mine", "count")
 EMBEDDING_DIM = 128
@@ -51,16 +50,14 @@ METRIC = "euclidean"
 MAX_TRIPLETS = 100_000
 TARGET_SIZE = 100_000
 TARGET_SECONDS = 60.0
-TARGET_RSS_BYTES = 2 * 1024**3
-RESULT_PREFIX = "BENCH_MINING_RESULT "
-GIB = 1024**3
+TARGET_RSS_BYTES = 2 * GIB
 
 
 # ================================================================================ worker
 
 
-def run_worker(case: str, size: int, seed: int) -> None:
-    """Build the inputs, run one case, print one JSON line (prefixed) with the measurements."""
+def measure_case(case: str, size: int, seed: int) -> dict:
+    """Build the inputs and run one case in this process; returns the measurements."""
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
 
@@ -70,18 +67,18 @@ def run_worker(case: str, size: int, seed: int) -> None:
     embeddings = rng.standard_normal((size, EMBEDDING_DIM), dtype=np.float32)  # (N, 128)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     labels = np.repeat(np.arange(size // IMAGES_PER_IDENTITY), IMAGES_PER_IDENTITY)  # (N,)
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    wall, cpu = time.perf_counter(), time.process_time()
+    baseline_rss = peak_rss_bytes()
+    cpu = time.process_time()
     if case == "mine":
-        result = mine_triplets(embeddings, labels, MARGIN, metric=METRIC, max_triplets=MAX_TRIPLETS, seed=seed)
+        wall, result = timed(lambda: mine_triplets(embeddings, labels, MARGIN, metric=METRIC,
+                                                   max_triplets=MAX_TRIPLETS, seed=seed))
         counts, mined = result.counts, len(result.triplets)
     else:
-        counts, mined = count_triplets(embeddings, labels, MARGIN, metric=METRIC), None
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(RESULT_PREFIX + json.dumps({"case": case, "size": size, "seconds": wall, "cpu_seconds": cpu,
-                                      "peak_rss": peak_rss, "baseline_rss": baseline_rss, "counts": counts,
-                                      "mined": mined}), flush=True)
+        wall, counts = timed(lambda: count_triplets(embeddings, labels, MARGIN, metric=METRIC))
+        mined = None
+    cpu = time.process_time() - cpu
+    return {"seconds": wall, "cpu_seconds": cpu, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline_rss,
+            "counts": counts, "mined": mined}
 
 
 # ================================================================================ parent
@@ -100,55 +97,15 @@ class Run:
     other_cores: float | None  # cores used by other processes during the run
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (None without psutil)."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
-def wait_until_quiet(threshold: float, budget: float) -> float:
-    """Wait (at most ``budget`` s) until the machine uses under ``threshold`` cores; returns the wait."""
-    start = time.monotonic()
-    while time.monotonic() - start < budget:
-        before, moment = busy_cpu_seconds(), time.monotonic()
-        if before is None:
-            break
-        time.sleep(2.0)
-        cores = (busy_cpu_seconds() - before) / (time.monotonic() - moment)
-        if cores < threshold:
-            break
-        if time.monotonic() - start < 3.0:
-            log(f"  waiting for other processes to go quiet (they use {cores:.1f} cores) ...")
-    return time.monotonic() - start
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children, cumulative
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(case: str, size: int, seed: int, timeout: float) -> Run:
     """One worker process; raises on failure or timeout."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, str(size), "--seed", str(seed)]
-    busy_before, worker_before, started = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    elapsed = time.monotonic() - started
-    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if completed.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {case} N={size} failed ({completed.returncode}):\n{completed.stderr[-2000:]}")
-    data = json.loads(lines[-1][len(RESULT_PREFIX):])
-    other = None
-    if busy_before is not None:  # the machine's busy CPU time minus the worker's own, per second of the run
-        worker = children_cpu_seconds() - worker_before
-        other = max(0.0, (busy_cpu_seconds() - busy_before - worker) / elapsed)
+    monitor = OtherLoad().start()
+    run = run_worker(__file__, ["--worker", case, str(size), "--seed", str(seed)], timeout)
+    other = monitor.stop()  # the machine's busy CPU time minus the worker's own (and ours), per second of the run
+    if run.result is None or not run.result["ok"]:
+        reason = run.exit_reason() if run.result is None else run.result["error"]
+        raise RuntimeError(f"worker {case} N={size} failed ({reason}):\n{run.stderr[-2000:]}")
+    data = run.result
     return Run(case=case, size=size, seconds=data["seconds"], cpu_seconds=data["cpu_seconds"],
                peak_rss=data["peak_rss"], baseline_rss=data["baseline_rss"], counts=data["counts"],
                mined=data["mined"], other_cores=other)
@@ -173,21 +130,20 @@ def render(results: dict, args) -> str:
         f"< {TARGET_SECONDS:.0f} s and < {TARGET_RSS_BYTES / GIB:.0f} GiB peak RSS (best of {args.repeats}).",
         f"Machine: {platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}.",
         "",
-        "| case | N | pairs N^2 | wall s (best / median) | CPU s | ns per pair (wall) | peak RSS | RSS before call "
-        "| easy / semi-hard / hard | mined | other load (cores) | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
+    rows = []
     for (case, size), runs in results.items():
         best = min(runs, key=lambda run: run.seconds)
         median = statistics.median(run.seconds for run in runs)
         counts = best.counts
         other = ", ".join("?" if run.other_cores is None else f"{run.other_cores:.1f}" for run in runs)
-        lines.append(
-            f"| {case} | {size:,} | {size * size:.1e} | {best.seconds:.1f} / {median:.1f} | {best.cpu_seconds:.1f} "
-            f"| {best.seconds / size**2 * 1e9:.2f} | {best.peak_rss / GIB:.2f} GiB | {best.baseline_rss / GIB:.2f} GiB "
-            f"| {counts['easy']:,} / {counts['semi_hard']:,} / {counts['hard']:,} "
-            f"| {'-' if best.mined is None else f'{best.mined:,}'} | {other} | {judge(runs)} |"
-        )
+        rows.append([case, f"{size:,}", f"{size * size:.1e}", f"{best.seconds:.1f} / {median:.1f}",
+                     f"{best.cpu_seconds:.1f}", f"{best.seconds / size**2 * 1e9:.2f}", f"{gib(best.peak_rss)} GiB",
+                     f"{gib(best.baseline_rss)} GiB", f"{counts['easy']:,} / {counts['semi_hard']:,} / {counts['hard']:,}",
+                     "-" if best.mined is None else f"{best.mined:,}", other, judge(runs)])
+    lines += markdown_table(["case", "N", "pairs N^2", "wall s (best / median)", "CPU s", "ns per pair (wall)", "peak RSS",
+                             "RSS before call", "easy / semi-hard / hard", "mined", "other load (cores)", "target"],
+                            rows, "lrrrrrrrlrrl")
     lines += ["", "All runs (wall s): " + "; ".join(
         f"{case} N={size:,}: " + ", ".join(f"{run.seconds:.1f}" for run in runs) for (case, size), runs in results.items())]
     return "\n".join(lines) + "\n"
@@ -201,8 +157,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="worker runs per case (best is judged)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the selection")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a worker is killed")
-    parser.add_argument("--wait-quiet", type=float, default=120.0, help="most seconds to wait for a quiet machine per run")
-    parser.add_argument("--quiet-threshold", type=float, default=0.3, help="'quiet' = other processes under this many cores")
+    add_quiet_machine_arguments(parser, threshold=0.3, wait=120.0, wait_scope="per run")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -211,14 +166,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        run_worker(args.worker[0], int(args.worker[1]), args.seed)
+        case, size = args.worker[0], int(args.worker[1])
+        report_from_worker(lambda: measure_case(case, size, args.seed), {"case": case, "size": size})
         return 0
     results: dict = {}
     for size in args.sizes:
         for case in args.cases:
             runs = []
             for repeat in range(args.repeats):
-                waited = wait_until_quiet(args.quiet_threshold, args.wait_quiet)
+                waited = QuietWaiter(args.quiet_threshold, args.wait_quiet).wait()
                 log(f"{case} N={size:,} run {repeat + 1}/{args.repeats} (waited {waited:.0f} s for quiet)")
                 run = measure(case, size, args.seed, args.timeout)
                 log(f"  {run.seconds:.1f} s, CPU {run.cpu_seconds:.1f} s, peak RSS {run.peak_rss / GIB:.2f} GiB, "
@@ -227,8 +183,7 @@ def main(argv=None) -> int:
             results[(case, size)] = runs
     report = render(results, args)
     print(report)
-    if args.output:
-        args.output.write_text(report)
+    write_report(args.output, report)
     return 1 if any(judge(runs) == "FAIL" for runs in results.values()) else 0
 
 

@@ -2,7 +2,7 @@
 
 Reproduce with::
 
-    .venv/bin/python scripts/bench_train.py --steps 60 --repeats 8 --output docs/bench_train_default.md
+    .venv/bin/python scripts/bench_train.py --steps 60 --repeats 8 --output docs/reports/bench_train_default.md
 
 For each precision the from-scratch training model (``facetrip.models.build_embedding_model``
 and ``facetrip.training.embedding_trainer.EmbeddingTrainer`` with ``configs/scratch.toml``: the batch-hard
@@ -31,11 +31,12 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SCRATCH_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "scratch.toml"  # the from-scratch recipe
+from benchmarking import REPO_ROOT, abba_rounds, markdown_table, timed, write_report  # noqa: E402
+
+SCRATCH_CONFIG = REPO_ROOT / "configs" / "scratch.toml"  # the from-scratch recipe
 
 
 REAL = "ORL pipeline"
@@ -86,10 +87,13 @@ def pipeline_images_per_second(dataset, batch_size: int, batches: int = 200) -> 
     """Images per second of iterating ``dataset`` alone (after one untimed batch)."""
     iterator = iter(dataset)
     next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
+
+    def pull_batches() -> None:
+        for _ in range(batches):
+            next(iterator)
+
+    seconds, _ = timed(pull_batches)
+    return batches * batch_size / seconds
 
 
 def timed_fit(model, dataset, warmup: int, steps: int) -> float:
@@ -126,12 +130,15 @@ def main() -> None:
             for _ in range(2):
                 pipeline_alone.append(pipeline_images_per_second(datasets[REAL], batch_size))
                 print(f"ORL pipeline alone: {pipeline_alone[-1]:7.0f} images/s", flush=True)
-            for repeat in range(args.repeats):
-                order = list(datasets) if repeat % 2 == 0 else list(datasets)[::-1]  # ABBA: cancels drift
-                for name in order:
-                    seconds = timed_fit(model, datasets[name], args.warmup, args.steps)
-                    results.setdefault((precision, name), []).append(seconds)
-                    print(f"{precision:8s} {name:18s} run {repeat + 1}: {batch_size / seconds:7.1f} images/s", flush=True)
+
+            def fit_on(dataset):
+                return lambda: timed_fit(model, dataset, args.warmup, args.steps)
+
+            def print_run(round_index: int, name: str, seconds: float) -> None:
+                print(f"{precision:8s} {name:18s} run {round_index + 1}: {batch_size / seconds:7.1f} images/s", flush=True)
+
+            runs = abba_rounds({name: fit_on(dataset) for name, dataset in datasets.items()}, args.repeats, report=print_run)
+            results.update({(precision, name): seconds for name, seconds in runs.items()})
 
     lines = [
         "## Training-throughput benchmark",
@@ -142,10 +149,8 @@ def main() -> None:
         f"{args.steps} steps after {args.warmup} warm-up steps; medians. The pipeline's cost is measured against "
         f"*{MEMORY}*: {MEMORY_BATCHES} of the pipeline's own batches computed before timing and cycled from memory.",
         "",
-        f"| precision | input | images/s (median) | runs (images/s) | vs {MEMORY}: ratio of medians | vs {MEMORY}: median of paired runs |",
-        "|---|---|---:|---|---:|---:|",
     ]
-    verdicts = []
+    rows, verdicts = [], []
     for precision in ("float32", "bf16"):
         reference = results[(precision, MEMORY)]
         for name in (MEMORY, REAL, ONE_BATCH):
@@ -153,21 +158,21 @@ def main() -> None:
             # each repeat ran the inputs back to back: their ratio is free of the slow drift
             paired = statistics.median(run / base - 1 for run, base in zip(runs, reference))
             cost = statistics.median(runs) / statistics.median(reference) - 1
-            costs = "| |" if name == MEMORY else f"| {cost:+.1%} | {paired:+.1%} |"
-            lines.append(f"| {precision} | {name} | {batch_size / statistics.median(runs):.1f} | "
-                         f"{', '.join(f'{batch_size / run:.1f}' for run in runs)} {costs}")
+            costs = ["", ""] if name == MEMORY else [f"{cost:+.1%}", f"{paired:+.1%}"]
+            rows.append([precision, name, f"{batch_size / statistics.median(runs):.1f}",
+                         ", ".join(f"{batch_size / run:.1f}" for run in runs), *costs])
             if name == REAL:
                 verdicts.append(f"{'PASS' if paired <= 0.05 else 'FAIL'}  {precision}: the ORL pipeline costs {paired:+.1%} "
                                 f"(median of paired runs; ratio of medians {cost:+.1%}; target <= 5%)")
+    lines += markdown_table(["precision", "input", "images/s (median)", "runs (images/s)",
+                             f"vs {MEMORY}: ratio of medians", f"vs {MEMORY}: median of paired runs"], rows, "llrlrr")
     speedup = statistics.median(results[("float32", MEMORY)]) / statistics.median(results[("bf16", MEMORY)])
     lines += ["", f"The ORL pipeline alone (no model, the recipe's augmentation) delivers "
                   f"{statistics.median(pipeline_alone):,.0f} images/s (runs: {', '.join(f'{run:,.0f}' for run in pipeline_alone)})."]
     lines += ["", f"bf16 is {speedup:.2f}x the float32 speed on {MEMORY}.", "", "```", *verdicts, "```", ""]
     report = "\n".join(lines)
     print(report)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(report)
+    write_report(args.output, report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ comparison continues where it stopped, and a run of an older default is trained 
 Usage::
 
     # the strategies the issue asks for (5 splits, default recipe otherwise)
-    python scripts/compare_strategies.py --strategies --splits 0 1 2 3 4 --out docs/strategies_default.md
+    python scripts/compare_strategies.py --strategies --splits 0 1 2 3 4 --out docs/reports/strategies_default.md
     # the same on the from-scratch recipe
     python scripts/compare_strategies.py --config configs/scratch.toml --strategies --splits 0 1 2 3 4
     # any recipe: NAME=section.key:value;section.key:value

@@ -19,7 +19,7 @@ are made from.
 Usage::
 
     python scripts/fuzz_inputs.py                        # the table on stdout
-    python scripts/fuzz_inputs.py --output docs/fuzz_inputs.md
+    python scripts/fuzz_inputs.py --output docs/reports/hostile_inputs.md
 """
 
 from __future__ import annotations
@@ -518,6 +518,7 @@ def main(argv=None) -> int:
     report = markdown(results, args.memory_gib, args.seconds, command)
     print(report)
     if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report)
     if args.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,12 +1,6 @@
-"""scripts/compare_strategies.py: variant parsing and the markdown table (no training); scripts/screen_levers.py runs."""
+"""scripts/compare_strategies.py: variant parsing, the markdown table and the reuse of finished runs (no training)."""
 
 import importlib.util
-import json
-import subprocess
-import sys
-
-import numpy as np
-import pytest
 
 from conftest import REPO
 
@@ -36,46 +30,6 @@ def test_table_reports_mean_and_spread_over_splits():
     # EER mean 10%, population std 5 points; AUC 0.960 +- 0.020; 3 min of training on average
     assert "| batch_hard | 10.0% ± 5.0 | 5.0 / 15.0 | 0.960 ± 0.020 | 0.80 ± 0.10 | 0.200 | 3.0 min |" in table
     assert "| *Fisherfaces* (baseline) | 10.0% ± 0.0 | 10.0 / 10.0 |" in table and "split seeds 0, 1" in table
-
-
-@pytest.mark.slow
-def test_screen_levers_trains_every_lever_and_reports_per_split(data_dir):
-    """Two epochs of a tiny model with every extra lever on: one line per evaluation, then the mean.
-
-    Each line's EER e and AUC describe one ROC curve: it rises monotonically through the EER
-    point (FAR f, TAR 1 - r) with e = (f + r) / 2, so the area under it lies between
-    (1 - f)(1 - r) >= 1 - 2e and 1 - f r ~ 1 - e^2 (f and r differ by about one pair's
-    share; the values are printed to 4 decimals, hence the 0.002 of slack). And the
-    trained model is better than chance (EER < 0.5, which collapsed embeddings give).
-    """
-    command = [sys.executable, str(REPO / "scripts" / "screen_levers.py"), "--split", "0", "--size", "16", "14",
-               "--width", "4", "--dim", "8", "--epochs", "2", "--eval-every", "1", "--joint", "1", "--smooth", "0.1",
-               "--erase", "0.5", "--rot", "10", "--zoom", "0.1", "--ramp", "0.5", "--gamma", "0.3", "--norm",
-               "--simclr", "0.5", "--head", "flatten", "--train-dev", "--blend", "2", "--ema", "0.9", "--tag", "smoke",
-               "--data-dir", str(data_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [json.loads(line[2:]) for line in result.stdout.splitlines() if line.startswith("0 {")]
-    assert [row["epoch"] for row in rows] == [1, 2]
-    for row in rows:
-        for eer, auc in ((row["eer"], row["auc"]), (row["eer_tta"], row["auc_tta"])):
-            assert 1 - 2 * eer - 0.002 <= auc <= 1 - eer**2 + 0.002, row
-        assert row["dev_eer"] < 0.5 and row["eer"] < 0.5, row
-    assert np.isfinite(rows[-1]["ce"]) and np.isfinite(rows[-1]["trip"])
-    final = [line for line in result.stdout.splitlines() if line.startswith("FINAL smoke")]
-    assert len(final) == 1 and json.loads(final[0].rsplit("} ", 1)[1])["eer"] == rows[-1]["eer"]
-
-
-def test_fusion_averages_standardised_distances():
-    spec = importlib.util.spec_from_file_location("fuse_runs", REPO / "scripts" / "fuse_runs.py")
-    fuse_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fuse_runs)
-    distances = np.array([0.1, 0.4, 0.7, 1.0])
-    # standardising removes scale and offset: a model whose distances are 10 d + 3 ranks pairs as d does
-    assert np.allclose(fuse_runs.fused([distances, 10 * distances + 3]), fuse_runs.standardised(distances))
-    assert np.allclose(fuse_runs.standardised(distances), (distances - 0.55) / np.std(distances))
-    assert np.allclose(fuse_runs.fused([distances, -distances]), 0.0)  # opposite opinions cancel
-    assert np.allclose(fuse_runs.standardised(np.full(3, 0.5)), 0.0)  # a constant set stays finite
 
 
 def test_finished_runs_are_reused_only_with_the_same_config(tmp_path):

@@ -17,9 +17,9 @@ model file) wheels; nothing is downloaded at run time.
 
 The face network's chips are cut by :mod:`facetrip.data.face_chips` (dlib's own
 ``get_face_chip``); this module's template warp serves the from-scratch experiments, and
-:func:`import_dlib` / :func:`on_dlib_thread` serve both. ``scripts/align_folder.py`` writes an
-aligned copy of a data set with :func:`align_faces`, for training from scratch on aligned
-faces (measured in docs/quality.md: worse than unaligned on ORL).
+:func:`import_dlib` / :func:`on_dlib_thread` serve both. :func:`align_faces` makes an
+aligned copy of a data set, for training from scratch on aligned faces (measured in
+docs/quality.md: worse than unaligned on ORL).
 """
 
 from __future__ import annotations
