@@ -23,7 +23,7 @@ demo: $(INSTALLED)
 	$(BIN)/facetrip train
 
 bench-losses: $(INSTALLED)
-	$(BIN)/python scripts/bench_losses.py --output docs/bench_losses.md
+	$(BIN)/python scripts/bench_losses.py --output docs/reports/bench_losses.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
