@@ -20,7 +20,7 @@ distance between faces depends strongly on it, and centring on the images being 
 (no labels used) is what reproduces the reference numbers on ORL. It can only help the
 baselines, so it makes the bar the model has to clear higher, never lower. The training
 mean is the alternative (``centre="train"``); ``scripts/bench_baselines.py`` reports both
-(docs/evaluation.md). Cosine beats euclidean distance for every baseline there.
+(docs/reports/evaluation.md). Cosine beats euclidean distance for every baseline there.
 """
 
 from __future__ import annotations

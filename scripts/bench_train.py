@@ -7,7 +7,7 @@ Reproduce with::
 For each precision the from-scratch training model (``facetrip.models.build_embedding_model``
 and ``facetrip.training.embedding_trainer.EmbeddingTrainer`` with ``configs/scratch.toml``: the batch-hard
 triplet loss plus the classification term) is trained with ``fit`` on (the face network's
-training speed is in docs/face_network.md)
+training speed is in docs/benchmarks.md)
 
 - the ORL pipeline: P x K batches from ``pk_dataset`` with the recipe's augmentation;
 - in-memory batches (the reference): 64 of those batches computed before timing and

@@ -19,7 +19,7 @@ are made from.
 Usage::
 
     python scripts/fuzz_inputs.py                        # the table on stdout
-    python scripts/fuzz_inputs.py --output docs/reports/hostile_inputs.md
+    python scripts/fuzz_inputs.py --output docs/reports/fuzz_inputs.md
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On a small data set a triplet loss alone memorises the training identities within a few
 hundred steps (the loss reaches 0 and learning stops). Two things help, both measured in
-``docs/evaluation.md``: a short classification warm-up that spreads the identities over
+``docs/quality.md``: a short classification warm-up that spreads the identities over
 the sphere before triplet mining starts, and keeping a small classification term as a
 regulariser afterwards. The loss of one step is
 
