@@ -18,6 +18,7 @@ import pytest
 import reference
 from conftest import METRICS, pk_labels
 from facetrip import mining
+from facetrip.mining import planning, problem, sampling, scan
 from facetrip.mining import (
     TRIPLET_CATEGORIES,
     MiningResult,
@@ -85,7 +86,7 @@ def label_pattern(name: str, rng, size: int):
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Column tiles of about 8 points (plus room to pack identities): larger identities span tiles."""
-    monkeypatch.setattr(mining, "_TILE_WIDTH", 8)
+    monkeypatch.setattr(problem, "_TILE_WIDTH", 8)
 
 
 # ----------------------------------------------------------------------------- counts
@@ -109,7 +110,7 @@ def test_chunks_and_tiles_give_the_same_counts(rng, small_tiles, metric, chunk_s
     labels = np.repeat(np.arange(7), [20, 9, 3, 1, 5, 2, 4])
     rng.shuffle(labels)
     embeddings = rng.normal(size=(len(labels), 3))
-    layout = mining._Problem.create(embeddings, labels, 0.3, metric, chunk_size)
+    layout = problem.Problem.create(embeddings, labels, 0.3, metric, chunk_size)
     assert layout.num_tiles > 2 and np.count_nonzero(layout.tile_owner >= 0) == 2
     expected = counts_of(categorised_triplets(embeddings, labels, 0.3, metric))
     assert count_triplets(embeddings, labels, 0.3, metric=metric, chunk_size=chunk_size) == expected
@@ -119,14 +120,14 @@ def test_chunks_and_tiles_give_the_same_counts(rng, small_tiles, metric, chunk_s
 @pytest.mark.parametrize("path", ["tails", "bulk", "sorted rows"])
 def test_every_counting_path_is_exact(rng, small_tiles, monkeypatch, path):
     """The pass planner only changes speed: all-tail, all-bulk and sort-and-search plans count alike."""
-    monkeypatch.setattr(mining, "_MIN_KEYS_PER_ROW_TO_PLAN", 0)
+    monkeypatch.setattr(scan, "_MIN_KEYS_PER_ROW_TO_PLAN", 0)
     if path == "tails":  # tail passes made free: every threshold goes to a tail
-        monkeypatch.setattr(mining, "_TAIL_PASS_COST", 0.0)
-        monkeypatch.setattr(mining, "_EXTRACTED_KEY_COST", 0.0)
+        monkeypatch.setattr(planning, "_TAIL_PASS_COST", 0.0)
+        monkeypatch.setattr(planning, "_EXTRACTED_KEY_COST", 0.0)
     else:
-        monkeypatch.setattr(mining, "_TAIL_PASS_COST", 1e9)
+        monkeypatch.setattr(planning, "_TAIL_PASS_COST", 1e9)
     if path == "sorted rows":
-        monkeypatch.setattr(mining, "_MAX_BULK_PASSES", 0)
+        monkeypatch.setattr(planning, "_MAX_BULK_PASSES", 0)
     for metric in METRICS:
         labels = rng.integers(0, 4, 26)
         embeddings = rng.normal(size=(26, 3)).astype(np.float32)
@@ -267,10 +268,10 @@ def test_results_do_not_depend_on_the_number_of_workers(rng, monkeypatch):
     """Random draws are seeded per (seed, chunk, tile) and merged in a fixed order."""
     labels = pk_labels(100, 4)
     embeddings = rng.normal(size=(400, 8)).astype(np.float32)
-    monkeypatch.setattr(mining, "_MIN_KEYS_PER_EXTRA_WORKER", 0)
+    monkeypatch.setattr(scan, "_MIN_KEYS_PER_EXTRA_WORKER", 0)
     results = []
     for workers in (1, 2, 3):
-        monkeypatch.setattr(mining, "_worker_count", lambda workers=workers: workers)
+        monkeypatch.setattr(scan, "_worker_count", lambda workers=workers: workers)
         results.append(mine_triplets(embeddings, labels, 0.3, max_triplets=500, seed=4, chunk_size=16))
     for other in results[1:]:
         assert other.counts == results[0].counts
@@ -286,7 +287,7 @@ def test_selection_is_uniform(rng, small_tiles, monkeypatch, path):
     and the chi-square statistic (about Q - 1 on average) below 3 Q.
     """
     if path != "default":
-        monkeypatch.setattr(mining, "_prefer_listing", lambda listing, rejection: path == "listing")
+        monkeypatch.setattr(sampling, "_prefer_listing", lambda listing, rejection: path == "listing")
     labels = np.repeat(np.arange(5), [3, 2, 2, 2, 3])
     embeddings = rng.normal(size=(12, 2))
     qualifying = sorted(mine_triplets(embeddings, labels, 0.3, max_triplets=10**6, chunk_size=3).triplets.tolist())
@@ -409,7 +410,7 @@ def test_bad_inputs_are_rejected(arguments, match):
 
 def test_the_interface_names():
     assert TRIPLET_CATEGORIES == ("easy", "semi_hard", "hard")
-    distances = Path(mining.__file__).parent / "losses" / "distances.py"  # parsed, not imported: no TensorFlow
+    distances = Path(mining.__file__).parents[1] / "losses" / "distances.py"  # parsed, not imported: no TensorFlow
     tree = ast.parse(distances.read_text())
     metrics = next(ast.literal_eval(node.value) for node in tree.body
                    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "METRICS")

@@ -1,0 +1,123 @@
+"""Triplets files: a :class:`MiningResult` written to and read back from one ``.npz`` archive.
+
+Entries: ``format`` (``"facetrip-triplets"``), ``version`` (1), ``triplets`` (M, 3) int64,
+``count_names`` / ``count_values`` (the four counts), ``margin``, ``metric``, ``categories``;
+optionally ``file_names`` (N,) and ``source``. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from facetrip.mining.result import (
+    COUNT_KEYS,
+    MiningResult,
+    resolve_categories,
+    resolve_metric,
+    validated_counts,
+    validated_margin,
+    validated_triplets,
+)
+
+FILE_FORMAT = "facetrip-triplets"
+FILE_VERSION = 1
+
+
+def save_triplets(path, result: MiningResult, file_names: Optional[Sequence[str]] = None,
+                  source: Optional[str] = None) -> Path:
+    """Write ``result`` to an ``.npz`` file (atomically), optionally with the image names.
+
+    Args:
+        path: target file; ``.npz`` is the usual suffix.
+        result: a :class:`MiningResult`.
+        file_names: optional (N,) names of the embedded images, so that indices can be
+            read back as files (default ``result.file_names``).
+        source: optional name of the data source (default ``result.source``).
+
+    Returns:
+        The path written.
+    """
+    from facetrip.runs import atomic_write_bytes
+
+    path = Path(path)
+    triplets = validated_triplets(np.asarray(result.triplets), "result.triplets")
+    counts = validated_counts({key: result.counts[key] for key in COUNT_KEYS}, "result.counts")
+    file_names = result.file_names if file_names is None else file_names
+    source = result.source if source is None else source
+    arrays = {
+        "format": np.array(FILE_FORMAT),
+        "version": np.array(FILE_VERSION),
+        "triplets": triplets,
+        "count_names": np.array(COUNT_KEYS),
+        "count_values": np.array([counts[key] for key in COUNT_KEYS], np.int64),
+        "margin": np.array(float(result.margin)),
+        "metric": np.array(resolve_metric(result.metric)),
+        "categories": np.array(resolve_categories(result.categories)),
+    }
+    if file_names is not None:
+        arrays["file_names"] = np.asarray([str(name) for name in file_names])
+        if len(triplets) and triplets.max() >= len(arrays["file_names"]):
+            raise ValueError(f"file_names has {len(arrays['file_names'])} entries but the triplets index "
+                             f"up to {triplets.max()}: pass the names of all embedded images.")
+    if source is not None:
+        arrays["source"] = np.array(str(source))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_triplets(path) -> MiningResult:
+    """Read a file written by :func:`save_triplets`.
+
+    Args:
+        path: the ``.npz`` file.
+
+    Returns:
+        The :class:`MiningResult` (with ``file_names`` and ``source`` when saved).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is not a readable, consistent facetrip triplets file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No triplets file at {path}.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as error:  # zipfile, pickle and format errors all mean "not ours"
+        raise ValueError(f"{path} is not a readable triplets file (.npz written by save_triplets): "
+                         f"{type(error).__name__}: {error}".replace("\n", " ")) from error
+    try:
+        return _result_from_arrays(arrays)
+    except (KeyError, TypeError, ValueError) as error:
+        detail = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path} is not a valid facetrip triplets file: {detail}".replace("\n", " ")) from error
+
+
+def _result_from_arrays(arrays: dict) -> MiningResult:
+    if str(arrays["format"]) != FILE_FORMAT:
+        raise ValueError(f"format is {str(arrays['format'])!r}, not {FILE_FORMAT!r}")
+    if int(arrays["version"]) != FILE_VERSION:
+        raise ValueError(f"file version {int(arrays['version'])}, this facetrip reads version {FILE_VERSION}")
+    names = [str(name) for name in arrays["count_names"]]
+    values = arrays["count_values"]
+    if sorted(names) != sorted(COUNT_KEYS) or values.shape != (len(names),) or values.dtype.kind not in "iu":
+        raise ValueError(f"counts must name {', '.join(COUNT_KEYS)} once each")
+    counts = validated_counts(dict(zip(names, values.tolist())), "counts")
+    triplets = validated_triplets(arrays["triplets"], "triplets")
+    if len(set(map(tuple, triplets.tolist()))) != len(triplets):
+        raise ValueError("triplets holds duplicates")
+    categories = resolve_categories([str(name) for name in np.atleast_1d(arrays["categories"])])
+    file_names = arrays.get("file_names")
+    if file_names is not None and len(triplets) and triplets.max() >= len(file_names):
+        raise ValueError(f"triplets index up to {triplets.max()} but only {len(file_names)} file names are stored")
+    source = str(arrays["source"]) if "source" in arrays else None
+    return MiningResult(counts={key: counts[key] for key in COUNT_KEYS}, triplets=triplets,
+                        margin=validated_margin(arrays["margin"]), metric=resolve_metric(str(arrays["metric"])),
+                        categories=categories, file_names=file_names, source=source)
