@@ -134,7 +134,7 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         CalibrationError: both ``threshold`` and ``far``, ``far`` outside (0, 1), or ``far``
             for a run that saved no calibration distances.
     """
-    from facetrip.calibration import verification_threshold
+    from facetrip.evaluation.calibration import verification_threshold
 
     threshold, threshold_rule = verification_threshold(run.metadata, threshold, far)  # before any image is embedded
     images, faces_detected = run.inputs_of_files([first_image, second_image])  # (2, H, W, C)

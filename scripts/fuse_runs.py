@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="tfds storage folder (default: tfds' own)")
     args = parser.parse_args()
 
-    from facetrip.baselines import fit_fisherfaces
+    from facetrip.evaluation.baselines import fit_fisherfaces
     from facetrip.data import load_faces
-    from facetrip.evaluate_run import preprocess_images, run_split
+    from facetrip.evaluation.report import preprocess_images, run_split
     from facetrip.evaluation import distances_between, verification_metrics, verification_pairs
     from facetrip.inference import Run
     from facetrip.runs import read_metadata

@@ -25,7 +25,7 @@ import numpy as np
 
 from facetrip import __version__
 # Runs calibrated to a target FAR save their threshold's rule; THRESHOLD_RULES describes older, equal-error runs.
-from facetrip.calibration import THRESHOLD_RULES, saved_threshold_rule  # noqa: F401  (THRESHOLD_RULES re-exported)
+from facetrip.evaluation.calibration import THRESHOLD_RULES, saved_threshold_rule  # noqa: F401  (THRESHOLD_RULES re-exported)
 from facetrip.evaluation import NUM_FOLDS, NamedPairs, Pairs, PairsFileError
 
 # Most same-identity (and most different-identity) pairs; above it a balanced sample is drawn.
@@ -342,7 +342,7 @@ def evaluate_run(
         ReportNotWritten: (an EvaluationError) the run directory cannot be written; it
             carries the report.
     """
-    from facetrip.baselines import BaselineError, fit_baselines, fit_sample
+    from facetrip.evaluation.baselines import BaselineError, fit_baselines, fit_sample
     from facetrip.data import load_faces
     from facetrip.evaluation import (
         distances_between,
