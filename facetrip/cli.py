@@ -442,9 +442,9 @@ def verify(
     """Are two photos the same person? Prints the distance, the run's threshold and the verdict."""
     import json
 
-    from facetrip.evaluation.calibration import CalibrationError, check_target_far
     from facetrip.data import ImageReadError
     from facetrip.data.images import decode_file
+    from facetrip.evaluation.calibration import CalibrationError, check_target_far
     from facetrip.inference import verify as verify_pair
 
     if threshold is not None and far is not None:
@@ -614,8 +614,8 @@ def mine(
 def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
     """`facetrip evaluate` on a run that just finished; training stays a success if it cannot run."""
     from facetrip.data import DataError
-    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.evaluation import PairsFileError
+    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.runs import RunError
 
     try:
@@ -727,8 +727,8 @@ def evaluate(
     from rich.markup import escape
 
     from facetrip.data import DataError
-    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.evaluation import PairsFileError
+    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.runs import RunError, latest_run
 
     setup_logging()

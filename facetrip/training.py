@@ -1092,8 +1092,8 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
         (:func:`facetrip.evaluation.verification_summary`). Only ``threshold`` (None) and
         ``threshold_source`` when the identities give no same or no different pairs.
     """
-    from facetrip.evaluation.calibration import SAVED_DISTANCES_KEY, calibrate_to_far, saved_distances
     from facetrip.evaluation import pair_distances, verification_summary
+    from facetrip.evaluation.calibration import SAVED_DISTANCES_KEY, calibrate_to_far, saved_distances
 
     if config.train.epochs == 0:
         # The network never saw the training identities either: all of them calibrate, and

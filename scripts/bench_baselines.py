@@ -39,8 +39,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from facetrip.evaluation.baselines import fit_baselines  # noqa: E402
 from facetrip.evaluation import FAR_TARGETS, distances_between, far_key, verification_metrics, verification_pairs  # noqa: E402
+from facetrip.evaluation.baselines import fit_baselines  # noqa: E402
 
 # The reference (ORL, 10 held-out people, mean over split seeds 0..4): AUC, EER, TAR@FAR=1%.
 REFERENCE = {

@@ -33,8 +33,8 @@ def main() -> None:
 
     tf = import_tensorflow()
     from facetrip.data import load_faces
-    from facetrip.evaluation.report import preprocess_images, run_split
     from facetrip.evaluation import verification_metrics, verification_pairs
+    from facetrip.evaluation.report import preprocess_images, run_split
     from facetrip.inference import Run
     from facetrip.models.tta import Shift, tta_offsets
     from facetrip.runs import read_metadata

@@ -45,10 +45,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="tfds storage folder (default: tfds' own)")
     args = parser.parse_args()
 
-    from facetrip.evaluation.baselines import fit_fisherfaces
     from facetrip.data import load_faces
-    from facetrip.evaluation.report import preprocess_images, run_split
     from facetrip.evaluation import distances_between, verification_metrics, verification_pairs
+    from facetrip.evaluation.baselines import fit_fisherfaces
+    from facetrip.evaluation.report import preprocess_images, run_split
     from facetrip.inference import Run
     from facetrip.runs import read_metadata
 

@@ -8,30 +8,23 @@ The modules that need more are imported by name: ``facetrip.evaluation.calibrati
 
 from facetrip.evaluation.metrics import (
     FAR_TARGETS,
-    MAX_PAIRS,
     NUM_FOLDS,
-    NamedPairs,
-    Pairs,
-    PairsFileError,
     accuracy_of,
     best_threshold,
-    distances_between,
     equal_error_rate,
     error_breakdown,
     far_key,
     k_fold_accuracy,
-    pair_distances,
-    parse_lfw_pairs,
     rates_at_threshold,
-    read_lfw_pairs,
     roc,
-    roc_plot_png,
     stratified_folds,
     tar_at_far,
     verification_metrics,
-    verification_pairs,
     verification_summary,
 )
+from facetrip.evaluation.pairs import MAX_PAIRS, Pairs, distances_between, pair_distances, verification_pairs
+from facetrip.evaluation.pairs_file import NamedPairs, PairsFileError, parse_lfw_pairs, read_lfw_pairs
+from facetrip.evaluation.plots import roc_plot_png
 
 __all__ = [
     "FAR_TARGETS",
