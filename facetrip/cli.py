@@ -382,7 +382,7 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False) ->
         fail(str(error), code=1)
     except (TrainingError, DataError, RunError) as error:
         fail(escape(str(error)))
-    from facetrip.calibration import percent
+    from facetrip.evaluation.calibration import percent
 
     summary = metadata.get(metadata.get("threshold_source", ""), {})
     calibration = metadata.get("calibration") or {}
@@ -456,9 +456,9 @@ def verify(
     """Are two photos the same person? Prints the distance, the run's threshold and the verdict."""
     import json
 
-    from facetrip.calibration import CalibrationError, check_target_far
     from facetrip.data import ImageReadError
     from facetrip.data.images import decode_file
+    from facetrip.evaluation.calibration import CalibrationError, check_target_far
     from facetrip.inference import verify as verify_pair
 
     if threshold is not None and far is not None:
@@ -627,8 +627,8 @@ def mine(
 def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
     """`facetrip evaluate` on a run that just finished; training stays a success if it cannot run."""
     from facetrip.data import DataError
-    from facetrip.evaluate_run import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.evaluation import PairsFileError
+    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.runs import RunError
 
     try:
@@ -700,7 +700,7 @@ def _print_evaluation(report: dict) -> None:
     if threshold is None:
         console.print("The run has no calibrated threshold.", highlight=False)
     else:
-        from facetrip.calibration import percent
+        from facetrip.evaluation.calibration import percent
 
         target = f" (target {percent(threshold['target_far'])})" if threshold.get("target_far") is not None else ""
         console.print(
@@ -740,8 +740,8 @@ def evaluate(
     from rich.markup import escape
 
     from facetrip.data import DataError
-    from facetrip.evaluate_run import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.evaluation import PairsFileError
+    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.runs import RunError, latest_run
 
     setup_logging()

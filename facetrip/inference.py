@@ -117,7 +117,7 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         first_image, second_image: photo files.
         threshold: decide with this threshold instead of the run's.
         far: decide with the threshold for this false accept rate on the run's saved
-            calibration distances (:func:`facetrip.calibration.verification_threshold`).
+            calibration distances (:func:`facetrip.evaluation.calibration.verification_threshold`).
 
     Returns:
         ``{"distance", "threshold", "threshold_rule", "same_person", "metric", "run", "images"}``;
@@ -132,7 +132,7 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         CalibrationError: both ``threshold`` and ``far``, ``far`` outside (0, 1), or ``far``
             for a run that saved no calibration distances.
     """
-    from facetrip.calibration import verification_threshold
+    from facetrip.evaluation.calibration import verification_threshold
 
     threshold, threshold_rule = verification_threshold(run.metadata, threshold, far)  # before any image is embedded
     images, faces_detected = run.inputs_of_files([first_image, second_image])  # (2, H, W, C)

@@ -6,7 +6,7 @@ Reproduce (from the repository root; about a minute on 2 CPU cores)::
     .venv/bin/python scripts/bench_baselines.py --image-size 56x46 112x92 28x23    # other resolutions
 
 For each split seed (0..4 by default): ``split_identities(names, dev=5, test=10, seed=s)``
-on the 40 ORL people; raw pixels, Eigenfaces and Fisherfaces (``facetrip.baselines``)
+on the 40 ORL people; raw pixels, Eigenfaces and Fisherfaces (``facetrip.evaluation.baselines``)
 fitted on the 25 training identities; all 4,950 unordered pairs of the 100 test images
 scored with ``facetrip.evaluation.verification_metrics`` (AUC, EER, TAR at FAR = 10%,
 1% and 0.1%, class-balanced 10-fold accuracy). Images go through
@@ -39,8 +39,8 @@ from benchmarking import REPO_ROOT, import_tensorflow_quietly, markdown_table, w
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from facetrip.baselines import fit_baselines  # noqa: E402
 from facetrip.evaluation import FAR_TARGETS, distances_between, far_key, verification_metrics, verification_pairs  # noqa: E402
+from facetrip.evaluation.baselines import fit_baselines  # noqa: E402
 
 # The issue's reference (ORL, 10 held-out people, mean over split seeds 0..4): AUC, EER, TAR@FAR=1%.
 REFERENCE = {
@@ -61,7 +61,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def measure(faces, image_size, seeds, test: int, dev: int) -> dict:
     """``{(baseline, centre): [metrics of each split]}`` and the baseline descriptions."""
     from facetrip.data import split_identities
-    from facetrip.evaluate_run import preprocess_images
+    from facetrip.evaluation.report import preprocess_images
 
     images = preprocess_images(faces, image_size, 1)  # (400, H, W, 1)
     identity_of_image = np.asarray(faces.identity_names, dtype=object)[faces.labels]
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         "the test images) is what `facetrip evaluate` uses, `train` (the mean training face) is the alternative. "
         "10-fold accuracy weighs same and different pairs equally (there are 10 different pairs to each same pair).",
         "",
-        "Settings (`facetrip/baselines.py`), chosen on these splits: cosine distance for all three (euclidean "
+        "Settings (`facetrip/evaluation/baselines.py`), chosen on these splits: cosine distance for all three (euclidean "
         "was worse for each: Fisherfaces AUC 0.948, EER 13.1% at 56x46); Eigenfaces keep 100 components "
         "(40: AUC 0.950, all 249: 0.958 with the evaluated centre); Fisherfaces PCA 40 then scikit-learn's LDA "
         "(svd solver), as the issue specifies.",

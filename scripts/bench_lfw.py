@@ -61,7 +61,7 @@ def pretrained_run(work_dir: Path, flip_tta: bool) -> Path:
 
 
 def evaluate_on_lfw(run_dir: Path, lfw: Path, pairs: str) -> dict:
-    from facetrip.evaluate_run import evaluate_run
+    from facetrip.evaluation.report import evaluate_run
 
     started = time.perf_counter()
     report = evaluate_run(run_dir, pairs_file=lfw / pairs, data_source=f"folder:{lfw / 'images'}", baselines=False)

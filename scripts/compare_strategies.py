@@ -91,7 +91,7 @@ def train_and_evaluate(base_config: Path | None, overrides: dict, split_seed: in
                        data_source: str | None = None) -> dict:
     """Train (unless already finished) and evaluate one variant on one split."""
     from facetrip.config import Config
-    from facetrip.evaluate_run import evaluate_run
+    from facetrip.evaluation.report import evaluate_run
     from facetrip.training import prepare_run_dir, train
 
     timing = run_dir / "training_seconds.json"

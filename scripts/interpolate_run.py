@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from facetrip.models import PRETRAINED_BACKBONES, resolve_backbone
     from facetrip.runs import (CONFIG_FILE, METADATA_FILE, MODEL_FILE, SPLIT_FILE, atomic_write_json,
                                load_embedding_model, read_metadata, save_model_atomically)
-    from facetrip.threshold import calibrate_threshold
+    from facetrip.evaluation.threshold import calibrate_threshold
 
     if not 0.0 <= args.share <= 1.0:
         parser.error(f"share must lie in [0, 1], not {args.share}")

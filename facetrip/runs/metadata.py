@@ -238,7 +238,7 @@ def check_metadata_fields(metadata: dict[str, Any], path: Path) -> None:
                                          and all(_is_finite_number(end) and 0 <= end <= 1 for end in interval)
                                          and interval[0] <= interval[1]):
             refuse("calibration.far_interval", "null or [low, high] with 0 <= low <= high <= 1", interval)
-    # The key of facetrip.calibration.SAVED_DISTANCES_KEY (that module imports SciPy).
+    # The key of facetrip.evaluation.calibration.SAVED_DISTANCES_KEY (that module imports SciPy).
     distances = metadata.get("calibration_different_distances")
     if distances is not None and not (isinstance(distances, list)
                                       and all(_is_finite_number(value) and value >= 0 for value in distances)):

@@ -87,7 +87,7 @@ def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool
     import keras
 
     from facetrip.models.tta import with_test_time_augmentation
-    from facetrip.threshold import calibrate_threshold
+    from facetrip.evaluation.threshold import calibrate_threshold
 
     choices = check_trainable(config)
     resume_point = _resume_point(run_dir) if resume else ResumePoint(None)  # before the data: errors come fast

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binomtest, norm
 
 from conftest import run_cli
-from facetrip.calibration import (
+from facetrip.evaluation.calibration import (
     MAX_SAVED_DISTANCES,
     MIN_FALSE_ACCEPTS,
     SAVED_DISTANCES_KEY,
@@ -246,7 +246,7 @@ def test_runs_without_a_calibration_keep_their_equal_error_rule():
 def test_evaluation_reports_the_far_against_the_target():
     """The saved threshold 0.04 of the hand-made calibration, on test pairs whose different
     distances are 0.005, 0.02, 0.5, 0.6 (2 of 4 accepted: FAR 50%, outside [0.27%, 2.5%])."""
-    from facetrip.evaluate_run import THRESHOLD_RULES, _threshold_report
+    from facetrip.evaluation.report import THRESHOLD_RULES, _threshold_report
 
     calibration = calibrate_to_far(*pairs(np.arange(1, 401) / 100, [0.1]), target_far=0.01, pairs_name="dev")
     metadata = {"threshold": calibration["threshold"], "threshold_source": "dev", "calibration": calibration, "dev": {"auc": 1.0}}

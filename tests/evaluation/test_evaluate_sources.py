@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from facetrip.data import FaceImages
-from facetrip.evaluate_run import (
+from facetrip.evaluation.report import (
     EvaluationError,
     evaluate_run,
     identities_of_another_source,

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from facetrip.baselines import fit_baselines, fit_eigenfaces, fit_fisherfaces, fit_raw_pixels
 from facetrip.data import FaceImages
-from facetrip.evaluate_run import EvaluationError, image_index_by_name_and_number, pairs_from_file, run_split
 from facetrip.evaluation import (
     PairsFileError,
     best_threshold,
@@ -27,6 +25,8 @@ from facetrip.evaluation import (
     verification_pairs,
     verification_summary,
 )
+from facetrip.evaluation.baselines import fit_baselines, fit_eigenfaces, fit_fisherfaces, fit_raw_pixels
+from facetrip.evaluation.report import EvaluationError, image_index_by_name_and_number, pairs_from_file, run_split
 
 
 def flat(output: str) -> str:
@@ -399,7 +399,7 @@ def pairs_by_the_model(run_dir, data_dir):
     here, apart from ``facetrip evaluate``, to check the numbers it reports.
     """
     from facetrip.data import load_faces
-    from facetrip.evaluate_run import preprocess_images
+    from facetrip.evaluation.report import preprocess_images
     from facetrip.inference import Run
 
     run = Run.load(run_dir)

@@ -40,7 +40,7 @@ def test_mine_counts_and_saves_triplets_of_the_train_split(offline_run, data_dir
 def train_split_embeddings(run_dir, data_dir):
     """The run's training images (in the order training indexes them) and the run's embeddings of them."""
     from facetrip.data import load_faces
-    from facetrip.evaluate_run import preprocess_images
+    from facetrip.evaluation.report import preprocess_images
     from facetrip.inference import Run
     from facetrip.runs import read_metadata
 

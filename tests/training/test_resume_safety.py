@@ -71,9 +71,9 @@ def _on_open(event, arguments):
 
 sys.addaudithook(_on_open)
 
-import facetrip.threshold
+import facetrip.evaluation.threshold
 
-_calibrate = facetrip.threshold.calibrate_threshold
+_calibrate = facetrip.evaluation.threshold.calibrate_threshold
 
 
 def _die_at_the_end(*arguments, **keywords):
@@ -82,7 +82,7 @@ def _die_at_the_end(*arguments, **keywords):
     return _calibrate(*arguments, **keywords)
 
 
-facetrip.threshold.calibrate_threshold = _die_at_the_end
+facetrip.evaluation.threshold.calibrate_threshold = _die_at_the_end
 
 from facetrip.cli import app
 

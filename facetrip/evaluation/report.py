@@ -25,8 +25,10 @@ import numpy as np
 
 from facetrip import __version__
 # Runs calibrated to a target FAR save their threshold's rule; THRESHOLD_RULES describes older, equal-error runs.
-from facetrip.calibration import THRESHOLD_RULES, saved_threshold_rule  # noqa: F401  (THRESHOLD_RULES re-exported)
-from facetrip.evaluation import NUM_FOLDS, NamedPairs, Pairs, PairsFileError
+from facetrip.evaluation.calibration import THRESHOLD_RULES, saved_threshold_rule  # noqa: F401  (THRESHOLD_RULES re-exported)
+from facetrip.evaluation.metrics import NUM_FOLDS
+from facetrip.evaluation.pairs import Pairs
+from facetrip.evaluation.pairs_file import NamedPairs, PairsFileError
 
 # Most same-identity (and most different-identity) pairs; above it a balanced sample is drawn.
 DEFAULT_MAX_PAIRS_PER_CLASS = 50_000
@@ -190,7 +192,7 @@ def identities_of_another_source(faces, training_identities) -> tuple[list[str],
 
 def pairs_of_identities(faces, identity_names, max_pairs: int, seed: int) -> Pairs:
     """:func:`facetrip.evaluation.verification_pairs` of the images of some identities, as indices into ``faces``."""
-    from facetrip.evaluation import verification_pairs
+    from facetrip.evaluation.pairs import verification_pairs
 
     wanted = np.isin(np.asarray(faces.identity_names, dtype=object), list(identity_names))  # (identities,)
     images = np.flatnonzero(wanted[faces.labels])  # (T,) indices into faces
@@ -281,7 +283,7 @@ def _threshold_report(metadata: dict, distances: np.ndarray, same: np.ndarray) -
     Older runs have None in these keys and their equal-error rule (:data:`THRESHOLD_RULES`).
     ``calibration`` is the ROC summary of the calibration pairs.
     """
-    from facetrip.evaluation import rates_at_threshold
+    from facetrip.evaluation.metrics import rates_at_threshold
 
     threshold = metadata.get("threshold")
     if threshold is None:
@@ -342,16 +344,12 @@ def evaluate_run(
         ReportNotWritten: (an EvaluationError) the run directory cannot be written; it
             carries the report.
     """
-    from facetrip.baselines import BaselineError, fit_baselines, fit_sample
     from facetrip.data import load_faces
-    from facetrip.evaluation import (
-        distances_between,
-        error_breakdown,
-        read_lfw_pairs,
-        roc,
-        roc_plot_png,
-        verification_metrics,
-    )
+    from facetrip.evaluation.baselines import BaselineError, fit_baselines, fit_sample
+    from facetrip.evaluation.metrics import error_breakdown, roc, verification_metrics
+    from facetrip.evaluation.pairs import distances_between
+    from facetrip.evaluation.pairs_file import read_lfw_pairs
+    from facetrip.evaluation.plots import roc_plot_png
     from facetrip.inference import Run
     from facetrip.runs import EVALUATION_FILE, ROC_PLOT_FILE, atomic_write_bytes, atomic_write_json, read_metadata
 

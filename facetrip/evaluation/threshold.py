@@ -18,7 +18,7 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
     identities; the training identities when there are no dev identities.
 
     All pairs of those identities' images are embedded and the threshold is
-    :func:`facetrip.calibration.calibrate_to_far` of their distances: the largest with
+    :func:`facetrip.evaluation.calibration.calibrate_to_far` of their distances: the largest with
     ``#{different pairs, d <= t} / N <= target_far``, or a normal tail fit when there are
     too few different pairs for the target (``calibration["fallback"]`` says so).
 
@@ -26,12 +26,12 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
         ``threshold``, ``threshold_source`` (``dev``; ``train`` without dev identities;
         ``dev_and_train`` for a run without training), ``calibration`` (the
         calibration's dict), ``calibration_different_distances`` (a sorted sample of the
-        different-pair distances, :func:`facetrip.calibration.saved_distances`, for
+        different-pair distances, :func:`facetrip.evaluation.calibration.saved_distances`, for
         ``verify --far``) and ``<source>``: the ROC summary of those pairs
         (:func:`facetrip.evaluation.verification_summary`). Only ``threshold`` (None) and
         ``threshold_source`` when the identities give no same or no different pairs.
     """
-    from facetrip.calibration import SAVED_DISTANCES_KEY, calibrate_to_far, saved_distances
+    from facetrip.evaluation.calibration import SAVED_DISTANCES_KEY, calibrate_to_far, saved_distances
     from facetrip.evaluation import pair_distances, verification_summary
 
     if config.train.epochs == 0:
