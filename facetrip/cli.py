@@ -414,7 +414,7 @@ def _load_run(run: Optional[Path]):
     import_tensorflow()
     from rich.markup import escape
 
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
     from facetrip.runs import RunError, latest_run
 
     try:
@@ -459,7 +459,7 @@ def verify(
     from facetrip.data import ImageReadError
     from facetrip.data.images import decode_file
     from facetrip.evaluation.calibration import CalibrationError, check_target_far
-    from facetrip.inference import verify as verify_pair
+    from facetrip.verification import verify as verify_pair
 
     if threshold is not None and far is not None:
         fail("Give --threshold X or --far F, not both.")

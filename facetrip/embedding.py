@@ -5,7 +5,7 @@
 
 Training (the centres of the classification term, offline mining), the threshold
 calibration, ``evaluate``, ``mine`` and ``embed`` all embed through :func:`embed_faces`;
-a loaded run (:class:`facetrip.inference.Run`) embeds a user's photo files through the
+a loaded run (:class:`facetrip.runs.loaded_run.Run`) embeds a user's photo files through the
 same model-input path.
 """
 

@@ -69,7 +69,7 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
     """
     import tensorflow as tf
 
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
     from facetrip.runs import atomic_write_bytes, atomic_write_json
     from facetrip.tf_runtime import quiet_tensorflow
 

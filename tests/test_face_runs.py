@@ -96,7 +96,7 @@ def test_press_photos_of_lfw_people_are_told_apart_by_a_run_made_on_orl(pretrain
 def test_the_run_loads_and_embeds_in_a_fresh_process_without_dlib(pretrained_run, tmp_path):
     """model.keras holds the whole network: a new process loads it and embeds a chip without importing dlib."""
     from facetrip.data.face_chips import chip_from_file
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
 
     chip = chip_from_file(orl(3, 3)).pixels
     np.save(tmp_path / "chip.npy", chip)
@@ -121,7 +121,7 @@ def test_exported_models_embed_real_chips_as_the_keras_model_does(pretrained_run
     import tensorflow as tf
 
     from facetrip.data.face_chips import chip_from_file
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
 
     result = run_cli("export", pretrained_run, "--format", export_format, "-o", tmp_path / "export")
     assert result.exit_code == 0, result.output
@@ -154,7 +154,7 @@ def test_export_errors_are_one_line(tmp_path):
 def test_fine_tuning_trains_the_face_network_unless_frozen(tmp_path, data_dir):
     """One short epoch: with --freeze stage4 the last stage and the head change and the stem does not;
     with --freeze all the whole ResNet stays as it was."""
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
     from facetrip.models.face_resnet import build_face_resnet
 
     pretrained = build_face_resnet()
@@ -213,7 +213,7 @@ def test_every_strategy_fine_tunes_the_face_network(tmp_path, data_dir, strategy
 def test_weight_interpolation_saves_the_point_between_pretrained_and_fine_tuned(tmp_path, data_dir):
     """One short epoch, twice from the same seed: with --weight-interpolation 0.5 the saved stage-5 kernel is the
     mean of the pretrained kernel and the kernel that --weight-interpolation 1 (plain fine-tuning) saves."""
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
     from facetrip.models.face_resnet import build_face_resnet
 
     pretrained = build_face_resnet().get_layer("stage5_block1_conv1").get_weights()[0]

@@ -111,7 +111,7 @@ def two_sources(tmp_path, monkeypatch):
         "metric": "euclidean", "split": SPLIT, "threshold": 1.2, "threshold_source": "dev",
     }
     (run_dir / "metadata.json").write_text(json.dumps(metadata))
-    monkeypatch.setattr("facetrip.inference.Run.load", classmethod(lambda cls, path: PixelRun(path, metadata)))
+    monkeypatch.setattr("facetrip.runs.loaded_run.Run.load", classmethod(lambda cls, path: PixelRun(path, metadata)))
     return run_dir, trained, other
 
 

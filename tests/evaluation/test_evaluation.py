@@ -400,7 +400,7 @@ def pairs_by_the_model(run_dir, data_dir):
     """
     from facetrip.data import load_faces
     from facetrip.evaluation.report import preprocess_images
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
 
     run = Run.load(run_dir)
     assert run.metadata["metric"] == "euclidean"

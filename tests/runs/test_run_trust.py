@@ -598,7 +598,7 @@ def test_the_tiny_run_accepts_a_close_pair_of_one_person_and_rejects_a_far_pair_
     same-person pair closest in raw pixels (at the model's input size) and the different-person pair
     farthest apart in raw pixels. A model that learned nothing, a broken distance or threshold, or an
     inverted verdict gets one of them wrong."""
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
 
     run_dir, _ = finished_run
     run = Run.load(run_dir)
@@ -623,7 +623,8 @@ def test_the_face_network_accepts_each_test_person_and_rejects_each_pair_of_peop
     """With the pretrained face network (``facetrip train --epochs 0``, the default recipe): photos 1 and 2
     of each of the run's ten test identities are the same person; photo 1 of each and photo 1 of the next
     one (in the split's order) are two people. Every photo has one detected face."""
-    from facetrip.inference import Run, verify
+    from facetrip.runs.loaded_run import Run
+    from facetrip.verification import verify
 
     run = Run.load(pretrained_run)
     test_identities = run.metadata["split"]["test"]

@@ -41,7 +41,7 @@ def train_split_embeddings(run_dir, data_dir):
     """The run's training images (in the order training indexes them) and the run's embeddings of them."""
     from facetrip.data import load_faces
     from facetrip.evaluation.report import preprocess_images
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
     from facetrip.runs import read_metadata
 
     run = Run.load(run_dir)

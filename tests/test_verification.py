@@ -42,7 +42,7 @@ def verify_json(run_dir, first, second) -> dict:
 def test_verify_prints_distance_threshold_and_verdict(finished_run, faces):
     """The distance is the euclidean distance of the run's two embeddings; the verdict compares it with
     the run's threshold, and the table says the same as the JSON."""
-    from facetrip.inference import Run
+    from facetrip.runs.loaded_run import Run
 
     run_dir, _ = finished_run
     verdict = verify_json(run_dir, faces[0], faces[2])
