@@ -351,7 +351,7 @@ def evaluate_run(
     from facetrip.evaluation.pairs_file import read_lfw_pairs
     from facetrip.evaluation.plots import roc_plot_png
     from facetrip.runs.loaded_run import Run
-    from facetrip.runs import EVALUATION_FILE, ROC_PLOT_FILE, atomic_write_bytes, atomic_write_json, read_metadata
+    from facetrip.runs import atomic_write_bytes, atomic_write_json, read_metadata
 
     stage = on_stage or (lambda message: None)
     run_dir = Path(run_dir)
