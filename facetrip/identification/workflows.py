@@ -1,0 +1,296 @@
+"""The plans of `facetrip index`, `identify` and `cluster`: each step handed to the module that owns it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from facetrip.identification import ann as ann_search
+from facetrip.identification.clustering import ALONE, DEFAULT_ALGORITHM, cluster_embeddings, numbered_clusters
+from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_same_model, has_index, merged,
+                                           model_fingerprint, new_manifest, read_index, write_index)
+from facetrip.identification.photos import Embedded, embed_photos, gallery_photos, unlabelled_photos
+from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, identify_embeddings, score_gallery,
+                                            top_people, top_people_from_candidates)
+
+Stage = Callable[[str], None] | None
+
+
+def run_threshold(run, threshold: float | None, far: float | None) -> tuple[float, str]:
+    """The distance threshold a command decides with, and how it was chosen (the run's, or an override).
+
+    Raises:
+        CalibrationError: see :func:`facetrip.calibration.verification_threshold`; also when
+            the run has no threshold and none was given.
+    """
+    from facetrip.calibration import CalibrationError, verification_threshold
+
+    chosen, rule = verification_threshold(run.metadata, threshold, far)
+    if chosen is None:
+        raise CalibrationError(f"{run.path} has no calibrated threshold: give one with --threshold X.")
+    return chosen, rule
+
+
+# ----------------------------------------------------------------------------- index
+
+
+@dataclasses.dataclass
+class IndexSummary:
+    """What `facetrip index` did.
+
+    Attributes:
+        manifest: the manifest written.
+        added: photos added to the index.
+        already_indexed: photos left out because their file was in the index already.
+        no_face: files left out because no face was found on them.
+        unreadable: ``(file, reason)`` of files that could not be read.
+        source: the gallery's source name.
+    """
+
+    manifest: dict[str, Any]
+    added: int
+    already_indexed: int
+    no_face: list[str]
+    unreadable: list[tuple[str, str]]
+    source: str
+
+
+def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, overwrite: bool = False,
+                  ann: bool | None = None, data_dir: str | None = None, on_stage: Stage = None) -> IndexSummary:
+    """Embed a gallery of known people with a run's model and write (or extend) an index.
+
+    Args:
+        run: a loaded :class:`facetrip.inference.Run`.
+        gallery: ``GALLERY/<person>/<photo>`` folder, or any data source spec.
+        index_dir: where the index is (to be) written.
+        add: add the gallery's photos to the index already in ``index_dir``.
+        overwrite: replace the index in ``index_dir``.
+        ann: build the approximate-search graph (True), never (False), or above
+            :data:`facetrip.identification.ann.ANN_MIN_ENTRIES` photos when its library is installed (None).
+        data_dir: tfds storage folder for data source specs.
+        on_stage: called with a short message as each stage starts.
+
+    Returns:
+        :class:`IndexSummary`.
+
+    Raises:
+        GalleryIndexError: the folder holds an index and neither ``add`` nor ``overwrite``;
+            ``add`` without an index; an index of another model; no photo with a face.
+        DataError: an unknown source, or a folder without ``<person>/<photo>`` images.
+        AnnUnavailable: ``ann`` is True and no ANN library is installed.
+    """
+    index_dir = Path(index_dir)
+    fingerprint = model_fingerprint(run.path, run.metadata)
+    existing = None
+    if add:
+        if not has_index(index_dir):
+            raise GalleryIndexError(f"{index_dir} holds no index to add to: build one without --add first.")
+        existing = read_index(index_dir)
+        check_same_model(existing.manifest, fingerprint, run.path, index_dir)
+    elif has_index(index_dir) and not overwrite:
+        raise GalleryIndexError(f"{index_dir} already holds an index: add photos to it with --add, or replace it with --overwrite.")
+    if ann:
+        ann_search.require_library()
+    if on_stage is not None:
+        on_stage(f"Reading {gallery} ...")
+    photos = gallery_photos(gallery, data_dir)
+    faces = photos.faces
+    if not len(faces):
+        raise GalleryIndexError(f"The gallery {gallery} holds no readable photo: nothing to index.")
+    embedded = embed_photos(run, faces, on_stage)
+    with_face = embedded.face_found
+    no_face = [str(name) for name in faces.file_names[~with_face]]
+    if not with_face.any():
+        raise GalleryIndexError(f"No face was found on any of the {len(faces)} photos of {gallery}: nothing to index.")
+    manifest = dict(existing.manifest) if existing is not None else new_manifest(run.path, run.metadata, fingerprint)
+    manifest["sources"] = [*manifest.get("sources", []), {"source": faces.source, "photos": int(with_face.sum()),
+                                                          "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+    identities = np.asarray(faces.identity_names, dtype=object)[faces.labels[with_face]]
+    index, repeated = merged(existing, embedded.embeddings[with_face], identities, faces.file_names[with_face],
+                             embedded.faces_detected[with_face], manifest)
+    graph = _ann_graph(index, existing, ann, on_stage)
+    written = write_index(index_dir, index, graph, ann_search.LIBRARY if graph is not None else None)
+    added = len(index) - (len(existing) if existing is not None else 0)
+    return IndexSummary(written, added, repeated, no_face, photos.skipped, faces.source)
+
+
+def _ann_graph(index: GalleryIndex, existing: GalleryIndex | None, ann: bool | None, on_stage: Stage) -> bytes | None:
+    """The ANN graph to save with an index: the existing one extended by the new rows, a new one, or None."""
+    wanted = ann if ann is not None else (len(index) >= ann_search.ANN_MIN_ENTRIES and ann_search.available())
+    if not wanted:
+        return None
+    if on_stage is not None:
+        on_stage(f"Building the approximate-search graph of {len(index):,} photos ...")
+    metric = index.manifest["metric"]
+    if existing is not None and existing.ann is not None:
+        return ann_search.extend(existing.ann, index.embeddings[len(existing):], metric)
+    return ann_search.build(index.embeddings, metric)
+
+
+# ----------------------------------------------------------------------------- identify
+
+
+def load_index(run, index_dir: str | Path) -> GalleryIndex:
+    """The index, refused when another model made it (:func:`check_same_model`)."""
+    index = read_index(index_dir)
+    check_same_model(index.manifest, model_fingerprint(run.path, run.metadata), run.path, index_dir)
+    return index
+
+
+def search_method(num_vectors: int, requested: str, saved_graph: bool) -> str:
+    """``exact`` or ``ann``: as requested, or (``auto``) ANN for a gallery of at least ANN_MIN_ENTRIES vectors with a saved graph."""
+    if requested in ("exact", "ann"):
+        if requested == "ann":
+            ann_search.require_library()
+        return requested
+    large = num_vectors >= ann_search.ANN_MIN_ENTRIES
+    return "ann" if large and saved_graph and ann_search.available() else "exact"
+
+
+def identify_with_index(index: GalleryIndex, embedded: Embedded, threshold: float, k: int = 5,
+                        score: str = DEFAULT_SCORE, search: str = "auto") -> dict[str, Any]:
+    """Top-k people and a decision for each probe whose face was found.
+
+    Args:
+        index: the gallery index (of the probes' model).
+        embedded: the probes' embeddings.
+        threshold: identify the best person when their score is at most this, else unknown.
+        k: people listed per probe.
+        score: ``nearest`` photo or ``mean`` embedding of each person.
+        search: ``auto``, ``exact`` or ``ann``.
+
+    Returns:
+        ``{"search", "results": [per probe: identify_embeddings' dict, or {"decision": "no face"}]}``.
+    """
+    labels, names = index.labels()
+    vectors, vector_labels = score_gallery(index.embeddings, labels, len(names), score)
+    saved_graph = index.ann is not None and score == "nearest"
+    method = search_method(len(vectors), search, saved_graph)
+    with_face = embedded.face_found
+    queries = embedded.embeddings[with_face]
+    metric = index.manifest["metric"]
+    if method == "exact":
+        matches = top_people(queries, vectors, vector_labels, metric, k)
+    else:
+        graph = index.ann if saved_graph else ann_search.build(vectors, metric)
+        rows = ann_search.nearest_rows(graph, queries, ann_search.candidates_for(k, len(vectors)), metric)
+        matches = top_people_from_candidates(candidate_distances(queries, vectors, rows, metric), rows, vector_labels, k)
+    found = iter(identify_embeddings(queries, matches, names, threshold, index.files if score == "nearest" else None))
+    results = [next(found) if face else {"decision": "no face", "person": None, "distance": None, "matches": []}
+               for face in with_face]
+    return {"search": method, "results": results}
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+@dataclasses.dataclass
+class Clustering:
+    """What `facetrip cluster` found.
+
+    Attributes:
+        files: (N,) every readable photo.
+        clusters: (N,) cluster number (0 = largest), :data:`ALONE` for photos alone in their
+            cluster, and :data:`NO_FACE` for photos on which no face was found.
+        model_images: (N,) what the model saw of each photo (its face chip, or the photo).
+        unreadable: ``(file, reason)`` of files that could not be read.
+        algorithm: the algorithm used.
+        seconds: the time the clustering itself took.
+    """
+
+    files: np.ndarray
+    clusters: np.ndarray
+    model_images: np.ndarray
+    unreadable: list[tuple[str, str]]
+    algorithm: str
+    seconds: float
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.clusters.max(initial=-1) + 1)
+
+
+NO_FACE = -2
+
+
+def cluster_photos(run, inputs, threshold: float, algorithm: str = DEFAULT_ALGORITHM, on_stage: Stage = None) -> Clustering:
+    """Group unlabelled photos by person with a run's model and threshold.
+
+    Photos without a detected face (runs on face chips) are not clustered; unreadable files are listed.
+
+    Raises:
+        GalleryIndexError: no readable photo among the inputs.
+        ClusteringError: see :func:`facetrip.identification.clustering.cluster_embeddings`.
+    """
+    photos = unlabelled_photos(inputs, skip_unreadable=True)
+    if not len(photos.faces):
+        listed = f" ({len(photos.skipped)} unreadable)" if photos.skipped else ""
+        raise GalleryIndexError(f"No readable photo among the inputs{listed}: nothing to cluster.")
+    embedded = embed_photos(run, photos.faces, on_stage)
+    with_face = embedded.face_found
+    if on_stage is not None:
+        on_stage(f"Clustering {int(with_face.sum()):,} photos ({algorithm}) ...")
+    started = time.perf_counter()
+    clusters = np.full(len(with_face), NO_FACE, np.int64)
+    if with_face.any():
+        labels = cluster_embeddings(embedded.embeddings[with_face], run.metadata["metric"], threshold, algorithm)
+        clusters[with_face] = numbered_clusters(labels)
+    return Clustering(photos.faces.file_names, clusters, embedded.model_images, photos.skipped, algorithm,
+                      time.perf_counter() - started)
+
+
+def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[str, Any]) -> dict[str, Any]:
+    """clusters.csv (file, cluster), unclustered.csv (file, reason), one contact sheet per cluster, clusters.json.
+
+    A contact sheet ``cluster_NNN.png`` shows the photos of cluster NNN as the model saw them
+    (their face chips). Sheets of an earlier clustering into the same folder that this one
+    does not replace are removed.
+
+    Returns:
+        ``{"folder", "csv", "unclustered", "sheets": [...], "summary"}``: the files written.
+    """
+    import csv
+    import io
+    import json
+
+    from facetrip.data.sources import utf8_name
+    from facetrip.identification.contact_sheet import contact_sheet_png
+    from facetrip.runs import atomic_write_bytes, atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [utf8_name(str(name)) for name in clustering.files]  # text a CSV can hold, whatever the name's bytes
+
+    def csv_text(header, rows) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    clustered = np.flatnonzero(clustering.clusters >= 0)
+    clustered = clustered[np.argsort(clustering.clusters[clustered], kind="stable")]
+    reasons = {ALONE: "alone in its cluster", NO_FACE: "no face found"}
+    apart = [(files[i], reasons[int(clustering.clusters[i])]) for i in np.flatnonzero(clustering.clusters < 0)]
+    apart += [(utf8_name(name), f"unreadable: {reason}") for name, reason in clustering.unreadable]
+    written = {"folder": str(out_dir), "csv": str(out_dir / "clusters.csv"), "unclustered": str(out_dir / "unclustered.csv"),
+               "sheets": [], "summary": str(out_dir / "clusters.json")}
+    atomic_write_text(out_dir / "clusters.csv", csv_text(("file", "cluster"), ((files[i], int(clustering.clusters[i])) for i in clustered)))
+    atomic_write_text(out_dir / "unclustered.csv", csv_text(("file", "reason"), apart))
+    for number in range(clustering.num_clusters):
+        members = np.flatnonzero(clustering.clusters == number)
+        sheet = out_dir / f"cluster_{number:03d}.png"
+        captions = [Path(files[i]).name for i in members]
+        atomic_write_bytes(sheet, contact_sheet_png(clustering.model_images[members], captions,
+                                                    f"cluster {number}: {len(members)} photos"))
+        written["sheets"].append(str(sheet))
+    kept = {Path(name).name for name in written["sheets"]}
+    for stale in out_dir.glob("cluster_[0-9][0-9][0-9]*.png"):
+        if stale.name not in kept:
+            stale.unlink(missing_ok=True)
+    atomic_write_text(out_dir / "clusters.json", json.dumps({**summary, "files": written}, indent=2, sort_keys=True) + "\n")
+    return written
