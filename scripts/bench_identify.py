@@ -12,8 +12,11 @@ Three parts (``--parts``):
 - ``clustering``: all LFW photos of people with 4+ photos (610 people), clustered with
   every algorithm of :mod:`facetrip.identification.clustering` at the run's threshold;
   pairwise and BCubed precision / recall / F, NMI, the number of clusters against 610, the time.
-- ``scale``: exact search against faiss's approximate search on random unit vectors
-  (10^4, 10^5, 10^6 by default): index build time, query latency, memory, recall@1.
+- ``scale``: exact search against faiss's approximate search (IVF-Flat) on random unit
+  vectors (10^4, 10^5, 10^6 by default): index build time, query latency, memory, recall@1.
+- ``libraries``: the approximate-search libraries that pip installs (faiss IVF-Flat and
+  HNSW, hnswlib, USearch), one thread each, at ``--library-size`` vectors: build time,
+  latency and recall@1; how the library was chosen.
 
 Every LFW photo goes the way a user's gallery photo goes (:mod:`facetrip.identification.photos`):
 decoded, its face detected and aligned (cached), embedded by the run's model. Photos
@@ -31,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LFW = Path(os.environ.get("FACETRIP_SHARED_DATA", REPO.parent / "shared" / "data")) / "lfw"
-PARTS = ("identification", "clustering", "scale")
+PARTS = ("identification", "clustering", "scale", "libraries")
 
 
 # ----------------------------------------------------------------------------- LFW embeddings
@@ -59,7 +61,7 @@ def lfw_embeddings(run_dir: Path, lfw: Path, work_dir: Path) -> dict:
     cache = work_dir / f"lfw-{fingerprint[:16]}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as saved:
-            return {name: saved[name] for name in saved.files} | {"seconds": 0.0, "cached": True}
+            return {name: saved[name] for name in saved.files} | {"seconds": float(saved["seconds"]), "cached": True}
     started = time.perf_counter()
     run = Run.load(run_dir)
     photos = gallery_photos(f"folder:{lfw / 'images'}")
@@ -72,10 +74,11 @@ def lfw_embeddings(run_dir: Path, lfw: Path, work_dir: Path) -> dict:
         "faces_detected": embedded.faces_detected,
         "metric": np.asarray(run.metadata["metric"]),
         "threshold": np.asarray(float(run.metadata["threshold"])),
+        "seconds": np.asarray(time.perf_counter() - started),
     }
     work_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **result)
-    return result | {"seconds": time.perf_counter() - started, "cached": False}
+    return result | {"seconds": float(result["seconds"]), "cached": False}
 
 
 def with_faces(data: dict) -> tuple[np.ndarray, np.ndarray, int]:
@@ -105,9 +108,10 @@ def open_set_split(labels: np.ndarray, gallery_photos: int, min_photos: int, see
     return np.asarray(gallery), np.asarray(known), unknown
 
 
-def identification_draw(embeddings, labels, metric, threshold, gallery_photos, min_photos, seed, score):
+def identification_draw(embeddings, labels, metric, metadata, gallery_photos, min_photos, seed, score):
+    from facetrip.calibration import verification_threshold
     from facetrip.identification.metrics import dir_at_false_alarm, open_set_rates
-    from facetrip.identification.search import score_gallery, top_people
+    from facetrip.identification.search import pair_far_for_false_alarm, score_gallery, top_people
 
     gallery, known, unknown = open_set_split(labels, gallery_photos, min_photos, seed)
     people, gallery_labels = np.unique(labels[gallery], return_inverse=True)
@@ -120,14 +124,18 @@ def identification_draw(embeddings, labels, metric, threshold, gallery_photos, m
     correct = people[known_matches.people[:, 0]] == labels[known]
     rank5 = np.any(known_matches.people == truth[:, None], axis=1)
     at_far = dir_at_false_alarm(known_matches.distances[:, 0], correct, unknown_matches.distances[:, 0], 0.01)
-    at_run = open_set_rates(known_matches.distances[:, 0], correct, unknown_matches.distances[:, 0], threshold)
+    at_run = open_set_rates(known_matches.distances[:, 0], correct, unknown_matches.distances[:, 0], metadata["threshold"])
+    # `identify --false-alarm 0.01`: the threshold for 1% of strangers, from the run's own calibration pairs
+    gallery_threshold = verification_threshold(metadata, None, pair_far_for_false_alarm(0.01, len(people)))[0]
+    at_gallery = open_set_rates(known_matches.distances[:, 0], correct, unknown_matches.distances[:, 0], gallery_threshold)
     return {"gallery_people": len(people), "gallery_photos": len(gallery), "known": len(known), "unknown": len(unknown),
             "rank1": float(correct.mean()), "rank5": float(rank5.mean()), "dir_at_far_1pct": at_far["dir"],
             "threshold_at_far_1pct": at_far["threshold"], "dir_at_run": at_run["dir"], "false_alarm_at_run": at_run["false_alarm"],
-            "search_seconds": seconds}
+            "gallery_threshold": gallery_threshold, "dir_at_gallery": at_gallery["dir"],
+            "false_alarm_at_gallery": at_gallery["false_alarm"], "search_seconds": seconds}
 
 
-def identification(data: dict, seeds: int) -> dict:
+def identification(data: dict, metadata: dict, seeds: int) -> dict:
     embeddings, labels, left_out = with_faces(data)
     metric, threshold = str(data["metric"]), float(data["threshold"])
     protocols = {"one photo a person (2+ photos)": (1, 2, ("nearest",)),
@@ -135,7 +143,7 @@ def identification(data: dict, seeds: int) -> dict:
     results = {}
     for name, (gallery_photos, min_photos, scores) in protocols.items():
         for score in scores:
-            draws = [identification_draw(embeddings, labels, metric, threshold, gallery_photos, min_photos, seed, score)
+            draws = [identification_draw(embeddings, labels, metric, metadata, gallery_photos, min_photos, seed, score)
                      for seed in range(seeds)]
             results[f"{name}, {score}"] = {key: [draw[key] for draw in draws] for key in draws[0]}
     return {"left_out": left_out, "threshold": threshold, "metric": metric, "protocols": results}
@@ -144,29 +152,35 @@ def identification(data: dict, seeds: int) -> dict:
 # ----------------------------------------------------------------------------- clustering
 
 
-def clustering(data: dict) -> dict:
+def clustering(data: dict, metadata: dict) -> dict:
+    """Every algorithm at the run's threshold, and the threshold-driven ones at the stricter thresholds of FAR 0.1% and 0.01%."""
+    from facetrip.calibration import verification_threshold
     from facetrip.identification.clustering import ALGORITHMS, cluster_embeddings
     from facetrip.identification.metrics import clustering_scores
 
-    counts = np.bincount(np.unique(data["identities"], return_inverse=True)[1].reshape(-1))
     _, all_labels = np.unique(data["identities"], return_inverse=True)
-    chosen = counts[all_labels.reshape(-1)] >= 4  # people with 4+ photos, faces found or not
-    labels = all_labels.reshape(-1)[chosen]
+    all_labels = all_labels.reshape(-1)
+    chosen = np.bincount(all_labels)[all_labels] >= 4  # people with 4+ photos, faces found or not
+    labels = all_labels[chosen]
     found = data["faces_detected"][chosen] != 0
     embeddings = data["embeddings"][chosen][found]
     metric, threshold = str(data["metric"]), float(data["threshold"])
-    rows = {}
-    for algorithm in ALGORITHMS:
+    settings = [(algorithm, "run", threshold) for algorithm in ALGORITHMS]
+    for far in (0.001, 0.0001):
+        stricter = verification_threshold(metadata, None, far)[0]
+        settings += [(algorithm, f"FAR {far * 100:g}%", stricter) for algorithm in ALGORITHMS if algorithm != "hdbscan"]
+    rows = []
+    for algorithm, rule, value in settings:
         started = time.perf_counter()
-        clusters = cluster_embeddings(embeddings, metric, threshold, algorithm)
+        clusters = cluster_embeddings(embeddings, metric, value, algorithm)
         seconds = time.perf_counter() - started
         predicted = np.arange(len(labels)) + clusters.max() + 1  # photos without a face: each alone, as `cluster` lists them
         predicted[found] = clusters
         scores = clustering_scores(labels, predicted)
         sizes = np.bincount(np.unique(predicted, return_inverse=True)[1].reshape(-1))
-        rows[algorithm] = {**scores, "clusters_of_two_or_more": int((sizes >= 2).sum()), "alone": int((sizes == 1).sum()),
-                           "seconds": seconds}
-        print(f"  {algorithm}: {json.dumps(rows[algorithm])}", flush=True)
+        rows.append({"algorithm": algorithm, "threshold_rule": rule, "threshold": value, **scores,
+                     "clusters_of_two_or_more": int((sizes >= 2).sum()), "alone": int((sizes == 1).sum()), "seconds": seconds})
+        print(f"  {json.dumps(rows[-1])}", flush=True)
     return {"photos": int(len(labels)), "people": int(len(np.unique(labels))), "without_face": int((~found).sum()),
             "threshold": threshold, "metric": metric, "algorithms": rows}
 
@@ -180,59 +194,133 @@ def random_unit(rng, count: int, dim: int) -> np.ndarray:
     return vectors
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def probes_for(rng, gallery: np.ndarray, count: int) -> np.ndarray:
+    """Half known probes (gallery vectors plus N(0, 0.05^2) noise per value), half strangers (fresh random vectors)."""
+    sources = rng.choice(len(gallery), count // 2, replace=False)
+    near = gallery[sources] + 0.05 * rng.standard_normal((count // 2, gallery.shape[1]), dtype=np.float32)
+    return np.vstack([near / np.linalg.norm(near, axis=1, keepdims=True), random_unit(rng, count - count // 2, gallery.shape[1])])
+
+
+def timed(function, probes: np.ndarray, single: int) -> tuple[np.ndarray, float, float]:
+    """``(answers of all probes in one call, seconds per probe batched, seconds per probe one at a time)``."""
+    started = time.perf_counter()
+    answers = function(probes)
+    batched = (time.perf_counter() - started) / len(probes)
+    started = time.perf_counter()
+    for probe in probes[:single]:
+        function(probe[None])
+    return answers, batched, (time.perf_counter() - started) / single
+
+
+def scale_row(size, method, build, batched, single, memory, hits, queries) -> dict:
+    return {"size": size, "method": method, "build_s": build, "batched_ms": batched * 1e3, "single_ms": single * 1e3,
+            "memory_mib": memory / 2**20, "recall_known": float(hits[:queries // 2].mean()),
+            "recall_strangers": float(hits[queries // 2:].mean())}
 
 
 def scale(sizes: list[int], dim: int, queries: int, seed: int = 0) -> list[dict]:
-    """Exact and approximate search on random unit vectors; known probes are gallery vectors plus noise."""
-    import psutil
-
+    """facetrip's exact search against its faiss IVF-Flat search, on random unit vectors."""
     from facetrip.identification import ann
-    from facetrip.identification.search import top_people
+    from facetrip.identification.search import ExactSearch
 
-    process = psutil.Process()
     rows = []
     for size in sizes:
         rng = np.random.default_rng(seed)
         gallery = random_unit(rng, size, dim)
-        sources = rng.choice(size, queries // 2, replace=False)
-        near = gallery[sources] + 0.05 * rng.standard_normal((queries // 2, dim), dtype=np.float32)
-        probes = np.vstack([near / np.linalg.norm(near, axis=1, keepdims=True), random_unit(rng, queries - queries // 2, dim)])
-        labels = np.arange(size)
+        probes = probes_for(rng, gallery, queries)
         started = time.perf_counter()
-        truth = top_people(probes, gallery, labels, "euclidean", k=1).people[:, 0]
-        batched = (time.perf_counter() - started) / len(probes)
-        started = time.perf_counter()
-        for probe in probes[:20]:
-            top_people(probe[None], gallery, labels, "euclidean", k=1)
-        single = (time.perf_counter() - started) / 20
-        rows.append({"size": size, "method": "exact (matrix product)", "build_s": 0.0, "single_ms": single * 1e3,
-                     "batched_ms": batched * 1e3, "memory_mib": gallery.nbytes / 2**20, "recall_known": 1.0,
-                     "recall_strangers": 1.0})
+        exact = ExactSearch(gallery, np.arange(size), "euclidean")  # the norms, once
+        build = time.perf_counter() - started
+        truth, batched, single = timed(lambda batch: exact.top_people(batch, 1).people[:, 0], probes, 20)
+        rows.append(scale_row(size, "exact (matrix product)", build, batched, single, gallery.nbytes, truth == truth, queries))
         print(f"  {rows[-1]}", flush=True)
         if not ann.available():
             continue
-        before = process.memory_info().rss
         started = time.perf_counter()
-        graph = ann.build(gallery, "euclidean")
+        serialised = ann.build(gallery, "euclidean")
+        index = ann.load(serialised)
         build = time.perf_counter() - started
-        memory = (process.memory_info().rss - before) / 2**20
-        for candidates in (32, 64, 128):
-            started = time.perf_counter()
-            found = ann.nearest_rows(graph, probes, 1, "euclidean", search_candidates=candidates)[:, 0]
-            batched = (time.perf_counter() - started) / len(probes)
-            started = time.perf_counter()
-            for probe in probes[:100]:
-                ann.nearest_rows(graph, probe[None], 1, "euclidean", search_candidates=candidates)
-            single = (time.perf_counter() - started) / 100
-            hits = found == truth
-            rows.append({"size": size, "method": f"faiss HNSW{ann.GRAPH_NEIGHBOURS}, efSearch {candidates}", "build_s": build,
-                         "single_ms": single * 1e3, "batched_ms": batched * 1e3,
-                         "memory_mib": max(memory, len(graph) / 2**20), "graph_mib": len(graph) / 2**20,
-                         "recall_known": float(hits[:queries // 2].mean()), "recall_strangers": float(hits[queries // 2:].mean())})
+        for lists in (16, 64, 128):
+            found, batched, single = timed(lambda batch: ann.nearest_rows(index, batch, 1, "euclidean", lists)[:, 0], probes, 100)
+            rows.append(scale_row(size, f"faiss IVF-Flat, {ann.list_count(size)} lists, {lists} searched", build, batched,
+                                  single, len(serialised), found == truth, queries))
             print(f"  {rows[-1]}", flush=True)
-        del graph
+        del index, serialised
+    return rows
+
+
+def libraries(size: int, dim: int, queries: int, seed: int = 0) -> list[dict]:
+    """Approximate-search libraries side by side on one thread each: faiss (IVF-Flat, HNSW), hnswlib, USearch."""
+    rng = np.random.default_rng(seed)
+    gallery = random_unit(rng, size, dim)
+    probes = probes_for(rng, gallery, queries)
+    truth = np.argmax(probes @ gallery.T, axis=1)
+    candidates = []
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+
+        def faiss_ivf():
+            from facetrip.identification import ann
+
+            index = ann.load(ann.build(gallery, "euclidean"))
+            return index, "nprobe", (16, 64, 128), lambda value, batch: ann.nearest_rows(index, batch, 1, "euclidean", value)[:, 0]
+
+        def faiss_hnsw():
+            index = faiss.IndexHNSWFlat(dim, 32)
+            index.hnsw.efConstruction = 80
+            index.add(gallery)
+
+            def search(value, batch):
+                index.hnsw.efSearch = value
+                return index.search(batch, 1)[1][:, 0]
+            return index, "efSearch", (32, 64, 128), search
+
+        candidates += [("faiss IVF-Flat", faiss_ivf), ("faiss HNSW, M 32, efConstruction 80", faiss_hnsw)]
+    except ImportError:
+        pass
+    try:
+        import hnswlib
+
+        def hnsw():
+            index = hnswlib.Index(space="l2", dim=dim)
+            index.init_index(max_elements=size, ef_construction=80, M=32)
+            index.add_items(gallery, num_threads=1)
+
+            def search(value, batch):
+                index.set_ef(value)
+                return index.knn_query(batch, k=1, num_threads=1)[0][:, 0]
+            return index, "ef", (32, 64, 128), search
+
+        candidates.append(("hnswlib, M 32, ef_construction 80", hnsw))
+    except ImportError:
+        pass
+    try:
+        from usearch.index import Index
+
+        def usearch():
+            index = Index(ndim=dim, metric="l2sq", connectivity=32, expansion_add=80)
+            index.add(np.arange(size), gallery, threads=1)
+
+            def search(value, batch):
+                index.expansion_search = value
+                return np.asarray(index.search(batch, 1, threads=1).keys).reshape(len(batch), -1)[:, 0]
+            return index, "expansion_search", (32, 64, 128), search
+
+        candidates.append(("USearch, connectivity 32, expansion_add 80", usearch))
+    except ImportError:
+        pass
+    rows = []
+    for name, make in candidates:
+        started = time.perf_counter()
+        index, knob, values, search = make()
+        build = time.perf_counter() - started
+        for value in values:
+            found, batched, single = timed(lambda batch: search(value, batch), probes, 100)
+            rows.append(scale_row(size, f"{name}, {knob} {value}", build, batched, single, 0, found == truth, queries))
+            print(f"  {rows[-1]}", flush=True)
+        del index
     return rows
 
 
@@ -258,13 +346,14 @@ def markdown(results: dict, command: str) -> str:
                       f"{found['left_out']} photos without a detected face left out. Mean ± sd over "
                       f"{len(next(iter(found['protocols'].values()))['rank1'])} draws of the gallery photos.", "",
                       "| protocol, score | gallery people | known / unknown probes | rank-1 | rank-5 | DIR @ FAR 1% "
-                      "(threshold) | run threshold: DIR | run threshold: false alarms |",
+                      "(threshold) | run threshold: DIR / false alarms | `--false-alarm 0.01` (threshold): DIR / false alarms |",
                       "|---|---|---|---|---|---|---|---|"]
             for name, row in found["protocols"].items():
                 lines.append(f"| {name} | {row['gallery_people'][0]:,} | {row['known'][0]:,} / {row['unknown'][0]:,} | "
                              f"{mean_sd(row['rank1'])} | {mean_sd(row['rank5'])} | {mean_sd(row['dir_at_far_1pct'])} "
-                             f"({np.mean(row['threshold_at_far_1pct']):.3f}) | {mean_sd(row['dir_at_run'])} | "
-                             f"{mean_sd(row['false_alarm_at_run'])} |")
+                             f"({np.mean(row['threshold_at_far_1pct']):.3f}) | {mean_sd(row['dir_at_run'])} / "
+                             f"{mean_sd(row['false_alarm_at_run'])} | ({np.mean(row['gallery_threshold']):.3f}) "
+                             f"{mean_sd(row['dir_at_gallery'])} / {mean_sd(row['false_alarm_at_gallery'])} |")
             lines.append("")
         if "clustering" in run:
             found = run["clustering"]
@@ -272,29 +361,34 @@ def markdown(results: dict, command: str) -> str:
                       f"threshold {found['threshold']:.4f})", "",
                       f"{found['without_face']} photos without a detected face are not clustered (each counts as "
                       "alone). Clusters: of two or more photos / photos alone.", "",
-                      "| algorithm | pairwise P | pairwise R | pairwise F | BCubed P | BCubed R | BCubed F | NMI | "
-                      "clusters (vs 610) | alone | time |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|"]
-            for algorithm, row in found["algorithms"].items():
-                lines.append(f"| {algorithm} | {row['pairwise_precision']:.3f} | {row['pairwise_recall']:.3f} | "
+                      "| algorithm | threshold | pairwise P | pairwise R | pairwise F | BCubed P | BCubed R | BCubed F | "
+                      "NMI | clusters (vs 610) | alone | time |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            for row in found["algorithms"]:
+                rule = "- (not used)" if row["algorithm"] == "hdbscan" else f"{row['threshold_rule']}: {row['threshold']:.4f}"
+                lines.append(f"| {row['algorithm']} | {rule} | {row['pairwise_precision']:.3f} | {row['pairwise_recall']:.3f} | "
                              f"{row['pairwise_f']:.3f} | {row['bcubed_precision']:.3f} | {row['bcubed_recall']:.3f} | "
                              f"{row['bcubed_f']:.3f} | {row['nmi']:.3f} | {row['clusters_of_two_or_more']} | {row['alone']} | "
                              f"{row['seconds']:.1f} s |")
             lines.append("")
         if "embedding_seconds" in run:
-            lines += [f"Embedding the {run['photos']:,} LFW photos took {run['embedding_seconds']:.0f} s"
-                      + (" (cached)" if run.get("cached") else "") + ".", ""]
-    if results.get("scale"):
-        lines += ["## Search at scale (random unit vectors, 128-d, euclidean)", "",
+            lines += [f"Reading, aligning and embedding the {run['photos']:,} LFW photos took {run['embedding_seconds']:.0f} s"
+                      + (" when they were embedded (cached since)" if run.get("cached") else "") + ".", ""]
+    for part, title in (("scale", "Search at scale: exact against faiss IVF-Flat"),
+                        ("libraries", "Approximate-search libraries, one thread each")):
+        if not results.get(part):
+            continue
+        lines += [f"## {title} (random unit vectors, 128-d, euclidean)", "",
                   "Known probes: a gallery vector plus N(0, 0.05^2) noise per value; strangers: fresh random unit "
                   "vectors (their nearest neighbour is barely nearer than the rest: the hardest case). Latency: one "
-                  "probe per call (as `identify` on a few photos) and per probe in a batch of all probes.", "",
+                  "probe per call (as `identify` on a few photos) and per probe in one call with all probes. Memory: "
+                  "what the search holds (the vectors; for IVF-Flat its serialised index).", "",
                   "| gallery | method | build | latency, one probe | latency, batched | memory | recall@1 known | "
                   "recall@1 strangers |", "|---|---|---|---|---|---|---|---|"]
-        for row in results["scale"]:
+        for row in results[part]:
+            memory = f"{row['memory_mib']:.0f} MiB" if row["memory_mib"] else "-"
             lines.append(f"| {row['size']:,} | {row['method']} | {row['build_s']:.1f} s | {row['single_ms']:.2f} ms | "
-                         f"{row['batched_ms']:.3f} ms | {row['memory_mib']:.0f} MiB | {row['recall_known']:.3f} | "
-                         f"{row['recall_strangers']:.3f} |")
+                         f"{row['batched_ms']:.3f} ms | {memory} | {row['recall_known']:.3f} | {row['recall_strangers']:.3f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -306,7 +400,8 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help="Comma-separated: " + ", ".join(PARTS) + ".")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="Gallery sizes of the scale part.")
-    parser.add_argument("--queries", type=int, default=1000, help="Probes of the scale part.")
+    parser.add_argument("--queries", type=int, default=1000, help="Probes of the scale and libraries parts.")
+    parser.add_argument("--library-size", type=int, default=100_000, help="Gallery size of the libraries part.")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/facetrip-bench-identify"), help="Embedding cache.")
     parser.add_argument("--output", type=Path, help="Markdown report to write.")
     parser.add_argument("--json", type=Path, help="Raw results to write.")
@@ -317,21 +412,27 @@ def main(argv=None) -> int:
     if lfw_parts and not (arguments.lfw / "images").is_dir():
         print(f"LFW not found at {arguments.lfw}: skipping {', '.join(sorted(lfw_parts))}.")
         lfw_parts = set()
+    from facetrip.runs import read_metadata
+
     for spec in arguments.run if lfw_parts else []:
         name, _, path = spec.partition("=")
         print(f"{name}: embedding LFW ...", flush=True)
         data = lfw_embeddings(Path(path), arguments.lfw, arguments.work_dir)
+        metadata = read_metadata(path)
         run = {"path": path, "photos": int(len(data["files"])), "embedding_seconds": data["seconds"], "cached": data["cached"]}
         if "identification" in lfw_parts:
             print(f"{name}: identification ...", flush=True)
-            run["identification"] = identification(data, arguments.seeds)
+            run["identification"] = identification(data, metadata, arguments.seeds)
         if "clustering" in lfw_parts:
             print(f"{name}: clustering ...", flush=True)
-            run["clustering"] = clustering(data)
+            run["clustering"] = clustering(data, metadata)
         results["runs"][name] = run
     if "scale" in parts:
         print("scale ...", flush=True)
         results["scale"] = scale([int(size) for size in arguments.sizes.split(",")], 128, arguments.queries)
+    if "libraries" in parts:
+        print("libraries ...", flush=True)
+        results["libraries"] = libraries(arguments.library_size, 128, arguments.queries)
     command = "python scripts/bench_identify.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = markdown(results, command)
     print(report)

@@ -107,6 +107,21 @@ def test_a_contact_sheet_is_a_grid_of_the_photos(rng):
     assert sheet.convert("RGB").getpixel((THUMBNAIL // 2, 22 + THUMBNAIL // 2)) == (200, 0, 0)
 
 
+def test_photos_inside_the_output_folder_are_not_clustered_again(tmp_path):
+    """`facetrip cluster RUN ~/photos -o ~/photos/clusters` run twice must not cluster its own contact sheets."""
+    from PIL import Image
+
+    from facetrip.identification.photos import unlabelled_photos
+
+    (tmp_path / "clusters").mkdir()
+    for name in ("a.png", "clusters/cluster_000.png"):
+        Image.new("RGB", (20, 20)).save(tmp_path / name)
+    (tmp_path / "b.jpg").write_bytes(b"not a photo")
+    photos = unlabelled_photos([tmp_path], skip_unreadable=True, outside=tmp_path / "clusters")
+    assert [name.rsplit("/", 1)[1] for name in photos.faces.file_names] == ["a.png"]
+    assert [name.rsplit("/", 1)[1] for name, _ in photos.skipped] == ["b.jpg"]
+
+
 # ----------------------------------------------------------------------------- the command, on ORL photos
 
 

@@ -13,8 +13,9 @@ from facetrip.identification import ann
 from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_same_model, merged, model_fingerprint,
                                            read_index, write_index)
 from facetrip.identification.metrics import dir_at_false_alarm, open_set_rates, rank1_accuracy
-from facetrip.identification.search import (candidate_distances, distance_matrix, identify_embeddings,
-                                            person_means, score_gallery, top_people, top_people_from_candidates)
+from facetrip.identification.search import (candidate_distances, distance_matrix, false_alarm_for_pair_far,
+                                            identify_embeddings, pair_far_for_false_alarm, person_means, score_gallery,
+                                            top_people, top_people_from_candidates)
 
 
 def unit(rows):
@@ -123,29 +124,39 @@ def test_open_set_rates_on_hand_made_distances():
     assert rank1_accuracy([1, 2, 3], [1, 2, 0]) == pytest.approx(2 / 3)
 
 
+def test_the_pair_far_for_a_false_alarm_rate_inverts_the_chance_that_any_of_p_people_is_accepted():
+    """With P = 100 people and FAR 0.0001 a pair, a stranger passes at least one: 1 - 0.9999^100 = 0.995%."""
+    assert false_alarm_for_pair_far(1e-4, 100) == pytest.approx(1 - 0.9999**100)
+    assert pair_far_for_false_alarm(false_alarm_for_pair_far(1e-4, 100), 100) == pytest.approx(1e-4)
+    assert pair_far_for_false_alarm(0.01, 1) == pytest.approx(0.01)
+    assert pair_far_for_false_alarm(0.01, 1670) == pytest.approx(0.01 / 1670, rel=0.01)
+
+
 @pytest.mark.skipif(not ann.available(), reason="faiss (facetrip[ann]) is not installed")
 @pytest.mark.parametrize("metric", METRICS)
 def test_ann_finds_the_gallery_photo_a_probe_was_made_from(rng, metric):
     gallery = unit(rng.standard_normal((2000, 32)))
     probes = unit(gallery[:50] + 0.02 * rng.standard_normal((50, 32)))
-    graph = ann.extend(ann.build(gallery[:1500], metric), gallery[1500:], metric)  # built, then extended
-    rows = ann.nearest_rows(graph, probes, 10, metric)
+    ann_index = ann.extend(ann.build(gallery[:1500], metric), gallery[1500:], metric)  # built, then extended
+    loaded = ann.load(ann_index)
+    assert ann.size(loaded) == 2000
+    rows = ann.nearest_rows(loaded, probes, 10, metric)
     assert np.mean(rows[:, 0] == np.arange(50)) >= 0.98
 
 
 def test_exact_search_is_chosen_below_the_size_and_without_the_library(monkeypatch):
     from facetrip.identification.workflows import search_method
 
-    assert search_method(ann.ANN_MIN_ENTRIES - 1, "auto", saved_graph=True) == "exact"
-    assert search_method(10, "exact", saved_graph=True) == "exact"
+    assert search_method(ann.ANN_MIN_ENTRIES - 1, "auto", saved_ann=True) == "exact"
+    assert search_method(10, "exact", saved_ann=True) == "exact"
     monkeypatch.setattr(ann, "available", lambda: False)
-    assert search_method(ann.ANN_MIN_ENTRIES, "auto", saved_graph=True) == "exact"  # no faiss: exact, always possible
+    assert search_method(ann.ANN_MIN_ENTRIES, "auto", saved_ann=True) == "exact"  # no faiss: exact, always possible
     with pytest.raises(ann.AnnUnavailable, match="facetrip\\[ann\\]"):
-        search_method(10, "ann", saved_graph=False)
+        search_method(10, "ann", saved_ann=False)
 
 
 @pytest.mark.skipif(not ann.available(), reason="faiss (facetrip[ann]) is not installed")
-def test_identify_with_a_saved_graph_agrees_with_exact_search(rng):
+def test_identify_with_a_saved_ann_index_agrees_with_exact_search(rng):
     from facetrip.identification.photos import Embedded
     from facetrip.identification.workflows import identify_with_index
 
@@ -155,12 +166,13 @@ def test_identify_with_a_saved_graph_agrees_with_exact_search(rng):
                       {"metric": "cosine", "model_fingerprint": "f" * 64, "sources": []})
     index.ann = ann.build(index.embeddings, "cosine")
     probes = Embedded(unit(centres + 0.1 * rng.standard_normal(centres.shape)), np.ones(8, np.int64), np.zeros(8, object))
-    exact = identify_with_index(index, probes, threshold=0.5, k=3, search="exact")
-    approximate = identify_with_index(index, probes, threshold=0.5, k=3, search="ann")
-    assert (exact["search"], approximate["search"]) == ("exact", "ann")
-    assert [r["person"] for r in approximate["results"]] == [r["person"] for r in exact["results"]] == [f"p{i}" for i in range(8)]
-    for mine, theirs in zip(approximate["results"], exact["results"]):
-        assert mine["distance"] == pytest.approx(theirs["distance"], abs=1e-5)
+    for score in ("nearest", "mean"):
+        exact = identify_with_index(index, probes, threshold=0.5, k=3, score=score, search="exact")
+        approximate = identify_with_index(index, probes, threshold=0.5, k=3, score=score, search="ann")
+        assert (exact["search"], approximate["search"]) == ("exact", "ann")
+        assert [r["person"] for r in approximate["results"]] == [r["person"] for r in exact["results"]] == [f"p{i}" for i in range(8)]
+        for mine, theirs in zip(approximate["results"], exact["results"]):
+            assert mine["distance"] == pytest.approx(theirs["distance"], abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- the index on disk
@@ -287,13 +299,16 @@ def test_identify_names_known_people_and_calls_a_stranger_unknown(pretrained_run
     found = identified(pretrained_run, index_dir, orl(1, 5), orl(3, 9), photos / "s2_rgba.png", orl(20, 1), photos / "blank.png")
     decisions = [(photo["decision"], photo["person"]) for photo in found["photos"]]
     assert decisions == [("known", "s1"), ("known", "s3"), ("known", "s2"), ("unknown", None), ("no face", None)]
-    assert found["search"] == "exact" and found["score"] == "nearest" and found["metric"] == "euclidean"
+    assert found["search"] == "exact" and found["score"] == "mean" and found["metric"] == "euclidean"
     first = found["photos"][0]
     assert [match["person"] for match in first["matches"]][0] == "s1" and len(first["matches"]) == 3
-    assert Path(first["matches"][0]["file"]).parent.name == "s1"
     assert found["photos"][3]["distance"] > found["threshold"] >= first["distance"]
-    by_mean = identified(pretrained_run, index_dir, "--score", "mean", orl(1, 5))["photos"][0]
-    assert by_mean["person"] == "s1" and by_mean["matches"][0]["file"] is None
+    by_photo = identified(pretrained_run, index_dir, "--score", "nearest", orl(1, 5))["photos"][0]
+    assert by_photo["person"] == "s1" and Path(by_photo["matches"][0]["file"]).parent.name == "s1"
+    assert first["matches"][0]["file"] is None  # a mean is no photo
+    strict = identified(pretrained_run, index_dir, "--false-alarm", "0.01", orl(1, 5))
+    assert strict["threshold"] < found["threshold"] and "of strangers taken for one of 3 people" in strict["threshold_rule"]
+    assert strict["expected_false_alarm"] <= 0.011 < found["expected_false_alarm"]
     table = run_cli("identify", pretrained_run, "--index", index_dir, orl(1, 5), orl(20, 1))
     assert table.exit_code == 0 and "s1" in table.output and "unknown" in table.output
 
@@ -358,6 +373,7 @@ def test_bad_input_to_index_and_identify_is_one_line_with_exit_2(pretrained_run,
     one_line_error(run_cli("index", tmp_path / "no_run", photos / "gallery", "-o", tmp_path / "new"), "does not exist")
 
 
+@pytest.mark.slow
 def test_an_index_holds_its_manifest(index_dir):
     """What the manifest promises: the run, its model's fingerprint, the metric, the counts."""
     manifest = json.loads((index_dir / "manifest.json").read_text())

@@ -10,8 +10,9 @@ measured on LFW (docs/identification.md):
 - ``connected``: the connected components of the threshold graph (single linkage cut at ``t``).
 - ``average``, ``complete``: scikit-learn's agglomerative clustering, merging two clusters
   while their average (or largest) pairwise distance is below ``t``.
-- ``hdbscan``: scikit-learn's HDBSCAN (at least 2 photos a cluster) on the distance matrix,
-  with clusters closer than ``t`` merged (``cluster_selection_epsilon``).
+- ``hdbscan``: scikit-learn's HDBSCAN (at least 2 photos a cluster) on the distance matrix.
+  It follows density and ignores ``t``: with ``t`` as its ``cluster_selection_epsilon``
+  it merged all but 22 of 6,711 LFW photos into one cluster.
 
 Pure NumPy / SciPy / scikit-learn, and dlib for Chinese whispers; no TensorFlow.
 """
@@ -88,8 +89,7 @@ def matrix_clusters(embeddings: np.ndarray, metric: str, threshold: float, algor
     if algorithm == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
-        labels = HDBSCAN(min_cluster_size=2, metric="precomputed", cluster_selection_epsilon=float(threshold),
-                         allow_single_cluster=True, copy=False).fit_predict(distances)
+        labels = HDBSCAN(min_cluster_size=2, metric="precomputed", copy=False).fit_predict(distances)
         noise = labels < 0  # HDBSCAN's noise: each its own cluster
         labels[noise] = labels.max(initial=-1) + 1 + np.arange(int(noise.sum()))
         return labels.astype(np.int64)

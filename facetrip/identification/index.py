@@ -6,7 +6,7 @@
       manifest.json            what made the index: the run, its model's fingerprint, the metric,
                                the embedding size, the people and photos, the data file and its hash
       gallery-<hash>.npz       embeddings (N, D) float32, identities (N,), files (N,), faces_detected (N,)
-      ann-<hash>.bin           an approximate-nearest-neighbour graph of the embeddings (large galleries)
+      ann-<hash>.bin           an approximate-nearest-neighbour index of the embeddings (large galleries)
 
 The data files are named after their content and written before the manifest, which is
 written last and atomically: a kill at any point leaves the previous index whole, and an
@@ -56,7 +56,7 @@ class GalleryIndex:
         files: (N,) str, the photo each row came from.
         faces_detected: (N,) int64, faces found on each photo (:data:`WHOLE_IMAGE` without face chips).
         manifest: what made the index (see the module docstring).
-        ann: the serialised approximate-nearest-neighbour graph of ``embeddings``, or None.
+        ann: the serialised approximate-nearest-neighbour index of ``embeddings``, or None.
     """
 
     embeddings: np.ndarray
@@ -172,12 +172,12 @@ def merged(index: GalleryIndex | None, embeddings: np.ndarray, identities, files
 
 
 def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = None, ann_library: str | None = None) -> dict[str, Any]:
-    """Write an index: its data file (and ANN graph) under their hashes, then the manifest, then remove stale files.
+    """Write an index: its data file (and ANN index) under their hashes, then the manifest, then remove stale files.
 
     Args:
         index_dir: the folder (created if missing).
         index: the index to write; its manifest gets the counts, files and hashes.
-        ann: a serialised ANN graph of ``index.embeddings``, or None.
+        ann: a serialised ANN index of ``index.embeddings``, or None.
         ann_library: the library that made ``ann``.
 
     Returns:
@@ -255,6 +255,8 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
     for field, kind in expected.items():
         if not isinstance(manifest.get(field), kind) or isinstance(manifest.get(field), bool):
             raise GalleryIndexError(f"{path} has no valid {field!r}: {rebuild}.")
+    if manifest["entries"] < 1 or manifest["embedding_dim"] < 1:
+        raise GalleryIndexError(f"{path} describes an empty index: {rebuild}.")
     if manifest["metric"] not in ("euclidean", "squared", "cosine"):
         raise GalleryIndexError(f"{path} names an unknown metric {manifest['metric']!r}: {rebuild}.")
     for field in ("data_file", *(("ann",) if manifest.get("ann") else ())):

@@ -119,9 +119,15 @@ def gallery_photos(gallery: str, data_dir: str | None = None) -> Photos:
     return read_files(paths, labels, names, f"folder:{root}", skip_unreadable=True)
 
 
-def unlabelled_photos(inputs, skip_unreadable: bool) -> Photos:
-    """Photo files and folders (recursively) as one unlabelled set; files named by their absolute path."""
+def unlabelled_photos(inputs, skip_unreadable: bool, outside: str | Path | None = None) -> Photos:
+    """Photo files and folders (recursively) as one unlabelled set, files named by their absolute path.
+
+    Files inside the folder ``outside`` are left out.
+    """
     paths = [path.resolve() for path in image_files(inputs)]
+    if outside is not None:
+        excluded = Path(outside).resolve()
+        paths = [path for path in paths if excluded not in path.parents]
     return read_files(paths, [0] * len(paths), ["?"], "photos", skip_unreadable)
 
 

@@ -14,25 +14,57 @@ from facetrip.identification.clustering import ALONE, DEFAULT_ALGORITHM, cluster
 from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_same_model, has_index, merged,
                                            model_fingerprint, new_manifest, read_index, write_index)
 from facetrip.identification.photos import Embedded, embed_photos, gallery_photos, unlabelled_photos
-from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, identify_embeddings, score_gallery,
-                                            top_people, top_people_from_candidates)
+from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, false_alarm_for_pair_far,
+                                            identify_embeddings, pair_far_for_false_alarm, score_gallery, top_people,
+                                            top_people_from_candidates)
 
 Stage = Callable[[str], None] | None
 
 
-def run_threshold(run, threshold: float | None, far: float | None) -> tuple[float, str]:
-    """The distance threshold a command decides with, and how it was chosen (the run's, or an override).
+def run_threshold(run, threshold: float | None, far: float | None, false_alarm: float | None = None,
+                  people: int = 1) -> tuple[float, str]:
+    """The distance threshold a command decides with, and how it was chosen.
+
+    Args:
+        run: the loaded run.
+        threshold: this distance.
+        far: the threshold for this false accept rate per pair, on the run's saved calibration pairs.
+        false_alarm: the threshold for this share of strangers taken for one of ``people``
+            people (:func:`~facetrip.identification.search.pair_far_for_false_alarm`).
+        people: the gallery's people.
+
+    Returns:
+        ``(threshold, rule)``; the run's own threshold when none of the three is given.
 
     Raises:
-        CalibrationError: see :func:`facetrip.calibration.verification_threshold`; also when
-            the run has no threshold and none was given.
+        CalibrationError: see :func:`facetrip.calibration.verification_threshold`; more than
+            one of the three; or the run has no threshold and none was given.
     """
-    from facetrip.calibration import CalibrationError, verification_threshold
+    from facetrip.calibration import CalibrationError, check_target_far, percent, verification_threshold
 
+    if false_alarm is not None:
+        if threshold is not None or far is not None:
+            raise CalibrationError("Give one of --threshold, --far and --false-alarm.")
+        pair_far = pair_far_for_false_alarm(check_target_far(false_alarm), people)
+        chosen, rule = verification_threshold(run.metadata, None, pair_far)
+        return chosen, f"{percent(false_alarm)} of strangers taken for one of {people:,} people: a pair FAR of {pair_far:.3g}; {rule}"
     chosen, rule = verification_threshold(run.metadata, threshold, far)
     if chosen is None:
         raise CalibrationError(f"{run.path} has no calibrated threshold: give one with --threshold X.")
     return chosen, rule
+
+
+def expected_false_alarm(run, threshold: float, people: int) -> float | None:
+    """The share of strangers a threshold would take for one of ``people`` people, from the run's saved pairs (None without them).
+
+    ``1 - (1 - FAR)^P`` with FAR the share of the run's saved different-identity distances within the threshold.
+    """
+    from facetrip.calibration import SAVED_DISTANCES_KEY
+
+    distances = run.metadata.get(SAVED_DISTANCES_KEY)
+    if not distances:
+        return None
+    return false_alarm_for_pair_far(float(np.mean(np.asarray(distances, np.float64) <= threshold)), people)
 
 
 # ----------------------------------------------------------------------------- index
@@ -69,7 +101,7 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
         index_dir: where the index is (to be) written.
         add: add the gallery's photos to the index already in ``index_dir``.
         overwrite: replace the index in ``index_dir``.
-        ann: build the approximate-search graph (True), never (False), or above
+        ann: build the approximate-search index (True), never (False), or above
             :data:`facetrip.identification.ann.ANN_MIN_ENTRIES` photos when its library is installed (None).
         data_dir: tfds storage folder for data source specs.
         on_stage: called with a short message as each stage starts.
@@ -112,19 +144,19 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
     identities = np.asarray(faces.identity_names, dtype=object)[faces.labels[with_face]]
     index, repeated = merged(existing, embedded.embeddings[with_face], identities, faces.file_names[with_face],
                              embedded.faces_detected[with_face], manifest)
-    graph = _ann_graph(index, existing, ann, on_stage)
-    written = write_index(index_dir, index, graph, ann_search.LIBRARY if graph is not None else None)
+    ann_index = _ann_index(index, existing, ann, on_stage)
+    written = write_index(index_dir, index, ann_index, ann_search.LIBRARY if ann_index is not None else None)
     added = len(index) - (len(existing) if existing is not None else 0)
     return IndexSummary(written, added, repeated, no_face, photos.skipped, faces.source)
 
 
-def _ann_graph(index: GalleryIndex, existing: GalleryIndex | None, ann: bool | None, on_stage: Stage) -> bytes | None:
-    """The ANN graph to save with an index: the existing one extended by the new rows, a new one, or None."""
+def _ann_index(index: GalleryIndex, existing: GalleryIndex | None, ann: bool | None, on_stage: Stage) -> bytes | None:
+    """The ANN index to save with a gallery index: the existing one extended by the new rows, a new one, or None."""
     wanted = ann if ann is not None else (len(index) >= ann_search.ANN_MIN_ENTRIES and ann_search.available())
     if not wanted:
         return None
     if on_stage is not None:
-        on_stage(f"Building the approximate-search graph of {len(index):,} photos ...")
+        on_stage(f"Building the approximate-search index of {len(index):,} photos ...")
     metric = index.manifest["metric"]
     if existing is not None and existing.ann is not None:
         return ann_search.extend(existing.ann, index.embeddings[len(existing):], metric)
@@ -141,14 +173,14 @@ def load_index(run, index_dir: str | Path) -> GalleryIndex:
     return index
 
 
-def search_method(num_vectors: int, requested: str, saved_graph: bool) -> str:
-    """``exact`` or ``ann``: as requested, or (``auto``) ANN for a gallery of at least ANN_MIN_ENTRIES vectors with a saved graph."""
+def search_method(num_vectors: int, requested: str, saved_ann: bool) -> str:
+    """``exact`` or ``ann``: as requested, or (``auto``) ANN for a gallery of at least ANN_MIN_ENTRIES vectors with a saved ANN index."""
     if requested in ("exact", "ann"):
         if requested == "ann":
             ann_search.require_library()
         return requested
     large = num_vectors >= ann_search.ANN_MIN_ENTRIES
-    return "ann" if large and saved_graph and ann_search.available() else "exact"
+    return "ann" if large and saved_ann and ann_search.available() else "exact"
 
 
 def identify_with_index(index: GalleryIndex, embedded: Embedded, threshold: float, k: int = 5,
@@ -168,21 +200,30 @@ def identify_with_index(index: GalleryIndex, embedded: Embedded, threshold: floa
     """
     labels, names = index.labels()
     vectors, vector_labels = score_gallery(index.embeddings, labels, len(names), score)
-    saved_graph = index.ann is not None and score == "nearest"
-    method = search_method(len(vectors), search, saved_graph)
+    method = search_method(len(index), search, index.ann is not None)
     with_face = embedded.face_found
     queries = embedded.embeddings[with_face]
     metric = index.manifest["metric"]
+    if not len(queries):
+        return {"search": method, "results": [_no_face() for _ in with_face]}
     if method == "exact":
         matches = top_people(queries, vectors, vector_labels, metric, k)
     else:
-        graph = index.ann if saved_graph else ann_search.build(vectors, metric)
-        rows = ann_search.nearest_rows(graph, queries, ann_search.candidates_for(k, len(vectors)), metric)
+        # The ANN index holds the photos (the saved one, read only now and only if complete):
+        # it finds the nearest photos, whose people are then scored exactly by either score.
+        photos_index = ann_search.load(index.ann) if index.ann is not None else None
+        if photos_index is None or ann_search.size(photos_index) != len(index):
+            photos_index = ann_search.load(ann_search.build(index.embeddings, metric))
+        rows = ann_search.nearest_rows(photos_index, queries, ann_search.candidates_for(k, len(index)), metric)  # (Q, m)
+        if score == "mean":  # the candidate photos' people, each scored by their mean
+            rows = np.where(rows >= 0, labels[np.maximum(rows, 0)], -1)
         matches = top_people_from_candidates(candidate_distances(queries, vectors, rows, metric), rows, vector_labels, k)
     found = iter(identify_embeddings(queries, matches, names, threshold, index.files if score == "nearest" else None))
-    results = [next(found) if face else {"decision": "no face", "person": None, "distance": None, "matches": []}
-               for face in with_face]
-    return {"search": method, "results": results}
+    return {"search": method, "results": [next(found) if face else _no_face() for face in with_face]}
+
+
+def _no_face() -> dict[str, Any]:
+    return {"decision": "no face", "person": None, "distance": None, "matches": []}
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -217,16 +258,19 @@ class Clustering:
 NO_FACE = -2
 
 
-def cluster_photos(run, inputs, threshold: float, algorithm: str = DEFAULT_ALGORITHM, on_stage: Stage = None) -> Clustering:
+def cluster_photos(run, inputs, threshold: float, algorithm: str = DEFAULT_ALGORITHM, on_stage: Stage = None,
+                   out_dir: str | Path | None = None) -> Clustering:
     """Group unlabelled photos by person with a run's model and threshold.
 
-    Photos without a detected face (runs on face chips) are not clustered; unreadable files are listed.
+    Photos without a detected face (runs on face chips) are not clustered; unreadable files
+    are listed. Files inside ``out_dir`` (the contact sheets of an earlier clustering into a
+    folder among the inputs) are not photos to cluster.
 
     Raises:
         GalleryIndexError: no readable photo among the inputs.
         ClusteringError: see :func:`facetrip.identification.clustering.cluster_embeddings`.
     """
-    photos = unlabelled_photos(inputs, skip_unreadable=True)
+    photos = unlabelled_photos(inputs, skip_unreadable=True, outside=out_dir)
     if not len(photos.faces):
         listed = f" ({len(photos.skipped)} unreadable)" if photos.skipped else ""
         raise GalleryIndexError(f"No readable photo among the inputs{listed}: nothing to cluster.")
