@@ -236,6 +236,29 @@ def test_a_damaged_index_is_refused_in_one_line(tmp_path, rng, damage):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("arrays", ["pickled names", "wrong shape", "nan"])
+def test_a_data_file_with_a_matching_hash_but_foreign_arrays_is_refused(tmp_path, rng, arrays):
+    """Someone else's index: the manifest's hash matches, the arrays are not what it describes."""
+    import hashlib
+    import io
+
+    write_index(tmp_path, small_index(rng))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    embeddings = np.zeros((6, 16), np.float32)
+    names = np.array(["a"] * 6, dtype=object) if arrays == "pickled names" else np.array(["a"] * 6)
+    if arrays == "wrong shape":
+        embeddings = np.zeros((5, 16), np.float32)
+    if arrays == "nan":
+        embeddings[0, 0] = np.nan
+    buffer = io.BytesIO()
+    np.savez(buffer, embeddings=embeddings, identities=names, files=np.array(["f"] * 6), faces_detected=np.ones(6, np.int64))
+    (tmp_path / manifest["data_file"]).write_bytes(buffer.getvalue())
+    manifest["data_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GalleryIndexError, match="corrupt|does not hold"):
+        read_index(tmp_path)
+
+
 def test_an_index_of_another_model_is_refused(tmp_path):
     first, second = tmp_path / "one", tmp_path / "two"
     for run, content in ((first, b"weights one"), (second, b"weights two")):
