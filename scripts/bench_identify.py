@@ -245,7 +245,6 @@ def scale(sizes: list[int], dim: int, queries: int, seed: int = 0) -> list[dict]
             rows.append(scale_row(size, f"faiss IVF-Flat, {ann.list_count(size)} lists, {lists} searched", build, batched,
                                   single, len(serialised), found == truth, queries))
             print(f"  {rows[-1]}", flush=True)
-        del index, serialised
     return rows
 
 
@@ -347,7 +346,7 @@ def mean_sd(values) -> str:
 def markdown(results: dict, command: str) -> str:
     import datetime
 
-    lines = [f"# Identification, clustering and search at scale", "",
+    lines = ["# Identification, clustering and search at scale", "",
              f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPU cores (shared with other jobs: times are "
              f"upper bounds). Command: `{command}`.", ""]
     for run_name, run in results.get("runs", {}).items():

@@ -406,3 +406,17 @@ def test_an_index_holds_its_manifest(index_dir):
     assert isinstance(index, GalleryIndex) and set(index.identities) == {"s1", "s2", "s3"}
     assert all(Path(name).is_absolute() for name in index.files)
 
+
+
+def test_the_benchmark_skips_lfw_cleanly_and_measures_a_small_scale(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_identify", Path(__file__).parents[1] / "scripts" / "bench_identify.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = tmp_path / "report.md"
+    assert bench.main(["--lfw", str(tmp_path / "no_lfw"), "--run", "x=nowhere", "--parts", "identification,scale",
+                       "--sizes", "500", "--queries", "20", "--output", str(report)]) == 0
+    assert "LFW not found" in capsys.readouterr().out
+    text = report.read_text()
+    assert "| 500 | exact (matrix product) |" in text and "## pretrained" not in text
