@@ -367,8 +367,8 @@ def decode_chip(png: bytes) -> FaceChip:
     return FaceChip(pixels, faces_detected)
 
 
-def _faces_detected_in(png: bytes) -> int:
-    """The detection count of a PNG chip, read from its header only."""
+def faces_detected_in(png: bytes) -> int:
+    """The detection count of a PNG chip (:func:`encode_chip`), read from its header only."""
     from PIL import Image
 
     with Image.open(io.BytesIO(png), formats=("PNG",)) as image:
@@ -645,7 +645,7 @@ def chip_faces(
         if pngs[index] is None:
             pngs[index] = computed[first_of_key[key]]
 
-    counts = [_faces_detected_in(png) for png in pngs]
+    counts = [faces_detected_in(png) for png in pngs]
     report = ChipReport(
         images=len(photos),
         no_face=[name for name, count in zip(names, counts) if count == 0],

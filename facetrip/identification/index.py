@@ -1,0 +1,322 @@
+"""The gallery index on disk: embeddings of known people, their identities and files, and a manifest.
+
+::
+
+    INDEX_DIR/
+      manifest.json            what made the index: the run, its model's fingerprint, the metric,
+                               the embedding size, the people and photos, the data file and its hash
+      gallery-<hash>.npz       embeddings (N, D) float32, identities (N,), files (N,), faces_detected (N,)
+      ann-<hash>.bin           an approximate-nearest-neighbour index of the embeddings (large galleries)
+
+The data files are named after their content and written before the manifest, which is
+written last and atomically: a kill at any point leaves the previous index whole, and an
+index whose data file was changed or cut short is refused (its SHA-256 is in the manifest).
+
+An index belongs to one model: :func:`model_fingerprint` hashes the run's ``model.keras``
+with the metric and input settings, and :func:`check_same_model` refuses an index that
+another model (another run, or the same run trained again) made, since distances between
+embeddings of two models mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST_FILE = "manifest.json"
+INDEX_KIND = "facetrip gallery index"
+INDEX_FORMAT = 1
+# A manifest lists the gallery sources added, nothing per photo: a larger file is not one.
+MANIFEST_SIZE_LIMIT = 4 << 20
+_DATA_PREFIX, _ANN_PREFIX = "gallery-", "ann-"
+_HASH_CHUNK = 4 << 20
+# faces_detected of an entry embedded from the whole image (runs that read no face chips).
+WHOLE_IMAGE = -1
+
+
+class GalleryIndexError(ValueError):
+    """An index that is missing, corrupt, or made by another model: one line saying what to do."""
+
+
+@dataclasses.dataclass
+class GalleryIndex:
+    """Embeddings of known people, one row per gallery photo.
+
+    Attributes:
+        embeddings: (N, D) float32.
+        identities: (N,) str, the person of each row.
+        files: (N,) str, the photo each row came from.
+        faces_detected: (N,) int64, faces found on each photo (:data:`WHOLE_IMAGE` without face chips).
+        manifest: what made the index (see the module docstring).
+        ann: the serialised approximate-nearest-neighbour index of ``embeddings``, or None.
+    """
+
+    embeddings: np.ndarray
+    identities: np.ndarray
+    files: np.ndarray
+    faces_detected: np.ndarray
+    manifest: dict[str, Any]
+    ann: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    @property
+    def people(self) -> list[str]:
+        """The distinct people, sorted."""
+        return sorted(set(self.identities.tolist()))
+
+    def labels(self) -> tuple[np.ndarray, list[str]]:
+        """``(labels (N,) int64 into names, names)``: each row's person as an index into the sorted people."""
+        names, labels = np.unique(self.identities, return_inverse=True)
+        return labels.astype(np.int64).reshape(-1), [str(name) for name in names]
+
+
+def model_fingerprint(run_dir: str | Path, metadata: dict[str, Any]) -> str:
+    """A hash that changes whenever the run's embeddings could: its model file and how photos reach it.
+
+    ``sha256("facetrip model fingerprint 1" | sha256(model.keras) | metric | face_chips |
+    image_size | channels)``: a copy of the run gives the same fingerprint, a run trained
+    again (or moved along its weights, or another run) another.
+
+    Args:
+        run_dir: the run directory.
+        metadata: its metadata (:func:`facetrip.runs.read_metadata`).
+
+    Returns:
+        64 hex digits.
+    """
+    from facetrip.runs import MODEL_FILE
+
+    model_digest = _file_sha256(Path(run_dir) / MODEL_FILE)
+    settings = json.dumps([metadata.get("metric"), bool(metadata.get("face_chips", False)),
+                           list(metadata.get("image_size", [])), metadata.get("channels")])
+    return hashlib.sha256(f"facetrip model fingerprint 1|{model_digest}|{settings}".encode()).hexdigest()
+
+
+def new_manifest(run_dir: str | Path, metadata: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """The manifest of an empty index for a run (:func:`write_index` fills in the rest)."""
+    from facetrip import __version__
+
+    return {
+        "kind": INDEX_KIND,
+        "format": INDEX_FORMAT,
+        "facetrip_version": __version__,
+        "run": str(Path(run_dir).resolve()),
+        "model_fingerprint": fingerprint,
+        "metric": metadata["metric"],
+        "face_chips": bool(metadata.get("face_chips", False)),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sources": [],
+    }
+
+
+def check_same_model(manifest: dict[str, Any], fingerprint: str, run_dir: str | Path, index_dir: str | Path) -> None:
+    """Refuse an index that another model made.
+
+    Raises:
+        GalleryIndexError: naming the run that made the index and what to do.
+    """
+    if manifest["model_fingerprint"] != fingerprint:
+        raise GalleryIndexError(
+            f"{index_dir} was made by another model (run {manifest.get('run', '?')}, fingerprint "
+            f"{str(manifest['model_fingerprint'])[:12]}), not by {run_dir} ({fingerprint[:12]}): embeddings of two models "
+            f"cannot be compared; index the gallery again with this run (facetrip index {run_dir} GALLERY -o DIR)."
+        )
+
+
+def merged(index: GalleryIndex | None, embeddings: np.ndarray, identities, files, faces_detected,
+           manifest: dict[str, Any]) -> tuple[GalleryIndex, int]:
+    """An index with new photos added; photos whose file is already in it are left out.
+
+    Args:
+        index: the index to add to, or None for a new one.
+        embeddings: (M, D) float32 of the new photos.
+        identities, files, faces_detected: (M,) of the new photos.
+        manifest: the manifest to keep (the index's own when adding).
+
+    Returns:
+        ``(index, photos left out as already indexed)``.
+
+    Raises:
+        GalleryIndexError: the new embeddings are not of the index's size.
+    """
+    embeddings = np.asarray(embeddings, np.float32).reshape(len(files), -1)
+    identities, files = _text_array(identities), _text_array(files)
+    faces_detected = np.asarray(faces_detected, np.int64).reshape(-1)
+    if index is not None and embeddings.shape[1] != index.embeddings.shape[1]:
+        raise GalleryIndexError(f"New embeddings have {embeddings.shape[1]} values, the index {index.embeddings.shape[1]}.")
+    known = set() if index is None else set(index.files.tolist())
+    fresh = np.zeros(len(files), bool)
+    for position, name in enumerate(files.tolist()):  # also a file given twice is indexed once
+        if name not in known:
+            fresh[position] = True
+            known.add(name)
+    if index is None:
+        return GalleryIndex(embeddings[fresh], identities[fresh], files[fresh], faces_detected[fresh], manifest), int((~fresh).sum())
+    return GalleryIndex(
+        np.concatenate([index.embeddings, embeddings[fresh]]),
+        np.concatenate([index.identities, identities[fresh]]),
+        np.concatenate([index.files, files[fresh]]),
+        np.concatenate([index.faces_detected, faces_detected[fresh]]),
+        manifest,
+    ), int((~fresh).sum())
+
+
+def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = None, ann_library: str | None = None) -> dict[str, Any]:
+    """Write an index: its data file (and ANN index) under their hashes, then the manifest, then remove stale files.
+
+    Args:
+        index_dir: the folder (created if missing).
+        index: the index to write; its manifest gets the counts, files and hashes.
+        ann: a serialised ANN index of ``index.embeddings``, or None.
+        ann_library: the library that made ``ann``.
+
+    Returns:
+        The manifest written.
+    """
+    from facetrip.runs import atomic_write_bytes, atomic_write_json
+
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, embeddings=np.asarray(index.embeddings, np.float32), identities=_text_array(index.identities),
+             files=_text_array(index.files), faces_detected=np.asarray(index.faces_detected, np.int64))
+    data = buffer.getvalue()
+    data_hash = hashlib.sha256(data).hexdigest()
+    manifest = dict(index.manifest)
+    manifest.update({
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "entries": len(index),
+        "people": len(index.people),
+        "embedding_dim": int(index.embeddings.shape[1]) if index.embeddings.ndim == 2 else 0,
+        "data_file": f"{_DATA_PREFIX}{data_hash[:16]}.npz",
+        "data_sha256": data_hash,
+        "ann": None,
+    })
+    atomic_write_bytes(index_dir / manifest["data_file"], data)
+    if ann is not None:
+        ann_hash = hashlib.sha256(ann).hexdigest()
+        manifest["ann"] = {"library": ann_library, "file": f"{_ANN_PREFIX}{ann_hash[:16]}.bin", "sha256": ann_hash}
+        atomic_write_bytes(index_dir / manifest["ann"]["file"], ann)
+    atomic_write_json(index_dir / MANIFEST_FILE, manifest)
+    kept = {manifest["data_file"], (manifest["ann"] or {}).get("file")}
+    for stale in (*index_dir.glob(f"{_DATA_PREFIX}*.npz"), *index_dir.glob(f"{_ANN_PREFIX}*.bin")):
+        if stale.name not in kept:
+            stale.unlink(missing_ok=True)
+    return manifest
+
+
+def has_index(index_dir: str | Path) -> bool:
+    """Whether the folder holds an index (a manifest), valid or not."""
+    return (Path(index_dir) / MANIFEST_FILE).exists()
+
+
+def read_manifest(index_dir: str | Path) -> dict[str, Any]:
+    """The manifest of an index, checked.
+
+    Raises:
+        GalleryIndexError: no such folder, no manifest, one that is not a facetrip index's,
+            or one with a missing or malformed field.
+    """
+    index_dir = Path(index_dir)
+    rebuild = f"build it again with facetrip index RUN GALLERY -o {index_dir}"
+    if not index_dir.is_dir():
+        raise GalleryIndexError(f"Index folder {index_dir} does not exist: build one with facetrip index RUN GALLERY -o {index_dir}.")
+    path = index_dir / MANIFEST_FILE
+    try:
+        with path.open("rb") as handle:
+            content = handle.read(MANIFEST_SIZE_LIMIT + 1)
+    except FileNotFoundError:
+        raise GalleryIndexError(f"{index_dir} is not a facetrip index (no {MANIFEST_FILE}): {rebuild}.") from None
+    except OSError as error:
+        raise GalleryIndexError(f"{path} cannot be read: {error.strerror or error}.") from None
+    if len(content) > MANIFEST_SIZE_LIMIT:
+        raise GalleryIndexError(f"{path} is larger than any index manifest: {rebuild}.")
+    try:
+        manifest = json.loads(content.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise GalleryIndexError(f"{path} is corrupt (not JSON): {rebuild}.") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != INDEX_KIND:
+        raise GalleryIndexError(f"{path} is not the manifest of a facetrip index: {rebuild}.")
+    if manifest.get("format") != INDEX_FORMAT:
+        raise GalleryIndexError(f"{index_dir} is an index of format {manifest.get('format')!r}, this facetrip reads "
+                                f"{INDEX_FORMAT}: {rebuild}.")
+    expected = {"model_fingerprint": str, "metric": str, "data_file": str, "data_sha256": str, "entries": int,
+                "embedding_dim": int, "sources": list}
+    for field, kind in expected.items():
+        if not isinstance(manifest.get(field), kind) or isinstance(manifest.get(field), bool):
+            raise GalleryIndexError(f"{path} has no valid {field!r}: {rebuild}.")
+    if manifest["entries"] < 1 or manifest["embedding_dim"] < 1:
+        raise GalleryIndexError(f"{path} describes an empty index: {rebuild}.")
+    if manifest["metric"] not in ("euclidean", "squared", "cosine"):
+        raise GalleryIndexError(f"{path} names an unknown metric {manifest['metric']!r}: {rebuild}.")
+    for field in ("data_file", *(("ann",) if manifest.get("ann") else ())):
+        name = manifest[field] if field == "data_file" else (manifest["ann"] or {}).get("file", "")
+        if not isinstance(name, str) or Path(name).name != name or not name.startswith((_DATA_PREFIX, _ANN_PREFIX)):
+            raise GalleryIndexError(f"{path} names a data file outside the index ({name!r}): {rebuild}.")
+    return manifest
+
+
+def read_index(index_dir: str | Path) -> GalleryIndex:
+    """An index from its folder, every file checked against the manifest.
+
+    Raises:
+        GalleryIndexError: see :func:`read_manifest`; a data file missing, changed since
+            the manifest was written (hash), or not holding arrays of the manifest's shape.
+    """
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    rebuild = f"build the index again with facetrip index RUN GALLERY -o {index_dir}"
+    data = _checked_bytes(index_dir / manifest["data_file"], manifest["data_sha256"], rebuild)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            embeddings, identities = arrays["embeddings"], arrays["identities"]
+            files, faces_detected = arrays["files"], arrays["faces_detected"]
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError):
+        raise GalleryIndexError(f"{index_dir / manifest['data_file']} is corrupt: {rebuild}.") from None
+    count, size = manifest["entries"], manifest["embedding_dim"]
+    if (embeddings.shape != (count, size) or embeddings.dtype != np.float32 or identities.shape != (count,)
+            or files.shape != (count,) or faces_detected.shape != (count,) or identities.dtype.kind != "U"
+            or files.dtype.kind != "U" or faces_detected.dtype.kind not in "iu" or not np.all(np.isfinite(embeddings))):
+        raise GalleryIndexError(f"{index_dir / manifest['data_file']} does not hold the {count} x {size} embeddings "
+                                f"its manifest describes: {rebuild}.")
+    ann = None
+    if manifest.get("ann"):
+        ann = _checked_bytes(index_dir / manifest["ann"]["file"], str(manifest["ann"].get("sha256")), rebuild)
+    return GalleryIndex(embeddings, identities, files, faces_detected.astype(np.int64), manifest, ann)
+
+
+def _checked_bytes(path: Path, sha256: str, rebuild: str) -> bytes:
+    """The bytes of an index file whose hash the manifest gives; GalleryIndexError if missing or changed."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GalleryIndexError(f"{path} is missing: {rebuild}.") from None
+    except OSError as error:
+        raise GalleryIndexError(f"{path} cannot be read: {error.strerror or error}.") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise GalleryIndexError(f"{path} is corrupt (it changed after the index was written): {rebuild}.")
+    return data
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _text_array(values) -> np.ndarray:
+    """(N,) numpy unicode array (never object: the data file loads without pickle)."""
+    values = [str(value) for value in values]
+    return np.asarray(values, dtype=str) if values else np.zeros(0, dtype="<U1")

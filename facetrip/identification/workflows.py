@@ -1,0 +1,340 @@
+"""The plans of `facetrip index`, `identify` and `cluster`: each step handed to the module that owns it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from facetrip.identification import ann as ann_search
+from facetrip.identification.clustering import ALONE, DEFAULT_ALGORITHM, cluster_embeddings, numbered_clusters
+from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_same_model, has_index, merged,
+                                           model_fingerprint, new_manifest, read_index, write_index)
+from facetrip.identification.photos import Embedded, embed_photos, gallery_photos, unlabelled_photos
+from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, false_alarm_for_pair_far,
+                                            identify_embeddings, pair_far_for_false_alarm, score_gallery, top_people,
+                                            top_people_from_candidates)
+
+Stage = Callable[[str], None] | None
+
+
+def run_threshold(run, threshold: float | None, far: float | None, false_alarm: float | None = None,
+                  people: int = 1) -> tuple[float, str]:
+    """The distance threshold a command decides with, and how it was chosen.
+
+    Args:
+        run: the loaded run.
+        threshold: this distance.
+        far: the threshold for this false accept rate per pair, on the run's saved calibration pairs.
+        false_alarm: the threshold for this share of strangers taken for one of ``people``
+            people (:func:`~facetrip.identification.search.pair_far_for_false_alarm`).
+        people: the gallery's people.
+
+    Returns:
+        ``(threshold, rule)``; the run's own threshold when none of the three is given.
+
+    Raises:
+        CalibrationError: see :func:`facetrip.evaluation.calibration.verification_threshold`; more than
+            one of the three; or the run has no threshold and none was given.
+    """
+    from facetrip.evaluation.calibration import CalibrationError, check_target_far, percent, verification_threshold
+
+    if false_alarm is not None:
+        if threshold is not None or far is not None:
+            raise CalibrationError("Give one of --threshold, --far and --false-alarm.")
+        pair_far = pair_far_for_false_alarm(check_target_far(false_alarm), people)
+        chosen, rule = verification_threshold(run.metadata, None, pair_far)
+        return chosen, f"{percent(false_alarm)} of strangers taken for one of {people:,} people: a pair FAR of {pair_far:.3g}; {rule}"
+    chosen, rule = verification_threshold(run.metadata, threshold, far)
+    if chosen is None:
+        raise CalibrationError(f"{run.path} has no calibrated threshold: give one with --threshold X.")
+    return chosen, rule
+
+
+def expected_false_alarm(run, threshold: float, people: int) -> float | None:
+    """The share of strangers a threshold would take for one of ``people`` people, from the run's saved pairs (None without them).
+
+    ``1 - (1 - FAR)^P`` with FAR the share of the run's saved different-identity distances within the threshold.
+    """
+    from facetrip.evaluation.calibration import SAVED_DISTANCES_KEY
+
+    distances = run.metadata.get(SAVED_DISTANCES_KEY)
+    if not distances:
+        return None
+    return false_alarm_for_pair_far(float(np.mean(np.asarray(distances, np.float64) <= threshold)), people)
+
+
+# ----------------------------------------------------------------------------- index
+
+
+@dataclasses.dataclass
+class IndexSummary:
+    """What `facetrip index` did.
+
+    Attributes:
+        manifest: the manifest written.
+        added: photos added to the index.
+        already_indexed: photos left out because their file was in the index already.
+        no_face: files left out because no face was found on them.
+        unreadable: ``(file, reason)`` of files that could not be read.
+        source: the gallery's source name.
+    """
+
+    manifest: dict[str, Any]
+    added: int
+    already_indexed: int
+    no_face: list[str]
+    unreadable: list[tuple[str, str]]
+    source: str
+
+
+def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, overwrite: bool = False,
+                  ann: bool | None = None, data_dir: str | None = None, on_stage: Stage = None) -> IndexSummary:
+    """Embed a gallery of known people with a run's model and write (or extend) an index.
+
+    Args:
+        run: a loaded :class:`facetrip.runs.loaded_run.Run`.
+        gallery: ``GALLERY/<person>/<photo>`` folder, or any data source spec.
+        index_dir: where the index is (to be) written.
+        add: add the gallery's photos to the index already in ``index_dir``.
+        overwrite: replace the index in ``index_dir``.
+        ann: build the approximate-search index (True), never (False), or above
+            :data:`facetrip.identification.ann.ANN_MIN_ENTRIES` photos when its library is installed (None).
+        data_dir: tfds storage folder for data source specs.
+        on_stage: called with a short message as each stage starts.
+
+    Returns:
+        :class:`IndexSummary`.
+
+    Raises:
+        GalleryIndexError: the folder holds an index and neither ``add`` nor ``overwrite``;
+            ``add`` without an index; an index of another model; no photo with a face.
+        DataError: an unknown source, or a folder without ``<person>/<photo>`` images.
+        AnnUnavailable: ``ann`` is True and no ANN library is installed.
+    """
+    index_dir = Path(index_dir)
+    fingerprint = model_fingerprint(run.path, run.metadata)
+    existing = None
+    if add:
+        if not has_index(index_dir):
+            raise GalleryIndexError(f"{index_dir} holds no index to add to: build one without --add first.")
+        existing = read_index(index_dir)
+        check_same_model(existing.manifest, fingerprint, run.path, index_dir)
+    elif has_index(index_dir) and not overwrite:
+        raise GalleryIndexError(f"{index_dir} already holds an index: add photos to it with --add, or replace it with --overwrite.")
+    if ann:
+        ann_search.require_library()
+    if on_stage is not None:
+        on_stage(f"Reading {gallery} ...")
+    photos = gallery_photos(gallery, data_dir)
+    faces = photos.faces
+    if not len(faces):
+        raise GalleryIndexError(f"The gallery {gallery} holds no readable photo: nothing to index.")
+    embedded = embed_photos(run, faces, on_stage)
+    with_face = embedded.face_found
+    no_face = [str(name) for name in faces.file_names[~with_face]]
+    if not with_face.any():
+        raise GalleryIndexError(f"No face was found on any of the {len(faces)} photos of {gallery}: nothing to index.")
+    manifest = dict(existing.manifest) if existing is not None else new_manifest(run.path, run.metadata, fingerprint)
+    manifest["sources"] = [*manifest.get("sources", []), {"source": faces.source, "photos": int(with_face.sum()),
+                                                          "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+    identities = np.asarray(faces.identity_names, dtype=object)[faces.labels[with_face]]
+    index, repeated = merged(existing, embedded.embeddings[with_face], identities, faces.file_names[with_face],
+                             embedded.faces_detected[with_face], manifest)
+    ann_index = _ann_index(index, existing, ann, on_stage)
+    written = write_index(index_dir, index, ann_index, ann_search.LIBRARY if ann_index is not None else None)
+    added = len(index) - (len(existing) if existing is not None else 0)
+    return IndexSummary(written, added, repeated, no_face, photos.skipped, faces.source)
+
+
+def _ann_index(index: GalleryIndex, existing: GalleryIndex | None, ann: bool | None, on_stage: Stage) -> bytes | None:
+    """The ANN index to save with a gallery index: the existing one extended by the new rows, a new one, or None."""
+    wanted = ann if ann is not None else (len(index) >= ann_search.ANN_MIN_ENTRIES and ann_search.available())
+    if not wanted:
+        return None
+    if on_stage is not None:
+        on_stage(f"Building the approximate-search index of {len(index):,} photos ...")
+    metric = index.manifest["metric"]
+    if existing is not None and existing.ann is not None:
+        return ann_search.extend(existing.ann, index.embeddings[len(existing):], metric)
+    return ann_search.build(index.embeddings, metric)
+
+
+# ----------------------------------------------------------------------------- identify
+
+
+def load_index(run, index_dir: str | Path) -> GalleryIndex:
+    """The index, refused when another model made it (:func:`check_same_model`)."""
+    index = read_index(index_dir)
+    check_same_model(index.manifest, model_fingerprint(run.path, run.metadata), run.path, index_dir)
+    return index
+
+
+def search_method(num_vectors: int, requested: str, saved_ann: bool) -> str:
+    """``exact`` or ``ann``: as requested, or (``auto``) ANN for a gallery of at least ANN_MIN_ENTRIES vectors with a saved ANN index."""
+    if requested in ("exact", "ann"):
+        if requested == "ann":
+            ann_search.require_library()
+        return requested
+    large = num_vectors >= ann_search.ANN_MIN_ENTRIES
+    return "ann" if large and saved_ann and ann_search.available() else "exact"
+
+
+def identify_with_index(index: GalleryIndex, embedded: Embedded, threshold: float, k: int = 5,
+                        score: str = DEFAULT_SCORE, search: str = "auto") -> dict[str, Any]:
+    """Top-k people and a decision for each probe whose face was found.
+
+    Args:
+        index: the gallery index (of the probes' model).
+        embedded: the probes' embeddings.
+        threshold: identify the best person when their score is at most this, else unknown.
+        k: people listed per probe.
+        score: ``nearest`` photo or ``mean`` embedding of each person.
+        search: ``auto``, ``exact`` or ``ann``.
+
+    Returns:
+        ``{"search", "results": [per probe: identify_embeddings' dict, or {"decision": "no face"}]}``.
+    """
+    labels, names = index.labels()
+    vectors, vector_labels = score_gallery(index.embeddings, labels, len(names), score)
+    method = search_method(len(index), search, index.ann is not None)
+    with_face = embedded.face_found
+    queries = embedded.embeddings[with_face]
+    metric = index.manifest["metric"]
+    if not len(queries):
+        return {"search": method, "results": [_no_face() for _ in with_face]}
+    if method == "exact":
+        matches = top_people(queries, vectors, vector_labels, metric, k)
+    else:
+        # The ANN index holds the photos (the saved one, read only now and only if complete):
+        # it finds the nearest photos, whose people are then scored exactly by either score.
+        photos_index = ann_search.load(index.ann) if index.ann is not None else None
+        if photos_index is None or ann_search.size(photos_index) != len(index):
+            photos_index = ann_search.load(ann_search.build(index.embeddings, metric))
+        rows = ann_search.nearest_rows(photos_index, queries, ann_search.candidates_for(k, len(index)), metric)  # (Q, m)
+        if score == "mean":  # the candidate photos' people, each scored by their mean
+            rows = np.where(rows >= 0, labels[np.maximum(rows, 0)], -1)
+        matches = top_people_from_candidates(candidate_distances(queries, vectors, rows, metric), rows, vector_labels, k)
+    found = iter(identify_embeddings(queries, matches, names, threshold, index.files if score == "nearest" else None))
+    return {"search": method, "results": [next(found) if face else _no_face() for face in with_face]}
+
+
+def _no_face() -> dict[str, Any]:
+    return {"decision": "no face", "person": None, "distance": None, "matches": []}
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+@dataclasses.dataclass
+class Clustering:
+    """What `facetrip cluster` found.
+
+    Attributes:
+        files: (N,) every readable photo.
+        clusters: (N,) cluster number (0 = largest), :data:`ALONE` for photos alone in their
+            cluster, and :data:`NO_FACE` for photos on which no face was found.
+        model_images: (N,) what the model saw of each photo (its face chip, or the photo).
+        unreadable: ``(file, reason)`` of files that could not be read.
+        algorithm: the algorithm used.
+        seconds: the time the clustering itself took.
+    """
+
+    files: np.ndarray
+    clusters: np.ndarray
+    model_images: np.ndarray
+    unreadable: list[tuple[str, str]]
+    algorithm: str
+    seconds: float
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.clusters.max(initial=-1) + 1)
+
+
+NO_FACE = -2
+
+
+def cluster_photos(run, inputs, threshold: float, algorithm: str = DEFAULT_ALGORITHM, on_stage: Stage = None,
+                   out_dir: str | Path | None = None) -> Clustering:
+    """Group unlabelled photos by person with a run's model and threshold.
+
+    Photos without a detected face (runs on face chips) are not clustered; unreadable files
+    are listed. Files inside ``out_dir`` (the contact sheets of an earlier clustering into a
+    folder among the inputs) are not photos to cluster.
+
+    Raises:
+        GalleryIndexError: no readable photo among the inputs.
+        ClusteringError: see :func:`facetrip.identification.clustering.cluster_embeddings`.
+    """
+    photos = unlabelled_photos(inputs, skip_unreadable=True, outside=out_dir)
+    if not len(photos.faces):
+        listed = f" ({len(photos.skipped)} unreadable)" if photos.skipped else ""
+        raise GalleryIndexError(f"No readable photo among the inputs{listed}: nothing to cluster.")
+    embedded = embed_photos(run, photos.faces, on_stage)
+    with_face = embedded.face_found
+    if on_stage is not None:
+        on_stage(f"Clustering {int(with_face.sum()):,} photos ({algorithm}) ...")
+    started = time.perf_counter()
+    clusters = np.full(len(with_face), NO_FACE, np.int64)
+    if with_face.any():
+        labels = cluster_embeddings(embedded.embeddings[with_face], run.metadata["metric"], threshold, algorithm)
+        clusters[with_face] = numbered_clusters(labels)
+    return Clustering(photos.faces.file_names, clusters, embedded.model_images, photos.skipped, algorithm,
+                      time.perf_counter() - started)
+
+
+def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[str, Any]) -> dict[str, Any]:
+    """clusters.csv (file, cluster), unclustered.csv (file, reason), one contact sheet per cluster, clusters.json.
+
+    A contact sheet ``cluster_NNN.png`` shows the photos of cluster NNN as the model saw them
+    (their face chips). Sheets of an earlier clustering into the same folder that this one
+    does not replace are removed.
+
+    Returns:
+        ``{"folder", "csv", "unclustered", "sheets": [...], "summary"}``: the files written.
+    """
+    import csv
+    import io
+    import json
+
+    from facetrip.data.sources import utf8_name
+    from facetrip.identification.contact_sheet import contact_sheet_png
+    from facetrip.runs import atomic_write_bytes, atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [utf8_name(str(name)) for name in clustering.files]  # text a CSV can hold, whatever the name's bytes
+
+    def csv_text(header, rows) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    clustered = np.flatnonzero(clustering.clusters >= 0)
+    clustered = clustered[np.argsort(clustering.clusters[clustered], kind="stable")]
+    reasons = {ALONE: "alone in its cluster", NO_FACE: "no face found"}
+    apart = [(files[i], reasons[int(clustering.clusters[i])]) for i in np.flatnonzero(clustering.clusters < 0)]
+    apart += [(utf8_name(name), f"unreadable: {reason}") for name, reason in clustering.unreadable]
+    written = {"folder": str(out_dir), "csv": str(out_dir / "clusters.csv"), "unclustered": str(out_dir / "unclustered.csv"),
+               "sheets": [], "summary": str(out_dir / "clusters.json")}
+    atomic_write_text(out_dir / "clusters.csv", csv_text(("file", "cluster"), ((files[i], int(clustering.clusters[i])) for i in clustered)))
+    atomic_write_text(out_dir / "unclustered.csv", csv_text(("file", "reason"), apart))
+    for number in range(clustering.num_clusters):
+        members = np.flatnonzero(clustering.clusters == number)
+        sheet = out_dir / f"cluster_{number:03d}.png"
+        captions = [Path(files[i]).name for i in members]
+        atomic_write_bytes(sheet, contact_sheet_png(clustering.model_images[members], captions,
+                                                    f"cluster {number}: {len(members)} photos"))
+        written["sheets"].append(str(sheet))
+    kept = {Path(name).name for name in written["sheets"]}
+    for stale in out_dir.glob("cluster_[0-9][0-9][0-9]*.png"):
+        if stale.name not in kept:
+            stale.unlink(missing_ok=True)
+    atomic_write_text(out_dir / "clusters.json", json.dumps({**summary, "files": written}, indent=2, sort_keys=True) + "\n")
+    return written
