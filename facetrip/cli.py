@@ -281,6 +281,9 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
     precision: Optional[str] = typer.Option(None, help="float32 | bf16 (mixed bfloat16)."),
     triplets: Optional[Path] = typer.Option(None, "--triplets", help="With --strategy offline: a `facetrip mine` file for the first epoch."),
+    distribute: Optional[str] = typer.Option(None, "--distribute", help="none | mirrored (every local GPU, or --replicas CPU devices) | multi-worker (the cluster in TF_CONFIG)."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", help="With --distribute mirrored: the number of replicas (0 = every local GPU; without GPUs the CPU is split into this many devices)."),
+    mining_scope: Optional[str] = typer.Option(None, "--mining-scope", help="With several replicas: global (mine over the whole P x K batch, as one device would) | replica (each replica's rows only)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<timestamp>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Train into a --run-dir that holds a run or other files: the run's files are replaced, files facetrip did not write are kept."),
@@ -312,6 +315,9 @@ def train(
         "train.seed": seed,
         "train.precision": precision,
         "loss.offline_triplets": str(triplets) if triplets is not None else None,
+        "train.distribute": distribute,
+        "train.replicas": replicas,
+        "train.mining_scope": mining_scope,
     }
     target = resume if resume is not None else run_dir
     try:

@@ -11,6 +11,7 @@ resume; their rows in metrics.csv are replaced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -89,23 +90,35 @@ def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool
     from facetrip.models.tta import with_test_time_augmentation
     from facetrip.evaluation.threshold import calibrate_threshold
 
+    from facetrip.training.distribute import create_strategy, finish_workers, is_chief
+
     choices = check_trainable(config)
+    # First: splitting the CPU into logical devices must come before TensorFlow sets up its devices.
+    strategy = create_strategy(config.train.distribute, config.train.replicas)
+    chief = is_chief(config.train.distribute)
     resume_point = _resume_point(run_dir) if resume else ResumePoint(None)  # before the data: errors come fast
     data = load_training_data(config, run_dir, resume_point if resume else None)
 
     keras.utils.set_random_seed(config.train.seed)
-    model = build_model(config, choices.backbone)
-    interpolation = choices.weight_interpolation(config)
-    # Taken before any checkpoint is restored: the network as built is the pretrained end, on resume too.
-    pretrained_weights = model.get_weights() if interpolation < 1.0 and config.train.epochs > 0 else None
-    with_tta = config.model.flip_tta or config.model.tta_shift > 0
-    exported_model = with_test_time_augmentation(model, config.model.flip_tta, config.model.tta_shift) if with_tta else model
-    trainer = build_trainer(model, config, choices, data, resume_point)
-    metadata = RunMetadata(run_dir, config, choices, data, interpolation)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(config, choices.backbone)
+        interpolation = choices.weight_interpolation(config)
+        # Taken before any checkpoint is restored: the network as built is the pretrained end, on resume too.
+        pretrained_weights = model.get_weights() if interpolation < 1.0 and config.train.epochs > 0 else None
+        with_tta = config.model.flip_tta or config.model.tta_shift > 0
+        exported_model = (with_test_time_augmentation(model, config.model.flip_tta, config.model.tta_shift)
+                          if with_tta else model)
+        trainer = build_trainer(model, config, choices, data, resume_point)
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        metadata = RunMetadata(run_dir, config, choices, data, interpolation, replicas)
 
-    all_callbacks = training_callbacks(trainer, exported_model, metadata, config, run_dir, data, resume_point, resume,
-                                       callbacks)
-    fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, run_dir, all_callbacks)
+        all_callbacks = training_callbacks(trainer, exported_model, metadata, config, run_dir, data, resume_point,
+                                           resume, callbacks, chief)
+        fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, run_dir, all_callbacks,
+                   strategy, chief)
+    if not chief:  # the chief writes the run directory; a worker leaves only after the last collective
+        finish_workers(strategy)
+        return metadata.contents(epochs_completed=config.train.epochs)
 
     if pretrained_weights is not None:
         from facetrip.models.weight_interpolation import interpolate_model
@@ -114,6 +127,11 @@ def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool
                     "(train.weight_interpolation = %g).", 100 * interpolation, interpolation)
         interpolate_model(model, pretrained_weights, interpolation)
         save_model_atomically(exported_model, run_dir / MODEL_FILE)
+    if strategy is not None:  # calibrate on one device, with the model the run directory holds
+        from facetrip.runs import load_embedding_model
+
+        finish_workers(strategy)
+        exported_model = load_embedding_model(run_dir)
     calibration = calibrate_threshold(exported_model, data.faces, data.split, config, choices.metric)
     written = metadata.write(epochs_completed=config.train.epochs, **calibration)
     plot_metrics(run_dir)
@@ -184,6 +202,11 @@ def check_trainable(config: Config) -> TrainingChoices:
             raise TrainingError(str(error)) from None
     if config.train.epochs < 0:
         raise TrainingError(f"train.epochs must be 0 or more, not {config.train.epochs}.")
+    from facetrip.training.distribute import check_distribution
+
+    check_distribution(config.train.distribute, config.train.replicas, config.train.mining_scope)
+    if offline and config.train.distribute != "none":
+        raise TrainingError("--distribute trains the online strategies (batch_all, batch_hard, semi_hard), not offline.")
     return TrainingChoices(strategy, metric, backbone)
 
 
@@ -300,9 +323,10 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     trainer = EmbeddingTrainer(
         model, data.train_faces.labels, TripletLoss(strategy=choices.strategy, margin=margin, metric=metric),
         statistics=triplet_metrics(margin=margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
-        classification_weight=config.train.classification_weight,
+        classification_weight=config.train.classification_weight, mining_scope=config.train.mining_scope,
     )
     trainer.compile(optimizer=build_optimizer(config, data.sampler.batches_per_epoch))
+    trainer.optimizer.build(trainer.trainable_variables)  # here, under the strategy's scope, not inside a step
     if resume_point.checkpoint is not None:
         restore_checkpoint(trainer, resume_point.checkpoint)
     if choices.backbone in PRETRAINED_BACKBONES and resume_point.epoch == 0 and config.train.epochs > 0:
@@ -321,15 +345,28 @@ class RunMetadata:
     KEPT_KEYS = ("threshold", "threshold_source", "calibration", "calibration_different_distances", "dev")
 
     def __init__(self, run_dir: Path, config: Config, choices: TrainingChoices, data: TrainingData,
-                 interpolation: float):
+                 interpolation: float, replicas: int = 1):
         self.path = run_dir / METADATA_FILE
         self.config = config
         self.choices = choices
         self.data = data
         self.interpolation = interpolation
+        self.replicas = replicas
 
     def write(self, **extra) -> dict[str, Any]:
         """Write metadata.json atomically with ``extra`` keys (``epochs_completed``, the calibration) and return it."""
+        metadata = self.contents(**extra)
+        try:
+            kept = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or damaged: nothing worth keeping
+            kept = {}
+        if isinstance(kept, dict):
+            metadata = {**{key: kept[key] for key in self.KEPT_KEYS if key in kept}, **metadata}
+        atomic_write_json(self.path, metadata)
+        return metadata
+
+    def contents(self, **extra) -> dict[str, Any]:
+        """The metadata of the run with ``extra`` keys, as :meth:`write` writes it (less the kept calibration)."""
         import keras
 
         from facetrip.data.model_input import model_input_metadata
@@ -354,25 +391,22 @@ class RunMetadata:
             "epochs": config.train.epochs,
             "weight_interpolation": self.interpolation,
             "split": self.data.split.to_dict(),
+            "distribute": {"strategy": config.train.distribute, "replicas": self.replicas,
+                           "mining_scope": config.train.mining_scope},
             **extra,
         }
-        try:
-            kept = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # none yet, or damaged: nothing worth keeping
-            kept = {}
-        if isinstance(kept, dict):
-            metadata = {**{key: kept[key] for key in self.KEPT_KEYS if key in kept}, **metadata}
-        atomic_write_json(self.path, metadata)
         return metadata
 
 
 def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: Config, run_dir: Path,
-                       data: TrainingData, resume_point: ResumePoint, resume: bool, extra: Sequence[Any]) -> list:
+                       data: TrainingData, resume_point: ResumePoint, resume: bool, extra: Sequence[Any],
+                       chief: bool = True) -> list:
     """The Keras callbacks of a run, in the order they must run at the end of an epoch.
 
     Logs and the export first, the backup that marks the epoch as done last, so a kill in
     between repeats the epoch rather than losing its row. On resume, the rows of the epochs
-    about to be repeated (or cut short) are removed from metrics.csv first.
+    about to be repeated (or cut short) are removed from metrics.csv first. A multi-worker
+    worker other than the chief writes nothing: it keeps only the phase and NaN callbacks.
     """
     import keras
 
@@ -386,6 +420,8 @@ def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: C
 
     # The checkpoint is restored once, before, so offline training (one fit per epoch) keeps to the schedule too.
     schedule = CheckpointSchedule(config.train.checkpoint_seconds, last_epoch=config.train.epochs - 1)
+    if not chief:
+        return [SetTrainingPhase(trainer), StopOnNonFiniteLoss()]
     if resume:
         trim_metrics(run_dir / METRICS_FILE, resume_point.epoch)
     return [
@@ -402,18 +438,20 @@ def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: C
 
 
 def fit_epochs(trainer, exported_model, config: Config, choices: TrainingChoices, data: TrainingData,
-               start_epoch: int, run_dir: Path, callbacks: list) -> None:
+               start_epoch: int, run_dir: Path, callbacks: list, strategy=None, chief: bool = True) -> None:
     """Fit from ``start_epoch`` to ``train.epochs``: online P x K batches, or the offline loop.
 
     With ``train.epochs = 0`` (the network as it is, for comparisons) or a run killed after
-    its last checkpoint, only the export is left to do.
+    its last checkpoint, only the export is left to do. Under a ``strategy`` the loop of
+    :func:`~facetrip.training.distribute.fit_distributed` trains (the same callbacks).
     """
     from facetrip.data import pk_dataset
 
     image_size = tuple(config.data.image_size)
     augmentation = training_augmentation(config)
     if config.train.epochs == 0 or start_epoch >= config.train.epochs:
-        save_model_atomically(exported_model, run_dir / MODEL_FILE)
+        if chief:
+            save_model_atomically(exported_model, run_dir / MODEL_FILE)
     elif choices.offline:
         from facetrip.training.offline import fit_offline
 
@@ -424,5 +462,11 @@ def fit_epochs(trainer, exported_model, config: Config, choices: TrainingChoices
             data.train_faces, data.sampler, image_size, config.data.channels,
             epochs=range(start_epoch, config.train.epochs), augmentation=augmentation,
         )
+        if strategy is not None:
+            from facetrip.training.distribute import fit_distributed
+
+            fit_distributed(strategy, trainer, dataset, start_epoch, config.train.epochs,
+                            data.sampler.batches_per_epoch, callbacks)
+            return
         trainer.fit(dataset, initial_epoch=start_epoch, epochs=config.train.epochs,
                     steps_per_epoch=data.sampler.batches_per_epoch, callbacks=callbacks, verbose=0, shuffle=False)
