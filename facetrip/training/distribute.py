@@ -39,6 +39,9 @@ def check_distribution(distribute: str, replicas: int, mining_scope: str) -> Non
     if distribute == "none" and replicas > 1:
         raise TrainingError(f"train.replicas = {replicas} needs train.distribute = mirrored (--distribute mirrored).")
     if distribute == "multi-worker":
+        if replicas:
+            raise TrainingError("train.replicas is for train.distribute = mirrored: a multi-worker cluster uses "
+                                "every worker's devices.")
         cluster_task()  # a missing or malformed TF_CONFIG fails here
 
 

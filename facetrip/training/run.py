@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,7 +81,10 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         TrainingError, DataError: the config or data cannot be trained on.
         RunError: another process is training into ``run_dir``.
     """
-    with run_lock(run_dir):
+    from facetrip.training.distribute import is_chief
+
+    # A multi-worker worker other than the chief only reads the run directory: the chief holds the lock.
+    with run_lock(run_dir) if is_chief(config.train.distribute) else contextlib.nullcontext():
         return _train(config, Path(run_dir), callbacks, resume)
 
 
@@ -87,19 +92,36 @@ def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool
     """:func:`train`, with the run directory locked: the plan of a run."""
     import keras
 
-    from facetrip.models.tta import with_test_time_augmentation
-    from facetrip.evaluation.threshold import calibrate_threshold
-
-    from facetrip.training.distribute import create_strategy, finish_workers, is_chief
+    from facetrip.training.distribute import create_strategy, is_chief
 
     choices = check_trainable(config)
     # First: splitting the CPU into logical devices must come before TensorFlow sets up its devices.
     strategy = create_strategy(config.train.distribute, config.train.replicas)
     chief = is_chief(config.train.distribute)
     resume_point = _resume_point(run_dir) if resume else ResumePoint(None)  # before the data: errors come fast
-    data = load_training_data(config, run_dir, resume_point if resume else None)
+    data = load_training_data(config, run_dir, resume_point if resume else None, chief)
 
     keras.utils.set_random_seed(config.train.seed)
+    # Every worker saves at the same moments (saving joins collectives under multi-worker); all but the chief
+    # into a scratch folder, removed at the end.
+    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="facetrip-worker-"))
+    try:
+        return _train_under_strategy(config, run_dir, write_dir, callbacks, resume, choices, strategy, resume_point,
+                                     data)
+    finally:
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train_under_strategy(config: Config, run_dir: Path, write_dir: Path, callbacks: Sequence[Any], resume: bool,
+                          choices: "TrainingChoices", strategy, resume_point: ResumePoint,
+                          data: "TrainingData") -> dict[str, Any]:
+    """Build (under ``strategy``'s scope), fit, export into ``write_dir``; the chief then calibrates into ``run_dir``."""
+    from facetrip.evaluation.threshold import calibrate_threshold
+    from facetrip.models.tta import with_test_time_augmentation
+    from facetrip.training.distribute import finish_workers
+
+    chief = write_dir == run_dir
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(config, choices.backbone)
         interpolation = choices.weight_interpolation(config)
@@ -110,27 +132,27 @@ def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool
                           if with_tta else model)
         trainer = build_trainer(model, config, choices, data, resume_point)
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-        metadata = RunMetadata(run_dir, config, choices, data, interpolation, replicas)
+        metadata = RunMetadata(write_dir, config, choices, data, interpolation, replicas)
 
-        all_callbacks = training_callbacks(trainer, exported_model, metadata, config, run_dir, data, resume_point,
-                                           resume, callbacks, chief)
-        fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, run_dir, all_callbacks,
-                   strategy, chief)
-    if not chief:  # the chief writes the run directory; a worker leaves only after the last collective
+        all_callbacks = training_callbacks(trainer, exported_model, metadata, config, write_dir, data, resume_point,
+                                           resume, callbacks if chief else ())
+        fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, write_dir, all_callbacks,
+                   strategy)
+
+        if pretrained_weights is not None:
+            from facetrip.models.weight_interpolation import interpolate_model
+
+            logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
+                        "(train.weight_interpolation = %g).", 100 * interpolation, interpolation)
+            interpolate_model(model, pretrained_weights, interpolation)
+            save_model_atomically(exported_model, write_dir / MODEL_FILE)
+    if strategy is not None:  # a worker leaves only after the last collective ("Socket closed" otherwise)
         finish_workers(strategy)
+    if not chief:
         return metadata.contents(epochs_completed=config.train.epochs)
-
-    if pretrained_weights is not None:
-        from facetrip.models.weight_interpolation import interpolate_model
-
-        logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
-                    "(train.weight_interpolation = %g).", 100 * interpolation, interpolation)
-        interpolate_model(model, pretrained_weights, interpolation)
-        save_model_atomically(exported_model, run_dir / MODEL_FILE)
     if strategy is not None:  # calibrate on one device, with the model the run directory holds
         from facetrip.runs import load_embedding_model
 
-        finish_workers(strategy)
         exported_model = load_embedding_model(run_dir)
     calibration = calibrate_threshold(exported_model, data.faces, data.split, config, choices.metric)
     written = metadata.write(epochs_completed=config.train.epochs, **calibration)
@@ -239,13 +261,16 @@ class TrainingData:
     sampler: Any
 
 
-def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint | None) -> TrainingData:
+def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint | None,
+                       writes: bool = True) -> TrainingData:
     """Load the source, reduce its photos to face chips, split its identities (or keep a resumed run's split).
 
     Args:
         config: the run's configuration.
         run_dir: the run directory (``split.json`` is written there).
         resume_point: where a resumed run continues (its split is kept); None for a new run.
+        writes: write ``split.json`` (False: a multi-worker worker other than the chief, which
+            computes the same split from the same seed).
 
     Returns:
         The run's :class:`TrainingData`.
@@ -266,7 +291,8 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
         logger.warning("%s", split_note)
     if split is None:
         split = split_identities(faces.identity_names, dev=config.split.dev, test=config.split.test, seed=config.split.seed)
-        atomic_write_json(split_path, split.to_dict())
+        if writes:
+            atomic_write_json(split_path, split.to_dict())
     train_faces = faces.restricted_to(split.train)
     if config.augment.enabled and config.augment.blended_identities:
         train_faces = blended_identities(train_faces, config.augment.blended_identities, seed=config.train.seed)
@@ -399,14 +425,12 @@ class RunMetadata:
 
 
 def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: Config, run_dir: Path,
-                       data: TrainingData, resume_point: ResumePoint, resume: bool, extra: Sequence[Any],
-                       chief: bool = True) -> list:
+                       data: TrainingData, resume_point: ResumePoint, resume: bool, extra: Sequence[Any]) -> list:
     """The Keras callbacks of a run, in the order they must run at the end of an epoch.
 
     Logs and the export first, the backup that marks the epoch as done last, so a kill in
     between repeats the epoch rather than losing its row. On resume, the rows of the epochs
-    about to be repeated (or cut short) are removed from metrics.csv first. A multi-worker
-    worker other than the chief writes nothing: it keeps only the phase and NaN callbacks.
+    about to be repeated (or cut short) are removed from metrics.csv first.
     """
     import keras
 
@@ -420,8 +444,6 @@ def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: C
 
     # The checkpoint is restored once, before, so offline training (one fit per epoch) keeps to the schedule too.
     schedule = CheckpointSchedule(config.train.checkpoint_seconds, last_epoch=config.train.epochs - 1)
-    if not chief:
-        return [SetTrainingPhase(trainer), StopOnNonFiniteLoss()]
     if resume:
         trim_metrics(run_dir / METRICS_FILE, resume_point.epoch)
     return [
@@ -438,7 +460,7 @@ def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: C
 
 
 def fit_epochs(trainer, exported_model, config: Config, choices: TrainingChoices, data: TrainingData,
-               start_epoch: int, run_dir: Path, callbacks: list, strategy=None, chief: bool = True) -> None:
+               start_epoch: int, run_dir: Path, callbacks: list, strategy=None) -> None:
     """Fit from ``start_epoch`` to ``train.epochs``: online P x K batches, or the offline loop.
 
     With ``train.epochs = 0`` (the network as it is, for comparisons) or a run killed after
@@ -450,8 +472,7 @@ def fit_epochs(trainer, exported_model, config: Config, choices: TrainingChoices
     image_size = tuple(config.data.image_size)
     augmentation = training_augmentation(config)
     if config.train.epochs == 0 or start_epoch >= config.train.epochs:
-        if chief:
-            save_model_atomically(exported_model, run_dir / MODEL_FILE)
+        save_model_atomically(exported_model, run_dir / MODEL_FILE)
     elif choices.offline:
         from facetrip.training.offline import fit_offline
 

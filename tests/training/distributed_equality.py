@@ -52,7 +52,8 @@ def pk_batches(rng, shapes):
     return batches
 
 
-def case(strategy_name, margin="0.2", mining_scope="global", warmup=False, shapes=(16,) * STEPS, special=None):
+def case(strategy_name, margin="0.2", mining_scope="global", warmup=False, shapes=(16,) * STEPS, special=None,
+         keras_fit=False):
     margin = margin if margin == "soft" else float(margin)
     rng = np.random.default_rng(7)
     batches = pk_batches(rng, shapes)
@@ -74,7 +75,10 @@ def case(strategy_name, margin="0.2", mining_scope="global", warmup=False, shape
         dataset = tf.data.Dataset.from_generator(
             lambda: iter(batches), output_signature=(tf.TensorSpec((None, FEATURES), tf.float32),
                                                      tf.TensorSpec((None,), tf.int64)))
-        history = fit_distributed(strategy, mirrored, dataset, 0, 1, len(batches))
+        if keras_fit:  # Keras' own fit runs EmbeddingTrainer.train_step under the strategy
+            history = mirrored.fit(dataset, epochs=1, steps_per_epoch=len(batches), verbose=0, shuffle=False).history
+        else:
+            history = fit_distributed(strategy, mirrored, dataset, 0, 1, len(batches))
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(
         [v.numpy() for v in single.trainable_variables], [v.numpy() for v in mirrored.trainable_variables]))
     # the single device's last logs are its trackers' means over the epoch, as the mirrored epoch logs
@@ -104,6 +108,7 @@ CASES = {
     "classification_only": dict(strategy_name="batch_hard", warmup=True),
     "uneven_batches": dict(strategy_name="batch_all", shapes=(16, 15, 9, 1)),
     "no_positive_pair_on_a_replica": dict(strategy_name="batch_hard", special="singletons"),
+    "keras_fit_semi_hard": dict(strategy_name="semi_hard", keras_fit=True),
     "replica_scope_batch_hard": dict(strategy_name="batch_hard", mining_scope="replica"),
     "replica_scope_batch_all": dict(strategy_name="batch_all", mining_scope="replica"),
 }

@@ -121,3 +121,74 @@ def test_distribution_errors_are_one_line(tmp_path, data_dir, monkeypatch, argum
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------ multi-worker
+
+
+def free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for handle in sockets:
+        handle.bind(("127.0.0.1", 0))
+    ports = [handle.getsockname()[1] for handle in sockets]
+    for handle in sockets:
+        handle.close()
+    return ports
+
+
+def train_workers(*arguments, kill_after_first_checkpoint=False, workers=2):
+    """`facetrip train ARGUMENTS` as a cluster of ``workers`` processes on 127.0.0.1; their results, chief first."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    script = KILL_AFTER_FIRST_CHECKPOINT if kill_after_first_checkpoint else "from facetrip.cli import app; app(prog_name='facetrip')"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, "train", *map(str, arguments)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO),
+                              "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        for index in range(workers)
+    ]
+    results = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=900)
+            results.append((process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return results
+
+
+@pytest.mark.slow
+def test_two_workers_train_checkpoint_resume_and_write_one_run_directory(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    killed = train_workers("--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--distribute",
+                           "multi-worker", "--no-evaluate", kill_after_first_checkpoint=True)
+    assert [code for code, _, _ in killed] == [-9, -9], killed[0][2][-3000:] + killed[1][2][-3000:]
+    assert (run_dir / "backup" / "epoch-0001.weights.h5").is_file()
+
+    resumed = train_workers("--resume", run_dir, "--no-evaluate")
+    for code, stdout, stderr in resumed:
+        assert code == 0, stderr[-3000:]
+        assert "resuming after epoch 1" in " ".join(stdout.split())
+    assert "the chief writes it" in " ".join(resumed[1][1].split())
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["distribute"] == {"strategy": "multi-worker", "replicas": 2, "mining_scope": "global"}
+    assert metadata["epochs_completed"] == 2 and metadata["threshold"] is not None
+    assert [row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
+    assert sorted(path.name for path in run_dir.iterdir()) == [
+        "config.toml", "logs", "metadata.json", "metrics.csv", "model.keras", "split.json", "training_curves.png"]
+
+    from facetrip.runs import load_embedding_model
+
+    load_embedding_model(run_dir)  # on the one device of this process
+
+
+def test_multi_worker_without_a_run_dir_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    result = run_cli("train", "--config", TINY, "--distribute", "multi-worker")
+    assert result.exit_code == 2, result.output
+    assert "--distribute multi-worker needs --run-dir" in " ".join(result.output.split())
