@@ -2,10 +2,12 @@
 
 Online strategies (batch_all, batch_hard, semi_hard) run through ``model.fit`` on P x K
 batches with :class:`~facetrip.losses.TripletLoss`, so the train step is Keras' own
-(stateless per step, ready for a ``tf.distribute`` strategy); ``offline`` runs the loop of
-:mod:`facetrip.training.offline`. Checkpoints (:mod:`facetrip.training.checkpoints`) let
-``--resume`` continue a killed run exactly; the exported ``model.keras`` and metadata are
-replaced atomically at the same moments. Epochs after the last checkpoint are repeated on
+(stateless per step); ``offline`` runs the loop of :mod:`facetrip.training.offline`. With
+``train.distribute`` the model is built under a ``tf.distribute`` strategy and trained by
+the loop of :mod:`facetrip.training.distribute`, mining over the global batch.
+Checkpoints (:mod:`facetrip.training.checkpoints`) let ``--resume`` continue a killed run
+exactly; the exported ``model.keras`` and metadata are replaced atomically at the same
+moments. Epochs after the last checkpoint are repeated on
 resume; their rows in metrics.csv are replaced.
 """
 

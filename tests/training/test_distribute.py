@@ -17,7 +17,7 @@ from conftest import REPO, TINY, run_cli
 
 TOLERANCE = 1e-5  # float32, after 4 optimizer steps
 EQUAL_CASES = ("batch_all", "batch_hard", "semi_hard", "batch_all_soft", "batch_hard_soft", "semi_hard_soft",
-               "classification_only", "uneven_batches", "no_positive_pair_on_a_replica")
+               "classification_only", "uneven_batches", "no_positive_pair_on_a_replica", "keras_fit_semi_hard")
 
 
 def python_subprocess(*arguments, environment=None, timeout=900):
@@ -163,6 +163,9 @@ def train_workers(*arguments, kill_after_first_checkpoint=False, workers=2):
 
 @pytest.mark.slow
 def test_two_workers_train_checkpoint_resume_and_write_one_run_directory(tmp_path, data_dir):
+    from facetrip.data import load_faces
+
+    load_faces("orl_faces", data_dir=data_dir)  # prepared once: workers preparing it together would collide
     run_dir = tmp_path / "run"
     killed = train_workers("--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--distribute",
                            "multi-worker", "--no-evaluate", kill_after_first_checkpoint=True)
