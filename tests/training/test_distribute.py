@@ -181,7 +181,7 @@ def test_two_workers_train_checkpoint_resume_and_write_one_run_directory(tmp_pat
     assert metadata["distribute"] == {"strategy": "multi-worker", "replicas": 2, "mining_scope": "global"}
     assert metadata["epochs_completed"] == 2 and metadata["threshold"] is not None
     assert [row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
-    assert sorted(path.name for path in run_dir.iterdir()) == [
+    assert sorted(path.name for path in run_dir.iterdir() if not path.name.startswith(".")) == [
         "config.toml", "logs", "metadata.json", "metrics.csv", "model.keras", "split.json", "training_curves.png"]
 
     from facetrip.runs import load_embedding_model
