@@ -101,7 +101,7 @@ def test_mirrored_run_checkpoints_resumes_and_loads_on_one_device(tmp_path, data
     from facetrip.runs import load_embedding_model
 
     model = load_embedding_model(run_dir)  # this process has one CPU device
-    embeddings = np.asarray(model(np.random.default_rng(0).random((3, 16, 14, 1), np.float32)))
+    embeddings = np.asarray(model([np.random.default_rng(0).random((3, 16, 14, 1), np.float32)]))
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     exported = run_cli("export", run_dir, "--output", tmp_path / "export")
     assert exported.exit_code == 0, exported.output
