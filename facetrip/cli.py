@@ -281,6 +281,9 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
     precision: Optional[str] = typer.Option(None, help="float32 | bf16 (mixed bfloat16)."),
     triplets: Optional[Path] = typer.Option(None, "--triplets", help="With --strategy offline: a `facetrip mine` file for the first epoch."),
+    distribute: Optional[str] = typer.Option(None, "--distribute", help="none | mirrored (every local GPU, or --replicas CPU devices) | multi-worker (the cluster in TF_CONFIG)."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", help="With --distribute mirrored: the number of replicas (0 = every local GPU; without GPUs the CPU is split into this many devices)."),
+    mining_scope: Optional[str] = typer.Option(None, "--mining-scope", help="With several replicas: global (mine over the whole P x K batch, as one device would) | replica (each replica's rows only)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write the run (default runs/<timestamp>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Train into a --run-dir that holds a run or other files: the run's files are replaced, files facetrip did not write are kept."),
@@ -312,9 +315,19 @@ def train(
         "train.seed": seed,
         "train.precision": precision,
         "loss.offline_triplets": str(triplets) if triplets is not None else None,
+        "train.distribute": distribute,
+        "train.replicas": replicas,
+        "train.mining_scope": mining_scope,
     }
     target = resume if resume is not None else run_dir
     try:
+        if _follows_the_chief(config_file, overrides, resume):
+            # a multi-worker worker other than the chief: it trains with the others and only reads the run directory
+            if run_dir is None and resume is None:
+                fail("--distribute multi-worker needs --run-dir, the same on every worker.")
+            config = load_resume_config(resume)[0] if resume is not None else _config_of(config_file, overrides)
+            _train_into(config, target, resume is not None, writes=False)
+            return
         if resume is not None:
             if any(value is not None for value in overrides.values()) or config_file is not None or run_dir is not None:
                 fail("--resume continues a run with its own config: drop the other options.")
@@ -323,10 +336,9 @@ def train(
             if not resume.is_dir() or not ((resume / "config.toml").exists() or is_facetrip_run(resume)):
                 fail(escape(f"{resume} is not a facetrip run directory (no config.toml)."))  # before a lock file is written
         else:
-            config = Config.from_toml(config_file) if config_file is not None else Config()
-            for key, value in overrides.items():
-                if value is not None:
-                    config.set(key, value)
+            config = _config_of(config_file, overrides)
+            if config.train.distribute == "multi-worker" and run_dir is None:
+                fail("--distribute multi-worker needs --run-dir, the same on every worker.")
             if run_dir is not None:
                 check_new_run_dir(run_dir, overwrite)  # refuse before writing anything into it
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -346,8 +358,42 @@ def train(
         fail(escape(f"Cannot write the run directory {target if target is not None else 'runs/'}: {error.strerror or error}."))
 
 
-def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False) -> None:
-    """Train into ``run_dir`` (prepared here unless resuming), with progress and a summary; one-line errors."""
+def _config_of(config_file: Optional[Path], overrides: dict):
+    """The config of ``--config`` (or the defaults) with the command line's ``overrides`` set."""
+    from facetrip.config import Config
+
+    config = Config.from_toml(config_file) if config_file is not None else Config()
+    for key, value in overrides.items():
+        if value is not None:
+            config.set(key, value)
+    return config
+
+
+def _follows_the_chief(config_file: Optional[Path], overrides: dict, resume: Optional[Path]) -> bool:
+    """Whether this process is a multi-worker worker other than the chief (TF_CONFIG names its task)."""
+    import os
+
+    from facetrip.config import Config
+    from facetrip.training.distribute import is_chief
+
+    if not os.environ.get("TF_CONFIG"):
+        return False
+    if resume is not None:
+        try:
+            distribute = Config.from_toml(resume / "config.toml").train.distribute
+        except Exception:  # the chief reports an unreadable config; this worker then trains nothing
+            return False
+    else:
+        distribute = _config_of(config_file, overrides).train.distribute
+    return not is_chief(distribute)
+
+
+def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, writes: bool = True) -> None:
+    """Train into ``run_dir`` (prepared here unless resuming), with progress and a summary; one-line errors.
+
+    With ``writes=False`` (a multi-worker worker other than the chief) nothing is written:
+    the chief prepares the run directory.
+    """
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
@@ -361,7 +407,7 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False) ->
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        if not resume:
+        if not resume and writes:
             prepare_run_dir(config, run_dir, overwrite=overwrite)
         checkpoint = find_resume_point(run_dir).checkpoint if resume else None
         start = checkpoint.epoch if checkpoint is not None else 0
@@ -378,6 +424,9 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False) ->
             metadata = run_training(config, run_dir, callbacks=[progress], resume=resume)
         finally:
             progress.stop()
+        if not writes:
+            console.print(f"[bold green]Done:[/] worker of {escape(str(run_dir))} (the chief writes it)", highlight=False)
+            return
     except TrainingDiverged as error:
         fail(str(error), code=1)
     except (TrainingError, DataError, RunError) as error:

@@ -95,6 +95,9 @@ class TrainConfig:
     target_far: float = 0.01  # the saved threshold is calibrated to this false-accept rate on dev pairs
     checkpoint_seconds: float = 30.0  # save model + backup at the first epoch end this long after the last save
     seed: int = 0
+    distribute: str = "none"  # none | mirrored (every local GPU, or --replicas CPU devices) | multi-worker (TF_CONFIG)
+    replicas: int = 0  # mirrored: replicas (0 = every local GPU; without GPUs, the CPU split into this many devices)
+    mining_scope: str = "global"  # with replicas: mine each replica's anchors over the global batch | replica (its own rows)
 
 
 @dataclasses.dataclass
@@ -271,6 +274,7 @@ ALLOWED: dict[str, Allowed] = {
     "train.target_far": Allowed(0, 1, low_open=True, high_open=True),  # a false-accept rate to calibrate to
     "train.checkpoint_seconds": Allowed(0),
     "train.seed": Allowed(0, _LARGEST_SEED),
+    "train.replicas": Allowed(0, 256),  # 0 = every local GPU (one CPU device without GPUs)
 }
 
 

@@ -144,13 +144,13 @@ class SortedNegatives(NamedTuple):
 
 def sort_negatives(distances: tf.Tensor, negative_mask: tf.Tensor) -> SortedNegatives:
     """Sort every row's negative distances ascending, O(B^2 log B) time, O(B^2) memory."""
-    batch_size = tf.shape(distances)[0]
+    num_columns = tf.shape(distances)[1]  # B; rows may be fewer (one replica's anchors against a global batch)
     infinity = tf.constant(float("inf"), distances.dtype)
     keys = tf.where(negative_mask, distances, infinity)  # (B, B)
     order = tf.argsort(keys, axis=1, stable=True)  # (B, B)
     sorted_keys = tf.gather(keys, order, batch_dims=1)  # (B, B), gradients flow back through the gather
     count = tf.reduce_sum(tf.cast(negative_mask, tf.int32), axis=1)  # (B,)
-    in_range = tf.range(batch_size)[tf.newaxis, :] < count[:, tf.newaxis]  # (B, B)
+    in_range = tf.range(num_columns)[tf.newaxis, :] < count[:, tf.newaxis]  # (B, B)
     return SortedNegatives(
         search_keys=tf.stop_gradient(sorted_keys),
         distances=tf.where(in_range, sorted_keys, tf.zeros_like(sorted_keys)),
@@ -220,10 +220,10 @@ def _soft_batch_all_sums(distances, positive, negative):
     over the (anchor, positive) pairs in chunks of (pairs x B) elements and writes the
     gradient by hand, so that memory stays O(B^2) in forward and backward alike.
     """
-    batch_size = tf.shape(distances)[0]
+    num_anchors, num_columns = tf.shape(distances)[0], tf.shape(distances)[1]  # rows may be a replica's anchors
     pairs = tf.where(positive)  # (M, 2) int64: (anchor, positive)
     num_pairs = tf.shape(pairs)[0]
-    chunk_size = tf.maximum(1, _SOFT_BATCH_ALL_CHUNK_ELEMENTS // tf.maximum(batch_size, 1))
+    chunk_size = tf.maximum(1, _SOFT_BATCH_ALL_CHUNK_ELEMENTS // tf.maximum(num_columns, 1))
     num_chunks = (num_pairs + chunk_size - 1) // chunk_size
 
     def chunk(distance_matrix, index):
@@ -255,7 +255,7 @@ def _soft_batch_all_sums(distances, positive, negative):
                 pair_chunk, anchors, difference, is_negative = chunk(distance_matrix, index)
                 slope = tf.where(is_negative, tf.sigmoid(difference), tf.zeros_like(difference))  # (C, B)
                 grad += tf.scatter_nd(pair_chunk, tf.reduce_sum(slope, axis=1), tf.shape(grad, out_type=tf.int64))
-                grad -= tf.math.unsorted_segment_sum(slope, anchors, batch_size)  # d/d D[a, n]
+                grad -= tf.math.unsorted_segment_sum(slope, anchors, num_anchors)  # d/d D[a, n]
                 return index + 1, grad
 
             _, grad = tf.while_loop(

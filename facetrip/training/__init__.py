@@ -5,6 +5,7 @@
     checkpoints.py       resume checkpoints in backup/, written whole and committed
     resume.py            the config and split a resumed run continues with
     embedding_trainer.py the model fit trains: embedder + cosine classifier of the identities
+    distribute.py        tf.distribute strategies (mirrored, multi-worker) and their training loop
     callbacks.py         the Keras callbacks of a run (imports Keras; loaded when a run starts)
     optimizer.py         optimizer and learning-rate schedule
     offline.py           the offline-mining epoch loop

@@ -12,6 +12,13 @@ with unit embeddings ``e_i``, one learned centre ``c_j`` per training identity (
 cosine, as in NormFace) and scale ``s``. During the warm-up epochs ``w_cls = 1`` and
 ``w_triplet = 0``; afterwards ``w_cls = classification_weight`` and ``w_triplet = 1``.
 The classifier only exists during training: the exported model is :attr:`embedder`.
+
+Under a ``tf.distribute`` strategy with R replicas (:meth:`replica_step`) each replica
+holds a part of the global P x K batch. With ``mining_scope="global"`` it gathers every
+replica's embeddings and labels and mines its own anchors over the whole batch
+(:mod:`facetrip.losses.global_batch`); each term is this replica's local sum over the
+GLOBAL count, so the replicas' gradients, which the optimizer sums, are the gradient of
+the single-device loss on the concatenated batch.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+
+from facetrip.losses import triplet_batch_statistics
+from facetrip.losses.global_batch import global_batch_triplet_sums, normalised_share
+
+MINING_SCOPES = ("global", "replica")
 
 
 class EmbeddingTrainer(keras.Model):
@@ -35,11 +47,17 @@ class EmbeddingTrainer(keras.Model):
         classification_weight: weight of the classification term after the warm-up.
         scale: ``s``, the inverse temperature of the cosine softmax.
         label_smoothing: of the classification targets.
+        mining_scope: with several replicas, ``"global"`` (each replica's anchors mined over
+            the global batch) or ``"replica"`` (over its own rows only).
     """
 
     def __init__(self, embedder, identity_labels, triplet_loss, statistics=(), warmup_epochs: int = 0,
-                 classification_weight: float = 0.0, scale: float = 16.0, label_smoothing: float = 0.1, **kwargs):
+                 classification_weight: float = 0.0, scale: float = 16.0, label_smoothing: float = 0.1,
+                 mining_scope: str = "global", **kwargs):
         super().__init__(name="trainer", **kwargs)
+        if mining_scope not in MINING_SCOPES:
+            raise ValueError(f"mining_scope must be one of {', '.join(MINING_SCOPES)}, not {mining_scope!r}.")
+        self.mining_scope = mining_scope
         self.embedder = embedder
         identity_labels = np.unique(np.asarray(identity_labels, np.int64))
         self.num_identities = len(identity_labels)
@@ -92,26 +110,114 @@ class EmbeddingTrainer(keras.Model):
         return self.embedder(images, training=training)
 
     def classification_loss(self, labels, embeddings):
-        """Cross-entropy of the cosine softmax: ``s * cos(e_i, c_j)`` logits (B, identities)."""
+        """Cross-entropy of the cosine softmax: ``s * cos(e_i, c_j)`` logits (B, identities), averaged."""
+        return tf.reduce_mean(self.classification_losses(labels, embeddings))
+
+    def classification_losses(self, labels, embeddings):
+        """Per-image cross-entropy (B,) of the cosine softmax."""
         centres = tf.math.l2_normalize(self.class_centres, axis=0)  # (D, identities)
         logits = self.scale * tf.matmul(tf.math.l2_normalize(embeddings, axis=1), centres)  # (B, identities)
         classes = tf.gather(self._class_of_label, tf.reshape(tf.cast(labels, tf.int64), [-1]))  # (B,)
         targets = tf.one_hot(classes, self.num_identities)
         targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_identities
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+        return tf.nn.softmax_cross_entropy_with_logits(targets, logits)  # (B,)
+
+    def replica_losses(self, labels, embeddings, context) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """This replica's share of the loss of one global batch, inside ``strategy.run``.
+
+        ``share = w_cls * sum_i CE_i / B + w_triplet * S / N + regularisation / R`` with
+        the global batch size B, the global-batch mining sums of
+        :func:`~facetrip.losses.global_batch.global_batch_triplet_sums` (S local, N the
+        count summed over replicas) and R replicas. Summed over the replicas, the shares
+        are the single-device loss of the concatenated batch, and so are their gradients.
+
+        Args:
+            labels: (b,) or (b, 1) this replica's labels.
+            embeddings: (b, D) float32, this replica's embeddings.
+            context: the replica context (``tf.distribute.get_replica_context()``).
+
+        Returns:
+            ``(share, parts)``: the differentiable share, and the shares of the triplet
+            and classification terms; ``parts`` also holds the global labels (B,) and
+            embeddings (B, D), gradient stopped, for the batch statistics.
+        """
+        replicas = context.num_replicas_in_sync
+        labels = tf.reshape(labels, [-1])  # (b,)
+        # Under MultiWorkerMirroredStrategy a raw input tensor cannot be gathered ("destinations can not be empty").
+        sizes = context.all_gather(tf.identity(tf.shape(embeddings)[:1]), axis=0)  # (R,) rows per replica
+        offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+        global_size = tf.cast(tf.reduce_sum(sizes), embeddings.dtype)
+        global_labels = context.all_gather(tf.identity(labels), axis=0)  # (B,)
+        global_embeddings = context.all_gather(tf.identity(embeddings), axis=0)  # (B, D); backward: all-reduce, own rows
+        if self.mining_scope == "global":
+            sums = global_batch_triplet_sums(labels, embeddings, global_labels, global_embeddings, offset,
+                                             strategy=self.triplet_loss.strategy, margin=self.triplet_loss.margin,
+                                             metric=self.triplet_loss.metric)
+            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(sums.count))
+            triplet = normalised_share(sums, global_count)
+        else:  # each replica mines its own rows; the replicas' losses are averaged
+            triplet = self.triplet_loss(labels, embeddings) / replicas
+        classification = tf.reduce_sum(self.classification_losses(labels, embeddings)) / global_size
+        share = self.loss_weights_now[0] * classification + self.loss_weights_now[1] * triplet
+        if self.embedder.losses:
+            share += tf.add_n(self.embedder.losses) / replicas  # the same on every replica: counted once in the sum
+        return share, {"triplet_loss": triplet, "classification_loss": classification,
+                       "global_labels": tf.stop_gradient(global_labels),
+                       "global_embeddings": tf.stop_gradient(global_embeddings)}
+
+    def replica_step(self, images, labels) -> dict[str, tf.Tensor]:
+        """One optimizer step on this replica's part of a global batch (the function ``strategy.run`` runs).
+
+        The optimizer sums the replicas' gradients (an all-reduce) before it updates the
+        weights, so each replica's gradient is that of its share (:meth:`replica_losses`).
+
+        Returns:
+            The step's logs, the same on every replica: ``loss``, ``triplet_loss``,
+            ``classification_loss`` of the global batch and its batch statistics.
+        """
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            embeddings = tf.cast(self.embedder(images, training=True), tf.float32)  # (b, D)
+            share, parts = self.replica_losses(labels, embeddings, context)
+        variables = self.trainable_variables
+        self.optimizer.apply(tape.gradient(share, variables), variables)
+        logs = {name: context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
+                for name, value in (("loss", share), ("triplet_loss", parts["triplet_loss"]),
+                                    ("classification_loss", parts["classification_loss"]))}
+        statistics = self.statistics_settings()
+        if statistics is not None:
+            logs.update(triplet_batch_statistics(parts["global_labels"], parts["global_embeddings"], **statistics))
+        return logs
+
+    def statistics_settings(self) -> dict | None:
+        """The margin and metric of the batch statistics (from the first statistic), or None without statistics."""
+        if not self.statistics:
+            return None
+        return {"margin": self.statistics[0].margin, "metric": self.statistics[0].metric}
 
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         classification_weight, triplet_weight = self.loss_weights_now[0], self.loss_weights_now[1]
+        # None while fit builds symbolically in cross-replica context: no gather there
+        context = tf.distribute.get_replica_context()
+        distributed = context is not None and context.num_replicas_in_sync > 1
         with tf.GradientTape() as tape:
             embeddings = tf.cast(self.embedder(images, training=True), tf.float32)  # (B, D)
-            triplet = self.triplet_loss(labels, embeddings)
-            classification = self.classification_loss(labels, embeddings)
-            loss = classification_weight * classification + triplet_weight * triplet
-            if self.embedder.losses:
-                loss += tf.add_n(self.embedder.losses)
+            if distributed:  # this replica's share: local sums over global counts (Keras does not rescale it)
+                loss, parts = self.replica_losses(labels, embeddings, context)
+                triplet, classification = parts["triplet_loss"], parts["classification_loss"]
+            else:
+                triplet = self.triplet_loss(labels, embeddings)
+                classification = self.classification_loss(labels, embeddings)
+                loss = classification_weight * classification + triplet_weight * triplet
+                if self.embedder.losses:
+                    loss += tf.add_n(self.embedder.losses)
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
+        if distributed:  # the global values, the same on every replica
+            loss, triplet, classification = (context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
+                                             for value in (loss, triplet, classification))
+            labels, embeddings = parts["global_labels"], parts["global_embeddings"]
         for name, value in (("loss", loss), ("triplet_loss", triplet), ("classification_loss", classification)):
             self.trackers[name].update_state(value)
         for statistic in self.statistics:

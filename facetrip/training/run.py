@@ -2,18 +2,23 @@
 
 Online strategies (batch_all, batch_hard, semi_hard) run through ``model.fit`` on P x K
 batches with :class:`~facetrip.losses.TripletLoss`, so the train step is Keras' own
-(stateless per step, ready for a ``tf.distribute`` strategy); ``offline`` runs the loop of
-:mod:`facetrip.training.offline`. Checkpoints (:mod:`facetrip.training.checkpoints`) let
-``--resume`` continue a killed run exactly; the exported ``model.keras`` and metadata are
-replaced atomically at the same moments. Epochs after the last checkpoint are repeated on
+(stateless per step); ``offline`` runs the loop of :mod:`facetrip.training.offline`. With
+``train.distribute`` the model is built under a ``tf.distribute`` strategy and trained by
+the loop of :mod:`facetrip.training.distribute`, mining over the global batch.
+Checkpoints (:mod:`facetrip.training.checkpoints`) let ``--resume`` continue a killed run
+exactly; the exported ``model.keras`` and metadata are replaced atomically at the same
+moments. Epochs after the last checkpoint are repeated on
 resume; their rows in metrics.csv are replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,7 +83,10 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
         TrainingError, DataError: the config or data cannot be trained on.
         RunError: another process is training into ``run_dir``.
     """
-    with run_lock(run_dir):
+    from facetrip.training.distribute import is_chief
+
+    # A multi-worker worker other than the chief only reads the run directory: the chief holds the lock.
+    with run_lock(run_dir) if is_chief(config.train.distribute) else contextlib.nullcontext():
         return _train(config, Path(run_dir), callbacks, resume)
 
 
@@ -86,34 +94,68 @@ def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool
     """:func:`train`, with the run directory locked: the plan of a run."""
     import keras
 
-    from facetrip.models.tta import with_test_time_augmentation
-    from facetrip.evaluation.threshold import calibrate_threshold
+    from facetrip.training.distribute import create_strategy, is_chief
 
     choices = check_trainable(config)
+    # First: splitting the CPU into logical devices must come before TensorFlow sets up its devices.
+    strategy = create_strategy(config.train.distribute, config.train.replicas)
+    chief = is_chief(config.train.distribute)
     resume_point = _resume_point(run_dir) if resume else ResumePoint(None)  # before the data: errors come fast
-    data = load_training_data(config, run_dir, resume_point if resume else None)
+    data = load_training_data(config, run_dir, resume_point if resume else None, chief)
 
     keras.utils.set_random_seed(config.train.seed)
-    model = build_model(config, choices.backbone)
-    interpolation = choices.weight_interpolation(config)
-    # Taken before any checkpoint is restored: the network as built is the pretrained end, on resume too.
-    pretrained_weights = model.get_weights() if interpolation < 1.0 and config.train.epochs > 0 else None
-    with_tta = config.model.flip_tta or config.model.tta_shift > 0
-    exported_model = with_test_time_augmentation(model, config.model.flip_tta, config.model.tta_shift) if with_tta else model
-    trainer = build_trainer(model, config, choices, data, resume_point)
-    metadata = RunMetadata(run_dir, config, choices, data, interpolation)
+    # Every worker saves at the same moments (saving joins collectives under multi-worker); all but the chief
+    # into a scratch folder, removed at the end.
+    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="facetrip-worker-"))
+    try:
+        return _train_under_strategy(config, run_dir, write_dir, callbacks, resume, choices, strategy, resume_point,
+                                     data)
+    finally:
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
 
-    all_callbacks = training_callbacks(trainer, exported_model, metadata, config, run_dir, data, resume_point, resume,
-                                       callbacks)
-    fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, run_dir, all_callbacks)
 
-    if pretrained_weights is not None:
-        from facetrip.models.weight_interpolation import interpolate_model
+def _train_under_strategy(config: Config, run_dir: Path, write_dir: Path, callbacks: Sequence[Any], resume: bool,
+                          choices: "TrainingChoices", strategy, resume_point: ResumePoint,
+                          data: "TrainingData") -> dict[str, Any]:
+    """Build (under ``strategy``'s scope), fit, export into ``write_dir``; the chief then calibrates into ``run_dir``."""
+    from facetrip.evaluation.threshold import calibrate_threshold
+    from facetrip.models.tta import with_test_time_augmentation
+    from facetrip.training.distribute import finish_workers
 
-        logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
-                    "(train.weight_interpolation = %g).", 100 * interpolation, interpolation)
-        interpolate_model(model, pretrained_weights, interpolation)
-        save_model_atomically(exported_model, run_dir / MODEL_FILE)
+    chief = write_dir == run_dir
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(config, choices.backbone)
+        interpolation = choices.weight_interpolation(config)
+        # Taken before any checkpoint is restored: the network as built is the pretrained end, on resume too.
+        pretrained_weights = model.get_weights() if interpolation < 1.0 and config.train.epochs > 0 else None
+        with_tta = config.model.flip_tta or config.model.tta_shift > 0
+        exported_model = (with_test_time_augmentation(model, config.model.flip_tta, config.model.tta_shift)
+                          if with_tta else model)
+        trainer = build_trainer(model, config, choices, data, resume_point)
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        metadata = RunMetadata(write_dir, config, choices, data, interpolation, replicas)
+
+        all_callbacks = training_callbacks(trainer, exported_model, metadata, config, write_dir, data, resume_point,
+                                           resume, callbacks if chief else ())
+        fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, write_dir, all_callbacks,
+                   strategy)
+
+        if pretrained_weights is not None:
+            from facetrip.models.weight_interpolation import interpolate_model
+
+            logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
+                        "(train.weight_interpolation = %g).", 100 * interpolation, interpolation)
+            interpolate_model(model, pretrained_weights, interpolation)
+            save_model_atomically(exported_model, write_dir / MODEL_FILE)
+    if strategy is not None:  # a worker leaves only after the last collective ("Socket closed" otherwise)
+        finish_workers(strategy)
+    if not chief:
+        return metadata.contents(epochs_completed=config.train.epochs)
+    if strategy is not None:  # calibrate on one device, with the model the run directory holds
+        from facetrip.runs import load_embedding_model
+
+        exported_model = load_embedding_model(run_dir)
     calibration = calibrate_threshold(exported_model, data.faces, data.split, config, choices.metric)
     written = metadata.write(epochs_completed=config.train.epochs, **calibration)
     plot_metrics(run_dir)
@@ -184,6 +226,11 @@ def check_trainable(config: Config) -> TrainingChoices:
             raise TrainingError(str(error)) from None
     if config.train.epochs < 0:
         raise TrainingError(f"train.epochs must be 0 or more, not {config.train.epochs}.")
+    from facetrip.training.distribute import check_distribution
+
+    check_distribution(config.train.distribute, config.train.replicas, config.train.mining_scope)
+    if offline and config.train.distribute != "none":
+        raise TrainingError("--distribute trains the online strategies (batch_all, batch_hard, semi_hard), not offline.")
     return TrainingChoices(strategy, metric, backbone)
 
 
@@ -216,13 +263,16 @@ class TrainingData:
     sampler: Any
 
 
-def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint | None) -> TrainingData:
+def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint | None,
+                       writes: bool = True) -> TrainingData:
     """Load the source, reduce its photos to face chips, split its identities (or keep a resumed run's split).
 
     Args:
         config: the run's configuration.
         run_dir: the run directory (``split.json`` is written there).
         resume_point: where a resumed run continues (its split is kept); None for a new run.
+        writes: write ``split.json`` (False: a multi-worker worker other than the chief, which
+            computes the same split from the same seed).
 
     Returns:
         The run's :class:`TrainingData`.
@@ -243,7 +293,8 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
         logger.warning("%s", split_note)
     if split is None:
         split = split_identities(faces.identity_names, dev=config.split.dev, test=config.split.test, seed=config.split.seed)
-        atomic_write_json(split_path, split.to_dict())
+        if writes:
+            atomic_write_json(split_path, split.to_dict())
     train_faces = faces.restricted_to(split.train)
     if config.augment.enabled and config.augment.blended_identities:
         train_faces = blended_identities(train_faces, config.augment.blended_identities, seed=config.train.seed)
@@ -300,9 +351,10 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     trainer = EmbeddingTrainer(
         model, data.train_faces.labels, TripletLoss(strategy=choices.strategy, margin=margin, metric=metric),
         statistics=triplet_metrics(margin=margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
-        classification_weight=config.train.classification_weight,
+        classification_weight=config.train.classification_weight, mining_scope=config.train.mining_scope,
     )
     trainer.compile(optimizer=build_optimizer(config, data.sampler.batches_per_epoch))
+    trainer.optimizer.build(trainer.trainable_variables)  # here, under the strategy's scope, not inside a step
     if resume_point.checkpoint is not None:
         restore_checkpoint(trainer, resume_point.checkpoint)
     if choices.backbone in PRETRAINED_BACKBONES and resume_point.epoch == 0 and config.train.epochs > 0:
@@ -321,15 +373,28 @@ class RunMetadata:
     KEPT_KEYS = ("threshold", "threshold_source", "calibration", "calibration_different_distances", "dev")
 
     def __init__(self, run_dir: Path, config: Config, choices: TrainingChoices, data: TrainingData,
-                 interpolation: float):
+                 interpolation: float, replicas: int = 1):
         self.path = run_dir / METADATA_FILE
         self.config = config
         self.choices = choices
         self.data = data
         self.interpolation = interpolation
+        self.replicas = replicas
 
     def write(self, **extra) -> dict[str, Any]:
         """Write metadata.json atomically with ``extra`` keys (``epochs_completed``, the calibration) and return it."""
+        metadata = self.contents(**extra)
+        try:
+            kept = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or damaged: nothing worth keeping
+            kept = {}
+        if isinstance(kept, dict):
+            metadata = {**{key: kept[key] for key in self.KEPT_KEYS if key in kept}, **metadata}
+        atomic_write_json(self.path, metadata)
+        return metadata
+
+    def contents(self, **extra) -> dict[str, Any]:
+        """The metadata of the run with ``extra`` keys, as :meth:`write` writes it (less the kept calibration)."""
         import keras
 
         from facetrip.data.model_input import model_input_metadata
@@ -354,15 +419,10 @@ class RunMetadata:
             "epochs": config.train.epochs,
             "weight_interpolation": self.interpolation,
             "split": self.data.split.to_dict(),
+            "distribute": {"strategy": config.train.distribute, "replicas": self.replicas,
+                           "mining_scope": config.train.mining_scope},
             **extra,
         }
-        try:
-            kept = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # none yet, or damaged: nothing worth keeping
-            kept = {}
-        if isinstance(kept, dict):
-            metadata = {**{key: kept[key] for key in self.KEPT_KEYS if key in kept}, **metadata}
-        atomic_write_json(self.path, metadata)
         return metadata
 
 
@@ -402,11 +462,12 @@ def training_callbacks(trainer, exported_model, metadata: RunMetadata, config: C
 
 
 def fit_epochs(trainer, exported_model, config: Config, choices: TrainingChoices, data: TrainingData,
-               start_epoch: int, run_dir: Path, callbacks: list) -> None:
+               start_epoch: int, run_dir: Path, callbacks: list, strategy=None) -> None:
     """Fit from ``start_epoch`` to ``train.epochs``: online P x K batches, or the offline loop.
 
     With ``train.epochs = 0`` (the network as it is, for comparisons) or a run killed after
-    its last checkpoint, only the export is left to do.
+    its last checkpoint, only the export is left to do. Under a ``strategy`` the loop of
+    :func:`~facetrip.training.distribute.fit_distributed` trains (the same callbacks).
     """
     from facetrip.data import pk_dataset
 
@@ -424,5 +485,11 @@ def fit_epochs(trainer, exported_model, config: Config, choices: TrainingChoices
             data.train_faces, data.sampler, image_size, config.data.channels,
             epochs=range(start_epoch, config.train.epochs), augmentation=augmentation,
         )
+        if strategy is not None:
+            from facetrip.training.distribute import fit_distributed
+
+            fit_distributed(strategy, trainer, dataset, start_epoch, config.train.epochs,
+                            data.sampler.batches_per_epoch, callbacks)
+            return
         trainer.fit(dataset, initial_epoch=start_epoch, epochs=config.train.epochs,
                     steps_per_epoch=data.sampler.batches_per_epoch, callbacks=callbacks, verbose=0, shuffle=False)
