@@ -292,7 +292,7 @@ def train(
     """Train an embedding model with online (or offline) triplet mining; writes a run directory, then evaluates it."""
     from rich.markup import escape
 
-    from facetrip.config import Config, ConfigError
+    from facetrip.config import ConfigError
     from facetrip.data import DataError
     from facetrip.runs import RunError, new_run_dir, run_lock
     from facetrip.training import TrainingError, check_new_run_dir, is_facetrip_run, load_resume_config
