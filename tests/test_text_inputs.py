@@ -104,6 +104,7 @@ BAD_CONFIG_VALUES = [
     ("train", "checkpoint_seconds", "-5.0", "-5.0"),
     ("train", "weight_interpolation", "1.5", "1.5"),
     ("train", "seed", "4294967296", "4294967296"),
+    ("train", "replicas", "257", "257"),
 ]
 
 
