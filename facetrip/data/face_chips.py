@@ -6,10 +6,12 @@ Every command that touches a photo (train, evaluate, embed, verify, mine) turns 
 1. decode the photo at its own resolution with PIL, turn it upright by its EXIF
    orientation (phone photos) and make it 8-bit RGB (grey copied to three channels,
    alpha dropped, 16-bit scaled);
-2. find faces with dlib's HOG frontal face detector on the RGB photo, doubled by dlib
-   until its longer side reaches DETECTION_MIN_SIDE or shrunk to DETECTION_MAX_SIDE,
-   the boxes mapped back to the photo's own pixels (on LFW this is dlib's reference
-   pipeline: upsampling 1);
+2. find faces with dlib's HOG frontal face detector on the RGB photo, coarse to fine:
+   first at the photo's own size (shrunk to DETECTION_MAX_SIDE when it is longer), then
+   doubled by dlib, step by step until its longer side reaches DETECTION_MIN_SIDE, only
+   while no face has been found; the boxes are mapped back to the photo's own pixels
+   (on LFW, whose faces HOG finds without doubling, this searches a quarter of the pixels
+   of dlib's reference pipeline, upsampling 1);
 3. of several faces take the largest one holding the photo's centre, else the largest
    (:func:`choose_face`), and count them all; without a detected face, the whole image
    is the face box, which suits the tight crops of face data sets;
@@ -63,12 +65,13 @@ logger = logging.getLogger(__name__)
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 
-# The detector searches the RGB photo, doubled (dlib's own upsampling) until its longer side
-# is at least DETECTION_MIN_SIDE (HOG finds faces of about 80 pixels and up: LFW's 250 x 250
-# photos are doubled once, as in dlib's reference pipeline, ORL's 112 x 92 ones twice),
-# or shrunk to DETECTION_MAX_SIDE when it is longer (a 12-megapixel phone photo is searched
-# in 1000 x 750 pixels, not 4000 x 3000). On LFW's pairs.txt photos this finds no face in
-# the same 40 of 7,701 photos as dlib's reference; a grey copy scaled by PIL missed 56.
+# The detector searches the RGB photo at its own size first, shrunk to DETECTION_MAX_SIDE
+# when it is longer (a 12-megapixel phone photo is searched in 1000 x 750 pixels, not
+# 4000 x 3000). HOG finds faces of about 80 pixels and up, so when it finds none there,
+# the photo is doubled (dlib's own upsampling) and searched again, until its longer side
+# is at least DETECTION_MIN_SIDE: LFW's 250 x 250 photos at most once, as in dlib's
+# reference pipeline, ORL's 112 x 92 ones at most twice. Each doubling searches four
+# times the pixels, and most photos show a face big enough to be found before it.
 DETECTION_MIN_SIDE = 400
 DETECTION_MAX_SIDE = 1000
 MAX_UPSAMPLING = 3
@@ -76,7 +79,7 @@ MAX_UPSAMPLING = 3
 # Names every step that shapes a chip; change the trailing number whenever a chip would come
 # out differently, so that old cached chips are not mixed with new ones.
 ALIGNMENT_VERSION = (
-    f"hog-rgb-long{DETECTION_MIN_SIDE}-{DETECTION_MAX_SIDE}_centre-or-largest_5pt_chip{CHIP_SIZE}_pad{CHIP_PADDING}_v2"
+    f"hog-rgb-coarse-to-fine-long{DETECTION_MIN_SIDE}-{DETECTION_MAX_SIDE}_centre-or-largest_5pt_chip{CHIP_SIZE}_pad{CHIP_PADDING}_v3"
 )
 
 # The on-disk cache lives in $FACETRIP_CACHE_DIR (default: $XDG_CACHE_HOME/facetrip, else
@@ -207,7 +210,11 @@ def _dlib_models():
 
 
 def detection_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) of the image the detector searches: longer side doubled up to >= MIN, or shrunk to MAX."""
+    """(height, width) of the largest image the detector searches: longer side doubled up to >= MIN, or shrunk to MAX.
+
+    The detector searches this size only when it finds no face at the coarser ones
+    (:func:`detect_faces`).
+    """
     upsampling, scale = _detection_scaling(height, width)
     factor = scale * 2**upsampling
     return max(1, round(height * factor)), max(1, round(width * factor))
@@ -224,6 +231,12 @@ def _detection_scaling(height: int, width: int) -> tuple[int, float]:
 
 def detect_faces(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Faces dlib's HOG detector finds in a photo, largest first.
+
+    The photo is searched coarse to fine: at its own size (shrunk when longer than
+    DETECTION_MAX_SIDE), then doubled by dlib while no face is found, up to
+    :func:`detection_size`. A doubling finds the faces of the coarser search too, and
+    smaller ones, so faces smaller than about 80 pixels are found only in a photo that
+    shows no larger face.
 
     Args:
         rgb: (h, w, 3) or (h, w) uint8 pixels.
@@ -245,7 +258,12 @@ def _detect_faces(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         searched = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-    found = detector(np.ascontiguousarray(searched), upsampling)  # boxes in the searched image's pixels
+    searched = np.ascontiguousarray(searched)
+    found = []
+    for level in range(upsampling + 1):  # coarse to fine: stop at the first level that finds a face
+        found = detector(searched, level)  # boxes in the searched image's pixels
+        if found:
+            break
     scale_x, scale_y = searched.shape[1] / width, searched.shape[0] / height
     boxes = [_box_in_photo(face, scale_x, scale_y) for face in found]
     return sorted(boxes, key=_box_area, reverse=True)

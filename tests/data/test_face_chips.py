@@ -79,8 +79,9 @@ def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> float:
 def plain_dlib_chip(rgb: np.ndarray):
     """The chip written out step by step with dlib: the expected value of chip_from_pixels.
 
-    dlib's detector searches the RGB photo with its own upsampling, doubling until the
-    longer side reaches 400 pixels (no test photo is over 1000); of several detections the
+    dlib's detector searches the RGB photo coarse to fine: at its own size, then with dlib's
+    own upsampling, doubling while no face is found until the longer side reaches 400
+    pixels (no test photo is over 1000); of several detections the
     largest whose box holds the photo's centre, else the largest; dlib places the landmarks
     and cuts the chip on the full-resolution RGB photo.
 
@@ -92,9 +93,10 @@ def plain_dlib_chip(rgb: np.ndarray):
     height, width = rgb.shape[:2]
     assert max(height, width) <= 1000
     upsampling = 0
-    while max(height, width) * 2**upsampling < 400:
-        upsampling += 1
     detections = list(detector(rgb, upsampling))
+    while not detections and max(height, width) * 2**upsampling < 400:
+        upsampling += 1
+        detections = list(detector(rgb, upsampling))
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
     central = [face for face in detections
                if face.left() <= centre_x <= face.right() and face.top() <= centre_y <= face.bottom()]
@@ -122,14 +124,37 @@ def test_the_chip_is_dlibs_chip_of_the_largest_detected_face(rgb):
     np.testing.assert_array_equal(chip.pixels, expected_chip)
 
 
-def test_lfw_detection_is_dlibs_reference_detection():
-    """LFW's 250 x 250 photos are searched as dlib's reference pipeline does, ``detector(rgb, 1)``:
-    the same boxes."""
+def test_lfw_photos_are_searched_at_their_own_size_before_dlibs_doubling():
+    """LFW's 250 x 250 photos are searched as they are, ``detector(rgb, 0)``, and doubled as in
+    dlib's reference pipeline, ``detector(rgb, 1)``, only when no face is found there."""
     detector = dlib.get_frontal_face_detector()
+
+    def boxes(rgb, upsampling):
+        return sorted((face.left(), face.top(), face.right(), face.bottom()) for face in detector(rgb, upsampling))
+
+    found_without_doubling = 0
     for relative in LFW_PHOTOS:
         rgb = np.asarray(Image.open(lfw_path(relative)).convert("RGB"))
-        reference = sorted(((face.left(), face.top(), face.right(), face.bottom()) for face in on_dlib_thread(detector, rgb, 1)))
+        own_size = on_dlib_thread(boxes, rgb, 0)
+        found_without_doubling += bool(own_size)
+        reference = own_size or on_dlib_thread(boxes, rgb, 1)
         assert sorted(detect_faces(rgb)) == reference, relative
+    assert found_without_doubling >= 1
+
+
+def test_a_face_too_small_for_the_photos_own_size_is_found_by_doubling():
+    """An ORL photo shrunk to 67 x 55 pixels (a face under HOG's 80-pixel window) in a 300 x 300
+    photo: found only once the photo is doubled, at the face."""
+    small = np.asarray(Image.fromarray(orl_rgb(1, 1)).resize((55, 67), Image.Resampling.BILINEAR))
+    rgb = np.full((300, 300, 3), 128, np.uint8)
+    rgb[117:184, 123:178] = small
+    detector = dlib.get_frontal_face_detector()
+    assert not on_dlib_thread(detector, rgb, 0)
+    faces = detect_faces(rgb)
+    assert len(faces) == 1
+    left, top, right, bottom = faces[0]
+    assert 117 <= (top + bottom) / 2 <= 184 and 123 <= (left + right) / 2 <= 178
+    assert right - left < 80  # found in the doubled photo: smaller than the window at the photo's own size
 
 
 def test_the_chip_is_what_dlibs_descriptor_reads():
@@ -154,7 +179,7 @@ def test_detection_size_keeps_the_longer_side_between_400_and_1000():
     assert detection_size(112, 92) == (448, 368)  # ORL: doubled twice
     assert detection_size(600, 800) == (600, 800)
     assert detection_size(3000, 4000) == (750, 1000)  # a 12-megapixel phone photo
-    for step in ("hog", "rgb", "long400-1000", "centre-or-largest", f"chip{CHIP_SIZE}", f"pad{CHIP_PADDING}"):
+    for step in ("hog", "rgb", "coarse-to-fine", "long400-1000", "centre-or-largest", f"chip{CHIP_SIZE}", f"pad{CHIP_PADDING}"):
         assert step in ALIGNMENT_VERSION
 
 
