@@ -253,13 +253,17 @@ def _parse_image_size(text: str) -> list:
     return [height, width]
 
 
-def _parse_margin(text: str):
-    if text.lower() == "soft":
-        return "soft"
+def _number_or_word(text: str, key: str, flag: str):
+    """A flag's number, or the one word its config key takes instead (:data:`facetrip.config.NUMBER_OR_WORD`)."""
+    from facetrip.config import NUMBER_OR_WORD
+
+    word, rule = NUMBER_OR_WORD[key]
+    if text.lower() == word:
+        return word
     try:
         return float(text)
     except ValueError:
-        fail(f"--margin must be a number >= 0 or 'soft', not {text!r}.")
+        fail(f"{flag} must be {rule} or '{word}', not {text!r}.")
 
 
 @app.command()
@@ -275,7 +279,7 @@ def train(
     image_size: Optional[str] = typer.Option(None, help="Model input, HEIGHTxWIDTH, e.g. 56x46."),
     embedding_dim: Optional[int] = typer.Option(None, help="Embedding size."),
     freeze: Optional[str] = typer.Option(None, "--freeze", help="face_resnet: what stays fixed: none | stem | stage1 .. stage5 | all (only the head trains)."),
-    weight_interpolation: Optional[float] = typer.Option(None, "--weight-interpolation", help="face_resnet: save (1 - a) * pretrained + a * fine-tuned weights (WiSE-FT): 1 = fine-tuned; lower forgets less."),
+    weight_interpolation: Optional[str] = typer.Option(None, "--weight-interpolation", help="face_resnet: save (1 - a) * pretrained + a * fine-tuned weights (WiSE-FT): 1 = fine-tuned, lower forgets less; 'auto' (default) chooses a on the dev people."),
     data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
@@ -300,7 +304,7 @@ def train(
     setup_logging()
     overrides = {
         "loss.strategy": strategy,
-        "loss.margin": _parse_margin(margin) if margin is not None else None,
+        "loss.margin": _number_or_word(margin, "loss.margin", "--margin") if margin is not None else None,
         "loss.metric": metric,
         "sampler.identities_per_batch": identities_per_batch,
         "sampler.images_per_identity": images_per_identity,
@@ -309,7 +313,9 @@ def train(
         "data.image_size": _parse_image_size(image_size) if image_size is not None else None,
         "model.embedding_dim": embedding_dim,
         "model.freeze": freeze,
-        "train.weight_interpolation": weight_interpolation,
+        "train.weight_interpolation": (_number_or_word(weight_interpolation, "train.weight_interpolation",
+                                                       "--weight-interpolation")
+                                       if weight_interpolation is not None else None),
         "data.source": data_source,
         "data.data_dir": data_dir,
         "train.seed": seed,
@@ -435,11 +441,16 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, wr
 
     summary = metadata.get(metadata.get("threshold_source", ""), {})
     calibration = metadata.get("calibration") or {}
+    threshold = metadata.get("threshold")
+    people = str(metadata.get("threshold_source", "")).replace("_", " ")
+    threshold_text = f"{threshold:.4f}" if isinstance(threshold, float) else str(threshold)
     console.print(
-        f"[bold green]Done:[/] {run_dir}  threshold {metadata.get('threshold')!s:.6}"
-        + (f" ({metadata['threshold_source']} FAR {_percent(calibration['far'])}, target {percent(calibration['target_far'])})"
+        f"[bold green]Done:[/] {run_dir}  threshold {threshold_text}"
+        + (f" ({people} FAR {_percent(calibration['far'])}, target {percent(calibration['target_far'])})"
            if calibration else "")
-        + (f"  {metadata['threshold_source']} EER {summary['eer']:.1%}  AUC {summary['auc']:.4f}" if summary else ""),
+        + (f"  {people} EER {summary['eer']:.1%}  AUC {summary['auc']:.4f}" if summary else "")
+        + (f"  weight interpolation {metadata['weight_interpolation']:g} (auto)"
+           if "weight_interpolation_choice" in metadata else ""),
         highlight=False,
     )
     if calibration.get("fallback"):
@@ -644,7 +655,7 @@ def mine(
     loaded = _load_run(run)
     if margin is None and "margin" not in loaded.metadata:
         fail(f"{loaded.path}/metadata.json records no margin: give one with --margin.")
-    chosen_margin = _parse_margin(margin) if margin is not None else loaded.metadata["margin"]
+    chosen_margin = _number_or_word(margin, "loss.margin", "--margin") if margin is not None else loaded.metadata["margin"]
     chosen_margin = 0.0 if chosen_margin == "soft" else float(chosen_margin)
     try:
         faces = _split_of_run(loaded, split, None, data_dir)

@@ -20,6 +20,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+# train.weight_interpolation's value that chooses the share on the dev identities.
+AUTO_INTERPOLATION = "auto"
+
+# Keys that take a number in their ALLOWED range or one word: key -> (the word, the numbers allowed).
+NUMBER_OR_WORD = {
+    "loss.margin": ("soft", "a number >= 0"),
+    "train.weight_interpolation": (AUTO_INTERPOLATION, "a number from 0 to 1"),
+}
+
 
 class ConfigError(ValueError):
     """An unreadable config file, an unknown key, or a value of the wrong type or out of range."""
@@ -88,8 +97,9 @@ class TrainConfig:
     optimizer: str = "lamb"  # lamb (layer-wise steps relative to each weight's size: fine-tuning) | adamw
     learning_rate: float = 1e-3
     lr_warmup_epochs: int = 1  # linear warm-up of the learning rate before the cosine decay
-    # Pretrained backbones: the saved weights are (1 - a) * pretrained + a * fine-tuned (WiSE-FT); 1 = fine-tuned.
-    weight_interpolation: float = 0.5
+    # Pretrained backbones: the saved weights are (1 - a) * pretrained + a * fine-tuned (WiSE-FT); 1 = fine-tuned;
+    # "auto": the smallest a within half a point of the best dev EER (facetrip/training/weight_choice.py).
+    weight_interpolation: Union[float, str] = AUTO_INTERPOLATION
     weight_decay: float = 1e-4
     precision: str = "float32"  # float32 | bf16
     target_far: float = 0.01  # the saved threshold is calibrated to this false-accept rate on dev pairs
@@ -327,15 +337,16 @@ def _checked(name: str, default: Any, value: Any) -> Any:
     Raises:
         ConfigError: naming the key, the value and what is allowed.
     """
-    if name == "loss.margin":
-        if isinstance(value, str) and value.lower() == "soft":
-            return "soft"
+    if name in NUMBER_OR_WORD:
+        word, rule = NUMBER_OR_WORD[name]
+        if isinstance(value, str) and value.lower() == word:
+            return word
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
                 return _checked_number(name, False, value)
             except ConfigError:
                 pass
-        raise ConfigError(f"loss.margin must be a number >= 0 or 'soft', not {value!r}.")
+        raise ConfigError(f"{name} must be {rule} or '{word}', not {value!r}.")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, not {value!r}.")

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     (args.output / CONFIG_FILE).write_text(config.to_toml())
     faces, _ = prepare_faces(load_faces(config.data.source, data_dir=args.data_dir), config.data.face_chips)
     split = IdentitySplit.load(args.output / SPLIT_FILE)
-    calibration = calibrate_threshold(model, faces, split, config, metadata["metric"])
+    calibration = calibrate_threshold(model, faces, split, config, metadata["metric"], weights_trained=args.share > 0)
     stale = ("threshold", "threshold_source", "calibration", "calibration_different_distances", "dev", "train",
              "dev_and_train")
     updated = {key: value for key, value in metadata.items() if key not in stale}

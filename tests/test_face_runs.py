@@ -152,8 +152,8 @@ def test_export_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuning_trains_the_face_network_unless_frozen(tmp_path, data_dir):
-    """One short epoch: with --freeze stage4 the last stage and the head change and the stem does not;
-    with --freeze all the whole ResNet stays as it was."""
+    """One short epoch, saved as trained (--weight-interpolation 1): with --freeze stage4 the last stage and
+    the head change and the stem does not; with --freeze all the whole ResNet stays as it was."""
     from facetrip.runs.loaded_run import Run
     from facetrip.models.face_resnet import build_face_resnet
 
@@ -170,8 +170,8 @@ def test_fine_tuning_trains_the_face_network_unless_frozen(tmp_path, data_dir):
                              ("all", {"stem_conv": False, "stage3_block1_conv1": False,
                                       "stage5_block1_conv1": False, "descriptor": False})):
         run_dir = tmp_path / freeze
-        result = run_cli("train", "--epochs", "1", "-P", "4", "-K", "2", "--freeze", freeze, "--run-dir", run_dir,
-                         "--data-dir", data_dir, "--no-evaluate")
+        result = run_cli("train", "--epochs", "1", "-P", "4", "-K", "2", "--freeze", freeze, "--weight-interpolation",
+                         "1", "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
         assert result.exit_code == 0, result.output
         assert changed(run_dir) == expected, freeze
         assert json.loads((run_dir / "metadata.json").read_text())["freeze"] == freeze
@@ -232,3 +232,36 @@ def test_weight_interpolation_saves_the_point_between_pretrained_and_fine_tuned(
     assert movement > 1e-5  # the epoch moved the kernel (by about 1e-4 here)
     np.testing.assert_allclose(halfway, (pretrained + fine_tuned) / 2, rtol=0, atol=movement / 100)
     assert np.abs(halfway - fine_tuned).max() > movement / 4  # and the saved kernel is not the fine-tuned one
+
+
+@pytest.mark.slow
+def test_auto_weight_interpolation_saves_the_share_its_dev_errors_choose(tmp_path, data_dir):
+    """The default, --weight-interpolation auto: every share from 0 to 1 is scored on the dev people, the
+    rule's share is saved (its stage-5 kernel on the line between pretrained and fine-tuned) and the
+    threshold is calibrated as that share requires (dev and training people when the pretrained
+    weights are kept)."""
+    from facetrip.models.face_resnet import build_face_resnet
+    from facetrip.runs.loaded_run import Run
+    from facetrip.training.weight_choice import SHARES, smallest_share_near_best
+
+    pretrained = build_face_resnet().get_layer("stage5_block1_conv1").get_weights()[0]
+    run_dir = tmp_path / "auto"
+    result = run_cli("train", "--epochs", "1", "-P", "4", "-K", "2", "--freeze", "stage4", "--run-dir", run_dir,
+                     "--data-dir", data_dir, "--no-evaluate")
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    choice = metadata["weight_interpolation_choice"]
+    dev_eer = [(share, eer) for share, eer in choice["dev_eer"]]
+    assert [share for share, _ in dev_eer] == list(SHARES)
+    assert all(0.0 <= eer <= 1.0 for _, eer in dev_eer)
+    share = metadata["weight_interpolation"]
+    assert share == smallest_share_near_best(dev_eer)
+    assert f"weight interpolation {share:g} (auto)" in " ".join(result.output.split())
+    assert metadata["threshold_source"] == ("dev_and_train" if share == 0 else "dev")
+
+    backbone = next(layer for layer in _all_layers(Run.load(run_dir).model) if layer.name == "face_resnet")
+    saved = backbone.get_layer("stage5_block1_conv1").get_weights()[0]
+    if share == 0:  # ORL's dev people are told apart by the pretrained network already
+        np.testing.assert_array_equal(saved, pretrained)
+    else:
+        assert np.abs(saved - pretrained).max() > 0

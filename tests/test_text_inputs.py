@@ -123,6 +123,10 @@ def test_every_numeric_config_key_has_a_range_its_default_meets():
                 if field.type == "float":  # e.g. split.test = 10 (an int) would refuse the fraction 0.25
                     assert isinstance(default, float), (key, default)
                 Config().set(key, default)  # the defaults pass their own checks
+    # A number or a word: train.weight_interpolation = "auto" by default, or a share from 0 to 1.
+    for key, number in (("train.weight_interpolation", 0.5),):
+        numeric_keys.add(key)
+        assert Config().set(key, number) is None and Config().set(key, "auto") is None
     assert numeric_keys == set(ALLOWED)
     assert {f"{section}.{key}" for section, key, _, _ in BAD_CONFIG_VALUES} == numeric_keys  # each is tried below
 
@@ -148,6 +152,8 @@ def test_bad_config_values_are_one_line_errors_before_any_data(section, key, val
         (("--seed", "-3"), "train.seed must be a whole number from 0 to 4294967295, not -3."),
         (("--embedding-dim", "0"), "model.embedding_dim must be a whole number >= 1, not 0."),
         (("--data", "folder:/photos/caf\udce9"), "data.source must be UTF-8 text"),
+        (("--weight-interpolation", "half"), "--weight-interpolation must be a number from 0 to 1 or 'auto', not 'half'."),
+        (("--weight-interpolation", "-0.5"), "train.weight_interpolation must be a number from 0 to 1 or 'auto', not -0.5."),
     ],
 )
 def test_bad_command_line_overrides_are_one_line_errors_before_any_data(flags, expected, tmp_path, forbid_data_loading):

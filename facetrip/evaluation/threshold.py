@@ -11,11 +11,22 @@ from facetrip.embedding import embed_faces
 logger = logging.getLogger(__name__)
 
 
-def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dict[str, Any]:
+def calibrate_threshold(model, faces, split, config: Config, metric: str,
+                        weights_trained: bool | None = None) -> dict[str, Any]:
     """The verification threshold for ``config.train.target_far`` on identities the model never trained on.
 
-    Those are the dev identities, or with ``train.epochs = 0`` the dev and training
-    identities; the training identities when there are no dev identities.
+    Those are the dev identities, or, when the saved weights never trained on the training
+    identities (``train.epochs = 0``, or the pretrained weights kept by weight
+    interpolation 0), the dev and training identities; the training identities when there
+    are no dev identities.
+
+    Args:
+        model: the exported embedding model.
+        faces, split: the run's prepared photos and identity split.
+        config: the run's config.
+        metric: the run's distance.
+        weights_trained: whether the saved weights were trained on the training
+            identities; by default, whether ``train.epochs > 0``.
 
     All pairs of those identities' images are embedded and the threshold is
     :func:`facetrip.evaluation.calibration.calibrate_to_far` of their distances: the largest with
@@ -34,7 +45,9 @@ def calibrate_threshold(model, faces, split, config: Config, metric: str) -> dic
     from facetrip.evaluation.calibration import SAVED_DISTANCES_KEY, calibrate_to_far, saved_distances
     from facetrip.evaluation import pair_distances, verification_summary
 
-    if config.train.epochs == 0:
+    if weights_trained is None:
+        weights_trained = config.train.epochs > 0
+    if not weights_trained:
         # The network never saw the training identities either: all of them calibrate, and
         # many more pairs of identities make the false-accept estimate far less noisy.
         source, identities = "dev_and_train", (*split.dev, *split.train)

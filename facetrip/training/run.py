@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from facetrip import __version__
-from facetrip.config import Config
+from facetrip.config import AUTO_INTERPOLATION as AUTO, Config
 from facetrip.runs import (
     BACKUP_DIR,
     LOGS_DIR,
@@ -126,38 +126,40 @@ def _train_under_strategy(config: Config, run_dir: Path, write_dir: Path, callba
     chief = write_dir == run_dir
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(config, choices.backbone)
-        interpolation = choices.weight_interpolation(config)
-        # Taken before any checkpoint is restored: the network as built is the pretrained end, on resume too.
-        pretrained_weights = model.get_weights() if interpolation < 1.0 and config.train.epochs > 0 else None
+        interpolation = choices.weight_interpolation(config)  # a share, or "auto"
         with_tta = config.model.flip_tta or config.model.tta_shift > 0
         exported_model = (with_test_time_augmentation(model, config.model.flip_tta, config.model.tta_shift)
                           if with_tta else model)
+        # Taken before any checkpoint is restored: the network as built is the pretrained end, on resume too.
+        # In the exported model's order, the order of the model the run directory holds.
+        pretrained_weights = (exported_model.get_weights() if interpolation != 1.0 and config.train.epochs > 0
+                              else None)
         trainer = build_trainer(model, config, choices, data, resume_point)
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-        metadata = RunMetadata(write_dir, config, choices, data, interpolation, replicas)
+        # While training, model.keras holds the fine-tuned weights: share 1 until one is chosen.
+        metadata = RunMetadata(write_dir, config, choices, data, 1.0 if interpolation == AUTO else interpolation,
+                               replicas)
 
         all_callbacks = training_callbacks(trainer, exported_model, metadata, config, write_dir, data, resume_point,
                                            resume, callbacks if chief else ())
         fit_epochs(trainer, exported_model, config, choices, data, resume_point.epoch, write_dir, all_callbacks,
                    strategy)
-
-        if pretrained_weights is not None:
-            from facetrip.models.weight_interpolation import interpolate_model
-
-            logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
-                        "(train.weight_interpolation = %g).", 100 * interpolation, interpolation)
-            interpolate_model(model, pretrained_weights, interpolation)
-            save_model_atomically(exported_model, write_dir / MODEL_FILE)
     if strategy is not None:  # a worker leaves only after the last collective ("Socket closed" otherwise)
         finish_workers(strategy)
     if not chief:
         return metadata.contents(epochs_completed=config.train.epochs)
-    if strategy is not None:  # calibrate on one device, with the model the run directory holds
+    if strategy is not None:  # choose, interpolate and calibrate on one device, with the model the run directory holds
         from facetrip.runs import load_embedding_model
 
         exported_model = load_embedding_model(run_dir)
-    calibration = calibrate_threshold(exported_model, data.faces, data.split, config, choices.metric)
-    written = metadata.write(epochs_completed=config.train.epochs, **calibration)
+    extra = {}
+    if pretrained_weights is not None:
+        share, extra = _interpolate_weights(exported_model, pretrained_weights, interpolation, data, config, choices)
+        metadata.interpolation = share
+        save_model_atomically(exported_model, run_dir / MODEL_FILE)
+    weights_trained = config.train.epochs > 0 and metadata.interpolation > 0
+    calibration = calibrate_threshold(exported_model, data.faces, data.split, config, choices.metric, weights_trained)
+    written = metadata.write(epochs_completed=config.train.epochs, **extra, **calibration)
     plot_metrics(run_dir)
     remove_checkpoints(run_dir / BACKUP_DIR)  # last: a kill before this resumes at the calibration
     return written
@@ -175,11 +177,41 @@ class TrainingChoices:
     def offline(self) -> bool:
         return self.strategy == OFFLINE
 
-    def weight_interpolation(self, config: Config) -> float:
-        """WiSE-FT: the saved weights lie this share of the way from the pretrained ones to the fine-tuned ones."""
+    def weight_interpolation(self, config: Config) -> float | str:
+        """WiSE-FT: the saved weights lie this share of the way from the pretrained ones to the fine-tuned ones.
+
+        Returns:
+            the configured share, or "auto" (chosen on the dev identities after training);
+            1.0 for a backbone trained from scratch.
+        """
         from facetrip.models import PRETRAINED_BACKBONES
 
         return config.train.weight_interpolation if self.backbone in PRETRAINED_BACKBONES else 1.0
+
+
+def _interpolate_weights(exported_model, pretrained_weights, setting: float | str, data: "TrainingData",
+                         config: Config, choices: TrainingChoices) -> tuple[float, dict[str, Any]]:
+    """Set ``exported_model`` (holding the fine-tuned weights) to the share ``setting`` names, or to the chosen one.
+
+    Returns:
+        ``(share, metadata keys)``: ``weight_interpolation_choice`` when the share was chosen.
+    """
+    from facetrip.models.weight_interpolation import interpolate_weights
+    from facetrip.training.weight_choice import choose_weight_interpolation
+
+    fine_tuned_weights = exported_model.get_weights()
+    extra: dict[str, Any] = {}
+    if setting == AUTO:
+        choice = choose_weight_interpolation(exported_model, pretrained_weights, fine_tuned_weights, data.faces,
+                                             data.split, config, choices.metric)
+        logger.info("Weight interpolation: %s.", choice.reason)
+        share, extra = choice.share, {"weight_interpolation_choice": choice.to_dict()}
+    else:
+        share = float(setting)
+        logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
+                    "(train.weight_interpolation = %g).", 100 * share, share)
+    exported_model.set_weights(interpolate_weights(pretrained_weights, fine_tuned_weights, share))
+    return share, extra
 
 
 def check_trainable(config: Config) -> TrainingChoices:
