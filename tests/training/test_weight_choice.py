@@ -52,3 +52,49 @@ def test_without_two_dev_identities_the_fallback_share_is_saved_and_said():
     assert choice.share == FALLBACK_SHARE and choice.dev_eer == ()
     assert "fewer than 2 dev identities" in choice.reason
     assert choice.to_dict()["reason"] == choice.reason
+
+
+class RecordingModel:
+    """Stands in for the exported model: remembers the weights it was given."""
+
+    def __init__(self):
+        self.weights = None
+        self.history = []
+
+    def set_weights(self, weights):
+        self.weights = [np.array(w) for w in weights]
+        self.history.append(float(self.weights[0][0]))
+
+
+def test_every_share_is_scored_on_at_most_max_photos_dev_photos_and_the_fine_tuned_weights_are_left(monkeypatch):
+    """Embeddings whose noise falls as the share grows: the choice follows the rule on the measured dev EERs,
+    scores a seeded sample of MAX_PHOTOS photos, and leaves the model holding the fine-tuned weights."""
+    from facetrip import embedding
+    from facetrip.data.sources import FaceImages
+    from facetrip.training import weight_choice
+
+    monkeypatch.setattr(weight_choice, "MAX_PHOTOS", 60)
+    labels = np.repeat(np.arange(6), 20)  # 6 dev people x 20 photos, more than MAX_PHOTOS
+    faces = FaceImages(encoded=np.array([b"x"] * len(labels), dtype=object), labels=labels,
+                       identity_names=[f"p{k}" for k in range(6)], file_names=np.array([f"{k}.png" for k in range(len(labels))]),
+                       channels=3, source="test")
+    split = types.SimpleNamespace(dev=tuple(f"p{k}" for k in range(6)), train=())
+    config = types.SimpleNamespace(data=types.SimpleNamespace(image_size=(150, 150), channels=3))
+    model = RecordingModel()
+    sizes = []
+
+    def fake_embed(model_, subset, image_size, channels):
+        sizes.append(len(subset))
+        share = model_.weights[0][0]  # the weights are [share]: pretrained [0], fine-tuned [1]
+        rng = np.random.default_rng(int(share * 10))
+        centres = np.eye(8)[subset.labels]
+        return centres + rng.normal(scale=0.6 * (1 - share) + 0.05, size=centres.shape)
+
+    monkeypatch.setattr(embedding, "embed_faces", fake_embed)
+    choice = choose_weight_interpolation(model, [np.array([0.0])], [np.array([1.0])], faces, split, config, "euclidean")
+    assert sizes == [60] * len(SHARES)
+    assert [share for share, _ in choice.dev_eer] == list(SHARES)
+    assert np.allclose(model.history[:-1], SHARES) and model.history[-1] == 1.0  # left fine-tuned
+    assert choice.dev_eer[0][1] > choice.dev_eer[-1][1]  # the noise made the pretrained end worse
+    assert choice.share == smallest_share_near_best(choice.dev_eer) > 0
+    assert f"saved {choice.share:g} of the way" in choice.reason
