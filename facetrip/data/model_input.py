@@ -37,7 +37,8 @@ def model_input_metadata(face_chips: bool, chip_report=None) -> dict[str, Any]:
     training_faces = None
     if chip_report is not None:
         training_faces = {"images": chip_report.images, "no_face": len(chip_report.no_face),
-                          "several_faces": len(chip_report.several_faces)}
+                          "several_faces": len(chip_report.several_faces),
+                          "found_by_cnn": len(chip_report.found_by_cnn)}
     return {
         "face_chips": True,
         "chip": {"size": CHIP_SIZE, "padding": CHIP_PADDING, "alignment": ALIGNMENT_VERSION},

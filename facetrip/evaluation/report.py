@@ -435,7 +435,8 @@ def evaluate_run(
         "metric": metric,
         "faces": None if chip_report is None else {
             "images": chip_report.images, "no_face": len(chip_report.no_face),
-            "several_faces": len(chip_report.several_faces), "summary": chip_report.summary(),
+            "several_faces": len(chip_report.several_faces), "found_by_cnn": len(chip_report.found_by_cnn),
+            "summary": chip_report.summary(),
         },
         "pairs": {
             "how": pairs.how,

