@@ -80,13 +80,15 @@ DETECTION_MAX_SIDE = 1000
 MAX_UPSAMPLING = 3
 
 # Only where HOG finds no face, the CNN detector searches the photo resized so that its
-# longer side is within CNN_MIN_SIDE..CNN_MAX_SIDE, without dlib's upsampling. It finds
-# faces of about 80 pixels and up at some 4 microseconds a pixel on one core: 0.23 s for
-# a 250 x 250 LFW photo, 1 s at the 500-pixel cap. Measured on the 7,701 photos of LFW's
+# longer side is within CNN_MIN_SIDE..CNN_MAX_SIDE, without dlib's upsampling. Its window
+# is 80 pixels (it finds faces down to about 60), at some 4 microseconds a pixel on one
+# core: 0.23 s for a 250 x 250 LFW photo, 1 s at the 500-pixel cap. A copy whose shorter
+# side is under CNN_MIN_SHORTER_SIDE is not searched. Measured on the 7,701 photos of LFW's
 # pairs.txt, HOG finds no face in 23 and the CNN finds all 23; in Extended Yale B's
 # half-lit photos HOG finds none in 1,793 of 2,414, the CNN about half of those.
 CNN_MIN_SIDE = 200
 CNN_MAX_SIDE = 500
+CNN_MIN_SHORTER_SIDE = 40
 
 # Which detector found the chip's face (the chip's PNG records it).
 HOG_DETECTOR = "hog"
@@ -318,6 +320,8 @@ def _detect_faces_cnn(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     height, width = rgb.shape[:2]
     longer = max(height, width)
     searched = _resized(rgb, float(np.clip(longer, CNN_MIN_SIDE, CNN_MAX_SIDE)) / longer)
+    if min(searched.shape[:2]) < CNN_MIN_SHORTER_SIDE:
+        return []  # a strip holds no face the CNN can find, and dlib refuses an image narrower than its filters
     found = [detection.rect for detection in _cnn_detector()(searched, 0)]  # boxes in the searched image's pixels
     scale_x, scale_y = searched.shape[1] / width, searched.shape[0] / height
     boxes = [_box_in_photo(face, scale_x, scale_y) for face in found]

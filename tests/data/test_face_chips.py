@@ -181,9 +181,19 @@ def test_the_cnn_detector_searches_between_200_and_500_pixels(monkeypatch):
             return []
 
     monkeypatch.setattr(face_chips, "_cnn_detector", RecordingDetector)
-    for shape in [(112, 92), (192, 168), (250, 250), (3000, 4000)]:
+    for shape in [(112, 92), (192, 168), (250, 250), (3000, 4000), (1, 1)]:
         assert detect_faces_cnn(np.zeros(shape, np.uint8)) == []
-    assert searched == [((200, 164, 3), 0), ((200, 175, 3), 0), ((250, 250, 3), 0), ((375, 500, 3), 0)]
+    assert searched == [((200, 164, 3), 0), ((200, 175, 3), 0), ((250, 250, 3), 0), ((375, 500, 3), 0), ((200, 200, 3), 0)]
+    searched.clear()
+    for shape in [(1, 1000), (3000, 2), (30, 300)]:  # strips: no face to find, and too thin for dlib's filters
+        assert detect_faces_cnn(np.zeros(shape, np.uint8)) == []
+    assert searched == []
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1000), (3000, 2), (2, 2), (5, 7)])
+def test_a_tiny_or_thin_image_gives_a_whole_image_chip(shape):
+    chip = chip_from_pixels(np.full(shape, 100, np.uint8))
+    assert chip.faces_detected == 0 and chip.detector == "none" and chip.pixels.shape == (CHIP_SIZE, CHIP_SIZE, 3)
 
 
 def test_lfw_photos_hog_misses_are_found_by_the_cnn_detector():
