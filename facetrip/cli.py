@@ -603,8 +603,12 @@ def embed(
                   else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
         fail(escape(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output."))
     if as_json:
-        photos = [{"path": str(path), "label": label, **({} if faces_detected is None else {"faces_detected": int(count)})}
-                  for path, label, count in zip(paths, labels, faces_detected or [None] * len(paths))]
+        from facetrip.verification import face_detectors
+
+        detectors = face_detectors(paths) if faces_detected is not None else [None] * len(paths)
+        photos = [{"path": str(path), "label": label,
+                   **({} if count is None else {"faces_detected": int(count), "face_detector": detector})}
+                  for path, label, count, detector in zip(paths, labels, faces_detected or [None] * len(paths), detectors)]
         typer.echo(json.dumps({"output": str(target), "files": {name: str(path) for name, path in written.items()},
                                "embedding_dim": int(embeddings.shape[1]), "photos": photos}))
         return

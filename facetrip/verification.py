@@ -35,8 +35,9 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         ``threshold_rule`` says how the threshold was chosen. Runs
         on face chips add ``faces_detected`` (faces the detector found in each photo: 0 means
         the whole photo was used as the face, 2 or more that the one at the centre, else the
-        largest, was used) and
-        ``faces_found`` (at least one).
+        largest, was used), ``faces_found`` (at least one) and ``face_detectors`` (which
+        detector found each photo's face: ``"hog"``, ``"cnn"`` where HOG found none, or
+        ``"none"``).
 
     Raises:
         CalibrationError: both ``threshold`` and ``far``, ``far`` outside (0, 1), or ``far``
@@ -60,4 +61,12 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
     if run.face_chips:
         result["faces_detected"] = [int(count) for count in faces_detected]
         result["faces_found"] = [count > 0 for count in faces_detected]
+        result["face_detectors"] = face_detectors([first_image, second_image])
     return result
+
+
+def face_detectors(paths) -> list[str]:
+    """Which detector found the face of each photo file (``"hog"``, ``"cnn"`` or ``"none"``), from the chip cache."""
+    from facetrip.data.face_chips import chip_from_file
+
+    return [chip_from_file(path).detector for path in paths]  # the chips were just cut: memo hits

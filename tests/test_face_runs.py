@@ -69,7 +69,10 @@ def test_verify_and_embed_say_when_no_face_is_found(pretrained_run, tmp_path):
     table = run_cli("verify", orl(1, 1), tmp_path / "noise.png", "--run", pretrained_run)
     assert table.exit_code == 0, table.output
     assert "No face found in 1 of 2 photos" in " ".join(table.output.split())
-    assert verify(pretrained_run, orl(1, 1), tmp_path / "noise.png")["faces_detected"][1] == 0
+    checked = verify(pretrained_run, orl(1, 1), tmp_path / "noise.png")
+    assert checked["faces_detected"] == [1, 0] and checked["face_detectors"] == ["hog", "none"]
+    hog_misses = verify(pretrained_run, orl(33, 4), orl(33, 5))  # HOG finds no face in s33/4.pgm; the CNN does
+    assert hog_misses["face_detectors"] == ["cnn", "hog"] and hog_misses["faces_detected"] == [1, 1]
     folder = tmp_path / "photos" / "someone"
     folder.mkdir(parents=True)
     Image.open(orl(1, 1)).save(folder / "face.png")
@@ -78,6 +81,7 @@ def test_verify_and_embed_say_when_no_face_is_found(pretrained_run, tmp_path):
     assert embedded.exit_code == 0, embedded.output
     report = json.loads(embedded.output)
     assert {Path(photo["path"]).name: photo["faces_detected"] for photo in report["photos"]} == {"face.png": 1, "noise.png": 0}
+    assert {Path(photo["path"]).name: photo["face_detector"] for photo in report["photos"]} == {"face.png": "hog", "noise.png": "none"}
     assert "faces_detected" in (tmp_path / "out" / "metadata.tsv").read_text().splitlines()[0]
 
 
