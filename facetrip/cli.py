@@ -603,9 +603,9 @@ def embed(
                   else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
         fail(escape(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output."))
     if as_json:
-        from facetrip.verification import face_detectors
+        from facetrip.data.model_input import file_face_detectors
 
-        detectors = face_detectors(paths) if faces_detected is not None else [None] * len(paths)
+        detectors = file_face_detectors(paths) if faces_detected is not None else [None] * len(paths)
         photos = [{"path": str(path), "label": label,
                    **({} if count is None else {"faces_detected": int(count), "face_detector": detector})}
                   for path, label, count, detector in zip(paths, labels, faces_detected or [None] * len(paths), detectors)]

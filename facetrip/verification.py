@@ -61,12 +61,7 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
     if run.face_chips:
         result["faces_detected"] = [int(count) for count in faces_detected]
         result["faces_found"] = [count > 0 for count in faces_detected]
-        result["face_detectors"] = face_detectors([first_image, second_image])
+        from facetrip.data.model_input import file_face_detectors
+
+        result["face_detectors"] = file_face_detectors([first_image, second_image])
     return result
-
-
-def face_detectors(paths) -> list[str]:
-    """Which detector found the face of each photo file (``"hog"``, ``"cnn"`` or ``"none"``), from the chip cache."""
-    from facetrip.data.face_chips import chip_from_file
-
-    return [chip_from_file(path).detector for path in paths]  # the chips were just cut: memo hits
