@@ -103,6 +103,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     precision: str = "float32"  # float32 | bf16
     target_far: float = 0.01  # the saved threshold is calibrated to this false-accept rate on dev pairs
+    # After calibration, the saved threshold's false-accept rate on this source's people, never trained on ("" = off;
+    # skipped when it is the training source): facetrip/evaluation/stranger_check.py
+    stranger_check: str = "orl_faces"
     checkpoint_seconds: float = 30.0  # save model + backup at the first epoch end this long after the last save
     seed: int = 0
     distribute: str = "none"  # none | mirrored (every local GPU, or --replicas CPU devices) | multi-worker (TF_CONFIG)

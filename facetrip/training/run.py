@@ -119,6 +119,7 @@ def _train_under_strategy(config: Config, run_dir: Path, write_dir: Path, callba
                           choices: "TrainingChoices", strategy, resume_point: ResumePoint,
                           data: "TrainingData") -> dict[str, Any]:
     """Build (under ``strategy``'s scope), fit, export into ``write_dir``; the chief then calibrates into ``run_dir``."""
+    from facetrip.evaluation.stranger_check import check_threshold_on_strangers
     from facetrip.evaluation.threshold import calibrate_threshold
     from facetrip.models.tta import with_test_time_augmentation
     from facetrip.training.distribute import finish_workers
@@ -159,6 +160,9 @@ def _train_under_strategy(config: Config, run_dir: Path, write_dir: Path, callba
         save_model_atomically(exported_model, run_dir / MODEL_FILE)
     weights_trained = config.train.epochs > 0 and metadata.interpolation > 0
     calibration = calibrate_threshold(exported_model, data.faces, data.split, config, choices.metric, weights_trained)
+    strangers = check_threshold_on_strangers(exported_model, calibration["threshold"], config, choices.metric)
+    if strangers is not None:
+        extra["stranger_check"] = strangers
     written = metadata.write(epochs_completed=config.train.epochs, **extra, **calibration)
     plot_metrics(run_dir)
     remove_checkpoints(run_dir / BACKUP_DIR)  # last: a kill before this resumes at the calibration
