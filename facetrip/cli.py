@@ -550,6 +550,10 @@ def verify(
                   verdict[result["same_person"]])
     console.print(table)
     console.print(f"Threshold: {result['threshold_rule']}.", style="dim", highlight=False, soft_wrap=True)
+    if "threshold_warning" in result:
+        from rich.markup import escape
+
+        console.print(f"[yellow]Note:[/] {escape(result['threshold_warning'])}", highlight=False, soft_wrap=True)
     if "faces_detected" in result:
         _print_face_counts([first_image, second_image], result["faces_detected"])
 

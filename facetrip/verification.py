@@ -37,7 +37,9 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         the whole photo was used as the face, 2 or more that the one at the centre, else the
         largest, was used), ``faces_found`` (at least one) and ``face_detectors`` (which
         detector found each photo's face: ``"hog"``, ``"cnn"`` where HOG found none, or
-        ``"none"``).
+        ``"none"``). ``threshold_warning``, when the saved threshold decides and it accepted
+        too many strangers from other photos after training
+        (:func:`facetrip.evaluation.stranger_check.loose_threshold_note`).
 
     Raises:
         CalibrationError: both ``threshold`` and ``far``, ``far`` outside (0, 1), or ``far``
@@ -45,6 +47,7 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
     """
     from facetrip.evaluation.calibration import verification_threshold
 
+    threshold_given = threshold
     threshold, threshold_rule = verification_threshold(run.metadata, threshold, far)  # before any image is embedded
     images, faces_detected = run.inputs_of_files([first_image, second_image])  # (2, H, W, C)
     first, second = run.embed_images(images)
@@ -58,6 +61,12 @@ def verify(run: Run, first_image: str | Path, second_image: str | Path, threshol
         "metric": run.metadata["metric"],
         "run": str(run.path),
     }
+    if threshold_given is None and far is None:
+        from facetrip.evaluation.stranger_check import loose_threshold_note
+
+        note = loose_threshold_note(run.metadata)
+        if note:
+            result["threshold_warning"] = note
     if run.face_chips:
         result["faces_detected"] = [int(count) for count in faces_detected]
         result["faces_found"] = [count > 0 for count in faces_detected]

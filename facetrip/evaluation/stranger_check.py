@@ -54,6 +54,21 @@ def stranger_false_accepts(different_distances, threshold: float, target_far: fl
             "threshold_at_target": empirical_threshold(different, target_far)}
 
 
+def loose_threshold_note(metadata: dict[str, Any]) -> str | None:
+    """The run's stranger-check summary when its saved threshold accepted too many strangers, else None.
+
+    "Too many" is more than :data:`WARN_FACTOR` times the target, as at training time;
+    ``verify`` shows it when it decides with the saved threshold.
+    """
+    check = metadata.get("stranger_check")
+    if not isinstance(check, dict) or not isinstance(check.get("far"), (int, float)):
+        return None
+    target = check.get("target_far")
+    if not isinstance(target, (int, float)) or check["far"] <= WARN_FACTOR * target:
+        return None
+    return str(check.get("summary") or f"the saved threshold accepts {percent(check['far'])} of strangers' pairs")
+
+
 def check_threshold_on_strangers(model, threshold: float | None, config, metric: str) -> dict[str, Any] | None:
     """:func:`stranger_false_accepts` on the photos of ``config.train.stranger_check``, with one line for the terminal.
 

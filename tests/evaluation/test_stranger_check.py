@@ -86,3 +86,36 @@ def test_strangers_that_cannot_be_loaded_are_reported_not_raised(tmp_path, caplo
         check = check_threshold_on_strangers(None, 0.5, config, "euclidean")
     assert check["source"] == f"folder:{tmp_path / 'nowhere'}" and "does not exist" in check["skipped"]
     assert any("was not checked" in record.getMessage() for record in caplog.records)
+
+
+def test_loose_threshold_note_only_above_the_warning_level():
+    from facetrip.evaluation.stranger_check import loose_threshold_note
+
+    def metadata(far, target=0.01):
+        return {"stranger_check": {"source": "orl_faces", "far": far, "target_far": target, "summary": "too loose"}}
+
+    assert loose_threshold_note(metadata(WARN_FACTOR * 0.01 + 1e-6)) == "too loose"
+    assert loose_threshold_note(metadata(WARN_FACTOR * 0.01)) is None
+    assert loose_threshold_note({"stranger_check": {"source": "orl_faces", "skipped": "the run trains on these people"}}) is None
+    assert loose_threshold_note({}) is None
+
+
+def test_verify_notes_a_threshold_that_accepted_too_many_strangers(finished_run, tmp_path):
+    import shutil
+
+    from conftest import run_cli
+    from facetrip.data.orl import orl_faces_root
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    metadata["stranger_check"] = {"source": "orl_faces", "far": 0.5, "target_far": 0.01, "different_pairs": 78000,
+                                  "threshold_at_target": 0.1, "summary": "On 40 strangers ... accepts 50% ..."}
+    (run_dir / "metadata.json").write_text(json.dumps(metadata))
+    first, second = orl_faces_root() / "s1" / "1.pgm", orl_faces_root() / "s2" / "1.pgm"
+    saved = json.loads(run_cli("verify", first, second, "--run", run_dir, "--json").output)
+    assert saved["threshold_warning"] == "On 40 strangers ... accepts 50% ..."
+    given = json.loads(run_cli("verify", first, second, "--run", run_dir, "--json", "--threshold", "0.3").output)
+    assert "threshold_warning" not in given  # the user's own threshold: nothing to warn about
+    table = run_cli("verify", first, second, "--run", run_dir)
+    assert table.exit_code == 0 and "Note: On 40 strangers ... accepts 50% ..." in " ".join(table.output.split())
