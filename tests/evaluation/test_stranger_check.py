@@ -55,13 +55,15 @@ def test_the_check_counts_the_strangers_pairs_under_the_threshold(data_dir, tmp_
     assert check["source"] == "orl_faces" and check["different_pairs"] == len(different) == 78_000
     assert check["far"] == pytest.approx(np.mean(different <= threshold), abs=2e-5)
     assert check["far"] > WARN_FACTOR * config.train.target_far
-    assert "it fits photos like the dev people's" in check["summary"] and "verify --threshold" in check["summary"]
+    assert "fits photos like the dev people's" in check["summary"]
+    assert f"verify with --threshold {check['threshold_at_target']:.3f}" in check["summary"]
     assert any("accepts" in record.getMessage() for record in caplog.records)
     strict = stranger_false_accepts(different, threshold, config.train.target_far)["threshold_at_target"]
     assert check["threshold_at_target"] == pytest.approx(strict, abs=1e-5)
     # a threshold below every stranger pair: no warning
     quiet = check_threshold_on_strangers(model, float(different.min()) / 2, config, "euclidean")
     assert quiet["far"] == 0 and "fits photos" not in quiet["summary"]
+    assert f"{check['threshold_at_target']:.3f} gives the target on them" in quiet["summary"]
     json.dumps(check)  # it goes into metadata.json
 
 
