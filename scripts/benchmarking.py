@@ -408,3 +408,33 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], alig
 def ratio_cell(value: float, reference: float, digits: int = 2) -> str:
     """``value / reference`` as a table cell, e.g. ``38.31x``."""
     return f"{value / reference:.{digits}f}x"
+
+
+def train_and_evaluate_run(data: str, split: int, epochs: int, output: Path, settings: Mapping[str, object] = {},
+                           callbacks: Sequence[object] = ()) -> dict:
+    """An experiment's run: the default config on ``data`` with ``settings``, trained into ``output``, then evaluated.
+
+    Args:
+        data: the data source; split: ``split.seed``; epochs: ``train.epochs``.
+        output: the new run directory.
+        settings: further ``section.key`` -> value config settings.
+        callbacks: extra Keras callbacks for ``fit``.
+
+    Returns:
+        the evaluation report of the run's test people (no baselines); its EER is printed.
+    """
+    from facetrip.config import Config
+    from facetrip.evaluation.report import evaluate_run
+    from facetrip.training import prepare_run_dir, train
+
+    config = Config()
+    config.set("data.source", data)
+    config.set("split.seed", split)
+    config.set("train.epochs", epochs)
+    for key, value in settings.items():
+        config.set(key, value)
+    prepare_run_dir(config, output)
+    train(config, output, callbacks=callbacks)
+    report = evaluate_run(output, baselines=False)
+    print(f"{output}: test EER {100 * report['model']['eer']:.2f}%, AUC {report['model']['auc']:.4f}")
+    return report

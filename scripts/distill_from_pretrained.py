@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def anchor_chips(source: str, image_size, channels: int):
@@ -115,30 +116,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import facetrip.training.embedding_trainer as embedding_trainer
+    from benchmarking import train_and_evaluate_run
     from facetrip.config import Config
-    from facetrip.evaluation.report import evaluate_run
-    from facetrip.training import prepare_run_dir, train
 
-    config = Config()
-    config.set("data.source", args.data)
-    config.set("split.seed", args.split)
-    config.set("train.epochs", args.epochs)
+    settings = {}
     for setting in args.set:
         key, value = setting.split("=", 1)
         try:
-            value = json.loads(value)
+            settings[key] = json.loads(value)
         except json.JSONDecodeError:
-            pass  # a string
-        config.set(key, value)
+            settings[key] = value  # a string
+    config = Config()
     anchors = anchor_chips(args.anchors, config.data.image_size, config.data.channels)
     print(f"{len(anchors)} anchor chips from {args.anchors}")
     if args.train_only:
         only_matching_layers_train(args.train_only)
     embedding_trainer.EmbeddingTrainer = distilling_trainer_class(anchors, args.weight, args.anchors_per_step)
-    prepare_run_dir(config, args.output)
-    train(config, args.output)
-    report = evaluate_run(args.output, baselines=False)
-    print(f"{args.output}: test EER {100 * report['model']['eer']:.2f}%, AUC {report['model']['auc']:.4f}")
+    train_and_evaluate_run(args.data, args.split, args.epochs, args.output, settings)
     return 0
 
 

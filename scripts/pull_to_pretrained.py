@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pull_callback(rate: float):
@@ -58,18 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="the new run directory")
     args = parser.parse_args(argv)
 
-    from facetrip.config import Config
-    from facetrip.evaluation.report import evaluate_run
-    from facetrip.training import prepare_run_dir, train
+    from benchmarking import train_and_evaluate_run
 
-    config = Config()
-    config.set("data.source", args.data)
-    config.set("split.seed", args.split)
-    config.set("train.epochs", args.epochs)
-    prepare_run_dir(config, args.output)
-    train(config, args.output, callbacks=[pull_callback(args.rate)])
-    report = evaluate_run(args.output, baselines=False)
-    print(f"{args.output}: test EER {100 * report['model']['eer']:.2f}%, AUC {report['model']['auc']:.4f}")
+    train_and_evaluate_run(args.data, args.split, args.epochs, args.output, callbacks=[pull_callback(args.rate)])
     return 0
 
 
