@@ -59,6 +59,22 @@ def load_source(source: str, data_dir: Optional[str]):
         return load_faces(source, data_dir=data_dir)
 
 
+def load_prepared_source(source: str, data_dir: Optional[str], face_chips: bool, aligned: str = "none"):
+    """A source's prepared set for a command, prepared the first time with a progress bar: ``(faces, chip report)``."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    from facetrip.cli_prepare import preparation_progress
+    from facetrip.data.records import load_model_faces
+
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with preparation_progress(console, f"Preparing {source}") as progress:
+        return load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned, progress=progress)
+
+
 def _print_version_and_exit(requested: bool) -> None:
     if requested:
         version()
@@ -96,8 +112,9 @@ def version() -> None:
     console.print(f"facetrip {__version__}  tensorflow {tf.__version__}  keras {keras.__version__}  dlib {dlib_version}")
 
 
-DATA_HELP = "orl_faces (the offline default), folder:PATH with PATH/<identity>/<image>, or tfds:NAME (e.g. tfds:lfw)."
-DATA_DIR_HELP = "Where tfds keeps prepared datasets (default: ~/tensorflow_datasets)."
+DATA_HELP = ("orl_faces (the offline default), folder:PATH with PATH/<identity>/<image>, rec:PATH (insightface "
+             "train.rec + train.idx) or tfds:NAME (e.g. tfds:lfw).")
+DATA_DIR_HELP = "Where prepared face sets and tfds datasets live (default: ~/tensorflow_datasets)."
 
 
 @app.command()
@@ -118,8 +135,12 @@ def data(
     from facetrip.data import DataError, PKSampler, split_identities
 
     setup_logging()
+    report = None
     try:
-        faces = load_source(source, data_dir)
+        if export is not None:  # the photos as they are
+            faces = load_source(source, data_dir)
+        else:  # the prepared set (prepared now, the first time), as training reads it
+            faces, report = load_prepared_source(source, data_dir, face_chips)
         split = split_identities(faces.identity_names, dev=dev, test=test, seed=seed)
         train = faces.restricted_to(split.train)
         sampler = PKSampler(train.labels, identities_per_batch, images_per_identity, seed=seed)
@@ -131,20 +152,23 @@ def data(
         fail(str(error))
 
     counts = faces.images_per_identity()
-    table = Table(title=f"{faces.source}", show_header=False)
+    from rich.markup import escape
+
+    table = Table(title=escape(f"{faces.source}"), show_header=False)
     table.add_row("images", f"{len(faces)}")
     table.add_row("identities", f"{len(counts)} ({int((counts >= 2).sum())} with two or more images)")
     table.add_row("images per identity", f"min {counts.min()}, median {int(np.median(counts))}, max {counts.max()}")
-    table.add_row("channels", f"{faces.channels}")
+    table.add_row("channels", f"{faces.encoded.prepared.channels if faces.model_input else faces.channels}")
     table.add_row("split (identities)", f"train {len(split.train)}, dev {len(split.dev)}, test {len(split.test)} (seed {seed})")
     table.add_row("train images", f"{len(train)}")
     table.add_row("P x K batches per epoch", f"{sampler.batches_per_epoch} of {sampler.batch_size} images")
-    if face_chips:
+    if face_chips and report is None:
         from facetrip.data.model_input import prepare_faces
 
         with console.status(f"Aligning the faces of {len(faces):,} photos ..."):
             _, report = prepare_faces(faces, True)
-        table.add_row("face chips", report.summary())
+    if report is not None:
+        table.add_row("face chips", escape(report.summary()))
     if export is not None:
         table.add_row("exported", f"{written} photos to {export}/<identity>/")
     console.print(table)
@@ -484,21 +508,28 @@ def _load_run(run: Optional[Path]):
 
 
 def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Optional[str]):
-    """The images of one split (train, dev, test or all) of a run's identities, from its source."""
-    from facetrip.data import IdentitySplit
+    """The images of one split (train, dev, test or all) of a run's identities, from its prepared source."""
+    from rich.markup import escape
+
+    from facetrip.data import DataError, IdentitySplit
 
     recorded = loaded.metadata.get("split") or {}
     missing = [part for part in ("train", "dev", "test", "seed") if part not in recorded]
     if split != "all" and missing:
         fail(f"{loaded.path}/metadata.json records no complete identity split (no {', '.join(missing)}): "
              f"use --split all, or give image files.")
-    faces = load_source(data_source or loaded.metadata["source"], data_dir)
+    source = data_source or loaded.metadata["source"]
+    setup_logging()
+    try:
+        faces, report = loaded.load_faces(source, data_dir)
+    except DataError as error:
+        fail(escape(str(error)))
     if split != "all":
         faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
-    if loaded.face_chips:
-        with console.status(f"Aligning the faces of {len(faces):,} photos ..."):
+        if report is not None:
             faces, report = loaded.prepare_faces(faces)
-        console.print(report.summary(), style="dim", highlight=False)
+    if report is not None:
+        console.print(escape(report.summary()), style="dim", highlight=False)
     return faces
 
 
@@ -1091,3 +1122,8 @@ def cluster(
 
 if __name__ == "__main__":
     app()
+
+
+from facetrip.cli_prepare import prepare as _prepare_command  # noqa: E402 - registered after the app exists
+
+app.command(name="prepare")(_prepare_command)

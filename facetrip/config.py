@@ -39,6 +39,7 @@ class DataConfig:
     source: str = "orl_faces"  # orl_faces | folder:PATH | tfds:NAME[:SPLIT]
     data_dir: str = ""  # tfds storage; "" means tfds' default (~/tensorflow_datasets)
     face_chips: bool = True  # cut the aligned 150x150 face chip of every photo first (facetrip.data.face_chips)
+    aligned: str = "none"  # none (find each face) | dlib (photos are dlib chips) | arcface (112x112 ArcFace crops)
     image_size: list = dataclasses.field(default_factory=lambda: [150, 150])  # height, width of the model input
     channels: int = 3  # 1 (grey) or 3 (RGB); face_resnet reads RGB (grey images are copied to 3 channels)
 
@@ -92,6 +93,7 @@ class ModelConfig:
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = 20
+    steps_per_epoch: int = 0  # 0 = one pass over the identities' photos per epoch; N = N P x K batches
     warmup_epochs: int = 0  # epochs of cosine-softmax classification before the triplet loss takes over
     classification_weight: float = 1.0  # weight of the classification term after the warm-up
     optimizer: str = "lamb"  # lamb (layer-wise steps relative to each weight's size: fine-tuning) | adamw
@@ -278,6 +280,7 @@ ALLOWED: dict[str, Allowed] = {
     "model.dropout": Allowed(0, 1, high_open=True),  # a rate of 1 would drop every feature
     "model.tta_shift": Allowed(0),  # pixels; 0 = off
     "train.epochs": Allowed(0),  # 0 = the network as it is, exported and evaluated
+    "train.steps_per_epoch": Allowed(0),  # 0 = about one pass over the training photos
     "train.warmup_epochs": Allowed(0),
     "train.classification_weight": Allowed(0),
     "train.learning_rate": Allowed(0, low_open=True),

@@ -49,6 +49,9 @@ def model_input_metadata(face_chips: bool, chip_report=None) -> dict[str, Any]:
 def prepare_faces(faces, face_chips: bool):
     """A data set as the model's photos: its aligned face chips, or the images as they are.
 
+    Photos read from a prepared set (``faces.model_input`` set) are ready as they are; their
+    report comes from the set's index.
+
     Args:
         faces: :class:`~facetrip.data.FaceImages` of encoded photos.
         face_chips: reduce each photo to its aligned face chip first.
@@ -56,6 +59,16 @@ def prepare_faces(faces, face_chips: bool):
     Returns:
         ``(FaceImages, ChipReport or None)``.
     """
+    if faces.model_input is not None:
+        from facetrip.data.chip_examples import WHOLE_PHOTOS
+        from facetrip.data.records import chip_report_of
+
+        if face_chips == (faces.model_input == WHOLE_PHOTOS):
+            raise ValueError(f"photos prepared as {faces.model_input} given to a model that "
+                             f"{'reads' if face_chips else 'does not read'} face chips")
+        if faces.model_input == WHOLE_PHOTOS:
+            return faces, None
+        return faces, chip_report_of(faces.encoded.prepared, faces.encoded.positions)
     if not face_chips:
         return faces, None
     from facetrip.data.face_chips import chip_faces

@@ -164,11 +164,25 @@ def _batch_reader(faces: FaceImages, image_size, channels: int):
         batches = [images for images, _ in image_dataset(faces, image_size, channels, batch_size=256)]
         images = tf.Variable(tf.concat(batches, axis=0), trainable=False)  # (N, H, W, C)
         return lambda indices: tf.gather(images, indices)
-    table = _image_table(faces.encoded)
+    read_encoded = _encoded_reader(faces)
     return lambda indices: tf.map_fn(
-        lambda index: preprocess_encoded(table.lookup(index), image_size, channels), indices,
+        lambda encoded: preprocess_encoded(encoded, image_size, channels), read_encoded(indices),
         fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32),
     )  # (B, H, W, C)
+
+
+def _encoded_reader(faces: FaceImages):
+    """A function from (B,) int64 image indices to their (B,) encoded images.
+
+    Photos of a prepared set are read from its shards by random access; photos held in
+    memory are looked up in a table of their bytes.
+    """
+    from facetrip.data.records import RecordColumn, encoded_image_reader
+
+    if isinstance(faces.encoded, RecordColumn):
+        return encoded_image_reader(faces.encoded)
+    table = _image_table(faces.encoded)
+    return table.lookup
 
 
 def _image_table(encoded: np.ndarray):
@@ -254,11 +268,14 @@ def image_dataset(faces: FaceImages, image_size: tuple[int, int], channels: int,
     """Every image once, in order, without augmentation: ``(images, labels)`` batches for embedding."""
     import tensorflow as tf
 
-    table = _image_table(faces.encoded)
+    read_encoded = _encoded_reader(faces)
     labels = tf.constant(faces.labels, tf.int64)
+    height, width = image_size
 
-    def load(index):
-        return preprocess_encoded(table.lookup(index), image_size, channels), tf.gather(labels, index)
+    def load(indices):
+        images = tf.map_fn(lambda encoded: preprocess_encoded(encoded, image_size, channels), read_encoded(indices),
+                           fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))  # (B, H, W, C)
+        return images, tf.gather(labels, indices)
 
-    dataset = tf.data.Dataset.range(len(faces)).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.range(len(faces)).batch(batch_size)
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -33,12 +33,15 @@ class PKSampler:
         identities_per_batch: P, distinct identities per batch.
         images_per_identity: K, images of each identity per batch.
         seed: the same seed gives the same batches, epoch by epoch.
+        steps_per_epoch: batches per epoch; 0 for about one pass over the images
+            (:attr:`batches_per_epoch`), a number for sets whose pass is too long.
 
     Raises:
         DataError: fewer than P identities have two or more images.
     """
 
-    def __init__(self, labels, identities_per_batch: int, images_per_identity: int = 4, seed: int = 0):
+    def __init__(self, labels, identities_per_batch: int, images_per_identity: int = 4, seed: int = 0,
+                 steps_per_epoch: int = 0):
         if identities_per_batch < 2:
             raise DataError(f"P (identities per batch) must be at least 2 for triplets, not {identities_per_batch}.")
         if images_per_identity < 2:
@@ -47,6 +50,7 @@ class PKSampler:
         self.identities_per_batch = int(identities_per_batch)
         self.images_per_identity = int(images_per_identity)
         self.seed = int(seed)
+        self.steps_per_epoch = int(steps_per_epoch)
 
         identities, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         usable = counts >= 2
@@ -85,7 +89,9 @@ class PKSampler:
 
     @property
     def batches_per_epoch(self) -> int:
-        """About one pass over the images: round(images / (P K)), at least 1."""
+        """``steps_per_epoch`` when set, else about one pass over the images: round(images / (P K)), at least 1."""
+        if self.steps_per_epoch > 0:
+            return self.steps_per_epoch
         return max(1, int(round(len(self._image_index) / self.batch_size)))
 
     def epoch(self, epoch: int) -> np.ndarray:

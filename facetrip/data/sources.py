@@ -6,6 +6,8 @@ Source names, on the command line and in configs:
 - ``folder:PATH`` (or a path to an existing folder): ``PATH/<identity>/<image>``.
 - ``tfds:NAME`` or ``tfds:NAME:SPLIT``: any tfds dataset with an image and an identity
   label (for example ``tfds:lfw``); all splits by default.
+- ``rec:PATH``: an insightface / MXNet RecordIO set (``PATH/train.rec``, ``PATH/train.idx``),
+  112 x 112 crops on the ArcFace template, read without mxnet (:mod:`facetrip.data.recordio`).
 
 :func:`load_faces` returns the images still encoded (decoding happens in the tf.data
 pipeline), with integer identity labels and their names.
@@ -47,15 +49,15 @@ def utf8_name(name: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # "orl_faces" | "folder" | "tfds"
+    kind: str  # "orl_faces" | "folder" | "tfds" | "rec"
     name: str  # tfds name, or the folder path
     split: str = "all"
 
     def __str__(self) -> str:
         if self.kind == "orl_faces":
             return "orl_faces"
-        if self.kind == "folder":
-            return f"folder:{self.name}"
+        if self.kind in ("folder", "rec"):
+            return f"{self.kind}:{self.name}"
         return f"tfds:{self.name}" + ("" if self.split == "all" else f":{self.split}")
 
 
@@ -73,6 +75,11 @@ def parse_source(source: str) -> SourceSpec:
         if not path:
             raise DataError("folder: needs a path, for example folder:~/faces.")
         return SourceSpec("folder", path)
+    if text.startswith("rec:"):
+        path = text[len("rec:") :]
+        if not path:
+            raise DataError("rec: needs a folder holding train.rec and train.idx, for example rec:~/faces_emore.")
+        return SourceSpec("rec", path)
     if text.startswith("tfds:"):
         name, _, split = text[len("tfds:") :].partition(":")
         if not name:
@@ -81,7 +88,7 @@ def parse_source(source: str) -> SourceSpec:
     if text and Path(text).expanduser().is_dir():
         return SourceSpec("folder", text)
     raise DataError(
-        f"Unknown data source {source!r}: use orl_faces, folder:PATH (PATH/<identity>/<image>) or tfds:NAME."
+        f"Unknown data source {source!r}: use orl_faces, folder:PATH (PATH/<identity>/<image>), rec:PATH or tfds:NAME."
     )
 
 
@@ -96,6 +103,10 @@ class FaceImages:
         file_names: (N,) str, where each image came from.
         channels: the source's own channels (1 for grey sources, 3 for colour).
         source: the source name it was loaded from.
+        model_input: None for the source's photos as they are; for photos read from a
+            prepared set (:func:`facetrip.data.records.load_model_faces`), how they were
+            prepared (``chips``, ``dlib``, ``arcface`` or ``photos``): ``encoded`` and
+            ``file_names`` are then :class:`~facetrip.data.records.RecordColumn` s, read from disk.
     """
 
     encoded: np.ndarray
@@ -104,6 +115,7 @@ class FaceImages:
     file_names: np.ndarray
     channels: int
     source: str
+    model_input: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -344,7 +344,6 @@ def evaluate_run(
         ReportNotWritten: (an EvaluationError) the run directory cannot be written; it
             carries the report.
     """
-    from facetrip.data import load_faces
     from facetrip.evaluation.baselines import BaselineError, fit_baselines, fit_sample
     from facetrip.evaluation.metrics import error_breakdown, roc, verification_metrics
     from facetrip.evaluation.pairs import distances_between
@@ -370,7 +369,7 @@ def evaluate_run(
     run = Run.load(run_dir)
     source = data_source or training_source
     stage(f"Loading {source} ...")
-    faces = load_faces(source, data_dir=data_dir)
+    faces, _ = run.load_faces(source, data_dir=data_dir)  # as the model reads them, from the prepared set
     left_out: list[str] = []
 
     if named is not None:

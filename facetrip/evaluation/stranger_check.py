@@ -84,8 +84,8 @@ def check_threshold_on_strangers(model, threshold: float | None, config, metric:
         ``summary``; or ``{"source", "skipped"}`` when the check cannot run (the run trains
         on that source, or it cannot be loaded); None when it is off or there is no threshold.
     """
-    from facetrip.data import DataError, load_faces
-    from facetrip.data.model_input import prepare_faces
+    from facetrip.data import DataError
+    from facetrip.data.records import load_model_faces
     from facetrip.embedding import embed_faces
     from facetrip.evaluation import pair_distances
     from facetrip.evaluation.report import is_same_source
@@ -96,8 +96,7 @@ def check_threshold_on_strangers(model, threshold: float | None, config, metric:
     try:
         if is_same_source(source, config.data.source):
             return {"source": source, "skipped": "the run trains on these people"}
-        faces = load_faces(source, data_dir=config.data.data_dir or None)
-        faces, _ = prepare_faces(faces, config.data.face_chips)
+        faces, _ = load_model_faces(source, data_dir=config.data.data_dir or None, face_chips=config.data.face_chips)
     except (DataError, OSError, ValueError) as error:
         logger.warning("The threshold was not checked on the strangers of %s: %s", source, error)
         return {"source": source, "skipped": str(error)}

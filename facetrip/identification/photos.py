@@ -95,11 +95,13 @@ def read_files(paths, labels, identity_names: list[str], source: str, skip_unrea
     return Photos(faces, skipped)
 
 
-def gallery_photos(gallery: str, data_dir: str | None = None) -> Photos:
+def gallery_photos(gallery: str, data_dir: str | None = None, run=None) -> Photos:
     """The photos of known people: ``GALLERY/<person>/<photo>`` read from disk, or any data source spec.
 
     A folder (or ``folder:PATH``) is read file by file, each photo named by its path; other
-    sources (``orl_faces``, ``tfds:NAME``) come through :func:`facetrip.data.load_faces`.
+    sources (``orl_faces``, ``rec:PATH``, ``tfds:NAME``) come from their prepared set, as
+    ``run``'s model reads them (:meth:`facetrip.runs.loaded_run.Run.load_faces`), or as
+    they are when no run is given.
 
     Raises:
         DataError: an unknown source, or a folder without ``<person>/<photo>`` images.
@@ -108,6 +110,8 @@ def gallery_photos(gallery: str, data_dir: str | None = None) -> Photos:
 
     spec = parse_source(gallery)
     if spec.kind != "folder":
+        if run is not None:
+            return Photos(run.load_faces(gallery, data_dir)[0], [])
         return Photos(load_faces(gallery, data_dir=data_dir), [])
     from facetrip.data.folder import list_identity_images
 
@@ -149,6 +153,8 @@ def embed_photos(run, faces, on_stage=None) -> Embedded:
     prepared, report = run.prepare_faces(faces)
     if report is None:
         faces_detected = np.full(len(faces), WHOLE_IMAGE, np.int64)
+    elif prepared.model_input is not None:  # from a prepared set's index, nothing decoded
+        faces_detected = np.maximum(prepared.encoded.prepared.faces_detected[prepared.encoded.positions], 0).astype(np.int64)
     else:
         from facetrip.data.face_chips import faces_detected_in
 

@@ -129,7 +129,7 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
         ann_search.require_library()
     if on_stage is not None:
         on_stage(f"Reading {gallery} ...")
-    photos = gallery_photos(gallery, data_dir)
+    photos = gallery_photos(gallery, data_dir, run)
     faces = photos.faces
     if not len(faces):
         raise GalleryIndexError(f"The gallery {gallery} holds no readable photo: nothing to index.")

@@ -85,6 +85,19 @@ class Run:
         """(N, D) float32 embeddings of model inputs (N, H, W, C) in [0, 1]; the model is a black box."""
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0), np.float32)
 
+    def load_faces(self, source: str, data_dir: str | None = None, aligned: str = "none"):
+        """A source's photos as this run's model reads them, from its prepared set: ``(faces, report)``.
+
+        Args:
+            source: a data source name.
+            data_dir: where prepared sets live.
+            aligned: the source's photos are aligned already (``dlib``, ``arcface``), or ``none``.
+        """
+        from facetrip.data.records import load_model_faces, logged_progress
+
+        return load_model_faces(source, data_dir=data_dir, face_chips=self.face_chips, aligned=aligned,
+                                progress=logged_progress(f"Preparing {source}"))
+
     def prepare_faces(self, faces):
         """A data set as this run's model reads it (aligned face chips when the run uses them): ``(faces, report)``."""
         from facetrip.data.model_input import prepare_faces

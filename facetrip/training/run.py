@@ -313,14 +313,13 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
     Returns:
         The run's :class:`TrainingData`.
     """
-    from facetrip.data import PKSampler, load_faces, split_identities
-    from facetrip.data.model_input import prepare_faces
+    from facetrip.data import PKSampler, split_identities
+    from facetrip.data.records import load_model_faces, logged_progress
     from facetrip.data.synthetic import blended_identities
 
-    faces = load_faces(config.data.source, data_dir=config.data.data_dir or None)
-    if config.data.face_chips:
-        logger.info("Aligning the faces of %d photos (cached after the first time) ...", len(faces))
-    faces, chip_report = prepare_faces(faces, config.data.face_chips)
+    faces, chip_report = load_model_faces(config.data.source, data_dir=config.data.data_dir or None,
+                                          face_chips=config.data.face_chips, aligned=config.data.aligned,
+                                          progress=logged_progress(f"Preparing {config.data.source}"))
     if chip_report is not None:
         logger.info("%s", chip_report.summary())
     split_path = run_dir / SPLIT_FILE
@@ -338,7 +337,8 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
         logger.warning("augment.blended_identities = %d is ignored: augmentation is off (augment.enabled = false).",
                        config.augment.blended_identities)
     sampler = PKSampler(
-        train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity, seed=config.train.seed
+        train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity, seed=config.train.seed,
+        steps_per_epoch=config.train.steps_per_epoch,
     )
     return TrainingData(faces, chip_report, split, train_faces, sampler)
 

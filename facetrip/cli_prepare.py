@@ -1,0 +1,107 @@
+"""`facetrip prepare`: a source's photos turned once into a prepared face set on disk.
+
+Parses, calls :func:`facetrip.data.records.load_model_faces`, renders with rich; the
+command is registered on the app in :mod:`facetrip.cli`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+# The failed photos a run of `prepare` names one by one; the rest are counted.
+SHOWN_FAILURES = 20
+
+
+def prepare(
+    source: str = typer.Argument("orl_faces", help="orl_faces, folder:PATH (PATH/<identity>/<photo>), rec:PATH "
+                                                   "(insightface train.rec + train.idx) or tfds:NAME."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where prepared sets live (default: ~/tensorflow_datasets)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (0: every core)."),
+    aligned: str = typer.Option("none", "--aligned", help="none: find each face; dlib: the photos are dlib face chips; "
+                                                          "arcface: 112x112 ArcFace crops (implied for rec:)."),
+    face_chips: bool = typer.Option(True, "--face-chips/--no-face-chips", help="Store face chips (the default), or whole "
+                                                                                "images for models that read them."),
+    beam_runner: str = typer.Option("", "--beam-runner", help="Prepare as an Apache Beam pipeline on this runner "
+                                                              "(DirectRunner, DataflowRunner, ...; needs facetrip[beam])."),
+    beam_options: str = typer.Option("", "--beam-options", help='The Beam runner\'s options, e.g. "--direct_num_workers=2".'),
+) -> None:
+    """Prepare a source once: every photo decoded, its face found and cut as a 150 x 150 chip, stored as ArrayRecord shards.
+
+    Later commands (train, evaluate, embed, mine, index) read the prepared set by random
+    access. An interrupted preparation resumes from the shards it finished; a photo that
+    fails is listed here and left out, never a reason to stop.
+    """
+    from facetrip.cli import console, fail, setup_logging
+    from facetrip.tf_runtime import import_tensorflow
+
+    if beam_options and not beam_runner:
+        beam_runner = "DirectRunner"
+    setup_logging()
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    from facetrip.data import DataError
+    from facetrip.data.records import load_model_faces
+
+    tfds.disable_progress_bar()
+    started = time.monotonic()
+    try:
+        with preparation_progress(console, f"Preparing {source}") as progress:
+            faces, report = load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned,
+                                             workers=workers, beam_runner=beam_runner, beam_options=beam_options,
+                                             progress=progress)
+    except DataError as error:
+        fail(escape(str(error)))
+    seconds = time.monotonic() - started
+    prepared = faces.encoded.prepared
+    failures = prepared.failures()
+    table = Table(title=f"facetrip prepare {escape(prepared.source)}", show_header=False)
+    table.add_row("prepared set", escape(str(prepared.path)))
+    table.add_row("records", f"{len(prepared):,} ({prepared.mode}) in {len(prepared.shard_paths())} shards")
+    table.add_row("usable photos", f"{len(faces):,} of {len(faces.identity_names):,} identities")
+    table.add_row("failed photos", f"{len(failures):,}")
+    if report is not None:
+        table.add_row("faces", escape(report.summary()))
+    table.add_row("time", f"{seconds:.1f} s")
+    console.print(table)
+    for name, error in failures[:SHOWN_FAILURES]:
+        console.print(f"  failed: {escape(name)}: {escape(error)}", highlight=False, soft_wrap=True)
+    if len(failures) > SHOWN_FAILURES:
+        console.print(f"  ... and {len(failures) - SHOWN_FAILURES:,} more", highlight=False)
+
+
+class preparation_progress:
+    """A rich bar on a terminal, a log line at most every 30 s otherwise; called as ``progress(done, total)``."""
+
+    def __init__(self, console: Console, what: str):
+        self.console = console
+        self.what = what
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if not self.console.is_terminal:
+            from facetrip.data.records import logged_progress
+
+            return logged_progress(self.what)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=True)
+        self.bar.__enter__()
+        self.task = self.bar.add_task(escape(self.what), total=None)
+        return self._update
+
+    def _update(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.__exit__(*exc_info)
+        return False

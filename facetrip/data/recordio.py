@@ -1,0 +1,751 @@
+"""insightface face sets in MXNet's RecordIO format, read (and written) without MXNet.
+
+A set is a folder holding:
+
+- ``train.rec``: the records, one after another. Each is::
+
+      uint32 magic 0xced7230a | uint32 (cflag << 29 | length) | payload (length bytes) | zero padding to 4 bytes
+
+  and its payload is an ``IRHeader`` (struct ``'<IfQQ'``: flag, label, id, id2; 24 bytes),
+  then ``flag`` float32 labels when ``flag > 0`` (the ``label`` field is then 0), then the
+  encoded image (JPEG or PNG bytes). facetrip reads whole records only (``cflag == 0``);
+  MXNet splits a record into parts (``cflag`` 1, 2, 3) only when its payload holds the
+  magic number itself, which insightface's writers never produce for a face set.
+- ``train.idx``: text, one ``key<TAB>offset`` line per record, the byte offset in
+  ``train.rec`` of the record's magic number.
+- ``property`` (optional): one line ``num_classes,height,width``, e.g. ``85742,112,112``.
+
+In insightface's sets record 0 is a header whose two labels are ``(N + 1, N + 1 + C)``
+and which holds no image; records ``1 .. N`` are the photos, the label (or the first of
+several labels) naming the identity; records ``N + 1 .. N + C`` hold each identity's
+range of photo keys, labels ``(first key, last key + 1)``. A set without the header
+record (record 0 is a photo) is read as photos under every key of ``train.idx``.
+
+:func:`open_record_set` reads ``train.idx`` and the first bytes of every photo record
+(never their images), checks them, and returns a :class:`RecordSet`: the photos' keys
+and labels as numpy arrays (16 bytes per photo for the keys and offsets, 8 for the
+labels), and random access to each photo's encoded bytes by ``os.pread``, which threads
+may call at once. Whether those bytes decode to an image is the caller's concern: the
+reader hands back what the record holds. :func:`write_record_set` writes a set in
+insightface's layout, for tests and benchmarks.
+
+What the files say is never trusted: a length, a label count or an offset read from them
+is checked against the file's size and against fixed caps before anything is read or
+allocated by it. A photo record that cannot be used (wrong magic, truncated, absurd
+length, bad label) is counted in :attr:`RecordSet.skipped` and left out, with one warning;
+a set of which nothing usable is left, or whose header contradicts its index, is refused
+with a one-line :class:`RecordIOError` that names the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import logging
+import math
+import os
+import stat
+import struct
+import warnings
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from facetrip.data.errors import DataError
+from facetrip.data.images import read_at_most
+
+logger = logging.getLogger(__name__)
+
+RECORDS_FILE = "train.rec"
+INDEX_FILE = "train.idx"
+PROPERTY_FILE = "property"
+
+RECORD_MAGIC = 0xCED7230A
+_LENGTH_BITS = 29
+_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
+
+# The record's 8-byte prefix (magic, cflag and length), then the IRHeader.
+_RECORD_PREFIX = struct.Struct("<II")
+IR_HEADER = struct.Struct("<IfQQ")
+_HEADER_END = _RECORD_PREFIX.size + IR_HEADER.size  # 32: where the extra labels, or the image, start
+_LABEL = struct.Struct("<f")
+
+# What is read of each photo record to learn its label: the prefix, the IRHeader and the
+# first extra label (read even when flag is 0; it is then the image's first bytes).
+_PHOTO_HEAD_BYTES = _HEADER_END + _LABEL.size  # 36
+_PHOTO_HEAD = np.dtype(
+    [("magic", "<u4"), ("cflag_length", "<u4"), ("flag", "<u4"), ("label", "<f4"),
+     ("id", "<u8"), ("id2", "<u8"), ("first_label", "<f4")]
+)
+assert _PHOTO_HEAD.itemsize == _PHOTO_HEAD_BYTES
+
+# A record longer than this is taken for a corrupt length (a 112 x 112 JPEG takes some
+# 5-10 KB; a 4000 x 3000 phone photo some 5 MB).
+MAX_RECORD_BYTES = 64 << 20
+# A record with more labels than this is taken for a corrupt flag (insightface's have 1 or 2).
+MAX_LABELS_PER_RECORD = 1024
+# Identity labels are float32 in the file: integers are exact up to 2**24.
+_MAX_EXACT_LABEL = 1 << 24
+# The index is read whole: some 20 bytes a line, so this is ~100 million records.
+MAX_INDEX_BYTES = 2 << 30
+_MAX_PROPERTY_BYTES = 1024
+# An index number longer than this many digits cannot be an int64 key or offset.
+_MAX_INDEX_DIGITS = 18
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+# Byte lookup tables: bytes.split()'s whitespace (tab, newline, vertical tab, form feed,
+# carriage return, space), and the decimal digits.
+_IS_INDEX_WHITESPACE = np.isin(np.arange(256), [9, 10, 11, 12, 13, 32])
+_IS_DIGIT = (np.arange(256) >= ord("0")) & (np.arange(256) <= ord("9"))
+
+
+class RecordIOError(DataError):
+    """A RecordIO face set is missing, unreadable or corrupt; the message names the file and what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.splitlines()))  # one line, whatever a path holds
+
+
+class PhotoRecord(NamedTuple):
+    """One photo of a set: its identity label and its encoded image, as the record holds them."""
+
+    label: int
+    image: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """The labels of insightface's header record 0: photos are keys 1 .. num_photos."""
+
+    num_photos: int
+    end_key: int  # N + 1 + C: keys of the identity-range records end here
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _open_regular_file(path: Path, what: str) -> int:
+    """A read-only descriptor of ``path``, refused unless it is a regular file; never waits on a FIFO.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message ("the records file").
+
+    Returns:
+        the open descriptor.
+
+    Raises:
+        RecordIOError: the file is missing, unreadable, or not a regular file.
+    """
+    try:
+        # Checked before opening, as opening a device can do things of its own.
+        _check_regular(os.stat(path), path, what)
+        descriptor = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise RecordIOError(f"{path}: no such file; a RecordIO set needs {what} here") from None
+    except OSError as error:
+        raise RecordIOError(f"{path} cannot be read ({error.strerror}); check its permissions") from None
+    try:
+        _check_regular(os.fstat(descriptor), path, what)  # what was opened: it may have been replaced since
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _check_regular(status: os.stat_result, path: Path, what: str) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise RecordIOError(f"{path} is {kind}; a RecordIO set needs {what} there as a regular file")
+
+
+def _read_small_file(path: Path, what: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, read through one descriptor.
+
+    No more than the file's size (plus one byte, to see it grow) is ever asked for.
+    """
+    descriptor = _open_regular_file(path, what)
+    try:
+        size = os.fstat(descriptor).st_size
+        data = read_at_most(descriptor, size) if size <= max_bytes else b""
+    except OSError as error:
+        raise RecordIOError(f"{path} cannot be read ({error.strerror})") from None
+    finally:
+        os.close(descriptor)
+    if size > max_bytes:
+        raise RecordIOError(f"{path} is too large for {what} ({size:,} bytes, at most {max_bytes:,}): "
+                                      f"is it the right file?")
+    if len(data) != size:
+        raise RecordIOError(f"{path} changed while it was read; open the set again when it is written")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# train.idx
+
+
+@dataclasses.dataclass
+class _Index:
+    keys: np.ndarray  # (R,) int64, sorted
+    offsets: np.ndarray  # (R,) int64, the offset of each key's record
+    malformed_lines: list[int]  # 1-based line numbers
+
+
+def parse_index(text: bytes, path: Path) -> _Index:
+    """The keys and offsets of a ``train.idx`` file's lines, sorted by key.
+
+    Lines are ``key<TAB>offset`` (any whitespace between); blank lines are ignored, and a
+    line that is not two non-negative integers is counted as malformed and left out. The
+    work is done on the whole file at once with numpy (a million lines in a fraction of a
+    second).
+
+    Args:
+        text: the file's bytes.
+        path: the file, for messages.
+
+    Returns:
+        the sorted keys, their offsets and the malformed lines' numbers.
+
+    Raises:
+        RecordIOError: a key appears twice, or no line is well formed.
+    """
+    raw = np.frombuffer(text, dtype=np.uint8)  # (B,)
+    newlines = np.flatnonzero(raw == 10)  # (L,) or (L - 1,) where the last line has no newline
+    num_lines = newlines.size + int(raw.size > 0 and raw[-1] != 10)
+    in_token = ~_IS_INDEX_WHITESPACE[raw]  # (B,)
+    token_starts = np.flatnonzero(in_token & ~np.concatenate([[False], in_token[:-1]]))  # (T,)
+    token_ends = np.flatnonzero(in_token & ~np.concatenate([in_token[1:], [False]])) + 1  # (T,)
+    token_line = np.searchsorted(newlines, token_starts)  # (T,) 0-based line of each token
+    tokens_per_line = np.bincount(token_line, minlength=num_lines)  # (L,)
+
+    malformed = (tokens_per_line != 0) & (tokens_per_line != 2)  # (L,)
+    stray_bytes = np.flatnonzero(in_token & ~_IS_DIGIT[raw])  # a sign, a letter, a stray byte
+    malformed[np.searchsorted(newlines, stray_bytes)] = True
+    malformed[token_line[token_ends - token_starts > _MAX_INDEX_DIGITS]] = True
+    well_formed = (tokens_per_line == 2) & ~malformed  # (L,)
+    if not well_formed.any():
+        raise RecordIOError(
+            f"{path} holds no 'key<TAB>offset' line ({num_lines} lines): it is not a RecordIO index; "
+            f"rebuild it from the .rec file or fetch the set again"
+        )
+
+    kept_tokens = well_formed[token_line]  # (T,)
+    if not kept_tokens.all():  # blank out the malformed lines' tokens, leaving only well-formed numbers
+        edges = np.zeros(raw.size + 1, dtype=np.int8)  # +1 where a dropped token starts, -1 where it ends
+        edges[token_starts[~kept_tokens]] = 1
+        edges[token_ends[~kept_tokens]] = -1
+        raw = np.where(np.cumsum(edges[:-1], dtype=np.int8) > 0, np.uint8(ord(" ")), raw)  # (B,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # a short read is caught by the count below
+        numbers = np.fromstring(raw.tobytes(), dtype=np.int64, sep=" ")  # (2K,): digits and whitespace only
+    if numbers.size != 2 * int(well_formed.sum()):
+        raise RecordIOError(f"{path} could not be parsed as 'key<TAB>offset' lines; rebuild it")
+    numbers = numbers.reshape(-1, 2)  # (K, 2): key, offset
+    order = np.argsort(numbers[:, 0], kind="stable")
+    keys = np.ascontiguousarray(numbers[order, 0])  # (K,)
+    offsets = np.ascontiguousarray(numbers[order, 1])  # (K,)
+    repeated = np.flatnonzero(keys[1:] == keys[:-1])
+    if repeated.size:
+        raise RecordIOError(
+            f"{path} lists key {int(keys[repeated[0]])} twice ({repeated.size} repeated keys): the index is corrupt; "
+            f"rebuild it from the .rec file or fetch the set again"
+        )
+    return _Index(keys, offsets, (np.flatnonzero(malformed) + 1).tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Record heads
+
+
+# Why a photo record is left out, by code (0: usable); the first that applies is the reason.
+SKIP_REASONS = (
+    "",
+    "its offset in train.idx is past the end of train.rec",
+    "no record starts at its offset (wrong magic number)",
+    "it is one part of a split record (cflag != 0), which facetrip does not read",
+    f"its length is absurd (over {MAX_RECORD_BYTES:,} bytes)",
+    "it is truncated (it runs past the end of train.rec)",
+    "it is too short to hold its header",
+    f"its label count is absurd (over {MAX_LABELS_PER_RECORD})",
+    "its labels run past the record's end",
+    "it holds no image",
+    "it could not be read whole (has the file changed?)",
+    "its label is not a non-negative integer",
+)
+
+
+def _head_problems(heads: np.ndarray, offsets: np.ndarray, bytes_read: np.ndarray, file_size: int) -> np.ndarray:
+    """Why each photo record's head cannot be used, as codes into :data:`SKIP_REASONS`, checked all at once.
+
+    Args:
+        heads: (R,) records of :data:`_PHOTO_HEAD`.
+        offsets: (R,) int64, where each record starts in the file.
+        bytes_read: (R,) int64, how many of the head's bytes were read.
+        file_size: the records file's size in bytes.
+
+    Returns:
+        (R,) uint8 codes, 0 where the record is usable.
+    """
+    length = (heads["cflag_length"] & _LENGTH_MASK).astype(np.int64)  # (R,)
+    cflag = heads["cflag_length"] >> _LENGTH_BITS  # (R,)
+    flag = heads["flag"].astype(np.int64)  # (R,)
+    label = _label_of(heads).astype(np.float64)  # (R,)
+    with np.errstate(invalid="ignore"):
+        bad_label = ~np.isfinite(label) | (label < 0) | (label != np.floor(label)) | (label >= _MAX_EXACT_LABEL)
+    failures = [  # in the order of SKIP_REASONS[1:]
+        bytes_read < _RECORD_PREFIX.size,
+        heads["magic"] != RECORD_MAGIC,
+        cflag != 0,
+        length > MAX_RECORD_BYTES,
+        offsets + _RECORD_PREFIX.size + length > file_size,
+        length < IR_HEADER.size,
+        flag > MAX_LABELS_PER_RECORD,
+        IR_HEADER.size + _LABEL.size * flag > length,
+        IR_HEADER.size + _LABEL.size * flag == length,
+        bytes_read < _HEADER_END + _LABEL.size * (flag > 0),
+        bad_label,
+    ]
+    codes = np.zeros(len(heads), dtype=np.uint8)  # (R,)
+    for code in range(len(failures), 0, -1):  # the first failure wins
+        codes[failures[code - 1]] = code
+    return codes
+
+
+def _label_of(heads: np.ndarray) -> np.ndarray:
+    """(R,) float32 identity label of each head: the first extra label when there are some, else the label field."""
+    return np.where(heads["flag"] > 0, heads["first_label"], heads["label"])
+
+
+# Heads are read and checked this many records at a time, so that what is held meanwhile stays small.
+_HEADS_PER_BATCH = 1 << 16
+
+
+def _scan_photo_heads(descriptor: int, offsets: np.ndarray, file_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The label of each photo record and why it cannot be used, from its first 36 bytes (one ``os.pread`` each).
+
+    Args:
+        descriptor: the records file, open for reading.
+        offsets: (R,) int64 record offsets.
+        file_size: the records file's size.
+
+    Returns:
+        ``(labels, codes)``: (R,) int64 labels (meaningless where the code is not 0) and
+        (R,) uint8 codes into :data:`SKIP_REASONS`.
+    """
+    labels = np.zeros(len(offsets), dtype=np.int64)  # (R,)
+    codes = np.zeros(len(offsets), dtype=np.uint8)  # (R,)
+    size = _PHOTO_HEAD_BYTES
+    for start in range(0, len(offsets), _HEADS_PER_BATCH):
+        batch = offsets[start : start + _HEADS_PER_BATCH]  # (b,)
+        pieces = [os.pread(descriptor, size, offset) for offset in batch.tolist()]
+        bytes_read = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))  # (b,)
+        if (bytes_read == size).all():
+            joined = b"".join(pieces)
+        else:
+            joined = b"".join(piece.ljust(size, b"\0") for piece in pieces)
+        heads = np.frombuffer(joined, dtype=_PHOTO_HEAD)  # (b,)
+        batch_codes = _head_problems(heads, batch, bytes_read, file_size)  # (b,)
+        codes[start : start + len(batch)] = batch_codes
+        with np.errstate(invalid="ignore"):
+            labels[start : start + len(batch)] = np.where(batch_codes == 0, _label_of(heads), 0).astype(np.int64)
+    return labels, codes
+
+
+def _read_header_record(descriptor: int, offset: int, file_size: int, path: Path) -> _Header | None:
+    """insightface's header record at ``offset`` (key 0), or None when that record is a photo.
+
+    A header holds two labels and nothing else (flag 2, payload 32 bytes).
+
+    Raises:
+        RecordIOError: record 0 is unreadable, or its labels are not ``(N + 1, N + 1 + C)``.
+    """
+    data = os.pread(descriptor, _HEADER_END + 2 * _LABEL.size, offset)
+    if len(data) < _HEADER_END:
+        raise RecordIOError(f"{path}: record 0 is cut off by the end of the file; fetch the set again")
+    magic, cflag_length = _RECORD_PREFIX.unpack_from(data)
+    flag = IR_HEADER.unpack_from(data, _RECORD_PREFIX.size)[0]
+    if magic != RECORD_MAGIC or cflag_length >> _LENGTH_BITS:
+        raise RecordIOError(
+            f"{path}: no record starts at record 0's offset {offset}: train.idx does not belong to this file; "
+            f"rebuild the index or fetch the set again"
+        )
+    length = cflag_length & _LENGTH_MASK
+    if flag != 2 or length != IR_HEADER.size + 2 * _LABEL.size:
+        return None  # a photo: the set has no header record
+    if len(data) < _HEADER_END + 2 * _LABEL.size:
+        raise RecordIOError(f"{path}: the header record (key 0) is truncated; fetch the set again")
+    first, end = struct.unpack_from("<2f", data, _HEADER_END)
+    if not all(math.isfinite(value) and value == int(value) for value in (first, end)) or not 1 <= first <= end:
+        raise RecordIOError(
+            f"{path}: the header record (key 0) has labels ({first}, {end}), not (photos + 1, photos + 1 + "
+            f"identities): the set is corrupt; fetch it again"
+        )
+    return _Header(num_photos=int(first) - 1, end_key=int(end))
+
+
+# ---------------------------------------------------------------------------------------------
+# The set
+
+
+class RecordSet:
+    """An open insightface RecordIO face set: its photos' keys and labels, and random access to their images.
+
+    Photos are in key order; ``set[i]`` (or :meth:`photo`) is the i-th, :meth:`read` takes a
+    record key. Reads use ``os.pread`` on one descriptor and keep no file position, so
+    threads may read at once. Close the set (or use it in a ``with`` block) when done.
+
+    Attributes:
+        path: the set's folder.
+        photo_keys: (N,) int64 record keys of the usable photos, ascending.
+        skipped: ``(key, reason)`` of each photo record left out (key None for a malformed
+            line of ``train.idx``).
+        has_header: the set starts with insightface's header record.
+        declared_identities: ``num_classes`` of the ``property`` file, or None.
+        image_size: ``(height, width)`` of the ``property`` file, or None.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        descriptor: int,
+        file_size: int,
+        photo_keys: np.ndarray,
+        photo_offsets: np.ndarray,
+        photo_labels: np.ndarray,
+        skipped: list[tuple[int | None, str]],
+        has_header: bool,
+        declared: tuple[int, int, int] | None,
+    ):
+        self.path = path
+        self._descriptor = descriptor
+        self._closer = weakref.finalize(self, os.close, descriptor)
+        self._file_size = file_size
+        self.photo_keys = photo_keys  # (N,) int64
+        self._photo_offsets = photo_offsets  # (N,) int64
+        self._labels = photo_labels  # (N,) int64
+        self._num_identities = int(np.unique(photo_labels).size)
+        self.skipped = skipped
+        self.has_header = has_header
+        self.declared_identities = declared[0] if declared else None
+        self.image_size = declared[1:] if declared else None
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / RECORDS_FILE
+
+    @property
+    def num_photos(self) -> int:
+        return int(self.photo_keys.size)
+
+    @property
+    def num_identities(self) -> int:
+        """How many distinct identity labels the usable photos carry."""
+        return self._num_identities
+
+    def __len__(self) -> int:
+        return self.num_photos
+
+    def labels(self) -> np.ndarray:
+        """(N,) int64 identity label of each photo, in key order (a copy)."""
+        return self._labels.copy()
+
+    def photo(self, position: int) -> PhotoRecord:
+        """The photo at ``position`` (0 .. N - 1) in key order; see :meth:`read`."""
+        if not -self.num_photos <= position < self.num_photos:
+            raise IndexError(f"photo {position} of a set of {self.num_photos}")
+        return self._read_at(int(self._photo_offsets[position]), int(self.photo_keys[position]))
+
+    __getitem__ = photo
+
+    def read(self, key: int) -> PhotoRecord:
+        """The photo stored under record ``key``: its label and its image's encoded bytes.
+
+        The bytes are the record's, untouched: decoding them (and refusing what does not
+        decode) is the caller's work.
+
+        Args:
+            key: a key of :attr:`photo_keys`.
+
+        Returns:
+            ``(label, image)``.
+
+        Raises:
+            KeyError: ``key`` is not a usable photo of the set.
+            RecordIOError: the record has changed on disk since the set was opened and is now corrupt.
+        """
+        position = int(np.searchsorted(self.photo_keys, key))
+        if position >= self.num_photos or self.photo_keys[position] != key:
+            raise KeyError(f"{self.records_path} has no usable photo under key {key}")
+        return self._read_at(int(self._photo_offsets[position]), int(key))
+
+    def _read_at(self, offset: int, key: int) -> PhotoRecord:
+        if not self._closer.alive:
+            raise ValueError(f"{self.records_path} is closed")
+        head = os.pread(self._descriptor, _PHOTO_HEAD_BYTES, offset)
+        heads = np.frombuffer(head.ljust(_PHOTO_HEAD_BYTES, b"\0"), dtype=_PHOTO_HEAD)  # (1,)
+        code = _head_problems(heads, np.array([offset]), np.array([len(head)]), self._file_size)[0]
+        if code:
+            raise RecordIOError(f"{self.records_path}: record {key} is unusable: {SKIP_REASONS[code]}; "
+                                          f"has the file changed since it was opened? Open the set again")
+        length = int(heads["cflag_length"][0] & _LENGTH_MASK)
+        flag = int(heads["flag"][0])
+        label = _label_of(heads)[0]
+        payload = os.pread(self._descriptor, length, offset + _RECORD_PREFIX.size)
+        if len(payload) != length:
+            raise RecordIOError(f"{self.records_path}: record {key} is cut off by the end of the file; "
+                                          f"has it changed since it was opened? Open the set again")
+        return PhotoRecord(int(label), payload[IR_HEADER.size + _LABEL.size * flag :])
+
+    def close(self) -> None:
+        self._closer()
+
+    def __enter__(self) -> RecordSet:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RecordSet({str(self.path)!r}: {self.num_photos} photos, {self.num_identities} identities)"
+
+
+def open_record_set(path: str | Path) -> RecordSet:
+    """Open the insightface RecordIO set in folder ``path``, checking every photo record's head.
+
+    Reads ``train.idx`` whole and, for each photo record, its first 36 bytes (magic,
+    length, IRHeader and first extra label) with ``os.pread``; images are not read. A
+    record that cannot be used is left out and listed in :attr:`RecordSet.skipped`, with
+    one warning for them all.
+
+    Args:
+        path: the folder holding ``train.rec``, ``train.idx`` and optionally ``property``.
+
+    Returns:
+        the open set.
+
+    Raises:
+        RecordIOError: naming the file, when a file is missing or not a regular file, the
+            index is not one or repeats a key, the header record contradicts the index, or
+            no photo record is usable.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise RecordIOError(f"{folder} is not a folder: a RecordIO set is a folder holding "
+                                      f"{RECORDS_FILE} and {INDEX_FILE}")
+    index_path, records_path = folder / INDEX_FILE, folder / RECORDS_FILE
+    index = parse_index(_read_small_file(index_path, "the record index", MAX_INDEX_BYTES), index_path)
+    declared = _read_property(folder / PROPERTY_FILE)
+
+    descriptor = _open_regular_file(records_path, "the records file")
+    try:
+        file_size = os.fstat(descriptor).st_size
+        keys, offsets = index.keys, index.offsets
+        header = None
+        if keys[0] == 0 and 0 <= offsets[0] < file_size:
+            header = _read_header_record(descriptor, int(offsets[0]), file_size, records_path)
+        if header is not None:
+            photos = _photo_range_of_header(header, keys, len(index.malformed_lines), index_path)
+            keys, offsets = keys[photos], offsets[photos]  # (N,) views of the photos' keys 1..N
+        labels, codes = _scan_photo_heads(descriptor, offsets, file_size)  # (N,), (N,)
+    except OSError as error:
+        os.close(descriptor)
+        raise RecordIOError(f"{records_path} cannot be read ({error.strerror})") from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+    usable = codes == 0  # (N,)
+    skipped: list[tuple[int | None, str]] = [(None, f"{INDEX_FILE} line {line} is not 'key<TAB>offset'")
+                                             for line in index.malformed_lines]
+    skipped += [(int(key), SKIP_REASONS[code]) for key, code in zip(keys[~usable], codes[~usable])]
+    if not usable.any():
+        os.close(descriptor)
+        first = f"; record {skipped[-1][0]}: {skipped[-1][1]}" if len(keys) else ""
+        raise RecordIOError(f"{records_path} holds no usable photo record ({len(keys)} listed in "
+                                      f"{INDEX_FILE}{first}): fetch the set again")
+    if skipped:
+        _warn_skipped(folder, skipped, len(keys))
+    return RecordSet(
+        folder, descriptor, file_size,
+        photo_keys=np.ascontiguousarray(keys[usable]),
+        photo_offsets=np.ascontiguousarray(offsets[usable]),
+        photo_labels=np.ascontiguousarray(labels[usable]),
+        skipped=skipped,
+        has_header=header is not None,
+        declared=declared,
+    )
+
+
+def _photo_range_of_header(header: _Header, keys: np.ndarray, malformed_lines: int, index_path: Path) -> slice:
+    """Where the photos' keys ``1 .. N`` lie among the sorted index keys, checked against the header.
+
+    Keys missing from the index are tolerated only as many as the index has malformed lines
+    (those are skipped); any other disagreement is refused.
+
+    Raises:
+        RecordIOError: the index lists keys past the header's last, or too few photo keys.
+    """
+    if keys[-1] >= header.end_key:
+        raise RecordIOError(
+            f"{index_path} lists key {int(keys[-1])}, but the header record says the set's keys end at "
+            f"{header.end_key - 1}: the index does not belong to this .rec; rebuild it or fetch the set again"
+        )
+    start, stop = np.searchsorted(keys, [1, header.num_photos + 1])
+    listed = int(stop - start)
+    if listed == 0 or header.num_photos - listed > malformed_lines:
+        raise RecordIOError(
+            f"{index_path} lists {listed} of the {header.num_photos} photo keys (1 .. {header.num_photos}) the "
+            f"header record names: the index does not belong to this .rec, or the set is incomplete; "
+            f"rebuild the index or fetch the set again"
+        )
+    return slice(int(start), int(stop))
+
+
+def _read_property(path: Path) -> tuple[int, int, int] | None:
+    """``(num_classes, height, width)`` of the ``property`` file, or None (absent, or unreadable: warned)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        text = _read_small_file(path, "the set's property line", _MAX_PROPERTY_BYTES).decode("ascii")
+        numbers = tuple(int(field) for field in text.strip().split(","))
+        if len(numbers) != 3 or min(numbers) < 0:
+            raise ValueError
+    except (RecordIOError, UnicodeDecodeError, ValueError) as error:
+        detail = str(error) if isinstance(error, RecordIOError) else f"{path} is not 'num_classes,height,width'"
+        logger.warning("%s; it is ignored.", detail)
+        return None
+    return numbers
+
+
+def _warn_skipped(folder: Path, skipped: Sequence[tuple[int | None, str]], listed: int) -> None:
+    """One warning for everything left out: malformed index lines, and photo records by reason."""
+    malformed_lines = sum(key is None for key, _ in skipped)
+    reasons = collections.Counter(reason for key, reason in skipped if key is not None)
+    parts = [f"{malformed_lines} malformed line(s) of {INDEX_FILE}"] if malformed_lines else []
+    if reasons:
+        by_reason = "; ".join(f"{count} as {reason}" for reason, count in reasons.most_common())
+        parts.append(f"{sum(reasons.values())} of {listed} photo records ({by_reason})")
+    first_key, first_reason = skipped[0]
+    first = f"record {first_key}: {first_reason}" if first_key is not None else first_reason
+    logger.warning("%s: left out %s; first: %s.", folder, " and ".join(parts), first)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def pack_record(labels: float | Sequence[float], image: bytes, record_id: int = 0) -> bytes:
+    """One RecordIO record: prefix, IRHeader, labels, payload and padding.
+
+    Args:
+        labels: one label (``flag`` 0, in the header's label field) or a list of labels
+            (``flag = len(labels)``, the label field 0).
+        image: the payload after the labels (encoded image bytes; empty for header records).
+        record_id: the IRHeader's id (insightface writes the record's key).
+
+    Returns:
+        the record's bytes, a multiple of 4 long.
+    """
+    if isinstance(labels, (int, float, np.integer, np.floating)):
+        header = IR_HEADER.pack(0, float(labels), record_id, 0)
+    else:
+        labels = [float(label) for label in labels]
+        header = IR_HEADER.pack(len(labels), 0.0, record_id, 0) + struct.pack(f"<{len(labels)}f", *labels)
+    payload = header + bytes(image)
+    if len(payload) > _LENGTH_MASK:
+        raise ValueError(f"a record holds at most {_LENGTH_MASK:,} bytes, not {len(payload):,}")
+    return _RECORD_PREFIX.pack(RECORD_MAGIC, len(payload)) + payload + b"\0" * (-len(payload) % 4)
+
+
+def write_record_set(
+    path: str | Path,
+    items: Iterable[tuple[float | Sequence[float], bytes]],
+    header: bool = True,
+    identity_ranges: bool = True,
+    image_size: tuple[int, int] | None = None,
+) -> int:
+    """Write a face set in insightface's RecordIO layout, one photo at a time.
+
+    With ``header``, record 0 holds the labels ``(N + 1, N + 1 + C)`` and no image (it is
+    written first as a placeholder and filled in at the end), photos are keys ``1 .. N``
+    and, with ``identity_ranges``, records ``N + 1 .. N + C`` hold each identity's keys as
+    ``(first key, last key + 1)``, identities in ascending label order. Without ``header``
+    the photos are keys ``0 .. N - 1`` and no range is written.
+
+    Args:
+        path: the folder to write ``train.rec``, ``train.idx`` and ``property`` into.
+        items: ``(label, image)`` pairs: an identity label (a non-negative integer) or a
+            list of float labels whose first is the identity, and the encoded image bytes.
+        header: write insightface's header record 0.
+        identity_ranges: write the identity-range records (with ``header`` only); the
+            photos of each identity must then come one after another.
+        image_size: ``(height, width)`` for the ``property`` file; by default the first
+            image's size, as PIL reads it.
+
+    Returns:
+        the number of photos written.
+
+    Raises:
+        ValueError: a label is not a non-negative integer, or (with identity ranges) an
+            identity's photos are not consecutive.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    ranges: dict[int, list[int]] = {}  # identity -> [first key, last key + 1]
+    previous_identity = None
+    key = 1 if header else 0
+    with open(folder / RECORDS_FILE, "wb") as records, open(folder / INDEX_FILE, "w", encoding="ascii") as index:
+        if header:
+            index.write(f"0\t{records.tell()}\n")
+            records.write(pack_record([0.0, 0.0], b""))  # placeholder, filled in at the end
+        for labels, image in items:
+            identity = _identity_of(labels)
+            if image_size is None:
+                image_size = _image_size(image)
+            if header and identity_ranges:
+                if identity != previous_identity and identity in ranges:
+                    raise ValueError(f"photo {key} (identity {identity}) comes after other identities' photos: "
+                                     f"identity ranges need each identity's photos one after another")
+                ranges.setdefault(identity, [key, key])[1] = key + 1
+            else:
+                ranges.setdefault(identity, [])
+            previous_identity = identity
+            index.write(f"{key}\t{records.tell()}\n")
+            records.write(pack_record(labels, image, record_id=key))
+            key += 1
+        num_photos = key - 1 if header else key
+        if header:
+            range_records = sorted(ranges.items()) if identity_ranges else []
+            for identity, (first, end) in range_records:
+                index.write(f"{key}\t{records.tell()}\n")
+                records.write(pack_record([float(first), float(end)], b"", record_id=key))
+                key += 1
+            records.seek(0)
+            records.write(pack_record([float(num_photos + 1), float(num_photos + 1 + len(range_records))], b""))
+    if image_size is not None:
+        (folder / PROPERTY_FILE).write_text(f"{len(ranges)},{image_size[0]},{image_size[1]}\n", encoding="ascii")
+    return num_photos
+
+
+def _identity_of(labels: float | Sequence[float]) -> int:
+    first = labels if isinstance(labels, (int, float, np.integer, np.floating)) else labels[0]
+    if not (math.isfinite(first) and first >= 0 and first == int(first) and first < _MAX_EXACT_LABEL):
+        raise ValueError(f"an identity label is a non-negative integer below {_MAX_EXACT_LABEL}, not {first!r}")
+    return int(first)
+
+
+def _image_size(image: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` of encoded image bytes as PIL reads their header, or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            return opened.height, opened.width
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None

