@@ -1120,10 +1120,10 @@ def cluster(
                   f"sheets (cluster_NNN.png) to {escape(str(output))}/", highlight=False, soft_wrap=True)
 
 
-if __name__ == "__main__":
-    app()
-
-
 from facetrip.cli_prepare import prepare as _prepare_command  # noqa: E402 - registered after the app exists
 
 app.command(name="prepare")(_prepare_command)
+
+
+if __name__ == "__main__":
+    app()

@@ -132,7 +132,8 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
             if (partial / name).is_file() and (partial / f"{name}.count").is_file():
                 lengths[index] = int((partial / f"{name}.count").read_text())
         if lengths:
-            logger.info("Resuming: %d of %d shards were prepared before.", len(lengths), len(tasks))
+            logger.info("Resuming the preparation of %s: %d of %d shards were prepared before.", self.listing.source,
+                        len(lengths), len(tasks))
         done = sum(len(tasks[index].reader.refs) for index in lengths)
         self._report(done)
         from tensorflow_datasets.core import example_serializer, writer
@@ -145,7 +146,7 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
 
         def write(index: int, records: list) -> None:
             nonlocal done
-            temporary = partial / f".{names[index]}.tmp"
+            temporary = partial / f".{names[index]}.{os.getpid()}.tmp"
             lengths[index] = shard_writer.write(examples=records, path=temporary)
             os.replace(temporary, partial / names[index])
             (partial / f"{names[index]}.count").write_text(str(lengths[index]))
@@ -170,7 +171,7 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
             self.progress(done, len(self.listing))
 
     def _log_download_bytes(self) -> None:  # tfds: called once, before preparing
-        logger.info("Preparing %s: %d photos (%s) ...", self.listing.source, len(self.listing), self.mode)
+        logger.debug("Preparing %s: %d photos (%s) ...", self.listing.source, len(self.listing), self.mode)
 
     def _log_download_done(self) -> None:
         logger.debug("Prepared %s in %s.", self.listing.source, self.data_dir)
@@ -334,21 +335,48 @@ def prepare(listing: PhotoListing, mode: str, data_dir: str | None = None, worke
     Raises:
         DataError: the data dir cannot be written, Beam is not installed, or no photo was usable.
     """
-    builder = PreparedFaces(listing, mode, workers=workers or default_workers(), progress=progress,
-                            data_dir=data_dir)
+    def new_builder() -> PreparedFaces:
+        return PreparedFaces(listing, mode, workers=workers or default_workers(), progress=progress, data_dir=data_dir)
+
+    builder = new_builder()
     if not builder.is_prepared():
-        download_config = tfds.download.DownloadConfig(beam_runner=beam_runner or None,
-                                                       beam_options=_beam_options(beam_options))
-        try:
-            builder.download_and_prepare(download_config=download_config)
-        except PermissionError as error:
-            raise DataError(f"Cannot write the prepared set into {builder.data_dir}: {error.strerror}: "
-                            f"pass a writable --data-dir.") from None
-        except OSError as error:
-            raise DataError(f"Cannot prepare {listing.source} in {builder.data_dir}: {error}") from None
-        with contextlib.suppress(OSError):
-            shutil.rmtree(builder.partial_dir())
+        with _preparation_lock(builder):  # another process preparing the same set: wait for it, then use its set
+            builder = new_builder()
+            if not builder.is_prepared():
+                _download_and_prepare(builder, listing, beam_runner, beam_options)
     return open_prepared(Path(builder.data_dir), listing, mode, builder.info.splits["train"].num_examples)
+
+
+@contextlib.contextmanager
+def _preparation_lock(builder: PreparedFaces):
+    """Held while one process prepares a set (an advisory lock on a file beside it)."""
+    import fcntl
+
+    folder = builder.partial_dir().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".prepare.lock", "a")
+    except OSError as error:
+        raise DataError(f"Cannot write the prepared set into {folder}: {error.strerror or error}: "
+                        f"pass a writable --data-dir.") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _download_and_prepare(builder: PreparedFaces, listing: PhotoListing, beam_runner: str, beam_options: str) -> None:
+    """Run tfds's preparation of ``builder`` (locally or on Beam); the partial shards are removed after."""
+    download_config = tfds.download.DownloadConfig(beam_runner=beam_runner or None,
+                                                   beam_options=_beam_options(beam_options))
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except PermissionError as error:
+        raise DataError(f"Cannot write the prepared set into {builder.data_dir}: {error.strerror}: "
+                        f"pass a writable --data-dir.") from None
+    except OSError as error:
+        raise DataError(f"Cannot prepare {listing.source} in {builder.data_dir}: {error}") from None
+    with contextlib.suppress(OSError):
+        shutil.rmtree(builder.partial_dir())
 
 
 def _beam_options(text: str):

@@ -11,8 +11,7 @@ A set is a folder holding:
   encoded image (JPEG or PNG bytes). facetrip reads whole records only (``cflag == 0``);
   MXNet splits a record into parts (``cflag`` 1, 2, 3) only when its payload holds the
   magic number itself, which insightface's writers never produce for a face set.
-- ``train.idx``: text, one ``key<TAB>offset`` line per record, the byte offset in
-  ``train.rec`` of the record's magic number.
+- ``train.idx``: one ``key<TAB>offset`` line per record (the offset of its magic number).
 - ``property`` (optional): one line ``num_classes,height,width``, e.g. ``85742,112,112``.
 
 In insightface's sets record 0 is a header whose two labels are ``(N + 1, N + 1 + C)``
@@ -40,7 +39,6 @@ with a one-line :class:`RecordIOError` that names the file.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import io
 import logging
 import math
@@ -118,8 +116,7 @@ class PhotoRecord(NamedTuple):
     image: bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class _Header:
+class _Header(NamedTuple):
     """The labels of insightface's header record 0: photos are keys 1 .. num_photos."""
 
     num_photos: int
@@ -131,17 +128,10 @@ class _Header:
 
 
 def _open_regular_file(path: Path, what: str) -> int:
-    """A read-only descriptor of ``path``, refused unless it is a regular file; never waits on a FIFO.
+    """A read-only descriptor of ``path`` (``what``: "the records file"), which must be a regular file.
 
-    Args:
-        path: the file.
-        what: what the file is, for the message ("the records file").
-
-    Returns:
-        the open descriptor.
-
-    Raises:
-        RecordIOError: the file is missing, unreadable, or not a regular file.
+    Opened without waiting (O_NONBLOCK), so a FIFO is refused at once instead of hanging.
+    Raises :class:`RecordIOError` when the file is missing, unreadable or not a regular file.
     """
     try:
         # Checked before opening, as opening a device can do things of its own.
@@ -179,8 +169,7 @@ def _read_small_file(path: Path, what: str, max_bytes: int) -> bytes:
     finally:
         os.close(descriptor)
     if size > max_bytes:
-        raise RecordIOError(f"{path} is too large for {what} ({size:,} bytes, at most {max_bytes:,}): "
-                                      f"is it the right file?")
+        raise RecordIOError(f"{path} is too large for {what} ({size:,} bytes, at most {max_bytes:,}): is it right?")
     if len(data) != size:
         raise RecordIOError(f"{path} changed while it was read; open the set again when it is written")
     return data
@@ -190,14 +179,13 @@ def _read_small_file(path: Path, what: str, max_bytes: int) -> bytes:
 # train.idx
 
 
-@dataclasses.dataclass
-class _Index:
+class _Index(NamedTuple):
     keys: np.ndarray  # (R,) int64, sorted
     offsets: np.ndarray  # (R,) int64, the offset of each key's record
     malformed_lines: list[int]  # 1-based line numbers
 
 
-def parse_index(text: bytes, path: Path) -> _Index:
+def _parse_index(text: bytes, path: Path) -> _Index:
     """The keys and offsets of a ``train.idx`` file's lines, sorted by key.
 
     Lines are ``key<TAB>offset`` (any whitespace between); blank lines are ignored, and a
@@ -281,16 +269,11 @@ SKIP_REASONS = (
 
 
 def _head_problems(heads: np.ndarray, offsets: np.ndarray, bytes_read: np.ndarray, file_size: int) -> np.ndarray:
-    """Why each photo record's head cannot be used, as codes into :data:`SKIP_REASONS`, checked all at once.
+    """(R,) uint8 codes into :data:`SKIP_REASONS` (0: usable) of photo records' heads, checked all at once.
 
     Args:
-        heads: (R,) records of :data:`_PHOTO_HEAD`.
-        offsets: (R,) int64, where each record starts in the file.
-        bytes_read: (R,) int64, how many of the head's bytes were read.
-        file_size: the records file's size in bytes.
-
-    Returns:
-        (R,) uint8 codes, 0 where the record is usable.
+        heads: (R,) records of :data:`_PHOTO_HEAD`, read at (R,) ``offsets`` of a file of
+            ``file_size`` bytes, ``bytes_read`` (R,) of each head's bytes read.
     """
     length = (heads["cflag_length"] & _LENGTH_MASK).astype(np.int64)  # (R,)
     cflag = heads["cflag_length"] >> _LENGTH_BITS  # (R,)
@@ -329,14 +312,9 @@ _HEADS_PER_BATCH = 1 << 16
 def _scan_photo_heads(descriptor: int, offsets: np.ndarray, file_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The label of each photo record and why it cannot be used, from its first 36 bytes (one ``os.pread`` each).
 
-    Args:
-        descriptor: the records file, open for reading.
-        offsets: (R,) int64 record offsets.
-        file_size: the records file's size.
-
     Returns:
-        ``(labels, codes)``: (R,) int64 labels (meaningless where the code is not 0) and
-        (R,) uint8 codes into :data:`SKIP_REASONS`.
+        ``(labels, codes)`` of the records at (R,) ``offsets`` of the open records file:
+        (R,) int64 labels (0 where the code is not 0) and (R,) uint8 codes into :data:`SKIP_REASONS`.
     """
     labels = np.zeros(len(offsets), dtype=np.int64)  # (R,)
     codes = np.zeros(len(offsets), dtype=np.uint8)  # (R,)
@@ -345,10 +323,8 @@ def _scan_photo_heads(descriptor: int, offsets: np.ndarray, file_size: int) -> t
         batch = offsets[start : start + _HEADS_PER_BATCH]  # (b,)
         pieces = [os.pread(descriptor, size, offset) for offset in batch.tolist()]
         bytes_read = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))  # (b,)
-        if (bytes_read == size).all():
-            joined = b"".join(pieces)
-        else:
-            joined = b"".join(piece.ljust(size, b"\0") for piece in pieces)
+        whole = (bytes_read == size).all()  # else some reads stopped at the file's end: zero-filled
+        joined = b"".join(pieces) if whole else b"".join(piece.ljust(size, b"\0") for piece in pieces)
         heads = np.frombuffer(joined, dtype=_PHOTO_HEAD)  # (b,)
         batch_codes = _head_problems(heads, batch, bytes_read, file_size)  # (b,)
         codes[start : start + len(batch)] = batch_codes
@@ -358,12 +334,9 @@ def _scan_photo_heads(descriptor: int, offsets: np.ndarray, file_size: int) -> t
 
 
 def _read_header_record(descriptor: int, offset: int, file_size: int, path: Path) -> _Header | None:
-    """insightface's header record at ``offset`` (key 0), or None when that record is a photo.
+    """insightface's header record at ``offset`` (key 0): two labels and nothing else; None when it is a photo.
 
-    A header holds two labels and nothing else (flag 2, payload 32 bytes).
-
-    Raises:
-        RecordIOError: record 0 is unreadable, or its labels are not ``(N + 1, N + 1 + C)``.
+    Raises :class:`RecordIOError` when record 0 is unreadable or its labels are not ``(N + 1, N + 1 + C)``.
     """
     data = os.pread(descriptor, _HEADER_END + 2 * _LABEL.size, offset)
     if len(data) < _HEADER_END:
@@ -410,26 +383,16 @@ class RecordSet:
         image_size: ``(height, width)`` of the ``property`` file, or None.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        descriptor: int,
-        file_size: int,
-        photo_keys: np.ndarray,
-        photo_offsets: np.ndarray,
-        photo_labels: np.ndarray,
-        skipped: list[tuple[int | None, str]],
-        has_header: bool,
-        declared: tuple[int, int, int] | None,
-    ):
+    def __init__(self, path: Path, descriptor: int, file_size: int, photos: dict[str, np.ndarray],
+                 skipped: list[tuple[int | None, str]], has_header: bool, declared: tuple[int, int, int] | None):
         self.path = path
         self._descriptor = descriptor
         self._closer = weakref.finalize(self, os.close, descriptor)
         self._file_size = file_size
-        self.photo_keys = photo_keys  # (N,) int64
-        self._photo_offsets = photo_offsets  # (N,) int64
-        self._labels = photo_labels  # (N,) int64
-        self._num_identities = int(np.unique(photo_labels).size)
+        self.photo_keys = photos["keys"]  # (N,) int64
+        self._photo_offsets = photos["offsets"]  # (N,) int64
+        self._labels = photos["labels"]  # (N,) int64
+        self._num_identities = int(np.unique(self._labels).size)
         self.skipped = skipped
         self.has_header = has_header
         self.declared_identities = declared[0] if declared else None
@@ -539,7 +502,7 @@ def open_record_set(path: str | Path) -> RecordSet:
         raise RecordIOError(f"{folder} is not a folder: a RecordIO set is a folder holding "
                                       f"{RECORDS_FILE} and {INDEX_FILE}")
     index_path, records_path = folder / INDEX_FILE, folder / RECORDS_FILE
-    index = parse_index(_read_small_file(index_path, "the record index", MAX_INDEX_BYTES), index_path)
+    index = _parse_index(_read_small_file(index_path, "the record index", MAX_INDEX_BYTES), index_path)
     declared = _read_property(folder / PROPERTY_FILE)
 
     descriptor = _open_regular_file(records_path, "the records file")
@@ -571,15 +534,8 @@ def open_record_set(path: str | Path) -> RecordSet:
                                       f"{INDEX_FILE}{first}): fetch the set again")
     if skipped:
         _warn_skipped(folder, skipped, len(keys))
-    return RecordSet(
-        folder, descriptor, file_size,
-        photo_keys=np.ascontiguousarray(keys[usable]),
-        photo_offsets=np.ascontiguousarray(offsets[usable]),
-        photo_labels=np.ascontiguousarray(labels[usable]),
-        skipped=skipped,
-        has_header=header is not None,
-        declared=declared,
-    )
+    photos = {"keys": keys[usable], "offsets": offsets[usable], "labels": labels[usable]}  # (N,) int64 each
+    return RecordSet(folder, descriptor, file_size, photos, skipped, header is not None, declared)
 
 
 def _photo_range_of_header(header: _Header, keys: np.ndarray, malformed_lines: int, index_path: Path) -> slice:
@@ -734,7 +690,7 @@ def write_record_set(
 
 
 def _identity_of(labels: float | Sequence[float]) -> int:
-    first = labels if isinstance(labels, (int, float, np.integer, np.floating)) else labels[0]
+    first = labels if isinstance(labels, (int, float, np.integer, np.floating)) else (list(labels) or [math.nan])[0]
     if not (math.isfinite(first) and first >= 0 and first == int(first) and first < _MAX_EXACT_LABEL):
         raise ValueError(f"an identity label is a non-negative integer below {_MAX_EXACT_LABEL}, not {first!r}")
     return int(first)

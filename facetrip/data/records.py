@@ -104,15 +104,22 @@ def encoded_image_reader(column: RecordColumn):
 
 
 def logged_progress(what: str, every_seconds: float = PROGRESS_LINE_SECONDS) -> Callable[[int, int], None]:
-    """A ``progress(done, total)`` callback that logs ``what: done / total photos`` at most every ``every_seconds``, and at the end."""
+    """A ``progress(done, total)`` callback that logs ``what: done / total photos`` at most every ``every_seconds``.
+
+    Nothing is logged before the first ``every_seconds`` have passed: a short preparation is
+    silent. Once a line was logged, the last one is logged too.
+    """
     import time
 
-    last = [0.0]
+    started = time.monotonic()
+    last = [started]
+    logged = [False]
 
     def progress(done: int, total: int) -> None:
         now = time.monotonic()
-        if done >= total or now - last[0] >= every_seconds:
+        if now - last[0] >= every_seconds or (done >= total and logged[0]):
             last[0] = now
+            logged[0] = True
             logger.info("%s: %s / %s photos", what, f"{done:,}", f"{total:,}")
 
     return progress

@@ -311,7 +311,7 @@ def _three_photo_set(tmp_path, bad_record: bytes, bad_position: int = 1):
     return write_raw_set(tmp_path, records), images
 
 
-def _assert_skipped(folder, key, reason_part, caplog=None):
+def _assert_skipped(folder, key, reason_part):
     record_set = open_record_set(folder)
     assert key not in record_set.photo_keys.tolist() and len(record_set) == 2
     assert [skipped_key for skipped_key, _ in record_set.skipped] == [key]
@@ -364,33 +364,28 @@ def test_a_truncated_records_file(tmp_path):
     _assert_skipped(folder, 2, "truncated")
 
 
+def _peak_allocation(work) -> int:
+    """The most bytes Python held at once while ``work()`` ran."""
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_an_absurd_length_is_refused_before_anything_is_read(tmp_path):
     """A record claiming 2**28 bytes (over the 64 MiB cap) or 2**20 bytes at the end of a small
     file, or over the cap in a (sparse) file large enough to hold it: skipped, and opening and
     reading the rest allocate little."""
     for claimed, reason in ((1 << 28, "length is absurd"), (1 << 20, "truncated")):
-        claim = raw_record(ir_payload(1, b"image"), length=claimed)
-        folder, _ = _three_photo_set(tmp_path / str(claimed), claim, bad_position=2)
-        tracemalloc.start()
-        try:
-            with open_record_set(folder) as record_set:
-                record_set[0], record_set[1]
-                assert [key for key, _ in record_set.skipped] == [2] and reason in record_set.skipped[0][1]
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert peak < 4 << 20
+        folder, _ = _three_photo_set(tmp_path / str(claimed), raw_record(ir_payload(1, b"image"), length=claimed), 2)
+        assert _peak_allocation(lambda: _assert_skipped(folder, 2, reason)) < 4 << 20
 
     over_cap = raw_record(ir_payload(1, b"image"), length=MAX_RECORD_BYTES + 64)
     folder, _ = _three_photo_set(tmp_path / "cap", over_cap, bad_position=2)
     os.truncate(folder / "train.rec", MAX_RECORD_BYTES + 4096)  # sparse: holds the claimed length
-    tracemalloc.start()
-    try:
-        _assert_skipped(folder, 2, "length is absurd")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 4 << 20
+    assert _peak_allocation(lambda: _assert_skipped(folder, 2, "length is absurd")) < 4 << 20
 
 
 def test_no_usable_photo_at_all(tmp_path):
@@ -449,6 +444,15 @@ def test_a_malformed_property_file_is_ignored_with_a_warning(tmp_path, caplog, t
         assert record_set.image_size is None and record_set.declared_identities is None
         assert len(record_set) == 1
     assert any("property" in record.getMessage() for record in caplog.records)
+
+
+def test_a_fifo_in_place_of_the_property_file_is_ignored(tmp_path, caplog):
+    write_record_set(tmp_path, [(0, encoded(0))])
+    (tmp_path / "property").unlink()
+    os.mkfifo(tmp_path / "property")
+    with caplog.at_level(logging.WARNING), open_record_set(tmp_path) as record_set:
+        assert record_set.image_size is None and len(record_set) == 1
+    assert any("not a regular file" in record.getMessage() for record in caplog.records)
 
 
 def test_the_record_changing_after_opening_is_reported_in_one_line(tmp_path):

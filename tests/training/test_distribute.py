@@ -163,9 +163,9 @@ def train_workers(*arguments, kill_after_first_checkpoint=False, workers=2):
 
 @pytest.mark.slow
 def test_two_workers_train_checkpoint_resume_and_write_one_run_directory(tmp_path, data_dir):
-    from facetrip.data import load_faces
+    from facetrip.data.records import load_model_faces
 
-    load_faces("orl_faces", data_dir=data_dir)  # prepared once: workers preparing it together would collide
+    load_model_faces("orl_faces", data_dir=data_dir, face_chips=False)  # prepared once, before the workers start
     run_dir = tmp_path / "run"
     killed = train_workers("--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--distribute",
                            "multi-worker", "--no-evaluate", kill_after_first_checkpoint=True)

@@ -1,0 +1,233 @@
+"""Training on prepared face sets at 10^4 .. 10^6 photos: preparation speed, peak memory, time to the first step.
+
+Reproduce with::
+
+    .venv/bin/python scripts/bench_scale.py --sizes 10000 100000 1000000 --workdir /tmp/scale \\
+        --output docs/reports/bench_scale.md
+
+For each size the script generates a synthetic set of aligned 150 x 150 JPEG photos, 10
+per identity (smooth random faces: each identity a low-resolution pattern, each photo
+that pattern with its own noise and shift), both as a folder and as an insightface
+RecordIO set (``train.rec`` + ``train.idx``), and measures, each command in its own process:
+
+- ``facetrip prepare`` (``--aligned dlib``: no detection) with 1 and 2 workers, and on
+  Apache Beam's local runner: seconds and photos/s per worker;
+- ``facetrip train`` of the face network for ``--steps`` steps: peak RSS and the time from
+  the process's start to the end of the first training step;
+- ``facetrip embed --data ... --split test``: peak RSS;
+- batches/s of the random-access P x K pipeline against the in-memory pipeline (the
+  photos' bytes held in a lookup table), at the smallest size, alternating runs.
+
+Peak RSS is the process's own maximum resident set (``/usr/bin/time -v``). With
+``--gpu-check`` it also times the face network's training step at ``--batch-size`` in
+float32 and bf16 with real input and with one batch repeated from memory, and under a
+mirrored strategy against none (scripts/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarking import REPO_ROOT, markdown_table, write_report  # noqa: E402
+
+FACETRIP = [sys.executable, "-c", "from facetrip.cli import app; app()"]
+PHOTOS_PER_IDENTITY = 10
+
+
+def synthetic_photo(identity: int, index: int) -> bytes:
+    """A 150 x 150 JPEG: the identity's smooth pattern, shifted and with its own noise."""
+    import numpy as np
+    from PIL import Image
+
+    base = np.random.default_rng(identity).integers(40, 215, (6, 6, 3)).astype(np.uint8)
+    pattern = np.asarray(Image.fromarray(base).resize((170, 170), Image.Resampling.BICUBIC), np.int16)
+    rng = np.random.default_rng((identity, index))
+    top, left = rng.integers(0, 20, 2)
+    pixels = pattern[top : top + 150, left : left + 150] + rng.integers(-12, 13, (150, 150, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_sets(workdir: Path, photos: int) -> tuple[Path, Path]:
+    """``(folder, rec folder)`` of ``photos`` synthetic photos, generated once per size."""
+    from facetrip.data.recordio import write_record_set
+
+    folder, rec = workdir / f"folder_{photos}", workdir / f"rec_{photos}"
+    done = workdir / f".generated_{photos}"
+    if done.exists():
+        return folder, rec
+    identities = photos // PHOTOS_PER_IDENTITY
+
+    def items():
+        for identity in range(identities):
+            person = folder / f"p{identity:07d}"
+            person.mkdir(parents=True, exist_ok=True)
+            for index in range(PHOTOS_PER_IDENTITY):
+                data = synthetic_photo(identity, index)
+                (person / f"{index}.jpg").write_bytes(data)
+                yield float(identity), data
+
+    write_record_set(rec, items())
+    done.touch()
+    return folder, rec
+
+
+def measured(command: list[str], env: dict | None = None) -> dict:
+    """Run a command under ``/usr/bin/time -v``: seconds, peak RSS (bytes) and its output."""
+    started = time.monotonic()
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=REPO_ROOT,
+                            env={**os.environ, **(env or {})})
+    seconds = time.monotonic() - started
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[2:])} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss": int(peak.group(1)) * 1024 if peak else None, "output": result.stdout}
+
+
+def prepare_rows(source: str, photos: int, workdir: Path, workers: list[int], beam: bool) -> list[dict]:
+    rows = []
+    for count in workers:
+        data_dir = workdir / f"prepared_{photos}_w{count}"
+        run = measured([*FACETRIP, "prepare", source, "--data-dir", str(data_dir), "--aligned", "dlib",
+                        "--workers", str(count)])
+        rows.append({"how": f"{count} worker{'s' if count > 1 else ''}", "seconds": run["seconds"],
+                     "per_worker": photos / run["seconds"] / count, "peak_rss": run["peak_rss"]})
+    if beam:
+        data_dir = workdir / f"prepared_{photos}_beam"
+        run = measured([*FACETRIP, "prepare", source, "--data-dir", str(data_dir), "--aligned", "dlib",
+                        "--beam-runner", "DirectRunner"])
+        rows.append({"how": "Beam DirectRunner", "seconds": run["seconds"], "per_worker": photos / run["seconds"],
+                     "peak_rss": run["peak_rss"]})
+    return rows
+
+
+TRAIN_PROBE = """
+import json, sys, time
+started = time.monotonic()
+import keras
+from facetrip.config import Config
+from facetrip.training import train
+config = Config()
+for key, value in json.loads(sys.argv[1]).items():
+    config.set(key, value)
+first = {}
+class FirstStep(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        first.setdefault("seconds", time.monotonic() - started)
+train(config, sys.argv[2], callbacks=[FirstStep()])
+print(json.dumps({"first_step_seconds": first.get("seconds")}))
+"""
+
+
+def train_row(source: str, data_dir: Path, run_dir: Path, steps: int, batch_size: int = 64) -> dict:
+    settings = {"data.source": source, "data.data_dir": str(data_dir), "data.aligned": "dlib", "train.epochs": 1,
+                "train.steps_per_epoch": steps, "split.test": 2, "split.dev": 2, "train.stranger_check": "",
+                "train.weight_interpolation": 1.0, "sampler.identities_per_batch": batch_size // 4}
+    run = measured([sys.executable, "-c", TRAIN_PROBE, json.dumps(settings), str(run_dir)])
+    first = json.loads(run["output"].strip().splitlines()[-1])["first_step_seconds"]
+    return {"seconds": run["seconds"], "peak_rss": run["peak_rss"], "first_step": first}
+
+
+def embed_row(run_dir: Path, source: str, data_dir: Path, output: Path) -> dict:
+    run = measured([*FACETRIP, "embed", "--run", str(run_dir), "--data", source, "--data-dir", str(data_dir),
+                    "--split", "test", "-o", str(output)])
+    return {"seconds": run["seconds"], "peak_rss": run["peak_rss"]}
+
+
+def pipeline_rate(source: str, data_dir: Path, batches: int, repeats: int) -> dict:
+    """Batches/s of the random-access pipeline and of the in-memory one over the same photos, alternating."""
+    import numpy as np
+
+    from facetrip.data import Augmentation, PKSampler, pk_dataset
+    from facetrip.data.records import load_model_faces
+
+    faces, _ = load_model_faces(source, data_dir=str(data_dir), aligned="dlib")
+    held = faces.take(np.arange(len(faces)))
+    encoded = np.empty(len(faces), dtype=object)
+    encoded[:] = list(faces.encoded)  # the same chips, held in memory as today's loader holds photos
+    import dataclasses
+
+    held = dataclasses.replace(held, encoded=encoded, file_names=np.asarray([""] * len(faces)), model_input=None)
+    sampler = PKSampler(faces.labels, 16, 4, seed=0, steps_per_epoch=batches)
+    rates = {"random access": [], "in memory": []}
+    for round_index in range(repeats):
+        order = ["random access", "in memory"] if round_index % 2 == 0 else ["in memory", "random access"]
+        for name in order:
+            dataset = pk_dataset(faces if name == "random access" else held, sampler, (150, 150), 3, epochs=1,
+                                 augmentation=Augmentation())
+            iterator = iter(dataset)
+            next(iterator)  # the first batch builds the pipeline
+            started = time.monotonic()
+            count = sum(1 for _ in iterator)
+            rates[name].append(count / (time.monotonic() - started))
+    return {name: float(np.median(values)) for name, values in rates.items()}
+
+
+def gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--workdir", type=Path, required=True, help="where the synthetic sets and prepared sets go")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-beam", action="store_true", help="skip Beam's local runner")
+    parser.add_argument("--steps", type=int, default=50, help="training steps of the face network")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--pipeline-batches", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--gpu-check", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    lines = ["# Prepared face sets at scale", "", f"`{' '.join(['scripts/bench_scale.py', *sys.argv[1:]])}`", ""]
+    prepare_table, memory_table = [], []
+    for photos in args.sizes:
+        print(f"[{photos:,} photos] generating ...", flush=True)
+        folder, rec = make_sets(args.workdir, photos)
+        print(f"[{photos:,} photos] preparing ...", flush=True)
+        for row in prepare_rows(f"folder:{folder}", photos, args.workdir, args.workers, not args.no_beam):
+            prepare_table.append([f"{photos:,}", row["how"], f"{row['seconds']:.1f}", f"{row['per_worker']:.0f}",
+                                  gib(row["peak_rss"])])
+            print(prepare_table[-1], flush=True)
+        data_dir = args.workdir / f"prepared_{photos}_w{args.workers[-1]}"
+        print(f"[{photos:,} photos] training ...", flush=True)
+        run_dir = args.workdir / f"run_{photos}"
+        trained = train_row(f"folder:{folder}", data_dir, run_dir, args.steps, args.batch_size)
+        embedded = embed_row(run_dir, f"folder:{folder}", data_dir, args.workdir / f"embed_{photos}")
+        memory_table.append([f"{photos:,}", gib(trained["peak_rss"]), f"{trained['first_step']:.1f} s",
+                             f"{trained['seconds']:.0f} s", gib(embedded["peak_rss"])])
+        print(memory_table[-1], flush=True)
+    lines += ["## Preparation (`--aligned dlib`, no detection)", ""]
+    lines += markdown_table(["photos", "how", "seconds", "photos/s per worker", "peak RSS"], prepare_table, "rllrr")
+    lines += ["", f"## Training ({args.steps} steps of the face network, batch {args.batch_size}) and embedding", ""]
+    lines += markdown_table(["photos", "train peak RSS", "first step", "train total", "embed --split test peak RSS"],
+                            memory_table, "rrrrr")
+    smallest = min(args.sizes)
+    folder, _ = make_sets(args.workdir, smallest)
+    rates = pipeline_rate(f"folder:{folder}", args.workdir / f"prepared_{smallest}_w{args.workers[-1]}",
+                          args.pipeline_batches, args.repeats)
+    lines += ["", f"## P x K pipeline at {smallest:,} photos (16 x 4 chips, augmented; median of {args.repeats})", ""]
+    lines += markdown_table(["pipeline", "batches/s", "ratio"],
+                            [[name, f"{rate:.2f}", f"{rate / rates['in memory']:.2f}"] for name, rate in rates.items()],
+                            "lrr")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_report(args.output, text)
+
+
+if __name__ == "__main__":
+    main()
