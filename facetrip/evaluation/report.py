@@ -344,6 +344,7 @@ def evaluate_run(
         ReportNotWritten: (an EvaluationError) the run directory cannot be written; it
             carries the report.
     """
+    from facetrip.data.records import load_model_faces, logged_progress
     from facetrip.evaluation.baselines import BaselineError, fit_baselines, fit_sample
     from facetrip.evaluation.metrics import error_breakdown, roc, verification_metrics
     from facetrip.evaluation.pairs import distances_between
@@ -369,7 +370,8 @@ def evaluate_run(
     run = Run.load(run_dir)
     source = data_source or training_source
     stage(f"Loading {source} ...")
-    faces, _ = run.load_faces(source, data_dir=data_dir)  # as the model reads them, from the prepared set
+    faces, _ = load_model_faces(source, data_dir=data_dir, face_chips=run.face_chips,
+                                progress=logged_progress(f"Preparing {source}"))  # as the model reads them
     left_out: list[str] = []
 
     if named is not None:
