@@ -23,7 +23,7 @@ FLOORS = {
     "evaluation": 7,
     "training": 8,
     "verification": 9, "export": 9, "identification": 9,
-    "cli": 10, "__main__": 10,
+    "cli": 10, "cli_prepare": 10, "__main__": 10,
 }
 
 

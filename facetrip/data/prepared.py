@@ -406,15 +406,15 @@ def open_prepared(path: Path, listing: PhotoListing, mode: str, count: int) -> P
     """
     import io
 
-    from facetrip.runs.files import atomic_write_bytes
-
     index_path = path / INDEX_FILE
     index = _read_index(index_path, count, len(listing.identity_names))
     if index is None:
         index = _scan_index(path, count)
         buffer = io.BytesIO()
         np.savez(buffer, **index)
-        atomic_write_bytes(index_path, buffer.getvalue())
+        temporary = index_path.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
+        temporary.write_bytes(buffer.getvalue())
+        os.replace(temporary, index_path)  # readers see the whole file or none
     prepared = PreparedSet(path=path, source=listing.source, mode=mode, identity_names=listing.identity_names,
                            labels=index["labels"], faces_detected=index["faces_detected"],
                            detectors=index["detectors"], failed=index["failed"], channels=listing.channels)
