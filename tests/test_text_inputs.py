@@ -105,6 +105,8 @@ BAD_CONFIG_VALUES = [
     ("train", "weight_interpolation", "1.5", "1.5"),
     ("train", "seed", "4294967296", "4294967296"),
     ("train", "replicas", "257", "257"),
+    ("train", "steps_per_epoch", "-1", "-1"),
+    ("train", "steps_per_epoch", "1.5", "1.5"),
 ]
 
 

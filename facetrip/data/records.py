@@ -35,8 +35,9 @@ PROGRESS_LINE_SECONDS = 30.0
 class RecordColumn:
     """One feature (``image`` or ``file_name``) of some records of a prepared set, in a given order.
 
-    Indexing with an int reads that record; with an int array, a slice or a boolean mask it
-    gives another column over those positions (nothing is read). Iterating reads the
+    Indexing with an int reads that record; with a 1-D int array, a slice or a boolean mask it
+    gives another column over those positions (nothing is read); with an n-D int array it
+    reads the records into an array of that shape. Iterating reads the
     records in chunks.
 
     Args:
@@ -56,7 +57,11 @@ class RecordColumn:
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             return self.prepared.records([self.positions[index]])[0][self.feature]
-        return RecordColumn(self.prepared, self.feature, self.positions[index])
+        selected = self.positions[index]
+        if selected.ndim == 1:
+            return RecordColumn(self.prepared, self.feature, selected)
+        flat = np.asarray(RecordColumn(self.prepared, self.feature, selected.reshape(-1)))
+        return flat.reshape(selected.shape)
 
     def __iter__(self):
         for start in range(0, len(self.positions), _READ_CHUNK):
