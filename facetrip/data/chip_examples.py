@@ -14,7 +14,8 @@ How photos become records (``mode``):
   (:mod:`facetrip.data.face_chips`), stored as its PNG, byte for byte the chip every
   other command cuts from the same photo.
 - ``dlib``: photos that are dlib face chips already (``data.aligned = dlib``): no
-  detection, resized to 150 x 150 when they are not.
+  detection. A 150 x 150 JPEG, PNG or BMP is stored byte for byte as it is (checked to
+  decode); any other size or format is resized to 150 x 150 and stored as PNG.
 - ``arcface``: 112 x 112 crops on insightface's ArcFace template (``data.aligned =
   arcface``): mapped onto the chip's geometry by a fixed similarity transform.
 - ``photos``: the whole image, as a model without face chips reads it (JPEG, PNG and BMP
@@ -103,7 +104,15 @@ def _encoded_image(file_name: str, data: bytes, mode: str, use_chip_cache: bool)
         else:
             chip = face_chips.chip_from_pixels(face_chips.rgb_from_image(decode_bytes(data, file_name)[0]))
         return face_chips.encode_chip(chip), chip.faces_detected, chip.detector
-    rgb = face_chips.rgb_from_image(decode_bytes(data, file_name)[0])  # (h, w, 3) uint8
+    if mode == DLIB_ALIGNED:
+        from facetrip.data.images import decode_passing_as_is
+
+        image, passes_as_is = decode_passing_as_is(data, file_name)
+        if passes_as_is and image.size == (face_chips.CHIP_SIZE, face_chips.CHIP_SIZE):
+            return data, 1, ALIGNED_DETECTOR  # a chip already: no re-encoding, no loss
+        rgb = face_chips.rgb_from_image(image)
+    else:
+        rgb = face_chips.rgb_from_image(decode_bytes(data, file_name)[0])  # (h, w, 3) uint8
     if mode == ARCFACE_ALIGNED:
         from facetrip.data.arcface_alignment import chip_from_arcface_crop
 

@@ -253,6 +253,20 @@ def read_image_bytes(path: str | Path) -> bytes:
     return decodable_bytes(read_photo_file(path), str(path))
 
 
+def decode_passing_as_is(data: bytes, name: str = "image bytes"):
+    """:func:`decode_bytes`, and whether TensorFlow may decode ``data`` exactly as PIL did.
+
+    Returns:
+        ``(image, passes_as_is)``: the decoded first frame as a PIL image; ``passes_as_is``
+        is True for single-frame JPEG, PNG or BMP bytes in grey or RGB.
+
+    Raises:
+        ImageReadError: the bytes are not a readable image of a supported format, or too large.
+    """
+    image, _, passes_as_is = _decode_first_frame(bytes(data), name)
+    return image, passes_as_is
+
+
 def decodable_bytes(data: bytes, name: str = "image bytes") -> bytes:
     """Encoded image bytes as :func:`preprocess_encoded` may decode them: exactly the frame PIL checked.
 

@@ -182,3 +182,23 @@ def test_a_preparation_killed_with_kill_9_resumes_without_redoing_finished_shard
             assert (path.stat().st_ino, path.stat().st_mtime_ns) == finished[path.name]
     clean = prepare(listing, "dlib", data_dir=str(tmp_path / "clean"), workers=1)
     assert len(resumed) == 3000 and all_records(resumed) == all_records(clean)
+
+
+def test_aligned_dlib_chips_are_stored_as_they_are_and_other_sizes_are_resized(tmp_path):
+    """``--aligned dlib``: a 150 x 150 JPEG is stored byte for byte (no re-encoding loss); a 120 x 120
+    one is resized to the chip's size and stored as PNG; a corrupt one fails alone."""
+    from PIL import Image
+
+    from facetrip.data.chip_examples import DLIB_ALIGNED, FAILED, photo_record
+
+    rng = np.random.default_rng(3)
+    for side, kept in ((150, True), (120, False)):
+        path = tmp_path / f"chip{side}.jpg"
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, quality=90)
+        data = path.read_bytes()
+        record = photo_record(path.name, "p", data, DLIB_ALIGNED)
+        assert (record["image"] == data) is kept and record["faces_detected"] == 1 and record["error"] == ""
+        with Image.open(__import__("io").BytesIO(record["image"])) as stored:
+            assert stored.size == (150, 150) and stored.format == ("JPEG" if kept else "PNG")
+    broken = photo_record("broken.jpg", "p", (tmp_path / "chip150.jpg").read_bytes()[:300], DLIB_ALIGNED)
+    assert broken["image"] == b"" and broken["faces_detected"] == FAILED and "broken.jpg" in broken["error"]
