@@ -68,7 +68,7 @@ def prepare(
     table.add_row("failed photos", f"{len(failures):,}")
     if report is not None:
         table.add_row("faces", escape(report.summary()))
-    table.add_row("time", f"{seconds:.1f} s")
+    table.add_row("time", f"{seconds:.1f} s ({len(prepared) / max(seconds, 1e-9):,.0f} photos/s)")
     console.print(table)
     for name, error in failures[:SHOWN_FAILURES]:
         console.print(f"  failed: {escape(name)}: {escape(error)}", highlight=False, soft_wrap=True)

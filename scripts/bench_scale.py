@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -59,26 +60,32 @@ def synthetic_photo(identity: int, index: int) -> bytes:
     return buffer.getvalue()
 
 
+def _numbered_photo(number: int) -> bytes:
+    return synthetic_photo(number // PHOTOS_PER_IDENTITY, number % PHOTOS_PER_IDENTITY)
+
+
 def make_sets(workdir: Path, photos: int) -> tuple[Path, Path]:
-    """``(folder, rec folder)`` of ``photos`` synthetic photos, generated once per size."""
+    """``(folder, rec folder)`` of ``photos`` synthetic photos, generated once per size (on every core)."""
+    from multiprocessing import get_context
+
     from facetrip.data.recordio import write_record_set
 
     folder, rec = workdir / f"folder_{photos}", workdir / f"rec_{photos}"
     done = workdir / f".generated_{photos}"
     if done.exists():
         return folder, rec
-    identities = photos // PHOTOS_PER_IDENTITY
 
-    def items():
-        for identity in range(identities):
+    def items(pool):
+        for number, data in enumerate(pool.imap(_numbered_photo, range(photos), chunksize=256)):
+            identity, index = divmod(number, PHOTOS_PER_IDENTITY)
             person = folder / f"p{identity:07d}"
-            person.mkdir(parents=True, exist_ok=True)
-            for index in range(PHOTOS_PER_IDENTITY):
-                data = synthetic_photo(identity, index)
-                (person / f"{index}.jpg").write_bytes(data)
-                yield float(identity), data
+            if index == 0:
+                person.mkdir(parents=True, exist_ok=True)
+            (person / f"{index}.jpg").write_bytes(data)
+            yield float(identity), data
 
-    write_record_set(rec, items())
+    with get_context("spawn").Pool(os.cpu_count()) as pool:
+        write_record_set(rec, items(pool))
     done.touch()
     return folder, rec
 
@@ -95,20 +102,31 @@ def measured(command: list[str], env: dict | None = None) -> dict:
     return {"seconds": seconds, "peak_rss": int(peak.group(1)) * 1024 if peak else None, "output": result.stdout}
 
 
-def prepare_rows(source: str, photos: int, workdir: Path, workers: list[int], beam: bool) -> list[dict]:
-    rows = []
-    for count in workers:
-        data_dir = workdir / f"prepared_{photos}_w{count}"
-        run = measured([*FACETRIP, "prepare", source, "--data-dir", str(data_dir), "--aligned", "dlib",
-                        "--workers", str(count)])
-        rows.append({"how": f"{count} worker{'s' if count > 1 else ''}", "seconds": run["seconds"],
-                     "per_worker": photos / run["seconds"] / count, "peak_rss": run["peak_rss"]})
+def prepared_seconds(output: str) -> float:
+    """The preparation's own seconds (listing and preparing, not Python's and TensorFlow's start) from its table."""
+    found = re.search(r"time\W+([\d.]+) s", output)
+    if not found:
+        raise RuntimeError(f"no time in the output of prepare:\n{output}")
+    return float(found.group(1))
+
+
+def prepare_rows(source: str, photos: int, workdir: Path, workers: list[int], beam: bool,
+                 beam_options: str = "") -> list[dict]:
+    """One fresh preparation of ``source`` per way of running it, each in its own process and data dir."""
+    ways = [(f"{count} worker{'s' if count > 1 else ''}", f"w{count}", ["--workers", str(count)], count)
+            for count in workers]
     if beam:
-        data_dir = workdir / f"prepared_{photos}_beam"
-        run = measured([*FACETRIP, "prepare", source, "--data-dir", str(data_dir), "--aligned", "dlib",
-                        "--beam-runner", "DirectRunner"])
-        rows.append({"how": "Beam DirectRunner", "seconds": run["seconds"], "per_worker": photos / run["seconds"],
-                     "peak_rss": run["peak_rss"]})
+        beam_workers = int((re.search(r"direct_num_workers=(\d+)", beam_options) or [0, 1])[1])
+        ways.append((f"Beam DirectRunner {beam_options}".strip(), "beam",
+                     ["--beam-runner", "DirectRunner", "--beam-options", beam_options], beam_workers))
+    rows = []
+    for how, tag, options, processes in ways:
+        data_dir = workdir / f"prepared_{photos}_{tag}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        run = measured([*FACETRIP, "prepare", source, "--data-dir", str(data_dir), "--aligned", "dlib", *options])
+        seconds = prepared_seconds(run["output"])
+        rows.append({"how": how, "seconds": seconds, "command_seconds": run["seconds"],
+                     "per_worker": photos / seconds / processes, "peak_rss": run["peak_rss"]})
     return rows
 
 
@@ -118,6 +136,8 @@ started = time.monotonic()
 import keras
 from facetrip.config import Config
 from facetrip.training import train
+from pathlib import Path
+Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
 config = Config()
 for key, value in json.loads(sys.argv[1]).items():
     config.set(key, value)
@@ -184,6 +204,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True, help="where the synthetic sets and prepared sets go")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-beam", action="store_true", help="skip Beam's local runner")
+    parser.add_argument("--beam-options", default="", help="options of Beam's DirectRunner, as prepare takes them")
     parser.add_argument("--steps", type=int, default=50, help="training steps of the face network")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--pipeline-batches", type=int, default=40)
@@ -199,9 +220,10 @@ def main() -> None:
         print(f"[{photos:,} photos] generating ...", flush=True)
         folder, rec = make_sets(args.workdir, photos)
         print(f"[{photos:,} photos] preparing ...", flush=True)
-        for row in prepare_rows(f"folder:{folder}", photos, args.workdir, args.workers, not args.no_beam):
-            prepare_table.append([f"{photos:,}", row["how"], f"{row['seconds']:.1f}", f"{row['per_worker']:.0f}",
-                                  gib(row["peak_rss"])])
+        for row in prepare_rows(f"folder:{folder}", photos, args.workdir, args.workers, not args.no_beam,
+                                args.beam_options):
+            prepare_table.append([f"{photos:,}", row["how"], f"{row['seconds']:.1f}", f"{row['command_seconds']:.1f}",
+                                  f"{row['per_worker']:.0f}", gib(row["peak_rss"])])
             print(prepare_table[-1], flush=True)
         data_dir = args.workdir / f"prepared_{photos}_w{args.workers[-1]}"
         print(f"[{photos:,} photos] training ...", flush=True)
@@ -212,7 +234,8 @@ def main() -> None:
                              f"{trained['seconds']:.0f} s", gib(embedded["peak_rss"])])
         print(memory_table[-1], flush=True)
     lines += ["## Preparation (`--aligned dlib`, no detection)", ""]
-    lines += markdown_table(["photos", "how", "seconds", "photos/s per worker", "peak RSS"], prepare_table, "rllrr")
+    lines += markdown_table(["photos", "how", "seconds", "command seconds", "photos/s per worker", "peak RSS"],
+                            prepare_table, "rlrrrr")
     lines += ["", f"## Training ({args.steps} steps of the face network, batch {args.batch_size}) and embedding", ""]
     lines += markdown_table(["photos", "train peak RSS", "first step", "train total", "embed --split test peak RSS"],
                             memory_table, "rrrrr")
