@@ -68,7 +68,7 @@ def make_sets(workdir: Path, photos: int) -> tuple[Path, Path]:
     """``(folder, rec folder)`` of ``photos`` synthetic photos, generated once per size (on every core)."""
     from multiprocessing import get_context
 
-    from facetrip.data.recordio import write_record_set
+    from facetrip.data.recordio_writer import write_record_set
 
     folder, rec = workdir / f"folder_{photos}", workdir / f"rec_{photos}"
     done = workdir / f".generated_{photos}"

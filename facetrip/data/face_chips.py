@@ -59,7 +59,8 @@ from pathlib import Path
 import numpy as np
 
 from facetrip.data.alignment import import_dlib, on_dlib_thread
-from facetrip.data.images import ImageReadError, decode_bytes, read_at_most, read_photo_file, to_8bit
+from facetrip.data.images import ImageReadError, decode_bytes, read_photo_file, to_8bit
+from facetrip.data.regular_files import read_at_most
 from facetrip.data.sources import FaceImages
 
 logger = logging.getLogger(__name__)

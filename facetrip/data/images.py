@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from facetrip.data.regular_files import FileOpenError, open_regular_file, read_at_most
 
 # Extensions facetrip treats as images when it scans a folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp")
@@ -40,11 +41,6 @@ MAX_IMAGE_PIXELS = 100_000_000
 # Files above this size are refused before they are read: 100 million pixels of 16-bit RGBA,
 # uncompressed, take 800 MB.
 MAX_IMAGE_FILE_BYTES = 1 << 30
-
-# How a photo is opened: read-only, never waiting for a writer (should a FIFO take the place of
-# the regular file just checked, it opens at once and is then refused) and never becoming the
-# process's terminal.
-_PHOTO_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class ImageReadError(ValueError):
@@ -74,18 +70,12 @@ def read_photo_file(path: str | Path) -> bytes:
     """
     path = Path(path)
     try:
-        # Checked before opening, as opening a device can do things of its own (a tape rewinds).
-        _check_regular_file(os.stat(path), path)
-        descriptor = os.open(path, _PHOTO_OPEN_FLAGS)
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except OSError as error:
-        raise ImageReadError(f"{path} cannot be read ({error.strerror})") from None
+        descriptor, size = open_regular_file(path)
+    except FileOpenError as error:
+        raise ImageReadError(f"{error}, not an image file" if error.reason == "not regular" else str(error)) from None
     try:
-        status = os.fstat(descriptor)
-        _check_regular_file(status, path)  # what was opened: the file may have been replaced since
-        if status.st_size > MAX_IMAGE_FILE_BYTES:
-            raise ImageReadError(_too_large_file(path, status.st_size))
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise ImageReadError(_too_large_file(path, size))
         data = read_at_most(descriptor, MAX_IMAGE_FILE_BYTES)
     except OSError as error:
         raise ImageReadError(f"{path} cannot be read ({error.strerror})") from None
@@ -96,38 +86,6 @@ def read_photo_file(path: str | Path) -> bytes:
     if len(data) > MAX_IMAGE_FILE_BYTES:
         raise ImageReadError(_too_large_file(path, len(data)))
     return data
-
-
-def _check_regular_file(status: os.stat_result, path: Path) -> None:
-    """Raise :class:`ImageReadError` unless ``status`` is that of a regular file."""
-    if stat.S_ISDIR(status.st_mode):
-        raise ImageReadError(f"{path} is a directory, not an image file")
-    if not stat.S_ISREG(status.st_mode):
-        raise ImageReadError(f"{path} is not a regular file (a FIFO, device or socket), not an image file")
-
-
-def read_at_most(descriptor: int, max_bytes: int) -> bytes:
-    """The bytes of an open file up to its end, but never more than ``max_bytes + 1``.
-
-    Args:
-        descriptor: a file descriptor open for reading.
-        max_bytes: the most bytes the caller accepts; one byte more says the file is larger
-            (it may have grown since it was checked).
-
-    Returns:
-        the bytes read.
-
-    Raises:
-        OSError: the read failed.
-    """
-    chunks, size = [], 0
-    while size <= max_bytes:
-        chunk = os.read(descriptor, min(1 << 24, max_bytes + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large_file(path, size: int) -> str:

@@ -104,7 +104,7 @@ class PhotoReader:
         elif self.kind == "rec":
             from facetrip.data.recordio import open_record_set
 
-            with open_record_set(self.location) as records:
+            with open_record_set(self.location, warn=False) as records:  # warned once, when listed
                 for key in self.refs:
                     try:
                         yield records.read(int(key))[1]

@@ -1,4 +1,4 @@
-"""insightface face sets in MXNet's RecordIO format, read (and written) without MXNet.
+"""insightface face sets in MXNet's RecordIO format, read without MXNet.
 
 A set is a folder holding:
 
@@ -25,8 +25,8 @@ record (record 0 is a photo) is read as photos under every key of ``train.idx``.
 and labels as numpy arrays (16 bytes per photo for the keys and offsets, 8 for the
 labels), and random access to each photo's encoded bytes by ``os.pread``, which threads
 may call at once. Whether those bytes decode to an image is the caller's concern: the
-reader hands back what the record holds. :func:`write_record_set` writes a set in
-insightface's layout, for tests and benchmarks.
+reader hands back what the record holds. :mod:`facetrip.data.recordio_writer` writes a
+set in insightface's layout, for tests and benchmarks.
 
 What the files say is never trusted: a length, a label count or an offset read from them
 is checked against the file's size and against fixed caps before anything is read or
@@ -39,22 +39,20 @@ with a one-line :class:`RecordIOError` that names the file.
 from __future__ import annotations
 
 import collections
-import io
 import logging
 import math
 import os
-import stat
 import struct
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from facetrip.data.errors import DataError
-from facetrip.data.images import read_at_most
+from facetrip.data.regular_files import FileOpenError, open_regular_file, read_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +62,12 @@ PROPERTY_FILE = "property"
 
 RECORD_MAGIC = 0xCED7230A
 _LENGTH_BITS = 29
-_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
+LENGTH_MASK = (1 << _LENGTH_BITS) - 1
 
 # The record's 8-byte prefix (magic, cflag and length), then the IRHeader.
-_RECORD_PREFIX = struct.Struct("<II")
+RECORD_PREFIX = struct.Struct("<II")
 IR_HEADER = struct.Struct("<IfQQ")
-_HEADER_END = _RECORD_PREFIX.size + IR_HEADER.size  # 32: where the extra labels, or the image, start
+_HEADER_END = RECORD_PREFIX.size + IR_HEADER.size  # 32: where the extra labels, or the image, start
 _LABEL = struct.Struct("<f")
 
 # What is read of each photo record to learn its label: the prefix, the IRHeader and the
@@ -87,14 +85,12 @@ MAX_RECORD_BYTES = 64 << 20
 # A record with more labels than this is taken for a corrupt flag (insightface's have 1 or 2).
 MAX_LABELS_PER_RECORD = 1024
 # Identity labels are float32 in the file: integers are exact up to 2**24.
-_MAX_EXACT_LABEL = 1 << 24
+MAX_EXACT_LABEL = 1 << 24
 # The index is read whole: some 20 bytes a line, so this is ~100 million records.
 MAX_INDEX_BYTES = 2 << 30
 _MAX_PROPERTY_BYTES = 1024
 # An index number longer than this many digits cannot be an int64 key or offset.
 _MAX_INDEX_DIGITS = 18
-
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # Byte lookup tables: bytes.split()'s whitespace (tab, newline, vertical tab, form feed,
 # carriage return, space), and the decimal digits.
@@ -127,32 +123,24 @@ class _Header(NamedTuple):
 # Files
 
 
-def _open_regular_file(path: Path, what: str) -> int:
-    """A read-only descriptor of ``path`` (``what``: "the records file"), which must be a regular file.
+def _open_regular_file(path: Path, what: str) -> tuple[int, int]:
+    """A read-only descriptor of ``path`` (``what``: "the records file"), which must be a regular file, and its size.
 
     Opened without waiting (O_NONBLOCK), so a FIFO is refused at once instead of hanging.
     Raises :class:`RecordIOError` when the file is missing, unreadable or not a regular file.
     """
     try:
-        # Checked before opening, as opening a device can do things of its own.
-        _check_regular(os.stat(path), path, what)
-        descriptor = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        raise RecordIOError(f"{path}: no such file; a RecordIO set needs {what} here") from None
-    except OSError as error:
-        raise RecordIOError(f"{path} cannot be read ({error.strerror}); check its permissions") from None
-    try:
-        _check_regular(os.fstat(descriptor), path, what)  # what was opened: it may have been replaced since
-    except BaseException:
-        os.close(descriptor)
-        raise
-    return descriptor
+        return open_regular_file(path)
+    except FileOpenError as error:
+        raise RecordIOError(f"{error}; {_OPEN_ADVICE[error.reason].format(what=what)}") from None
 
 
-def _check_regular(status: os.stat_result, path: Path, what: str) -> None:
-    if not stat.S_ISREG(status.st_mode):
-        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file (a FIFO, device or socket)"
-        raise RecordIOError(f"{path} is {kind}; a RecordIO set needs {what} there as a regular file")
+# What to do about a file of the set that cannot be opened, by FileOpenError.reason.
+_OPEN_ADVICE = {
+    "missing": "a RecordIO set needs {what} here",
+    "not regular": "a RecordIO set needs {what} there as a regular file",
+    "unreadable": "check its permissions",
+}
 
 
 def _read_small_file(path: Path, what: str, max_bytes: int) -> bytes:
@@ -160,9 +148,8 @@ def _read_small_file(path: Path, what: str, max_bytes: int) -> bytes:
 
     No more than the file's size (plus one byte, to see it grow) is ever asked for.
     """
-    descriptor = _open_regular_file(path, what)
+    descriptor, size = _open_regular_file(path, what)
     try:
-        size = os.fstat(descriptor).st_size
         data = read_at_most(descriptor, size) if size <= max_bytes else b""
     except OSError as error:
         raise RecordIOError(f"{path} cannot be read ({error.strerror})") from None
@@ -275,18 +262,18 @@ def _head_problems(heads: np.ndarray, offsets: np.ndarray, bytes_read: np.ndarra
         heads: (R,) records of :data:`_PHOTO_HEAD`, read at (R,) ``offsets`` of a file of
             ``file_size`` bytes, ``bytes_read`` (R,) of each head's bytes read.
     """
-    length = (heads["cflag_length"] & _LENGTH_MASK).astype(np.int64)  # (R,)
+    length = (heads["cflag_length"] & LENGTH_MASK).astype(np.int64)  # (R,)
     cflag = heads["cflag_length"] >> _LENGTH_BITS  # (R,)
     flag = heads["flag"].astype(np.int64)  # (R,)
     label = _label_of(heads).astype(np.float64)  # (R,)
     with np.errstate(invalid="ignore"):
-        bad_label = ~np.isfinite(label) | (label < 0) | (label != np.floor(label)) | (label >= _MAX_EXACT_LABEL)
+        bad_label = ~np.isfinite(label) | (label < 0) | (label != np.floor(label)) | (label >= MAX_EXACT_LABEL)
     failures = [  # in the order of SKIP_REASONS[1:]
-        bytes_read < _RECORD_PREFIX.size,
+        bytes_read < RECORD_PREFIX.size,
         heads["magic"] != RECORD_MAGIC,
         cflag != 0,
         length > MAX_RECORD_BYTES,
-        offsets + _RECORD_PREFIX.size + length > file_size,
+        offsets + RECORD_PREFIX.size + length > file_size,
         length < IR_HEADER.size,
         flag > MAX_LABELS_PER_RECORD,
         IR_HEADER.size + _LABEL.size * flag > length,
@@ -341,14 +328,14 @@ def _read_header_record(descriptor: int, offset: int, file_size: int, path: Path
     data = os.pread(descriptor, _HEADER_END + 2 * _LABEL.size, offset)
     if len(data) < _HEADER_END:
         raise RecordIOError(f"{path}: record 0 is cut off by the end of the file; fetch the set again")
-    magic, cflag_length = _RECORD_PREFIX.unpack_from(data)
-    flag = IR_HEADER.unpack_from(data, _RECORD_PREFIX.size)[0]
+    magic, cflag_length = RECORD_PREFIX.unpack_from(data)
+    flag = IR_HEADER.unpack_from(data, RECORD_PREFIX.size)[0]
     if magic != RECORD_MAGIC or cflag_length >> _LENGTH_BITS:
         raise RecordIOError(
             f"{path}: no record starts at record 0's offset {offset}: train.idx does not belong to this file; "
             f"rebuild the index or fetch the set again"
         )
-    length = cflag_length & _LENGTH_MASK
+    length = cflag_length & LENGTH_MASK
     if flag != 2 or length != IR_HEADER.size + 2 * _LABEL.size:
         return None  # a photo: the set has no header record
     if len(data) < _HEADER_END + 2 * _LABEL.size:
@@ -456,10 +443,10 @@ class RecordSet:
         if code:
             raise RecordIOError(f"{self.records_path}: record {key} is unusable: {SKIP_REASONS[code]}; "
                                           f"has the file changed since it was opened? Open the set again")
-        length = int(heads["cflag_length"][0] & _LENGTH_MASK)
+        length = int(heads["cflag_length"][0] & LENGTH_MASK)
         flag = int(heads["flag"][0])
         label = _label_of(heads)[0]
-        payload = os.pread(self._descriptor, length, offset + _RECORD_PREFIX.size)
+        payload = os.pread(self._descriptor, length, offset + RECORD_PREFIX.size)
         if len(payload) != length:
             raise RecordIOError(f"{self.records_path}: record {key} is cut off by the end of the file; "
                                           f"has it changed since it was opened? Open the set again")
@@ -478,7 +465,7 @@ class RecordSet:
         return f"RecordSet({str(self.path)!r}: {self.num_photos} photos, {self.num_identities} identities)"
 
 
-def open_record_set(path: str | Path) -> RecordSet:
+def open_record_set(path: str | Path, warn: bool = True) -> RecordSet:
     """Open the insightface RecordIO set in folder ``path``, checking every photo record's head.
 
     Reads ``train.idx`` whole and, for each photo record, its first 36 bytes (magic,
@@ -488,6 +475,9 @@ def open_record_set(path: str | Path) -> RecordSet:
 
     Args:
         path: the folder holding ``train.rec``, ``train.idx`` and optionally ``property``.
+        warn: log the warnings (records left out, a malformed ``property`` file); off where
+            the same set is opened again by the workers reading its photos, once it was
+            opened, and warned about, to list them.
 
     Returns:
         the open set.
@@ -503,11 +493,10 @@ def open_record_set(path: str | Path) -> RecordSet:
                                       f"{RECORDS_FILE} and {INDEX_FILE}")
     index_path, records_path = folder / INDEX_FILE, folder / RECORDS_FILE
     index = _parse_index(_read_small_file(index_path, "the record index", MAX_INDEX_BYTES), index_path)
-    declared = _read_property(folder / PROPERTY_FILE)
+    declared = _read_property(folder / PROPERTY_FILE, warn)
 
-    descriptor = _open_regular_file(records_path, "the records file")
+    descriptor, file_size = _open_regular_file(records_path, "the records file")
     try:
-        file_size = os.fstat(descriptor).st_size
         keys, offsets = index.keys, index.offsets
         header = None
         if keys[0] == 0 and 0 <= offsets[0] < file_size:
@@ -532,7 +521,7 @@ def open_record_set(path: str | Path) -> RecordSet:
         first = f"; record {skipped[-1][0]}: {skipped[-1][1]}" if len(keys) else ""
         raise RecordIOError(f"{records_path} holds no usable photo record ({len(keys)} listed in "
                                       f"{INDEX_FILE}{first}): fetch the set again")
-    if skipped:
+    if skipped and warn:
         _warn_skipped(folder, skipped, len(keys))
     photos = {"keys": keys[usable], "offsets": offsets[usable], "labels": labels[usable]}  # (N,) int64 each
     return RecordSet(folder, descriptor, file_size, photos, skipped, header is not None, declared)
@@ -563,8 +552,8 @@ def _photo_range_of_header(header: _Header, keys: np.ndarray, malformed_lines: i
     return slice(int(start), int(stop))
 
 
-def _read_property(path: Path) -> tuple[int, int, int] | None:
-    """``(num_classes, height, width)`` of the ``property`` file, or None (absent, or unreadable: warned)."""
+def _read_property(path: Path, warn: bool) -> tuple[int, int, int] | None:
+    """``(num_classes, height, width)`` of the ``property`` file, or None (absent; unreadable: warned if ``warn``)."""
     if not path.exists() and not path.is_symlink():
         return None
     try:
@@ -573,8 +562,9 @@ def _read_property(path: Path) -> tuple[int, int, int] | None:
         if len(numbers) != 3 or min(numbers) < 0:
             raise ValueError
     except (RecordIOError, UnicodeDecodeError, ValueError) as error:
-        detail = str(error) if isinstance(error, RecordIOError) else f"{path} is not 'num_classes,height,width'"
-        logger.warning("%s; it is ignored.", detail)
+        if warn:
+            detail = str(error) if isinstance(error, RecordIOError) else f"{path} is not 'num_classes,height,width'"
+            logger.warning("%s; it is ignored.", detail)
         return None
     return numbers
 
@@ -590,118 +580,3 @@ def _warn_skipped(folder: Path, skipped: Sequence[tuple[int | None, str]], liste
     first_key, first_reason = skipped[0]
     first = f"record {first_key}: {first_reason}" if first_key is not None else first_reason
     logger.warning("%s: left out %s; first: %s.", folder, " and ".join(parts), first)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-def pack_record(labels: float | Sequence[float], image: bytes, record_id: int = 0) -> bytes:
-    """One RecordIO record: prefix, IRHeader, labels, payload and padding.
-
-    Args:
-        labels: one label (``flag`` 0, in the header's label field) or a list of labels
-            (``flag = len(labels)``, the label field 0).
-        image: the payload after the labels (encoded image bytes; empty for header records).
-        record_id: the IRHeader's id (insightface writes the record's key).
-
-    Returns:
-        the record's bytes, a multiple of 4 long.
-    """
-    if isinstance(labels, (int, float, np.integer, np.floating)):
-        header = IR_HEADER.pack(0, float(labels), record_id, 0)
-    else:
-        labels = [float(label) for label in labels]
-        header = IR_HEADER.pack(len(labels), 0.0, record_id, 0) + struct.pack(f"<{len(labels)}f", *labels)
-    payload = header + bytes(image)
-    if len(payload) > _LENGTH_MASK:
-        raise ValueError(f"a record holds at most {_LENGTH_MASK:,} bytes, not {len(payload):,}")
-    return _RECORD_PREFIX.pack(RECORD_MAGIC, len(payload)) + payload + b"\0" * (-len(payload) % 4)
-
-
-def write_record_set(
-    path: str | Path,
-    items: Iterable[tuple[float | Sequence[float], bytes]],
-    header: bool = True,
-    identity_ranges: bool = True,
-    image_size: tuple[int, int] | None = None,
-) -> int:
-    """Write a face set in insightface's RecordIO layout, one photo at a time.
-
-    With ``header``, record 0 holds the labels ``(N + 1, N + 1 + C)`` and no image (it is
-    written first as a placeholder and filled in at the end), photos are keys ``1 .. N``
-    and, with ``identity_ranges``, records ``N + 1 .. N + C`` hold each identity's keys as
-    ``(first key, last key + 1)``, identities in ascending label order. Without ``header``
-    the photos are keys ``0 .. N - 1`` and no range is written.
-
-    Args:
-        path: the folder to write ``train.rec``, ``train.idx`` and ``property`` into.
-        items: ``(label, image)`` pairs: an identity label (a non-negative integer) or a
-            list of float labels whose first is the identity, and the encoded image bytes.
-        header: write insightface's header record 0.
-        identity_ranges: write the identity-range records (with ``header`` only); the
-            photos of each identity must then come one after another.
-        image_size: ``(height, width)`` for the ``property`` file; by default the first
-            image's size, as PIL reads it.
-
-    Returns:
-        the number of photos written.
-
-    Raises:
-        ValueError: a label is not a non-negative integer, or (with identity ranges) an
-            identity's photos are not consecutive.
-    """
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    ranges: dict[int, list[int]] = {}  # identity -> [first key, last key + 1]
-    previous_identity = None
-    key = 1 if header else 0
-    with open(folder / RECORDS_FILE, "wb") as records, open(folder / INDEX_FILE, "w", encoding="ascii") as index:
-        if header:
-            index.write(f"0\t{records.tell()}\n")
-            records.write(pack_record([0.0, 0.0], b""))  # placeholder, filled in at the end
-        for labels, image in items:
-            identity = _identity_of(labels)
-            if image_size is None:
-                image_size = _image_size(image)
-            if header and identity_ranges:
-                if identity != previous_identity and identity in ranges:
-                    raise ValueError(f"photo {key} (identity {identity}) comes after other identities' photos: "
-                                     f"identity ranges need each identity's photos one after another")
-                ranges.setdefault(identity, [key, key])[1] = key + 1
-            else:
-                ranges.setdefault(identity, [])
-            previous_identity = identity
-            index.write(f"{key}\t{records.tell()}\n")
-            records.write(pack_record(labels, image, record_id=key))
-            key += 1
-        num_photos = key - 1 if header else key
-        if header:
-            range_records = sorted(ranges.items()) if identity_ranges else []
-            for identity, (first, end) in range_records:
-                index.write(f"{key}\t{records.tell()}\n")
-                records.write(pack_record([float(first), float(end)], b"", record_id=key))
-                key += 1
-            records.seek(0)
-            records.write(pack_record([float(num_photos + 1), float(num_photos + 1 + len(range_records))], b""))
-    if image_size is not None:
-        (folder / PROPERTY_FILE).write_text(f"{len(ranges)},{image_size[0]},{image_size[1]}\n", encoding="ascii")
-    return num_photos
-
-
-def _identity_of(labels: float | Sequence[float]) -> int:
-    first = labels if isinstance(labels, (int, float, np.integer, np.floating)) else (list(labels) or [math.nan])[0]
-    if not (math.isfinite(first) and first >= 0 and first == int(first) and first < _MAX_EXACT_LABEL):
-        raise ValueError(f"an identity label is a non-negative integer below {_MAX_EXACT_LABEL}, not {first!r}")
-    return int(first)
-
-
-def _image_size(image: bytes) -> tuple[int, int] | None:
-    """``(height, width)`` of encoded image bytes as PIL reads their header, or None."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(image)) as opened:
-            return opened.height, opened.width
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None

@@ -19,9 +19,8 @@ from facetrip.data.recordio import (
     RECORD_MAGIC,
     RecordIOError,
     open_record_set,
-    pack_record,
-    write_record_set,
 )
+from facetrip.data.recordio_writer import pack_record, write_record_set
 
 # ---------------------------------------------------------------------------------------------
 # An independent writer: MXNet's record layout spelt out with struct, nothing shared with the reader
