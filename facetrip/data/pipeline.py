@@ -148,19 +148,25 @@ def _augment(images, seed, augmentation: Augmentation):
 # Data sets whose preprocessed images fit in this many bytes are decoded and resized once,
 # up front; the training pipeline then only gathers and augments (ORL: 4 MB, LFW: 0.4 GB).
 PREPROCESSED_CACHE_BYTES = 1 << 30
+# The same for a prepared set read from disk, whose size has no bound: above this, every
+# batch is read by random access and decoded, so memory does not grow with the set.
+PREPARED_CACHE_BYTES = 64 << 20
 
 
 def _batch_reader(faces: FaceImages, image_size, channels: int):
     """A function from (B,) image indices to their preprocessed (B, H, W, C) images.
 
     Small data sets are preprocessed once into a variable (outside the graph) and a batch
-    is one gather; larger ones are decoded image by image from a lookup table of the
-    encoded bytes.
+    is one gather; larger ones are decoded image by image, from a lookup table of the
+    encoded bytes held in memory or from a prepared set's records read by random access.
     """
     import tensorflow as tf
 
+    from facetrip.data.records import RecordColumn
+
     height, width = image_size
-    if len(faces) * height * width * channels * 4 <= PREPROCESSED_CACHE_BYTES:
+    cache_bytes = PREPARED_CACHE_BYTES if isinstance(faces.encoded, RecordColumn) else PREPROCESSED_CACHE_BYTES
+    if len(faces) * height * width * channels * 4 <= cache_bytes:
         batches = [images for images, _ in image_dataset(faces, image_size, channels, batch_size=256)]
         images = tf.Variable(tf.concat(batches, axis=0), trainable=False)  # (N, H, W, C)
         return lambda indices: tf.gather(images, indices)

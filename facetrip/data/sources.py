@@ -256,3 +256,15 @@ def load_faces(source: str, data_dir: str | None = None) -> FaceImages:
         channels=int(channels),
         source=str(spec),
     )
+
+
+def is_same_source(first: str, second: str) -> bool:
+    """Whether two data source names name the same data: parsed (``orl`` = ``orl_faces``), folder paths resolved.
+
+    Raises:
+        DataError: a malformed source name.
+    """
+    first_spec, second_spec = parse_source(first), parse_source(second)
+    if first_spec.kind == second_spec.kind and first_spec.kind in ("folder", "rec"):
+        return Path(first_spec.name).expanduser().resolve() == Path(second_spec.name).expanduser().resolve()
+    return first_spec == second_spec

@@ -13,13 +13,20 @@ person); the baselines still fit on the training identities of the run's own sou
 
 Images reach the model and the baselines as the same arrays: the run's image size and
 channels through :func:`facetrip.data.preprocess_encoded`, the path training used.
+
+Nothing the size of the evaluated images is held in memory: the model's embeddings (and
+the baselines' images) are written a batch at a time to a memory-mapped scratch ``.npy``
+in the run directory (else the temporary folder), removed when done, and the distances of
+the pairs are computed a chunk of pairs at a time from it. What is held is per pair: the
+pairs and their distances, which the ROC needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -27,6 +34,7 @@ from facetrip import __version__
 # Runs calibrated to a target FAR save their threshold's rule; THRESHOLD_RULES describes older, equal-error runs.
 from facetrip.evaluation.calibration import THRESHOLD_RULES, saved_threshold_rule  # noqa: F401  (THRESHOLD_RULES re-exported)
 from facetrip.evaluation.metrics import NUM_FOLDS
+from facetrip.data.sources import is_same_source  # noqa: F401 - also facetrip.evaluation.report's
 from facetrip.evaluation.pairs import Pairs
 from facetrip.evaluation.pairs_file import NamedPairs, PairsFileError
 
@@ -161,20 +169,6 @@ def pairs_from_file(named: NamedPairs, faces, pairs_file: str | Path) -> Pairs:
     return Pairs(indices[:, 0], indices[:, 1], named.same.copy(), folds, how)
 
 
-def is_same_source(first: str, second: str) -> bool:
-    """Whether two data source names name the same data: parsed (``orl`` = ``orl_faces``), folder paths resolved.
-
-    Raises:
-        DataError: a malformed source name.
-    """
-    from facetrip.data import parse_source
-
-    first_spec, second_spec = parse_source(first), parse_source(second)
-    if first_spec.kind == second_spec.kind == "folder":
-        return Path(first_spec.name).expanduser().resolve() == Path(second_spec.name).expanduser().resolve()
-    return first_spec == second_spec
-
-
 def identities_of_another_source(faces, training_identities) -> tuple[list[str], list[str]]:
     """The identities of a source the run was not trained on to evaluate on, and those left out.
 
@@ -208,6 +202,30 @@ def preprocess_images(faces, image_size, channels: int) -> np.ndarray:
         return np.zeros((0, *image_size, channels), np.float32)
     batches = [images.numpy() for images, _ in image_dataset(faces, tuple(image_size), channels, batch_size=256)]
     return np.concatenate(batches)
+
+
+def preprocess_images_to_file(faces, image_size, channels: int, path: str | Path) -> np.ndarray:
+    """:func:`preprocess_images` written to a ``.npy`` a batch at a time, and returned memory-mapped, read-only.
+
+    Returns:
+        (N, H, W, C) float32 ``numpy.memmap`` of ``path``.
+    """
+    from facetrip.data import image_dataset
+    from facetrip.embedding import write_npy_rows
+
+    batches = (images.numpy() for images, _ in image_dataset(faces, tuple(image_size), channels, batch_size=256))
+    write_npy_rows(path, batches, len(faces), (*image_size, channels))
+    return np.load(path, mmap_mode="r")
+
+
+def mean_pixels(images: np.ndarray) -> np.ndarray:
+    """(P,) float64 mean of (N, H, W, C) images as pixel vectors, a chunk of rows at a time (a memmap stays on disk)."""
+    from facetrip.embedding import row_chunks
+
+    total = np.zeros(int(np.prod(images.shape[1:], dtype=np.int64)), np.float64)  # (P,)
+    for chunk in row_chunks(images):
+        total += chunk.reshape(len(chunk), -1).sum(axis=0, dtype=np.float64)
+    return total / max(len(images), 1)
 
 
 # The classic baselines read face chips as small grey images, the size they were made for,
@@ -272,6 +290,34 @@ def _baseline_training_faces(faces, training_identities, training_source: str | 
     if len(np.unique(train_faces.labels)) < 2:
         return None, f"{faces.source} holds fewer than two of the run's training identities to fit them on"
     return train_faces, None
+
+
+def _baseline_distances(baseline, images: np.ndarray, centre: np.ndarray, pairs: Pairs) -> np.ndarray:
+    """(M,) distances of the pairs under a fitted baseline, from (U, h, w, c) images (memory-mapped), a chunk of pairs at a time.
+
+    The same distances as ``baseline.embed(images, "evaluated")`` of all images at once,
+    with ``centre`` their mean face (:func:`mean_pixels`).
+    """
+    from facetrip.embedding import CHUNK_BYTES
+    from facetrip.evaluation.pairs import distances_of_pairs
+
+    # A chunk of pairs holds two float64 pixel vectors a pair, and embed() makes about three more of each.
+    pairs_per_chunk = max(1, CHUNK_BYTES // (8 * 2 * 4 * len(centre)))
+    return distances_of_pairs(lambda rows: baseline.embed(images[rows], centre), pairs.first, pairs.second, baseline.metric,
+                              pairs_per_chunk)
+
+
+@contextlib.contextmanager
+def _scratch_file(run_dir: Path) -> Iterator[Path]:
+    """A scratch ``.npy`` path in the run directory (else the temporary folder); a full disk is an EvaluationError."""
+    from facetrip.embedding import scratch_npy_path
+
+    try:
+        with scratch_npy_path(run_dir) as path:
+            yield path
+    except OSError as error:
+        raise EvaluationError(f"Cannot write a scratch file of the evaluation: {error.strerror or error} "
+                              f"({getattr(error, 'filename', None) or run_dir}); free some space or set TMPDIR.") from None
 
 
 def _threshold_report(metadata: dict, distances: np.ndarray, same: np.ndarray) -> dict | None:
@@ -347,7 +393,8 @@ def evaluate_run(
     from facetrip.data.records import load_model_faces, logged_progress
     from facetrip.evaluation.baselines import BaselineError, fit_baselines, fit_sample
     from facetrip.evaluation.metrics import error_breakdown, roc, verification_metrics
-    from facetrip.evaluation.pairs import distances_between
+    from facetrip.embedding import embed_faces_to_file
+    from facetrip.evaluation.pairs import distances_of_pairs
     from facetrip.evaluation.pairs_file import read_lfw_pairs
     from facetrip.evaluation.plots import roc_plot_png
     from facetrip.runs.loaded_run import Run
@@ -371,6 +418,7 @@ def evaluate_run(
     source = data_source or training_source
     stage(f"Loading {source} ...")
     faces, _ = load_model_faces(source, data_dir=data_dir, face_chips=run.face_chips,
+                                aligned="none" if other_source else run.aligned,  # aligned describes the run's photos
                                 progress=logged_progress(f"Preparing {source}"))  # as the model reads them
     left_out: list[str] = []
 
@@ -420,10 +468,12 @@ def evaluate_run(
     used_faces, chip_report = run.prepare_faces(used_faces)  # the photos as the model reads them
 
     stage(f"Embedding {len(used_faces):,} images ...")
-    images = preprocess_images(used_faces, run.image_size, run.channels)  # (U, H, W, C)
-    embeddings = run.embed_images(images)
     metric = metadata["metric"]
-    model_distances = distances_between(embeddings[pairs.first], embeddings[pairs.second], metric)
+    # A batch at a time into a scratch file, read back a chunk of pairs at a time: memory bounded by the batch.
+    with _scratch_file(run_dir) as scratch:
+        embeddings = embed_faces_to_file(run.model, used_faces, run.image_size, run.channels, scratch)  # (U, D) memmap
+        model_distances = distances_of_pairs(embeddings.__getitem__, pairs.first, pairs.second, metric)  # (M,)
+        del embeddings
     model_metrics = verification_metrics(model_distances, pairs.same, pairs.folds, seed)
     identity_of = np.asarray(used_faces.identity_names, dtype=object)[used_faces.labels]  # (U,)
     report: dict[str, Any] = {
@@ -473,8 +523,6 @@ def evaluate_run(
                 train_faces, _ = run.prepare_faces(train_faces)  # the same inputs as the model's
                 baseline_size, baseline_channels = baseline_input(run)
                 fitted = fit_baselines(preprocess_images(train_faces, baseline_size, baseline_channels), train_faces.labels, seed)
-                baseline_images = (images if (baseline_size, baseline_channels) == (run.image_size, run.channels)
-                                   else preprocess_images(used_faces, baseline_size, baseline_channels))
             except BaselineError as error:
                 fitted, report["baselines_skipped"] = [], str(error)
             report["baselines_fit"] = {
@@ -483,14 +531,18 @@ def evaluate_run(
                 "identities": int(len(np.unique(train_faces.labels))),
                 "centre": "the mean of the evaluated images",
             }
-            for baseline in fitted:
-                vectors = baseline.embed(baseline_images)
-                distances = distances_between(vectors[pairs.first], vectors[pairs.second], baseline.metric)
-                report["baselines"][baseline.name] = {
-                    **verification_metrics(distances, pairs.same, pairs.folds, seed),
-                    "description": baseline.description,
-                }
-                curves[f"{baseline.name}, AUC {report['baselines'][baseline.name]['auc']:.3f}"] = roc(distances, pairs.same)[:2]
+            if fitted:
+                with _scratch_file(run_dir) as scratch:
+                    baseline_images = preprocess_images_to_file(used_faces, baseline_size, baseline_channels, scratch)
+                    centre = mean_pixels(baseline_images)  # (P,) the evaluated images' mean face
+                    for baseline in fitted:
+                        distances = _baseline_distances(baseline, baseline_images, centre, pairs)  # (M,)
+                        report["baselines"][baseline.name] = {
+                            **verification_metrics(distances, pairs.same, pairs.folds, seed),
+                            "description": baseline.description,
+                        }
+                        curves[f"{baseline.name}, AUC {report['baselines'][baseline.name]['auc']:.3f}"] = roc(distances, pairs.same)[:2]
+                    del baseline_images
 
     stage("Writing metrics.json and roc.png ...")
     title = f"{Path(run_dir).name}: {pairs.num_same:,} same / {pairs.num_different:,} different pairs of {faces.source}"

@@ -41,6 +41,11 @@ class Run:
         """Whether the model reads aligned face chips (runs that predate them read whole images)."""
         return bool(self.metadata.get("face_chips", False))
 
+    @property
+    def aligned(self) -> str:
+        """How the photos of the run's own source were aligned already (``data.aligned``): none, dlib or arcface."""
+        return str(self.metadata.get("aligned", "none"))
+
     @classmethod
     def load(cls, run_dir: str | Path) -> Run:
         metadata = read_metadata(run_dir)  # checks the format before touching the model
@@ -69,6 +74,26 @@ class Run:
         prepared, faces_detected = encoded_inputs(encoded, self.face_chips)
         return decode_inputs(prepared, self.image_size, self.channels), faces_detected
 
+    def faces_of_files(self, paths):
+        """Photo files as the encoded images the model reads, left encoded: an embedding decodes a batch at a time.
+
+        Returns:
+            ``(FaceImages, faces detected per photo)``: one unlabelled image per file, in order
+            (the face chip for runs on chips); None instead of the counts for runs that read whole images.
+
+        Raises:
+            ImageReadError: naming the first missing or unreadable file.
+        """
+        from facetrip.data import FaceImages
+        from facetrip.data.model_input import file_inputs
+
+        encoded, faces_detected = file_inputs(paths, self.face_chips)
+        images = np.empty(len(encoded), dtype=object)  # (N,) bytes
+        images[:] = encoded
+        faces = FaceImages(encoded=images, labels=np.zeros(len(encoded), np.int64), identity_names=["?"],
+                           file_names=np.asarray([str(path) for path in paths], dtype=str), channels=3, source="files")
+        return faces, faces_detected
+
     def preprocess_files(self, paths) -> np.ndarray:
         """(N, H, W, C) model inputs of image files, in order; raises ImageReadError naming a bad file."""
         return self.inputs_of_files(paths)[0]
@@ -85,15 +110,20 @@ class Run:
         """(N, D) float32 embeddings of model inputs (N, H, W, C) in [0, 1]; the model is a black box."""
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0), np.float32)
 
-    def load_faces(self, source: str, data_dir: str | None = None, aligned: str = "none"):
+    def load_faces(self, source: str, data_dir: str | None = None, aligned: str | None = None):
         """A source's photos as this run's model reads them, from its prepared set: ``(faces, report)``.
 
         Args:
             source: a data source name.
             data_dir: where prepared sets live.
-            aligned: the source's photos are aligned already (``dlib``, ``arcface``), or ``none``.
+            aligned: the source's photos are aligned already (``dlib``, ``arcface``), or ``none``;
+                None: the run's own ``data.aligned`` for its own source, ``none`` for another.
         """
         from facetrip.data.records import load_model_faces, logged_progress
+        from facetrip.data.sources import is_same_source
+
+        if aligned is None:
+            aligned = self.aligned if is_same_source(source, self.metadata["source"]) else "none"
 
         return load_model_faces(source, data_dir=data_dir, face_chips=self.face_chips, aligned=aligned,
                                 progress=logged_progress(f"Preparing {source}"))

@@ -192,6 +192,8 @@ def check_metadata_fields(metadata: dict[str, Any], path: Path) -> None:
         text("freeze", metadata["freeze"], nullable=True)
     if present("threshold_source"):
         text("threshold_source", metadata["threshold_source"], required=True)
+    if present("aligned") and metadata["aligned"] not in ("none", "dlib", "arcface"):
+        refuse("aligned", "none, dlib or arcface", metadata["aligned"])
     for field in ("face_chips", "flip_tta"):
         if present(field):
             flag(field, metadata[field])

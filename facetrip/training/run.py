@@ -447,6 +447,7 @@ class RunMetadata:
             "backbone": self.choices.backbone,
             "freeze": config.model.freeze,
             **model_input_metadata(config.data.face_chips, self.data.chip_report),
+            "aligned": config.data.aligned,
             "flip_tta": config.model.flip_tta,
             "tta_shift": config.model.tta_shift,
             "strategy": self.choices.strategy,
