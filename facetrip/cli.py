@@ -606,8 +606,10 @@ def embed(
     """Embed images with a run's model: embeddings.npy, metadata.tsv and TensorBoard projector files."""
     import json
 
+    import numpy as np
+
     from facetrip.data import DataError, ImageReadError
-    from facetrip.embedding import collect_images, embed_faces, write_embeddings
+    from facetrip.embedding import collect_images, embed_faces_to_file, scratch_npy_path, write_embeddings
 
     setup_logging()
     loaded = _load_run(run)
@@ -617,30 +619,37 @@ def embed(
             paths, labels = collect_images(inputs)
             if not paths:
                 fail("No image files found in the given inputs.")
-            with console.status(f"Embedding {len(paths)} images ..."):
-                images, faces_detected = loaded.inputs_of_files(paths)
-                embeddings = loaded.embed_images(images)
+            with console.status(f"Reading {len(paths)} images ..."):
+                faces, faces_detected = loaded.faces_of_files(paths)
             target = output or loaded.path / "embeddings"
         else:
             faces = _split_of_run(loaded, split, data_source, data_dir)
             if not len(faces):
                 fail(f"The {split} split of {faces.source} holds no images.")
-            with console.status(f"Embedding {len(faces)} images ..."):
-                embeddings = embed_faces(loaded.model, faces, loaded.image_size, loaded.channels)
-            labels = [faces.identity_names[label] for label in faces.labels]
-            paths = list(faces.file_names)
+            labels = np.asarray(faces.identity_names, dtype=object)[faces.labels]  # (N,) shared name strings
+            paths = faces.file_names  # read from the prepared set a chunk at a time, as metadata.tsv is written
             target = output or loaded.path / f"embeddings-{split}"
     except (DataError, ImageReadError) as error:
         fail(str(error))
     import tensorflow as tf
     from rich.markup import escape
 
-    try:
-        written = write_embeddings(target, embeddings, labels, paths, faces_detected)
-    except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
-        reason = ("a file is in the way" if target.exists() and not target.is_dir()
-                  else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
-        fail(escape(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output."))
+    # Batch by batch into a scratch file beside the output, then into the output files a chunk
+    # of rows at a time: a split of any size embeds in memory bounded by the batch.
+    with scratch_npy_path(target, target.parent) as scratch:
+        try:
+            with console.status(f"Embedding {len(faces)} images ..."):
+                embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)
+        except OSError as error:  # the scratch file: a full disk
+            fail(escape(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}."))
+        num_embeddings, embedding_dim = embeddings.shape
+        try:
+            written = write_embeddings(target, embeddings, labels, paths, faces_detected)
+        except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
+            reason = ("a file is in the way" if target.exists() and not target.is_dir()
+                      else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
+            fail(escape(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output."))
+        del embeddings  # unmapped before the scratch file goes
     if as_json:
         from facetrip.data.model_input import file_face_detectors
 
@@ -649,12 +658,12 @@ def embed(
                    **({} if count is None else {"faces_detected": int(count), "face_detector": detector})}
                   for path, label, count, detector in zip(paths, labels, faces_detected or [None] * len(paths), detectors)]
         typer.echo(json.dumps({"output": str(target), "files": {name: str(path) for name, path in written.items()},
-                               "embedding_dim": int(embeddings.shape[1]), "photos": photos}))
+                               "embedding_dim": int(embedding_dim), "photos": photos}))
         return
     if faces_detected is not None:
         _print_face_counts(paths, faces_detected)  # names that are not UTF-8 are printed as \xHH escapes
     console.print(
-        f"Wrote {len(embeddings)} embeddings of size {embeddings.shape[1]} to {target}/ "
+        f"Wrote {num_embeddings} embeddings of size {embedding_dim} to {target}/ "
         f"({', '.join(path.name for path in written.values())}); view with: tensorboard --logdir {target}"
     )
 
@@ -690,7 +699,7 @@ def mine(
     run = _one_run(run_argument, run)
     from facetrip.data import DataError
     from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
-    from facetrip.embedding import embed_faces
+    from facetrip.embedding import embed_faces_to_file, scratch_npy_path
 
     if not offline:
         fail("Only offline mining (--offline) exists: online mining happens inside the loss during training.")
@@ -704,11 +713,18 @@ def mine(
         faces = _split_of_run(loaded, split, None, data_dir)
     except DataError as error:
         fail(str(error))
-    with console.status(f"Embedding {len(faces)} images and mining ..."):
-        embeddings = embed_faces(loaded.model, faces, loaded.image_size, loaded.channels)
+    target = output or loaded.path / f"triplets-{split}.npz"
+    # Embedded a batch at a time into a scratch file, which the mining reads a chunk of rows at a time.
+    with console.status(f"Embedding {len(faces)} images and mining ..."), scratch_npy_path(target.parent, loaded.path) as scratch:
+        try:
+            embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)  # (N, D)
+        except OSError as error:  # the scratch file: a full disk
+            from rich.markup import escape
+
+            fail(escape(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}."))
         result = mine_triplets(embeddings, faces.labels, chosen_margin, metric=loaded.metadata["metric"],
                                max_triplets=max_triplets, seed=seed)
-    target = output or loaded.path / f"triplets-{split}.npz"
+        del embeddings
     try:
         save_triplets(target, result, file_names=faces.file_names, source=faces.source)
     except OSError as error:  # a read-only run directory, or a folder where the file must go

@@ -2,8 +2,9 @@
 
 :func:`verification_pairs` chooses the pairs of a set of labelled images: all unordered
 pairs of a small set, or a seeded balanced sample of a large one, as :class:`Pairs`
-(indices into the image list). :func:`distances_between` and :func:`pair_distances` give
-the distances of pairs of embeddings (euclidean, squared or cosine).
+(indices into the image list). :func:`distances_between`, :func:`distances_of_pairs` (a
+chunk of pairs at a time) and :func:`pair_distances` give the distances of pairs of
+embeddings (euclidean, squared or cosine).
 
 Pure NumPy; no TensorFlow, no files.
 """
@@ -11,11 +12,14 @@ Pure NumPy; no TensorFlow, no files.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 
 # Above this many unordered pairs, pair_distances uses a seeded random subset of pairs.
 MAX_PAIRS = 2_000_000
+# Pairs whose vectors distances_of_pairs holds at a time.
+PAIRS_PER_CHUNK = 8192
 
 
 # ----------------------------------------------------------------------------- distances
@@ -40,6 +44,32 @@ def distances_between(first: np.ndarray, second: np.ndarray, metric: str = "eucl
         raise ValueError(f"Unknown metric {metric!r}: choose euclidean, squared or cosine.")
     squared = np.sum((first - second) ** 2, axis=1)  # (M,)
     return squared if metric == "squared" else np.sqrt(squared)
+
+
+def distances_of_pairs(vectors_of: Callable[[np.ndarray], np.ndarray], first: np.ndarray, second: np.ndarray,
+                       metric: str = "euclidean", pairs_per_chunk: int = PAIRS_PER_CHUNK) -> np.ndarray:
+    """Distances ``d(v[first[m]], v[second[m]])`` of many pairs, a chunk of pairs at a time.
+
+    The vectors of a chunk's images are looked up, or computed, by ``vectors_of``: the
+    vectors of every image are never in memory at once. With ``vectors_of =
+    embeddings.__getitem__`` a memory-mapped (N, D) array is read a chunk of rows at a time.
+    Each distance is the one :func:`distances_between` gives for its row.
+
+    Args:
+        vectors_of: from (m,) int64 image indices to their (m, D) vectors.
+        first, second: (M,) int image indices of the pairs.
+        metric: euclidean | squared | cosine.
+        pairs_per_chunk: pairs whose vectors are held at a time.
+
+    Returns:
+        (M,) float64 distances.
+    """
+    first, second = np.asarray(first, np.int64).reshape(-1), np.asarray(second, np.int64).reshape(-1)
+    distances = np.empty(len(first), np.float64)  # (M,)
+    for start in range(0, len(first), pairs_per_chunk):
+        stop = start + pairs_per_chunk
+        distances[start:stop] = distances_between(vectors_of(first[start:stop]), vectors_of(second[start:stop]), metric)
+    return distances
 
 
 def pair_distances(embeddings: np.ndarray, labels: np.ndarray, metric: str = "euclidean", seed: int = 0):

@@ -11,6 +11,8 @@
 The data files are named after their content and written before the manifest, which is
 written last and atomically: a kill at any point leaves the previous index whole, and an
 index whose data file was changed or cut short is refused (its SHA-256 is in the manifest).
+The data file is written and hashed a buffer at a time, so the embeddings of a large
+gallery may be a memory-mapped array (`facetrip index` embeds into one).
 
 An index belongs to one model: :func:`model_fingerprint` hashes the run's ``model.keras``
 with the metric and input settings, and :func:`check_same_model` refuses an index that
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import time
 import zipfile
@@ -134,14 +137,17 @@ def check_same_model(manifest: dict[str, Any], fingerprint: str, run_dir: str | 
 
 
 def merged(index: GalleryIndex | None, embeddings: np.ndarray, identities, files, faces_detected,
-           manifest: dict[str, Any]) -> tuple[GalleryIndex, int]:
+           manifest: dict[str, Any], rows_path: str | Path | None = None) -> tuple[GalleryIndex, int]:
     """An index with new photos added; photos whose file is already in it are left out.
 
     Args:
         index: the index to add to, or None for a new one.
-        embeddings: (M, D) float32 of the new photos.
+        embeddings: (M, D) float32 of the new photos (a ``numpy.memmap`` is read in chunks).
         identities, files, faces_detected: (M,) of the new photos.
         manifest: the manifest to keep (the index's own when adding).
+        rows_path: a ``.npy`` file to write the merged index's embeddings to, a chunk of
+            rows at a time, and memory-map them from (a gallery of any size); None to
+            gather them in memory.
 
     Returns:
         ``(index, photos left out as already indexed)``.
@@ -160,10 +166,21 @@ def merged(index: GalleryIndex | None, embeddings: np.ndarray, identities, files
         if name not in known:
             fresh[position] = True
             known.add(name)
+    if rows_path is not None:
+        from facetrip.embedding import row_chunks, write_npy_rows
+
+        kept = (len(index) if index is not None else 0) + int(fresh.sum())
+        chunks = itertools.chain(row_chunks(index.embeddings) if index is not None else (), row_chunks(embeddings, fresh))
+        write_npy_rows(rows_path, chunks, kept, (embeddings.shape[1],))
+        all_embeddings = np.load(rows_path, mmap_mode="r")  # (K, D)
+    elif index is None:
+        all_embeddings = embeddings[fresh]
+    else:
+        all_embeddings = np.concatenate([index.embeddings, embeddings[fresh]])
     if index is None:
-        return GalleryIndex(embeddings[fresh], identities[fresh], files[fresh], faces_detected[fresh], manifest), int((~fresh).sum())
+        return GalleryIndex(all_embeddings, identities[fresh], files[fresh], faces_detected[fresh], manifest), int((~fresh).sum())
     return GalleryIndex(
-        np.concatenate([index.embeddings, embeddings[fresh]]),
+        all_embeddings,
         np.concatenate([index.identities, identities[fresh]]),
         np.concatenate([index.files, files[fresh]]),
         np.concatenate([index.faces_detected, faces_detected[fresh]]),
@@ -183,15 +200,24 @@ def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = 
     Returns:
         The manifest written.
     """
-    from facetrip.runs import atomic_write_bytes, atomic_write_json
+    from facetrip.runs import atomic_write_bytes, atomic_write_json, write_atomically_as
 
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, embeddings=np.asarray(index.embeddings, np.float32), identities=_text_array(index.identities),
-             files=_text_array(index.files), faces_detected=np.asarray(index.faces_detected, np.int64))
-    data = buffer.getvalue()
-    data_hash = hashlib.sha256(data).hexdigest()
+
+    def write_data(temporary: Path) -> None:  # NumPy streams each array into the zip a buffer at a time
+        with open(temporary, "wb") as handle:
+            np.savez(handle, embeddings=np.asarray(index.embeddings, np.float32), identities=_text_array(index.identities),
+                     files=_text_array(index.files), faces_detected=np.asarray(index.faces_detected, np.int64))
+
+    hashes = []
+
+    def data_file_name(temporary: Path) -> str:
+        hashes.append(_file_sha256(temporary))
+        return f"{_DATA_PREFIX}{hashes[-1][:16]}.npz"
+
+    write_atomically_as(index_dir, write_data, data_file_name, suffix=".partial.npz")
+    data_hash = hashes[-1]
     manifest = dict(index.manifest)
     manifest.update({
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -202,7 +228,6 @@ def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = 
         "data_sha256": data_hash,
         "ann": None,
     })
-    atomic_write_bytes(index_dir / manifest["data_file"], data)
     if ann is not None:
         ann_hash = hashlib.sha256(ann).hexdigest()
         manifest["ann"] = {"library": ann_library, "file": f"{_ANN_PREFIX}{ann_hash[:16]}.bin", "sha256": ann_hash}

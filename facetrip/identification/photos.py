@@ -2,8 +2,9 @@
 
 Every photo reaches the model as training images did (:meth:`facetrip.runs.loaded_run.Run.prepare_faces`:
 aligned face chips for runs on chips, in worker processes for many photos, cached), and is
-embedded in batches (:func:`facetrip.training.embed_faces`), so a gallery of thousands of
-photos never sits in memory as decoded images.
+embedded in batches (:func:`facetrip.embedding.embed_faces`), so a gallery of thousands of
+photos never sits in memory as decoded images; `index` writes the embeddings of a gallery to
+a memory-mapped file a batch at a time (:func:`facetrip.embedding.embed_faces_to_file`).
 """
 
 from __future__ import annotations
@@ -135,18 +136,22 @@ def unlabelled_photos(inputs, skip_unreadable: bool, outside: str | Path | None 
     return read_files(paths, [0] * len(paths), ["?"], "photos", skip_unreadable)
 
 
-def embed_photos(run, faces, on_stage=None) -> Embedded:
+def embed_photos(run, faces, on_stage=None, embeddings_path: str | Path | None = None) -> Embedded:
     """Embeddings of photos with a run's model, through the run's own photo path.
 
     Args:
         run: a loaded :class:`facetrip.runs.loaded_run.Run`.
         faces: :class:`~facetrip.data.FaceImages` of encoded photos.
         on_stage: called with a short message as each stage starts, or None.
+        embeddings_path: a ``.npy`` file to write the embeddings to a batch at a time
+            (:func:`facetrip.embedding.embed_faces_to_file`), for a gallery of any size; None
+            to gather them in memory.
 
     Returns:
-        :class:`Embedded`, in the order of ``faces``.
+        :class:`Embedded`, in the order of ``faces``; its embeddings memory-mapped from
+        ``embeddings_path`` when one is given.
     """
-    from facetrip.embedding import embed_faces
+    from facetrip.embedding import embed_faces, embed_faces_to_file
 
     if on_stage is not None and run.face_chips:
         on_stage(f"Aligning the faces of {len(faces):,} photos ...")
@@ -161,6 +166,10 @@ def embed_photos(run, faces, on_stage=None) -> Embedded:
         faces_detected = np.asarray([faces_detected_in(png) for png in prepared.encoded], np.int64)
     if on_stage is not None:
         on_stage(f"Embedding {len(faces):,} photos ...")
-    embeddings = (embed_faces(run.model, prepared, run.image_size, run.channels) if len(prepared)
-                  else np.zeros((0, int(run.model.output_shape[-1])), np.float32))
-    return Embedded(np.asarray(embeddings, np.float32), faces_detected, prepared.encoded)
+    if embeddings_path is not None:
+        embeddings = embed_faces_to_file(run.model, prepared, run.image_size, run.channels, embeddings_path)  # (N, D) memmap
+    elif len(prepared):
+        embeddings = np.asarray(embed_faces(run.model, prepared, run.image_size, run.channels), np.float32)
+    else:
+        embeddings = np.zeros((0, int(run.model.output_shape[-1])), np.float32)
+    return Embedded(embeddings, faces_detected, prepared.encoded)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from facetrip.embedding import row_chunks, scratch_npy_path, write_npy_rows
 from facetrip.identification import ann as ann_search
 from facetrip.identification.clustering import ALONE, DEFAULT_ALGORITHM, cluster_embeddings, numbered_clusters
 from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_same_model, has_index, merged,
@@ -133,21 +135,38 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
     faces = photos.faces
     if not len(faces):
         raise GalleryIndexError(f"The gallery {gallery} holds no readable photo: nothing to index.")
-    embedded = embed_photos(run, faces, on_stage)
-    with_face = embedded.face_found
-    no_face = [str(name) for name in faces.file_names[~with_face]]
-    if not with_face.any():
-        raise GalleryIndexError(f"No face was found on any of the {len(faces)} photos of {gallery}: nothing to index.")
-    manifest = dict(existing.manifest) if existing is not None else new_manifest(run.path, run.metadata, fingerprint)
-    manifest["sources"] = [*manifest.get("sources", []), {"source": faces.source, "photos": int(with_face.sum()),
-                                                          "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
-    identities = np.asarray(faces.identity_names, dtype=object)[faces.labels[with_face]]
-    index, repeated = merged(existing, embedded.embeddings[with_face], identities, faces.file_names[with_face],
-                             embedded.faces_detected[with_face], manifest)
-    ann_index = _ann_index(index, existing, ann, on_stage)
-    written = write_index(index_dir, index, ann_index, ann_search.LIBRARY if ann_index is not None else None)
-    added = len(index) - (len(existing) if existing is not None else 0)
+    # The embeddings go a batch at a time into scratch files beside the index, and from there
+    # a chunk of rows at a time into its data file: memory bounded by the batch, not the gallery.
+    with contextlib.ExitStack() as scratch:
+        def scratch_path() -> Path:
+            return scratch.enter_context(scratch_npy_path(index_dir, index_dir.parent))
+
+        embedded = embed_photos(run, faces, on_stage, embeddings_path=scratch_path())
+        with_face = embedded.face_found
+        no_face = [str(name) for name in faces.file_names[~with_face]]
+        if not with_face.any():
+            raise GalleryIndexError(f"No face was found on any of the {len(faces)} photos of {gallery}: nothing to index.")
+        manifest = dict(existing.manifest) if existing is not None else new_manifest(run.path, run.metadata, fingerprint)
+        manifest["sources"] = [*manifest.get("sources", []), {"source": faces.source, "photos": int(with_face.sum()),
+                                                              "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+        identities = np.asarray(faces.identity_names, dtype=object)[faces.labels[with_face]]
+        with_face_embeddings = embedded.embeddings  # (N, D) memory-mapped
+        if not with_face.all():
+            with_face_embeddings = _rows_to_file(with_face_embeddings, with_face, scratch_path())
+        index, repeated = merged(existing, with_face_embeddings, identities, faces.file_names[with_face],
+                                 embedded.faces_detected[with_face], manifest, rows_path=scratch_path())
+        ann_index = _ann_index(index, existing, ann, on_stage)
+        written = write_index(index_dir, index, ann_index, ann_search.LIBRARY if ann_index is not None else None)
+        added = len(index) - (len(existing) if existing is not None else 0)
+        del embedded, with_face_embeddings, index  # unmapped before the scratch files go
     return IndexSummary(written, added, repeated, no_face, photos.skipped, faces.source)
+
+
+def _rows_to_file(array: np.ndarray, rows: np.ndarray, path: Path) -> np.ndarray:
+    """The chosen rows of an (N, D) array, written to a ``.npy`` a chunk at a time, memory-mapped read-only."""
+    write_npy_rows(path, row_chunks(array, rows), int(np.count_nonzero(rows)) if rows.dtype == bool else len(rows),
+                   array.shape[1:])
+    return np.load(path, mmap_mode="r")
 
 
 def _ann_index(index: GalleryIndex, existing: GalleryIndex | None, ann: bool | None, on_stage: Stage) -> bytes | None:

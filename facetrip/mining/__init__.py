@@ -49,7 +49,10 @@ releases the GIL; BLAS is held at one thread per worker). Cost: about 6 ns per
 (anchor, point) pair and core, half of it the product, on a 2.1 GHz Xeon (Sapphire
 Rapids); N = 100,000 takes about 40 s on 2 cores (``scripts/bench_mining.py``).
 Memory: the points twice (with one extra column), the thresholds (2 per anchor-positive
-pair), and three (C, E) key buffers per worker (8 MiB each at the defaults).
+pair), and three (C, E) key buffers per worker (8 MiB each at the defaults). The
+embeddings themselves may be memory-mapped (``facetrip mine`` embeds a split into a
+scratch ``.npy``): they are read a chunk of rows at a time into the two packed layouts,
+which are the only copies in memory.
 
 Sampling
 --------

@@ -15,6 +15,7 @@ import numpy as np
 from facetrip.mining.result import resolve_metric, validated_margin
 
 DEFAULT_CHUNK_SIZE = 128  # anchors per chunk
+_CHUNK_VALUES = 1 << 22  # embedding values read at a time while packing (16 MiB of float32)
 _TILE_WIDTH = 16384  # points per column tile: a (128, 16384) float32 key tile is 8 MiB
 
 
@@ -40,9 +41,16 @@ def _validated_embeddings(embeddings) -> np.ndarray:
         except (TypeError, ValueError):
             raise ValueError(f"embeddings must be real numbers, got dtype {points.dtype}.") from None
     points = points.astype(np.float64 if points.dtype == np.float64 else np.float32, copy=False)
-    if not np.all(np.isfinite(points)):
-        raise ValueError("embeddings contain NaN or infinite values.")
+    for start, stop in _row_ranges(points):
+        if not np.all(np.isfinite(points[start:stop])):
+            raise ValueError("embeddings contain NaN or infinite values.")
     return points
+
+
+def _row_ranges(points: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of row chunks of about ``_CHUNK_VALUES`` values: a memory-mapped array is read chunk by chunk."""
+    rows = max(1, _CHUNK_VALUES // max(1, points.shape[1] if points.ndim == 2 else 1))
+    return [(start, min(start + rows, len(points))) for start in range(0, len(points), rows)]
 
 
 def _identities(labels, size: int) -> np.ndarray:
@@ -130,19 +138,20 @@ class Problem:
         anchor_side[:, dimension] = 1.0
         point_side = np.zeros((dimension + 1, num_positions), dtype)  # (D + 1, positions)
         point_side[dimension] = -np.inf
-        if metric == "cosine":
-            norms = np.sqrt(np.einsum("nd,nd->n", points, points, dtype=np.float64))  # (N,)
-            unit = (points / np.where(norms > 0, norms, 1.0)[:, None]).astype(dtype)  # zero rows stay zero
-            anchor_side[position, :dimension] = unit
-            point_side[:dimension, position] = unit.T
-            point_side[dimension, position] = 0.0
-            half_square_norms = None
-        else:
-            half = (np.einsum("nd,nd->n", points, points, dtype=np.float64) / 2).astype(dtype)  # (N,)
-            anchor_side[position, :dimension] = points
-            point_side[:dimension, position] = points.T
-            point_side[dimension, position] = -half
-            half_square_norms = scatter(half, np.inf, dtype)
+        half = None if metric == "cosine" else np.empty(num_points, dtype)  # (N,) |x|^2 / 2
+        for start, stop in _row_ranges(points):  # a chunk of rows at a time: the points may be memory-mapped
+            block, block_positions = np.asarray(points[start:stop]), position[start:stop]  # (n, D), (n,)
+            square_norms = np.einsum("nd,nd->n", block, block, dtype=np.float64)  # (n,)
+            if metric == "cosine":
+                norms = np.sqrt(square_norms)
+                block = (block / np.where(norms > 0, norms, 1.0)[:, None]).astype(dtype)  # unit rows; zero rows stay zero
+                point_side[dimension, block_positions] = 0.0
+            else:
+                half[start:stop] = square_norms / 2
+                point_side[dimension, block_positions] = -half[start:stop]
+            anchor_side[block_positions, :dimension] = block
+            point_side[:dimension, block_positions] = block.T
+        half_square_norms = None if half is None else scatter(half, np.inf, dtype)
         point_side = np.ascontiguousarray(point_side.reshape(dimension + 1, num_tiles, tile_width).transpose(1, 0, 2))
         return cls(
             metric=metric, margin=margin, chunk_size=chunk, tile_width=tile_width, num_chunks=num_chunks,

@@ -16,7 +16,9 @@ from facetrip.runs.files import (
     fsync_directory,
     fsync_file,
     save_model_atomically,
+    write_all_atomically,
     write_atomically,
+    write_atomically_as,
 )
 from facetrip.runs.layout import (
     BACKUP_DIR,
@@ -80,5 +82,7 @@ __all__ = [
     "read_metadata",
     "run_lock",
     "save_model_atomically",
+    "write_all_atomically",
     "write_atomically",
+    "write_atomically_as",
 ]

@@ -85,6 +85,66 @@ def write_atomically(path: str | Path, write: Callable[[Path], Any], suffix: str
     fsync_directory(path.parent)
 
 
+def write_all_atomically(writes: dict[Path, Callable[[Path], Any]], suffix: str = ".tmp") -> None:
+    """Fill a fresh temporary file beside each path; only once every one is complete, rename them into place in order.
+
+    A failure in any ``write`` leaves every path as it was and no temporary file behind, so
+    files that belong together (an array and the table describing its rows) are never
+    replaced one without the other. A kill during the renames themselves can leave the
+    first files new and the others old; each file is always whole.
+
+    Args:
+        writes: ``{path: write}``, each ``write`` called with its temporary path to write the complete contents.
+        suffix: end of the temporary names.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            temporary = _new_temporary_file(path.parent, f".{path.name}.", suffix)
+            staged.append((temporary, path))
+            write(temporary)
+            fsync_file(temporary)
+        for temporary, path in staged:
+            os.replace(temporary, path)
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    for directory in {path.parent for _, path in staged}:
+        fsync_directory(directory)
+
+
+def write_atomically_as(directory: str | Path, write: Callable[[Path], Any], name_of: Callable[[Path], str],
+                        suffix: str = ".tmp") -> Path:
+    """Have ``write`` fill a fresh temporary file in ``directory``, then rename it to the name its contents give it.
+
+    For files named after their content (a hash): the name is known only once the file is
+    written. A failure leaves no temporary file behind.
+
+    Args:
+        directory: the folder of the file.
+        write: called with the temporary path; writes the complete contents.
+        name_of: called with the written temporary path; returns the final file name (no folder).
+        suffix: end of the temporary name.
+
+    Returns:
+        The final path.
+    """
+    directory = Path(directory)
+    temporary = _new_temporary_file(directory, ".", suffix)
+    try:
+        write(temporary)
+        fsync_file(temporary)
+        path = directory / name_of(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(directory)
+    return path
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`write_atomically`), with the permissions the umask gives.
 

@@ -78,21 +78,33 @@ def write_identity(root: Path, name: str, count: int, seed: int) -> None:
         Image.fromarray(pixels, mode="L").save(root / name / f"{index}.png")
 
 
+class PixelModel:
+    """A stand-in model: an image's embedding is its L2-normalised pixels."""
+
+    def __init__(self, image_size, channels):
+        self.output_shape = (None, int(np.prod(image_size)) * channels)
+
+    def predict_on_batch(self, images):
+        flat = np.asarray(images, np.float32).reshape(len(images), -1)  # (B, H * W * C)
+        return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+
+
 class PixelRun:
     """A stand-in for a loaded run without face chips: its "model" embeds an image as its L2-normalised pixels."""
 
     face_chips = False
+    aligned = "none"
 
     def __init__(self, path, metadata):
         self.path, self.metadata = Path(path), metadata
         self.image_size, self.channels = tuple(metadata["image_size"]), metadata["channels"]
+        self.model = PixelModel(self.image_size, self.channels)
 
     def prepare_faces(self, faces):
         return faces, None  # the photos as they are: no face chips
 
     def embed_images(self, images, batch_size: int = 64):
-        flat = np.asarray(images, np.float32).reshape(len(images), -1)
-        return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+        return self.model.predict_on_batch(images)
 
 
 @pytest.fixture

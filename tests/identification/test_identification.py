@@ -203,6 +203,24 @@ def test_an_index_reads_back_as_written_and_adding_skips_files_already_in_it(tmp
     assert json.loads((tmp_path / "manifest.json").read_text())["entries"] == 7
 
 
+def test_an_index_merged_into_a_memory_mapped_file_is_the_one_merged_in_memory(tmp_path, rng):
+    """`facetrip index` merges and writes the gallery a chunk of rows at a time from memory-mapped files."""
+    index = small_index(rng)
+    new = unit(rng.standard_normal((3, 16))).astype(np.float32)
+    np.save(tmp_path / "new.npy", new)
+    arguments = (["dee", "ann", "dee"], ["/photos/0.jpg", "/photos/9.jpg", "/photos/8.jpg"], [1, 1, 1], index.manifest)
+    in_memory, repeated = merged(index, new, *arguments)
+    mapped, repeated_too = merged(index, np.load(tmp_path / "new.npy", mmap_mode="r"), *arguments,
+                                  rows_path=tmp_path / "merged.npy")
+    assert isinstance(mapped.embeddings, np.memmap) and repeated == repeated_too == 1
+    np.testing.assert_array_equal(mapped.embeddings, in_memory.embeddings)
+    assert mapped.files.tolist() == in_memory.files.tolist()
+    write_index(tmp_path / "index", mapped)
+    again = read_index(tmp_path / "index")  # the streamed data file matches its manifest's hash
+    np.testing.assert_array_equal(again.embeddings, in_memory.embeddings)
+    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == [again.manifest["data_file"], "manifest.json"]
+
+
 def test_a_name_that_is_not_utf8_survives_the_index(tmp_path, rng):
     index = small_index(rng)
     index.files[0] = "/photos/\udcff.jpg"  # the byte 0xff, as Python reads it from a file name

@@ -331,6 +331,25 @@ def test_memory_stays_below_an_n_by_n_matrix(rng):
     assert peak < size * size * 4 / 3, peak
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_a_memory_mapped_file_is_read_in_chunks_and_mined_as_the_array_is(rng, tmp_path, monkeypatch, metric):
+    """`facetrip mine` mines a memory-mapped .npy: packed a few rows at a time, the same counts and triplets."""
+    labels = pk_labels(30, 4)
+    embeddings = rng.normal(size=(120, 6)).astype(np.float32)
+    embeddings[5] = 0.0  # a zero vector (cosine 0)
+    np.save(tmp_path / "embeddings.npy", embeddings)
+    in_memory = mine_triplets(embeddings, labels, 0.3, metric=metric, max_triplets=200, seed=2)
+    monkeypatch.setattr(problem, "_CHUNK_VALUES", 6 * 7)  # 7 rows a chunk
+    mapped = np.load(tmp_path / "embeddings.npy", mmap_mode="r")
+    from_file = mine_triplets(mapped, labels, 0.3, metric=metric, max_triplets=200, seed=2)
+    assert from_file.counts == in_memory.counts
+    np.testing.assert_array_equal(from_file.triplets, in_memory.triplets)
+    corrupted = np.array(embeddings)
+    corrupted[117, 2] = np.nan  # in the last chunk
+    with pytest.raises(ValueError, match="NaN"):
+        count_triplets(corrupted, labels, 0.3)
+
+
 # ------------------------------------------------------------------------------- files
 
 
