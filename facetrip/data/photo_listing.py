@@ -180,24 +180,28 @@ def _sorted_listing(identities: Sequence[str], file_names: Sequence[str], refs: 
 
 def _folder_listing(root: Path, source: str, channels: int) -> PhotoListing:
     """``root/<identity>/<photo>``: every photo below each identity's folder."""
-    from facetrip.data.folder import list_identity_images
+    from facetrip.data.folder import scan_identity_images
     from facetrip.data.sources import utf8_name
 
     identities, file_names, refs = [], [], []
     digest = hashlib.sha1(os.fsencode(root) + b"\n")
     prefix = len(os.path.join(str(root), ""))
-    for identity, paths in list_identity_images(root).items():
-        for path in paths:
-            relative = str(path)[prefix:]
+    for identity, entries in scan_identity_images(root).items():
+        stored_identity = utf8_name(identity)
+        relatives = sorted(entry.path[prefix:] for entry in entries)
+        stamps = []
+        for entry in sorted(entries, key=lambda entry: entry.path):
             try:
-                status = os.stat(path)
-                stamp = f"{status.st_size} {status.st_mtime_ns} {status.st_ctime_ns}".encode()
+                status = entry.stat()
+                stamps.append(f"{status.st_size} {status.st_mtime_ns} {status.st_ctime_ns}")
             except OSError as error:  # listed, and recorded as failed when it is read
-                stamp = type(error).__name__.encode()
-            digest.update(os.fsencode(relative) + b"\0" + stamp + b"\n")
-            identities.append(utf8_name(identity))
-            file_names.append(utf8_name(Path(relative).as_posix()))
-            refs.append(relative)
+                stamps.append(type(error).__name__)
+        digest.update("".join(f"{relative}\0{stamp}\n" for relative, stamp in zip(relatives, stamps))
+                      .encode("utf-8", "surrogateescape"))
+        identities.extend([stored_identity] * len(relatives))
+        file_names.extend(relative if relative.isascii() else utf8_name(Path(relative).as_posix())
+                          for relative in relatives)
+        refs.extend(relatives)
     return _sorted_listing(identities, file_names, refs, source=source, kind="folder", location=str(root),
                            fingerprint=digest.hexdigest()[:12], channels=channels)
 

@@ -150,7 +150,7 @@ def _augment(images, seed, augmentation: Augmentation):
 PREPROCESSED_CACHE_BYTES = 1 << 30
 # The same for a prepared set read from disk, whose size has no bound: above this, every
 # batch is read by random access and decoded, so memory does not grow with the set.
-PREPARED_CACHE_BYTES = 64 << 20
+PREPARED_CACHE_BYTES = 256 << 20  # ORL as 150 x 150 colour chips: 108 MB
 
 
 def _batch_reader(faces: FaceImages, image_size, channels: int):

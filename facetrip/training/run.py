@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from facetrip import __version__
 from facetrip.config import AUTO_INTERPOLATION as AUTO, Config
 from facetrip.runs import (
@@ -376,7 +378,7 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     """The compiled :class:`~facetrip.training.embedding_trainer.EmbeddingTrainer`, restored from the checkpoint if any.
 
     A pretrained network starting afresh gets its classification centres from its own
-    embeddings of the training identities.
+    embeddings of the training identities (of at most :data:`CENTRE_SAMPLE_PHOTOS` photos).
     """
     from facetrip.embedding import embed_faces
     from facetrip.losses import TripletLoss, triplet_metrics
@@ -394,9 +396,35 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     if resume_point.checkpoint is not None:
         restore_checkpoint(trainer, resume_point.checkpoint)
     if choices.backbone in PRETRAINED_BACKBONES and resume_point.epoch == 0 and config.train.epochs > 0:
-        embeddings = embed_faces(model, data.train_faces, tuple(config.data.image_size), config.data.channels)
-        trainer.initialise_centres(embeddings, data.train_faces.labels)
+        sample = centre_sample(len(data.train_faces), CENTRE_SAMPLE_PHOTOS, config.train.seed)  # (S,)
+        sampled = data.train_faces.take(sample)
+        embeddings = embed_faces(model, sampled, tuple(config.data.image_size), config.data.channels)  # (S, D)
+        trainer.initialise_centres(embeddings, sampled.labels)
     return trainer
+
+
+# The classification centres start from the embeddings of at most this many training photos:
+# all of them for sets up to this size; above it a seeded sample, so the time before the first
+# step stays bounded (on 2 CPU cores about 15 s) however large the set. Identities without a
+# sampled photo keep a random centre, as a classifier trained from scratch starts.
+CENTRE_SAMPLE_PHOTOS = 4096
+
+
+def centre_sample(photos: int, most: int, seed: int) -> np.ndarray:
+    """(S,) sorted positions of the training photos whose embeddings start the classification centres.
+
+    Args:
+        photos: the number of training photos.
+        most: the most positions to take.
+        seed: the run's seed.
+
+    Returns:
+        ``arange(photos)`` when ``photos <= most``, else ``most`` positions drawn without
+        replacement, uniformly, by ``seed``.
+    """
+    if photos <= most:
+        return np.arange(photos)
+    return np.sort(np.random.default_rng(seed).choice(photos, size=most, replace=False))
 
 
 class RunMetadata:

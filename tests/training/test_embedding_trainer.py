@@ -210,3 +210,15 @@ def test_checkpoint_schedule_saves_after_the_interval_and_at_the_last_epoch():
     assert decisions == [False, False, True, False, False, True]
     every_epoch = CheckpointSchedule(0.0, last_epoch=2, clock=lambda: 0.0)
     assert [every_epoch.due(epoch) for epoch in range(3)] == [True, True, True]
+
+
+def test_the_centres_start_from_every_photo_of_a_small_set_and_a_bounded_seeded_sample_of_a_large_one():
+    from facetrip.training.run import centre_sample
+
+    np.testing.assert_array_equal(centre_sample(250, 4096, seed=0), np.arange(250))
+    sample = centre_sample(1_000_000, 4096, seed=3)
+    assert len(sample) == 4096 and len(np.unique(sample)) == 4096 and (np.diff(sample) > 0).all()
+    assert sample.min() >= 0 and sample.max() < 1_000_000
+    np.testing.assert_array_equal(sample, centre_sample(1_000_000, 4096, seed=3))  # the run's seed decides it
+    assert not np.array_equal(sample, centre_sample(1_000_000, 4096, seed=4))
+    assert sample.mean() > 400_000 and sample.mean() < 600_000  # drawn from the whole set, not its start

@@ -2,10 +2,10 @@
 
 Two insightface RecordIO sets of tiny photos, 10^4 and 10^5 records (10 per identity), are
 prepared without detection (whole photos), then each trains a few steps of the
-from-scratch recipe (64 x 64 grey input) in its own process. The peak RSS of the two training processes must
-agree within a few tens of MB: holding the photos' bytes, as an in-memory loader does,
-would add over 60 MB at 10^5 tiny photos (and about 32 KB per photo once decoded and
-batched), while the host keeps only labels and record positions (16 bytes a photo).
+from-scratch recipe (128 x 128 grey input) in its own process. The peak RSS of the two
+training processes must agree within 40 MB: holding the photos' bytes, as an in-memory
+loader does, would add over 60 MB at 10^5 tiny photos (and their decoded images 5.9 GB),
+while the host keeps only labels and record positions (16 bytes a photo).
 """
 
 import io
@@ -62,7 +62,7 @@ def training_peak_rss(tmp_path: Path, records: int) -> int:
     assert f"{records:,}" in prepared.stdout
     settings = {"data.source": source, "data.data_dir": str(data_dir), "train.epochs": 1, "train.steps_per_epoch": 5,
                 "train.stranger_check": "", "train.weight_interpolation": 1.0, "split.test": 2, "split.dev": 2,
-                "data.image_size": [64, 64]}  # 16 KB a decoded image: even 10^4 are read batch by batch
+                "data.image_size": [128, 128]}  # 64 KB a decoded image: even 10^4 are read batch by batch
     trained = subprocess.run([sys.executable, "-c", TRAIN_AND_REPORT_PEAK, str(REPO / "configs" / "scratch.toml"),
                               json.dumps(settings), str(tmp_path / f"run_{records}")],
                              capture_output=True, text=True, cwd=REPO)
