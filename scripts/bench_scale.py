@@ -110,23 +110,32 @@ def prepared_seconds(output: str) -> float:
     return float(found.group(1))
 
 
-def prepare_rows(source: str, photos: int, workdir: Path, workers: list[int], beam: bool,
+def prepare_rows(source: str, rec_source: str, photos: int, workdir: Path, workers: list[int], beam: bool,
                  beam_options: str = "") -> list[dict]:
-    """One fresh preparation of ``source`` per way of running it, each in its own process and data dir."""
-    ways = [(f"{count} worker{'s' if count > 1 else ''}", f"w{count}", ["--workers", str(count)], count)
+    """One fresh preparation per way of running it, each in its own process and data dir.
+
+    The folder with each worker count and on Beam's local runner, and the same photos as a
+    RecordIO set (``rec:``) with the most workers.
+    """
+    ways = [(f"folder, {count} worker{'s' if count > 1 else ''}", source, f"w{count}", ["--workers", str(count)], count)
             for count in workers]
     if beam:
         beam_workers = int((re.search(r"direct_num_workers=(\d+)", beam_options) or [0, 1])[1])
-        ways.append((f"Beam DirectRunner {beam_options}".strip(), "beam",
+        ways.append((f"folder, Beam DirectRunner {beam_options}".strip(), source, "beam",
                      ["--beam-runner", "DirectRunner", "--beam-options", beam_options], beam_workers))
+    most = max(workers)
+    ways.append((f"rec:, {most} workers", rec_source, f"rec_w{most}", ["--workers", str(most)], most))
     rows = []
-    for how, tag, options, processes in ways:
+    for how, prepared_source, tag, options, processes in ways:
         data_dir = workdir / f"prepared_{photos}_{tag}"
         shutil.rmtree(data_dir, ignore_errors=True)
-        run = measured([*FACETRIP, "prepare", source, "--data-dir", str(data_dir), "--aligned", "dlib", *options])
+        run = measured([*FACETRIP, "prepare", prepared_source, "--data-dir", str(data_dir), "--aligned", "dlib",
+                        *options])
         seconds = prepared_seconds(run["output"])
         rows.append({"how": how, "seconds": seconds, "command_seconds": run["seconds"],
                      "per_worker": photos / seconds / processes, "peak_rss": run["peak_rss"]})
+        if tag != f"w{most}":
+            shutil.rmtree(data_dir, ignore_errors=True)  # disk: only the folder's sets are read again
     return rows
 
 
@@ -162,6 +171,13 @@ def train_row(source: str, data_dir: Path, run_dir: Path, steps: int, batch_size
 def embed_row(run_dir: Path, source: str, data_dir: Path, output: Path) -> dict:
     run = measured([*FACETRIP, "embed", "--run", str(run_dir), "--data", source, "--data-dir", str(data_dir),
                     "--split", "test", "-o", str(output)])
+    return {"seconds": run["seconds"], "peak_rss": run["peak_rss"]}
+
+
+def evaluate_row(run_dir: Path, data_dir: Path, baselines: bool) -> dict:
+    """``facetrip evaluate RUN`` on the run's test identities: seconds and peak RSS."""
+    run = measured([*FACETRIP, "evaluate", str(run_dir), "--data-dir", str(data_dir),
+                    "--baselines" if baselines else "--no-baselines"])
     return {"seconds": run["seconds"], "peak_rss": run["peak_rss"]}
 
 
@@ -220,25 +236,28 @@ def main() -> None:
         print(f"[{photos:,} photos] generating ...", flush=True)
         folder, rec = make_sets(args.workdir, photos)
         print(f"[{photos:,} photos] preparing ...", flush=True)
-        for row in prepare_rows(f"folder:{folder}", photos, args.workdir, args.workers, not args.no_beam,
-                                args.beam_options):
+        for row in prepare_rows(f"folder:{folder}", f"rec:{rec}", photos, args.workdir, args.workers,
+                                not args.no_beam, args.beam_options):
             prepare_table.append([f"{photos:,}", row["how"], f"{row['seconds']:.1f}", f"{row['command_seconds']:.1f}",
                                   f"{row['per_worker']:.0f}", gib(row["peak_rss"])])
             print(prepare_table[-1], flush=True)
         data_dir = args.workdir / f"prepared_{photos}_w{args.workers[-1]}"
         print(f"[{photos:,} photos] training ...", flush=True)
         run_dir = args.workdir / f"run_{photos}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(args.workdir / f"embed_{photos}", ignore_errors=True)
         trained = train_row(f"folder:{folder}", data_dir, run_dir, args.steps, args.batch_size)
         embedded = embed_row(run_dir, f"folder:{folder}", data_dir, args.workdir / f"embed_{photos}")
+        evaluated = evaluate_row(run_dir, data_dir, baselines=True)
         memory_table.append([f"{photos:,}", gib(trained["peak_rss"]), f"{trained['first_step']:.1f} s",
-                             f"{trained['seconds']:.0f} s", gib(embedded["peak_rss"])])
+                             f"{trained['seconds']:.0f} s", gib(embedded["peak_rss"]), gib(evaluated["peak_rss"])])
         print(memory_table[-1], flush=True)
     lines += ["## Preparation (`--aligned dlib`, no detection)", ""]
     lines += markdown_table(["photos", "how", "seconds", "command seconds", "photos/s per worker", "peak RSS"],
                             prepare_table, "rlrrrr")
     lines += ["", f"## Training ({args.steps} steps of the face network, batch {args.batch_size}) and embedding", ""]
-    lines += markdown_table(["photos", "train peak RSS", "first step", "train total", "embed --split test peak RSS"],
-                            memory_table, "rrrrr")
+    lines += markdown_table(["photos", "train peak RSS", "first step", "train total", "embed --split test peak RSS",
+                             "evaluate peak RSS"], memory_table, "rrrrrr")
     smallest = min(args.sizes)
     folder, _ = make_sets(args.workdir, smallest)
     rates = pipeline_rate(f"folder:{folder}", args.workdir / f"prepared_{smallest}_w{args.workers[-1]}",

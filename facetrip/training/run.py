@@ -405,9 +405,9 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
 
 # The classification centres start from the embeddings of at most this many training photos:
 # all of them for sets up to this size; above it a seeded sample, so the time before the first
-# step stays bounded (on 2 CPU cores about 15 s) however large the set. Identities without a
+# step stays bounded (on 2 CPU cores about 8 s) however large the set. Identities without a
 # sampled photo keep a random centre, as a classifier trained from scratch starts.
-CENTRE_SAMPLE_PHOTOS = 4096
+CENTRE_SAMPLE_PHOTOS = 2048
 
 
 def centre_sample(photos: int, most: int, seed: int) -> np.ndarray:
