@@ -41,7 +41,7 @@ class PhotoListing:
         identity_names: the identities, in label order.
         labels: (N,) int32 label of each photo, into ``identity_names``.
         file_names: (N,) each photo's name within the source.
-        refs: (N,) where to read each photo: relative paths (folder), record keys (rec),
+        refs: (N,) where to read each photo: relative paths (folder), (record key, offset) rows (rec),
             positions in the split (tfds).
         channels: the source's own channels (1 for grey sets, 3 for colour).
         aligned: the alignment the source implies (``arcface`` for RecordIO sets), else ``none``.
@@ -102,13 +102,14 @@ class PhotoReader:
                 except ImageReadError as error:
                     yield error
         elif self.kind == "rec":
-            from facetrip.data.recordio import open_record_set
+            from facetrip.data.recordio import open_known_records
 
-            with open_record_set(self.location, warn=False) as records:  # warned once, when listed
-                for key in self.refs:
+            keys, offsets = [int(ref[0]) for ref in self.refs], [int(ref[1]) for ref in self.refs]
+            with open_known_records(self.location, keys, offsets) as records:  # checked once, when listed
+                for key in keys:
                     try:
-                        yield records.read(int(key))[1]
-                    except DataError as error:
+                        yield records.read(key)[1]
+                    except (DataError, KeyError) as error:
                         yield error
         else:
             yield from _tfds_photo_bytes(self.location, self.refs, self.data_dir)
@@ -219,6 +220,7 @@ def _record_listing(root: Path, source: str) -> PhotoListing:
         digest.update(f"{name} {status.st_size} {status.st_mtime_ns} {status.st_ctime_ns}\n".encode())
     with open_record_set(root) as records:
         keys = np.asarray(records.photo_keys, np.int64)  # (N,)
+        offsets = np.asarray(records.photo_offsets, np.int64)  # (N,)
         numeric_labels = np.asarray(records.labels(), np.int64)  # (N,)
     if not len(keys):
         raise DataError(f"RecordIO set {root} holds no photos.")
@@ -227,7 +229,8 @@ def _record_listing(root: Path, source: str) -> PhotoListing:
     return PhotoListing(
         source=source, kind="rec", location=str(root), fingerprint=digest.hexdigest()[:12],
         identity_names=[str(int(identity)) for identity in identity_ids], labels=labels[order].astype(np.int32),
-        file_names=_KeyNames(keys[order]), refs=keys[order], channels=3, aligned="arcface",
+        file_names=_KeyNames(keys[order]), refs=np.stack([keys, offsets], axis=1)[order],  # (N, 2): key, offset
+        channels=3, aligned="arcface",
     )
 
 

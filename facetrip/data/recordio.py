@@ -390,6 +390,11 @@ class RecordSet:
         return self.path / RECORDS_FILE
 
     @property
+    def photo_offsets(self) -> np.ndarray:
+        """(N,) int64 byte offset of each photo record in ``train.rec``, in key order."""
+        return self._photo_offsets
+
+    @property
     def num_photos(self) -> int:
         return int(self.photo_keys.size)
 
@@ -463,6 +468,30 @@ class RecordSet:
 
     def __repr__(self) -> str:
         return f"RecordSet({str(self.path)!r}: {self.num_photos} photos, {self.num_identities} identities)"
+
+
+def open_known_records(path: str | Path, keys, offsets) -> RecordSet:
+    """Photos of a set opened before, at keys and offsets it gave: ``train.idx`` is not read again.
+
+    For the workers that each read a part of a set: opening the whole set (reading the
+    index, checking every head) per part would cost the set's size per part. Each record's
+    head is still checked as it is read (:meth:`RecordSet.read`).
+
+    Args:
+        path: the set's folder.
+        keys: (M,) record keys.
+        offsets: (M,) their offsets in ``train.rec`` (:attr:`RecordSet.photo_offsets`).
+
+    Raises:
+        RecordIOError: ``train.rec`` is missing or not a regular file.
+    """
+    folder = Path(path)
+    keys, offsets = np.asarray(keys, np.int64).reshape(-1), np.asarray(offsets, np.int64).reshape(-1)
+    order = np.argsort(keys, kind="stable")
+    descriptor, file_size = _open_regular_file(folder / RECORDS_FILE, "the records file")
+    return RecordSet(folder, descriptor, file_size,
+                     {"keys": keys[order], "offsets": offsets[order], "labels": np.zeros(len(keys), np.int64)},
+                     [], False, None)
 
 
 def open_record_set(path: str | Path, warn: bool = True) -> RecordSet:
