@@ -60,20 +60,21 @@ def prepare(
         fail(escape(str(error)))
     seconds = time.monotonic() - started
     prepared = faces.encoded.prepared
-    failures = prepared.failures()
+    failed = int(prepared.failed.sum())
+    failures = prepared.failures(SHOWN_FAILURES)
     table = Table(title=f"facetrip prepare {escape(prepared.source)}", show_header=False)
     table.add_row("prepared set", escape(str(prepared.path)))
     table.add_row("records", f"{len(prepared):,} ({prepared.mode}) in {len(prepared.shard_paths())} shards")
     table.add_row("usable photos", f"{len(faces):,} of {len(faces.identity_names):,} identities")
-    table.add_row("failed photos", f"{len(failures):,}")
+    table.add_row("failed photos", f"{failed:,}")
     if report is not None:
         table.add_row("faces", escape(report.summary()))
     table.add_row("time", f"{seconds:.1f} s ({len(prepared) / max(seconds, 1e-9):,.0f} photos/s)")
     console.print(table)
-    for name, error in failures[:SHOWN_FAILURES]:
+    for name, error in failures:
         console.print(f"  failed: {escape(name)}: {escape(error)}", highlight=False, soft_wrap=True)
-    if len(failures) > SHOWN_FAILURES:
-        console.print(f"  ... and {len(failures) - SHOWN_FAILURES:,} more", highlight=False)
+    if failed > len(failures):
+        console.print(f"  ... and {failed - len(failures):,} more", highlight=False)
 
 
 class preparation_progress:

@@ -87,7 +87,7 @@ def photo_record(file_name: str, identity: str, data: bytes, mode: str, use_chip
     except Exception as error:  # noqa: BLE001 - any failure of one photo is recorded, never raised
         message = " ".join(str(error).split()) or type(error).__name__
         return {**record, "image": b"", "faces_detected": FAILED, "detector": "",
-                "error": f"{type(error).__name__}: {message}"[:_MAX_ERROR_CHARACTERS]}
+                "error": _stored_error(error, message)}
     return {**record, "image": image, "faces_detected": faces_detected, "detector": detector, "error": ""}
 
 
@@ -147,6 +147,12 @@ def _encode_aligned_chip(chip) -> bytes:
     return buffer.getvalue()
 
 
+def _stored_error(error: Exception, message: str) -> str:
+    """The error text a record stores: valid UTF-8 (what a name that is not holds is escaped), cut short."""
+    text = f"{type(error).__name__}: {message}"[:_MAX_ERROR_CHARACTERS]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ShardRecords:
     """The records of one shard, ``(key, record)`` in key order: one task of a pool or a Beam worker."""
 
@@ -160,7 +166,7 @@ class ShardRecords:
             if isinstance(data, Exception):
                 message = " ".join(str(data).split())
                 yield position, {"image": b"", "label": identity, "file_name": file_name, "faces_detected": FAILED,
-                                 "detector": "", "error": f"{type(data).__name__}: {message}"[:_MAX_ERROR_CHARACTERS]}
+                                 "detector": "", "error": _stored_error(data, message)}
             else:
                 yield position, photo_record(file_name, identity, data, self.mode, self.use_chip_cache)
 

@@ -59,13 +59,20 @@ def scan_identity_images(root: Path) -> dict[str, list[os.DirEntry]]:
     if not root.is_dir():
         raise DataError(f"Image folder {root} does not exist or is not a folder.")
     identities = {}
-    with os.scandir(root) as top:
-        folders = sorted((entry for entry in top if not entry.name.startswith(".") and _is_dir(entry)),
-                         key=lambda entry: entry.name)
+    try:
+        with os.scandir(root) as top:
+            folders = sorted((entry for entry in top if not entry.name.startswith(".") and _is_dir(entry)),
+                             key=lambda entry: entry.name)
+    except OSError as error:
+        raise DataError(f"Cannot read image folder {root}: {error.strerror or error}.") from None
+    unreadable: list[str] = []
     for folder in folders:
-        images = list(_image_entries(folder.path))
+        images = list(_image_entries(folder.path, unreadable))
         if images:
             identities[folder.name] = images
+    if unreadable:
+        logger.warning("Left out %d folder(s) of %s that cannot be read, e.g. %s.", len(unreadable), root,
+                       utf8_name(unreadable[0]))
     if not identities:
         raise DataError(
             f"Image folder {root} holds no images in the expected layout root/<identity>/<image> "
@@ -85,8 +92,8 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _image_entries(folder: str):
-    """The image files below ``folder`` (recursively), each real folder walked once."""
+def _image_entries(folder: str, unreadable: list[str]):
+    """The image files below ``folder`` (recursively), each real folder walked once; unreadable folders are listed in ``unreadable``."""
     pending, seen = [folder], set()
     while pending:
         current = pending.pop()
@@ -103,7 +110,7 @@ def _image_entries(folder: str):
                     elif _is_dir(entry):
                         pending.append(entry.path)
         except OSError:
-            continue  # an unreadable folder holds no photo facetrip can read
+            unreadable.append(current)  # it holds no photo facetrip can read
 
 
 def _is_file(entry: os.DirEntry) -> bool:

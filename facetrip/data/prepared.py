@@ -129,8 +129,9 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
         names = [template.sharded_filepath(shard_index=index, num_shards=len(tasks)).name for index in range(len(tasks))]
         lengths = {}
         for index, name in enumerate(names):
-            if (partial / name).is_file() and (partial / f"{name}.count").is_file():
-                lengths[index] = int((partial / f"{name}.count").read_text())
+            finished = _finished_shard_count(partial, name)
+            if finished is not None and finished == len(tasks[index].reader.refs):
+                lengths[index] = finished
         if lengths:
             logger.info("Resuming the preparation of %s: %d of %d shards were prepared before.", self.listing.source,
                         len(lengths), len(tasks))
@@ -149,7 +150,9 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
             temporary = partial / f".{names[index]}.{os.getpid()}.tmp"
             lengths[index] = shard_writer.write(examples=records, path=temporary)
             os.replace(temporary, partial / names[index])
-            (partial / f"{names[index]}.count").write_text(str(lengths[index]))
+            count_file = partial / f"{names[index]}.count"  # written last, atomically: it marks the shard done
+            count_file.with_name(f".{count_file.name}.{os.getpid()}.tmp").write_text(str(lengths[index]))
+            os.replace(count_file.with_name(f".{count_file.name}.{os.getpid()}.tmp"), count_file)
             done += len(records)
             self._report(done)
 
@@ -175,6 +178,17 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
 
     def _log_download_done(self) -> None:
         logger.debug("Prepared %s in %s.", self.listing.source, self.data_dir)
+
+
+def _finished_shard_count(partial: Path, name: str) -> int | None:
+    """The records of a shard a local preparation finished before, or None (absent, or its count file damaged)."""
+    try:
+        if not (partial / name).is_file():
+            return None
+        text = (partial / f"{name}.count").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def photos_per_shard(count: int) -> int:
@@ -263,16 +277,32 @@ class PreparedSet:
         if self._reader is None:
             from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-            self._reader = ArrayRecordDataSource(self.shard_paths())
+            shards = self.shard_paths()
+            _allow_open_files(len(shards) + 256)  # the reader keeps a file open per shard it has read from
+            self._reader = ArrayRecordDataSource(shards)
         return self._reader.__getitems__(positions)
 
     def records(self, positions) -> list[dict]:
         """The records at ``positions``, parsed: ``image`` bytes, ``label``, ``file_name``, ``error``, ..."""
         return [parse_record(record) for record in self.raw_records(positions)]
 
-    def failures(self) -> list[tuple[str, str]]:
-        """``(file name, error)`` of every photo that failed."""
-        return [(record["file_name"], record["error"]) for record in self.records(np.flatnonzero(self.failed))]
+    def failures(self, most: int | None = None) -> list[tuple[str, str]]:
+        """``(file name, error)`` of the photos that failed (the first ``most``, or all), read from their records."""
+        return [(record["file_name"], record["error"])
+                for record in self.records(np.flatnonzero(self.failed)[:most])]
+
+
+def _allow_open_files(count: int) -> None:
+    """Raise this process's soft limit of open files to ``count`` where the hard limit allows (Unix)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # the limit stays; a set of fewer shards than it still reads
 
 
 def parse_record(serialized: bytes) -> dict:
@@ -413,13 +443,18 @@ def open_prepared(path: Path, listing: PhotoListing, mode: str, count: int) -> P
         buffer = io.BytesIO()
         np.savez(buffer, **index)
         temporary = index_path.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
-        temporary.write_bytes(buffer.getvalue())
-        os.replace(temporary, index_path)  # readers see the whole file or none
+        try:
+            temporary.write_bytes(buffer.getvalue())
+            os.replace(temporary, index_path)  # readers see the whole file or none
+        except OSError as error:  # a read-only or full data dir: the index is used from memory this time
+            logger.warning("Could not write %s (%s): it is rebuilt next time.", index_path, error.strerror or error)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
     prepared = PreparedSet(path=path, source=listing.source, mode=mode, identity_names=listing.identity_names,
                            labels=index["labels"], faces_detected=index["faces_detected"],
                            detectors=index["detectors"], failed=index["failed"], channels=listing.channels)
     if prepared.failed.all():
-        raise DataError(f"No photo of {listing.source} could be read: {prepared.failures()[0][1]}")
+        raise DataError(f"No photo of {listing.source} could be read: {prepared.failures(1)[0][1]}")
     return prepared
 
 
@@ -428,7 +463,7 @@ def _read_index(path: Path, count: int, identities: int) -> dict[str, np.ndarray
     try:
         with np.load(path, allow_pickle=False) as stored:
             index = {key: stored[key] for key in ("labels", "faces_detected", "detectors", "failed")}
-    except (OSError, ValueError, KeyError, EOFError):
+    except Exception:  # noqa: BLE001 - absent, truncated, a bad zip or CRC, wrong keys: rebuilt from the shards
         return None
     lengths = {len(array) for array in index.values()}
     kinds = (index["labels"].dtype == np.int32, index["faces_detected"].dtype == np.int16,

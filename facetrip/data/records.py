@@ -184,7 +184,7 @@ def load_model_faces(source: str, data_dir: str | None = None, face_chips: bool 
     del listing  # its names were only needed to prepare
     failed = np.flatnonzero(prepared.failed)
     if len(failed):
-        shown = "; ".join(f"{name}: {error}" for name, error in prepared.failures()[:5])
+        shown = "; ".join(f"{name}: {error}" for name, error in prepared.failures(5))
         logger.warning("%d of %d photos of %s could not be used and are left out (%s%s); all are listed by "
                        "`facetrip prepare`.", len(failed), len(prepared), source, shown,
                        " ..." if len(failed) > 5 else "")

@@ -202,3 +202,41 @@ def test_aligned_dlib_chips_are_stored_as_they_are_and_other_sizes_are_resized(t
             assert stored.size == (150, 150) and stored.format == ("JPEG" if kept else "PNG")
     broken = photo_record("broken.jpg", "p", (tmp_path / "chip150.jpg").read_bytes()[:300], DLIB_ALIGNED)
     assert broken["image"] == b"" and broken["faces_detected"] == FAILED and "broken.jpg" in broken["error"]
+
+
+def test_a_damaged_index_or_count_file_is_rebuilt_not_trusted_and_an_unreadable_folder_is_one_line(tmp_path,
+                                                                                                   monkeypatch):
+    from facetrip.data.photo_listing import list_photos
+    from facetrip.data.prepared import INDEX_FILE, prepare
+
+    root = tiny_jpeg_folder(tmp_path / "photos", people=6, photos=8)
+    listing = list_photos(f"folder:{root}")
+    first = prepare(listing, "dlib", data_dir=str(tmp_path / "tfds"), workers=1)
+    (first.path / INDEX_FILE).write_bytes(b"PK\x03\x04 not a zip")  # truncated / corrupt
+    again = prepare(listing, "dlib", data_dir=str(tmp_path / "tfds"), workers=1)
+    np.testing.assert_array_equal(again.labels, first.labels)
+    np.testing.assert_array_equal(again.failed, first.failed)
+
+    from facetrip.data import prepared as prepared_module
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "shard").write_bytes(b"records")
+    for text, expected in (("", None), ("12x", None), ("32", 32)):
+        (partial / "shard.count").write_text(text)
+        assert prepared_module._finished_shard_count(partial, "shard") == expected
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(DataError, match="Cannot read image folder .*Permission denied"):
+        list_photos(f"folder:{root}")
+
+
+def test_an_error_naming_a_file_whose_name_is_not_utf8_is_stored_as_utf8():
+    from facetrip.data.chip_examples import DLIB_ALIGNED, photo_record
+
+    record = photo_record("bad\udcff.jpg", "p", b"not an image", DLIB_ALIGNED)
+    assert record["image"] == b"" and "bad" in record["error"]
+    record["error"].encode("utf-8")  # what tfds stores: strict UTF-8
