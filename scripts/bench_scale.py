@@ -19,9 +19,10 @@ RecordIO set (``train.rec`` + ``train.idx``), and measures, each command in its 
   photos' bytes held in a lookup table), at the smallest size, alternating runs.
 
 Peak RSS is the process's own maximum resident set (``/usr/bin/time -v``). With
-``--gpu-check`` it also times the face network's training step at ``--batch-size`` in
-float32 and bf16 with real input and with one batch repeated from memory, and under a
-mirrored strategy against none (scripts/gpu_check.sh).
+``--gpu-check`` (scripts/gpu_check.sh) it prepares, then instead of the memory rows
+measures the face network's training images/s at ``--batch-size`` in float32 and bf16,
+fed from the prepared set and from one batch repeated from memory, and under a mirrored
+strategy on one GPU.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def prepare_rows(source: str, rec_source: str, photos: int, workdir: Path, worke
 
 
 TRAIN_PROBE = """
-import json, sys, time
+import json, os, sys, time
 started = time.monotonic()
 import keras
 from facetrip.config import Config
@@ -150,22 +151,54 @@ Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
 config = Config()
 for key, value in json.loads(sys.argv[1]).items():
     config.set(key, value)
-first = {}
-class FirstStep(keras.callbacks.Callback):
+if os.environ.get("BENCH_ONE_BATCH_FROM_MEMORY"):  # the same batch again and again: no input pipeline
+    import facetrip.data as data
+    real_pk_dataset = data.pk_dataset
+    def one_batch_repeated(*arguments, **options):
+        dataset = real_pk_dataset(*arguments, **options)
+        return dataset.take(1).cache().repeat(int(dataset.cardinality()))
+    data.pk_dataset = one_batch_repeated
+ends = []
+class StepTimes(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-        first.setdefault("seconds", time.monotonic() - started)
-train(config, sys.argv[2], callbacks=[FirstStep()])
-print(json.dumps({"first_step_seconds": first.get("seconds")}))
+        ends.append(time.monotonic() - started)
+train(config, sys.argv[2], callbacks=[StepTimes()])
+steady = (len(ends) - 2) / (ends[-1] - ends[1]) if len(ends) > 2 else None  # steps/s after the first two
+print(json.dumps({"first_step_seconds": ends[0] if ends else None, "steps_per_second": steady}))
 """
 
 
-def train_row(source: str, data_dir: Path, run_dir: Path, steps: int, batch_size: int = 64) -> dict:
+def train_row(source: str, data_dir: Path, run_dir: Path, steps: int, batch_size: int = 64,
+              extra: dict | None = None, env: dict | None = None) -> dict:
+    """One ``train`` of the face network for ``steps`` steps: seconds, peak RSS, first step, steady images/s."""
     settings = {"data.source": source, "data.data_dir": str(data_dir), "data.aligned": "dlib", "train.epochs": 1,
                 "train.steps_per_epoch": steps, "split.test": 2, "split.dev": 2, "train.stranger_check": "",
-                "train.weight_interpolation": 1.0, "sampler.identities_per_batch": batch_size // 4}
-    run = measured([sys.executable, "-c", TRAIN_PROBE, json.dumps(settings), str(run_dir)])
-    first = json.loads(run["output"].strip().splitlines()[-1])["first_step_seconds"]
-    return {"seconds": run["seconds"], "peak_rss": run["peak_rss"], "first_step": first}
+                "train.weight_interpolation": 1.0, "sampler.identities_per_batch": batch_size // 4, **(extra or {})}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run = measured([sys.executable, "-c", TRAIN_PROBE, json.dumps(settings), str(run_dir)], env=env)
+    probe = json.loads(run["output"].strip().splitlines()[-1])
+    rate = probe["steps_per_second"]
+    return {"seconds": run["seconds"], "peak_rss": run["peak_rss"], "first_step": probe["first_step_seconds"],
+            "images_per_second": None if rate is None else rate * batch_size}
+
+
+def gpu_rows(source: str, data_dir: Path, workdir: Path, steps: int, batch_size: int) -> list[list[str]]:
+    """The face network's training images/s on the GPU: float32 and bf16 from the prepared set, one batch
+    repeated from memory (no input pipeline), and under a mirrored strategy on one GPU."""
+    variants = [("float32, from the prepared set", {"train.precision": "float32"}, None),
+                ("bf16, from the prepared set", {"train.precision": "bf16"}, None),
+                ("float32, one batch repeated from memory", {"train.precision": "float32"},
+                 {"BENCH_ONE_BATCH_FROM_MEMORY": "1"}),
+                ("bf16, one batch repeated from memory", {"train.precision": "bf16"}, {"BENCH_ONE_BATCH_FROM_MEMORY": "1"}),
+                ("float32, mirrored strategy (1 GPU)", {"train.precision": "float32", "train.distribute": "mirrored"},
+                 None)]
+    rows = []
+    for name, extra, env in variants:
+        row = train_row(source, data_dir, workdir / "gpu_run", steps, batch_size, extra, env)
+        rate = row["images_per_second"]
+        rows.append([name, "-" if rate is None else f"{rate:.0f}", f"{row['first_step']:.1f} s", gib(row["peak_rss"])])
+        print(rows[-1], flush=True)
+    return rows
 
 
 def embed_row(run_dir: Path, source: str, data_dir: Path, output: Path) -> dict:
@@ -242,9 +275,15 @@ def main() -> None:
                                   f"{row['per_worker']:.0f}", gib(row["peak_rss"])])
             print(prepare_table[-1], flush=True)
         data_dir = args.workdir / f"prepared_{photos}_w{args.workers[-1]}"
+        if args.gpu_check:
+            lines += [f"## The face network's training on the GPU, {photos:,} photos, batch {args.batch_size}", ""]
+            lines += markdown_table(["input", "training images/s", "first step", "peak RSS"],
+                                    gpu_rows(f"folder:{folder}", data_dir, args.workdir, args.steps, args.batch_size),
+                                    "lrrr")
+            lines += [""]
+            continue
         print(f"[{photos:,} photos] training ...", flush=True)
         run_dir = args.workdir / f"run_{photos}"
-        shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(args.workdir / f"embed_{photos}", ignore_errors=True)
         trained = train_row(f"folder:{folder}", data_dir, run_dir, args.steps, args.batch_size)
         embedded = embed_row(run_dir, f"folder:{folder}", data_dir, args.workdir / f"embed_{photos}")
@@ -255,6 +294,11 @@ def main() -> None:
     lines += ["## Preparation (`--aligned dlib`, no detection)", ""]
     lines += markdown_table(["photos", "how", "seconds", "command seconds", "photos/s per worker", "peak RSS"],
                             prepare_table, "rlrrrr")
+    if args.gpu_check:
+        text = "\n".join(lines) + "\n"
+        print(text)
+        write_report(args.output, text)
+        return
     lines += ["", f"## Training ({args.steps} steps of the face network, batch {args.batch_size}) and embedding", ""]
     lines += markdown_table(["photos", "train peak RSS", "first step", "train total", "embed --split test peak RSS",
                              "evaluate peak RSS"], memory_table, "rrrrrr")

@@ -14,6 +14,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUTPUT/ca
 WORK="$(mktemp -d)"
 timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/training/test_distribute.py tests/data/test_prepared.py \
     -k "mirrored or random_access or bf16" 2>&1 | tail -3 | tee "$OUTPUT/tests.txt" || true
-timeout 360 "$PY" scripts/bench_scale.py --gpu-check --sizes 100000 --workdir "$WORK" --workers 16 \
+timeout 360 "$PY" scripts/bench_scale.py --gpu-check --sizes 100000 --workdir "$WORK" --workers 16 --no-beam \
     --steps 30 --batch-size 128 --output "$OUTPUT/gpu_check.md" 2>&1 | tail -40
 rm -rf "$WORK"
