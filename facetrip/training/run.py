@@ -334,6 +334,9 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
             atomic_write_json(split_path, split.to_dict())
     train_faces = faces.restricted_to(split.train)
     if config.augment.enabled and config.augment.blended_identities:
+        if len(train_faces) > BLENDING_MOST_PHOTOS:  # blending holds the training photos in memory
+            raise TrainingError(f"augment.blended_identities needs the training photos in memory: it works on up to "
+                                f"{BLENDING_MOST_PHOTOS:,} of them, not {len(train_faces):,}; set it to 0.")
         train_faces = blended_identities(train_faces, config.augment.blended_identities, seed=config.train.seed)
     elif config.augment.blended_identities:
         logger.warning("augment.blended_identities = %d is ignored: augmentation is off (augment.enabled = false).",
@@ -402,6 +405,9 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
         trainer.initialise_centres(embeddings, sampled.labels)
     return trainer
 
+
+# augment.blended_identities reads every training photo into memory: refused above this many.
+BLENDING_MOST_PHOTOS = 50_000
 
 # The classification centres start from the embeddings of at most this many training photos:
 # all of them for sets up to this size; above it a seeded sample, so the time before the first
