@@ -137,8 +137,8 @@ def chip_report_of(prepared: PreparedSet, positions: np.ndarray):
     faces = prepared.faces_detected[positions]
     detectors = prepared.detectors[positions]
 
-    def names(mask) -> list[str]:
-        return [record["file_name"] for record in prepared.records(positions[mask])]
+    def names(mask) -> RecordColumn:  # read only when listed: a report is mostly counted
+        return RecordColumn(prepared, "file_name", positions[mask])
 
     return ChipReport(images=len(positions), no_face=names(faces == 0), several_faces=names(faces > 1),
                       from_cache=0, found_by_cnn=names(detectors == DETECTORS.index(CNN_DETECTOR)))
