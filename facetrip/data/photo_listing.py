@@ -116,17 +116,40 @@ class PhotoReader:
 
 
 def _tfds_photo_bytes(location: str, positions: list, data_dir: str | None) -> Iterator[bytes]:
-    """The encoded images at contiguous ``positions`` of a tfds split, read as one slice."""
+    """The encoded images at ``positions`` ((split, index) pairs), each run of one split read as one slice."""
+    import itertools
+
     import tensorflow_datasets as tfds
 
-    name, _, split = location.partition(":")
+    name = location.partition(":")[0]
     builder = tfds.builder(name, data_dir=data_dir)
     image_key = _image_key(builder)
-    start, stop = int(positions[0]), int(positions[-1]) + 1
-    dataset = builder.as_dataset(split=f"{split}[{start}:{stop}]", shuffle_files=False,
-                                 decoders={image_key: tfds.decode.SkipDecoding()})
-    for example in tfds.as_numpy(dataset):
-        yield bytes(example[image_key])
+    for split, run in itertools.groupby(positions, key=lambda position: position[0]):
+        indices = [int(position[1]) for position in run]
+        start, stop = indices[0], indices[-1] + 1
+        dataset = builder.as_dataset(split=f"{split}[{start}:{stop}]", shuffle_files=False,
+                                     decoders={image_key: tfds.decode.SkipDecoding()})
+        wanted = set(indices)
+        for index, example in zip(range(start, stop), tfds.as_numpy(dataset)):
+            if index in wanted:
+                yield bytes(example[image_key])
+
+
+def _absolute_positions(builder, split: str) -> list[tuple[str, int]]:
+    """``(split name, index)`` of each example of a split spec (``all``, ``train+test``, ``train[:50%]``), in order.
+
+    A shard of a preparation reads slices of one named split: tfds slices ``train[a:b]``,
+    never ``all[a:b]`` or a slice of a sum.
+    """
+    import tensorflow_datasets as tfds
+
+    splits = builder.info.splits  # name -> SplitInfo
+    spec = "+".join(splits.keys()) if split == "all" else split
+    positions = []
+    for instruction in tfds.core.ReadInstruction.from_spec(spec).to_absolute(splits):
+        stop = splits[instruction.splitname].num_examples if instruction.to is None else instruction.to
+        positions.extend((instruction.splitname, index) for index in range(instruction.from_ or 0, stop))
+    return positions
 
 
 def _image_key(builder) -> str:
@@ -264,6 +287,7 @@ def _tfds_listing(spec, data_dir: str | None) -> PhotoListing:
     except Exception as error:  # unknown split names
         raise DataError(f"Dataset {builder.name!r} has no split {spec.split!r}: {error}") from None
     has_file_name = "file_name" in builder.info.features
+    refs = _absolute_positions(builder, spec.split)  # (split, index) of each example, in the dataset's order
     names, file_names = [], []
     for index, example in enumerate(tfds.as_numpy(dataset.map(lambda example: {
             key: value for key, value in example.items() if key != image_key}))):
@@ -281,6 +305,6 @@ def _tfds_listing(spec, data_dir: str | None) -> PhotoListing:
     return PhotoListing(
         source=str(spec), kind="tfds", location=f"{spec.name}:{spec.split}", fingerprint=fingerprint[:12],
         identity_names=[str(name) for name in identity_names], labels=labels.astype(np.int32), file_names=file_names,
-        refs=np.arange(len(names), dtype=np.int64), channels=int(builder.info.features[image_key].shape[-1] or 3),
+        refs=refs, channels=int(builder.info.features[image_key].shape[-1] or 3),
         data_dir=data_dir,
     )

@@ -240,3 +240,21 @@ def test_an_error_naming_a_file_whose_name_is_not_utf8_is_stored_as_utf8():
     record = photo_record("bad\udcff.jpg", "p", b"not an image", DLIB_ALIGNED)
     assert record["image"] == b"" and "bad" in record["error"]
     record["error"].encode("utf-8")  # what tfds stores: strict UTF-8
+
+
+def test_a_tfds_source_with_all_its_splits_is_read_in_slices_of_each_split(tmp_path):
+    """``tfds:NAME`` means every split; tfds cannot slice ``all[a:b]``, so a shard reads ``train[a:b]``."""
+    import tensorflow_datasets as tfds
+
+    from facetrip.data.photo_listing import _absolute_positions, _tfds_photo_bytes
+
+    data_dir = str(tmp_path / "tfds")
+    load_faces("orl_faces", data_dir=data_dir)  # ORL as a tfds set (one split, train) in data_dir
+    builder = tfds.builder("orl_faces", data_dir=data_dir)
+    assert _absolute_positions(builder, "all") == [("train", index) for index in range(400)]
+    assert _absolute_positions(builder, "train[10:12]") == [("train", 10), ("train", 11)]
+    examples = list(tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False,
+                                                     decoders={"image": tfds.decode.SkipDecoding()})))
+    wanted = [("train", 64), ("train", 65), ("train", 70)]
+    read = list(_tfds_photo_bytes("orl_faces:all", wanted, data_dir))
+    assert read == [bytes(examples[index]["image"]) for _, index in wanted]
