@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from facetrip.data.chip_examples import CHIPS, ShardRecords, shard_records
+from facetrip.data.chip_examples import CHIPS, WHOLE_PHOTOS, ShardRecords, shard_records
 from facetrip.data.errors import DataError
 from facetrip.data.photo_listing import PhotoListing, PhotoReader
 
@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 # shards to keep every worker busy on small sets, few enough files on large ones (10^6
 # photos: 489). The layout depends on N alone, so a resumed preparation finds its shards.
 MIN_PHOTOS_PER_SHARD, MAX_PHOTOS_PER_SHARD, TARGET_SHARDS = 32, 2048, 64
+# A shard's records are assembled in memory (two shards a worker in flight): whole photos,
+# which may be camera photos of several MB, go in smaller shards than 150 x 150 chips.
+MAX_WHOLE_PHOTOS_PER_SHARD = 256
 
 # Below this many photos, the per-user chip cache is read and written as every other command
 # does (re-preparing a small set in another data dir is then quick); above it, chips live in
@@ -102,7 +105,8 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
         """One task per shard of :func:`photos_per_shard` photos, in listing order."""
         count = len(self.listing)
         use_cache = self.mode == CHIPS and count <= CHIP_CACHE_MAX_PHOTOS
-        size = photos_per_shard(count)
+        most = MAX_WHOLE_PHOTOS_PER_SHARD if self.mode == WHOLE_PHOTOS else MAX_PHOTOS_PER_SHARD
+        size = photos_per_shard(count, most)
         return [ShardRecords(self.listing.part(start, min(start + size, count)), self.mode, use_cache)
                 for start in range(0, count, size)]
 
@@ -191,9 +195,9 @@ def _finished_shard_count(partial: Path, name: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def photos_per_shard(count: int) -> int:
-    """Photos per shard of a set of ``count``: ``clip(ceil(count / 64), 32, 2048)``."""
-    return int(np.clip(math.ceil(count / TARGET_SHARDS), MIN_PHOTOS_PER_SHARD, MAX_PHOTOS_PER_SHARD))
+def photos_per_shard(count: int, most: int = MAX_PHOTOS_PER_SHARD) -> int:
+    """Photos per shard of a set of ``count``: ``clip(ceil(count / 64), 32, most)``."""
+    return int(np.clip(math.ceil(count / TARGET_SHARDS), MIN_PHOTOS_PER_SHARD, most))
 
 
 def _mode_tag(mode: str) -> str:
