@@ -56,33 +56,50 @@ def scan_identity_images(root: Path) -> dict[str, list[os.DirEntry]]:
     Raises:
         DataError: as :func:`list_identity_images`.
     """
-    if not root.is_dir():
-        raise DataError(f"Image folder {root} does not exist or is not a folder.")
     identities = {}
-    try:
-        with os.scandir(root) as top:
-            folders = sorted((entry for entry in top if not entry.name.startswith(".") and _is_dir(entry)),
-                             key=lambda entry: entry.name)
-    except OSError as error:
-        raise DataError(f"Cannot read image folder {root}: {error.strerror or error}.") from None
     unreadable: list[str] = []
-    for folder in folders:
-        images = list(_image_entries(folder.path, unreadable))
+    for folder in identity_folders(root):
+        images = list(image_entries(folder.path, unreadable))
         if images:
             identities[folder.name] = images
-    if unreadable:
-        logger.warning("Left out %d folder(s) of %s that cannot be read, e.g. %s.", len(unreadable), root,
-                       utf8_name(unreadable[0]))
+    warn_unreadable(root, unreadable)
     if not identities:
-        raise DataError(
-            f"Image folder {root} holds no images in the expected layout root/<identity>/<image> "
-            f"(jpg, png, bmp, gif, pgm, ...)."
-        )
+        raise no_images_error(root)
     if not all(name.isascii() for name in identities) or not all(
             entry.path.isascii() for entries in identities.values() for entry in entries):
         _check_stored_names_are_distinct(root, {identity: [Path(entry.path) for entry in entries]
                                                 for identity, entries in identities.items()})
     return identities
+
+
+def identity_folders(root: Path) -> list[os.DirEntry]:
+    """The identity folders of ``root`` (not hidden), sorted by name.
+
+    Raises:
+        DataError: ``root`` is not a folder, or cannot be read.
+    """
+    if not root.is_dir():
+        raise DataError(f"Image folder {root} does not exist or is not a folder.")
+    try:
+        with os.scandir(root) as top:
+            return sorted((entry for entry in top if not entry.name.startswith(".") and _is_dir(entry)),
+                          key=lambda entry: entry.name)
+    except OSError as error:
+        raise DataError(f"Cannot read image folder {root}: {error.strerror or error}.") from None
+
+
+def warn_unreadable(root: Path, unreadable: list[str]) -> None:
+    """One warning for the folders below ``root`` that could not be read (their photos are left out)."""
+    if unreadable:
+        logger.warning("Left out %d folder(s) of %s that cannot be read, e.g. %s.", len(unreadable), root,
+                       utf8_name(unreadable[0]))
+
+
+def no_images_error(root: Path) -> DataError:
+    return DataError(
+        f"Image folder {root} holds no images in the expected layout root/<identity>/<image> "
+        f"(jpg, png, bmp, gif, pgm, ...)."
+    )
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -92,7 +109,7 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _image_entries(folder: str, unreadable: list[str]):
+def image_entries(folder: str, unreadable: list[str]):
     """The image files below ``folder`` (recursively), each real folder walked once; unreadable folders are listed in ``unreadable``."""
     pending, seen = [folder], set()
     while pending:

@@ -204,28 +204,49 @@ def _sorted_listing(identities: Sequence[str], file_names: Sequence[str], refs: 
 
 def _folder_listing(root: Path, source: str, channels: int) -> PhotoListing:
     """``root/<identity>/<photo>``: every photo below each identity's folder."""
-    from facetrip.data.folder import scan_identity_images
+    from facetrip.data.folder import (_check_stored_names_are_distinct, identity_folders, image_entries,
+                                      no_images_error, warn_unreadable)
     from facetrip.data.sources import utf8_name
 
     identities, file_names, refs = [], [], []
     digest = hashlib.sha1(os.fsencode(root) + b"\n")
     prefix = len(os.path.join(str(root), ""))
-    for identity, entries in scan_identity_images(root).items():
+    unreadable: list[str] = []
+    all_ascii = True
+    for folder in identity_folders(root):  # one folder's directory entries alive at a time
+        entries = sorted(image_entries(folder.path, unreadable), key=lambda entry: entry.path)
+        if not entries:
+            continue
+        identity = folder.name
+        all_ascii = all_ascii and identity.isascii()
         stored_identity = utf8_name(identity)
-        relatives = sorted(entry.path[prefix:] for entry in entries)
-        stamps = []
-        for entry in sorted(entries, key=lambda entry: entry.path):
+        relatives, stamps = [], []
+        for entry in entries:
+            relatives.append(entry.path[prefix:])
             try:
                 status = entry.stat()
                 stamps.append(f"{status.st_size} {status.st_mtime_ns} {status.st_ctime_ns}")
             except OSError as error:  # listed, and recorded as failed when it is read
                 stamps.append(type(error).__name__)
+        del entries
         digest.update("".join(f"{relative}\0{stamp}\n" for relative, stamp in zip(relatives, stamps))
                       .encode("utf-8", "surrogateescape"))
         identities.extend([stored_identity] * len(relatives))
-        file_names.extend(relative if relative.isascii() else utf8_name(Path(relative).as_posix())
-                          for relative in relatives)
+        for relative in relatives:
+            if relative.isascii():
+                file_names.append(relative)
+            else:
+                all_ascii = False
+                file_names.append(utf8_name(Path(relative).as_posix()))
         refs.extend(relatives)
+    warn_unreadable(root, unreadable)
+    if not refs:
+        raise no_images_error(root)
+    if not all_ascii:  # two names that would be stored alike: refused
+        by_identity: dict[str, list[Path]] = {}
+        for relative in refs:
+            by_identity.setdefault(relative.split(os.sep, 1)[0], []).append(root / relative)
+        _check_stored_names_are_distinct(root, by_identity)
     return _sorted_listing(identities, file_names, refs, source=source, kind="folder", location=str(root),
                            fingerprint=digest.hexdigest()[:12], channels=channels)
 

@@ -126,7 +126,8 @@ class FaceImages:
 
     def restricted_to(self, identity_names) -> FaceImages:
         """The images of the given identities only (labels keep their meaning)."""
-        wanted = np.isin(np.asarray(self.identity_names, dtype=object), list(identity_names))
+        chosen = set(identity_names)  # a set: np.isin compares object arrays pair by pair (10^5 x 10^5)
+        wanted = np.fromiter((name in chosen for name in self.identity_names), bool, len(self.identity_names))
         return self.take(np.flatnonzero(wanted[self.labels]))
 
     def take(self, indices) -> FaceImages:

@@ -188,7 +188,9 @@ def pairs_of_identities(faces, identity_names, max_pairs: int, seed: int) -> Pai
     """:func:`facetrip.evaluation.verification_pairs` of the images of some identities, as indices into ``faces``."""
     from facetrip.evaluation.pairs import verification_pairs
 
-    wanted = np.isin(np.asarray(faces.identity_names, dtype=object), list(identity_names))  # (identities,)
+    chosen_names = set(identity_names)
+    wanted = np.fromiter((name in chosen_names for name in faces.identity_names), bool,
+                         len(faces.identity_names))  # (identities,)
     images = np.flatnonzero(wanted[faces.labels])  # (T,) indices into faces
     chosen = verification_pairs(faces.labels[images], max_pairs, seed)
     return Pairs(images[chosen.first], images[chosen.second], chosen.same, None, chosen.how)
