@@ -54,7 +54,7 @@ def prepare_lfw(lfw: Path, data_dir: Path, cache_dir: Path, workers: int) -> dic
     if result.returncode != 0:
         raise RuntimeError(f"prepare failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
     found = re.search(r"time\W+([\d.]+) s", result.stdout)
-    faces = re.search(r"faces\W+(.+?)\s*│", result.stdout)
+    faces = re.search(r"│ faces\s+│\s*(.+?)\s*│", result.stdout)
     return {"seconds": float(found.group(1)), "command_seconds": time.monotonic() - started,
             "faces": faces.group(1) if faces else "", "output": result.stdout}
 
