@@ -27,6 +27,8 @@ def prepare(
                                                           "arcface: 112x112 ArcFace crops (implied for rec:)."),
     face_chips: bool = typer.Option(True, "--face-chips/--no-face-chips", help="Store face chips (the default), or whole "
                                                                                 "images for models that read them."),
+    chip_format: str = typer.Option("png", "--chip-format", help="png: lossless chips; jpeg: quality 95, about a "
+                                                                 "quarter of the disk, the same LFW accuracy."),
     beam_runner: str = typer.Option("", "--beam-runner", help="Prepare as an Apache Beam pipeline on this runner "
                                                               "(DirectRunner, DataflowRunner, ...; needs facetrip[beam])."),
     beam_options: str = typer.Option("", "--beam-options", help='The Beam runner\'s options, e.g. "--direct_num_workers=2".'),
@@ -55,7 +57,7 @@ def prepare(
         with preparation_progress(console, f"Preparing {source}") as progress:
             faces, report = load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned,
                                              workers=workers, beam_runner=beam_runner, beam_options=beam_options,
-                                             progress=progress)
+                                             progress=progress, chip_format=chip_format)
     except DataError as error:
         fail(escape(str(error)))
     seconds = time.monotonic() - started
@@ -64,7 +66,8 @@ def prepare(
     failures = prepared.failures(SHOWN_FAILURES)
     table = Table(title=f"facetrip prepare {escape(prepared.source)}", show_header=False)
     table.add_row("prepared set", escape(str(prepared.path)))
-    table.add_row("records", f"{len(prepared):,} ({prepared.mode}) in {len(prepared.shard_paths())} shards")
+    stored_as = ", JPEG chips" if prepared.path.parent.name.endswith("_jpeg") else ""
+    table.add_row("records", f"{len(prepared):,} ({prepared.mode}{stored_as}) in {len(prepared.shard_paths())} shards")
     table.add_row("usable photos", f"{len(faces):,} of {len(faces.identity_names):,} identities")
     table.add_row("failed photos", f"{failed:,}")
     if report is not None:

@@ -40,6 +40,7 @@ class DataConfig:
     data_dir: str = ""  # tfds storage; "" means tfds' default (~/tensorflow_datasets)
     face_chips: bool = True  # cut the aligned 150x150 face chip of every photo first (facetrip.data.face_chips)
     aligned: str = "none"  # none (find each face) | dlib (photos are dlib chips) | arcface (112x112 ArcFace crops)
+    chip_format: str = "png"  # how a prepared set stores its chips: png (lossless) | jpeg (quality 95, a quarter of the disk)
     image_size: list = dataclasses.field(default_factory=lambda: [150, 150])  # height, width of the model input
     channels: int = 3  # 1 (grey) or 3 (RGB); face_resnet reads RGB (grey images are copied to 3 channels)
 

@@ -13,7 +13,8 @@ RecordIO set (``train.rec`` + ``train.idx``), and measures, each command in its 
 - ``facetrip prepare`` (``--aligned dlib``: no detection) with 1 and 2 workers, and on
   Apache Beam's local runner: seconds and photos/s per worker;
 - ``facetrip train`` of the face network for ``--steps`` steps: peak RSS and the time from
-  the process's start to the end of the first training step;
+  the process's start to the end of the first training step; again with the triplet loss
+  only (no classifier over the training identities, whose state grows with their number);
 - ``facetrip embed --data ... --split test``: peak RSS;
 - batches/s of the random-access P x K pipeline against the in-memory pipeline (the
   photos' bytes held in a lookup table), at the smallest size, alternating runs.
@@ -258,23 +259,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--pipeline-batches", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="skip the preparation rows and the pipeline rate: the memory rows, read from the "
+                             "prepared sets an earlier run left in --workdir (prepared when missing)")
     parser.add_argument("--gpu-check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     lines = ["# Prepared face sets at scale", "", f"`{' '.join(['scripts/bench_scale.py', *sys.argv[1:]])}`", ""]
-    prepare_table, memory_table = [], []
+    prepare_table, memory_table, train_peaks = [], [], []
     for photos in args.sizes:
         print(f"[{photos:,} photos] generating ...", flush=True)
         folder, rec = make_sets(args.workdir, photos)
+        data_dir = args.workdir / f"prepared_{photos}_w{args.workers[-1]}"
         print(f"[{photos:,} photos] preparing ...", flush=True)
-        for row in prepare_rows(f"folder:{folder}", f"rec:{rec}", photos, args.workdir, args.workers,
-                                not args.no_beam, args.beam_options):
+        rows = [] if args.memory_only else prepare_rows(f"folder:{folder}", f"rec:{rec}", photos, args.workdir,
+                                                        args.workers, not args.no_beam, args.beam_options)
+        for row in rows:
             prepare_table.append([f"{photos:,}", row["how"], f"{row['seconds']:.1f}", f"{row['command_seconds']:.1f}",
                                   f"{row['per_worker']:.0f}", gib(row["peak_rss"])])
             print(prepare_table[-1], flush=True)
-        data_dir = args.workdir / f"prepared_{photos}_w{args.workers[-1]}"
         if args.gpu_check:
             lines += [f"## The face network's training on the GPU, {photos:,} photos, batch {args.batch_size}", ""]
             lines += markdown_table(["input", "training images/s", "first step", "peak RSS"],
@@ -286,22 +291,40 @@ def main() -> None:
         run_dir = args.workdir / f"run_{photos}"
         shutil.rmtree(args.workdir / f"embed_{photos}", ignore_errors=True)
         trained = train_row(f"folder:{folder}", data_dir, run_dir, args.steps, args.batch_size)
+        print(f"[{photos:,} photos] training, triplet loss only ...", flush=True)
+        triplet_only = train_row(f"folder:{folder}", data_dir, args.workdir / f"run_{photos}_triplet", args.steps,
+                                 args.batch_size, {"train.classification_weight": 0.0, "train.warmup_epochs": 0})
         embedded = embed_row(run_dir, f"folder:{folder}", data_dir, args.workdir / f"embed_{photos}")
         evaluated = evaluate_row(run_dir, data_dir, baselines=True)
-        memory_table.append([f"{photos:,}", gib(trained["peak_rss"]), f"{trained['first_step']:.1f} s",
+        train_peaks.append((photos, trained["peak_rss"], triplet_only["peak_rss"]))
+        memory_table.append([f"{photos:,}", gib(trained["peak_rss"]), gib(triplet_only["peak_rss"]),
+                             f"{trained['first_step']:.1f} s",
                              f"{trained['seconds']:.0f} s", gib(embedded["peak_rss"]), gib(evaluated["peak_rss"])])
         print(memory_table[-1], flush=True)
-    lines += ["## Preparation (`--aligned dlib`, no detection)", ""]
-    lines += markdown_table(["photos", "how", "seconds", "command seconds", "photos/s per worker", "peak RSS"],
-                            prepare_table, "rlrrrr")
+    if prepare_table:
+        lines += ["## Preparation (`--aligned dlib`, no detection)", ""]
+        lines += markdown_table(["photos", "how", "seconds", "command seconds", "photos/s per worker", "peak RSS"],
+                                prepare_table, "rlrrrr")
     if args.gpu_check:
         text = "\n".join(lines) + "\n"
         print(text)
         write_report(args.output, text)
         return
     lines += ["", f"## Training ({args.steps} steps of the face network, batch {args.batch_size}) and embedding", ""]
-    lines += markdown_table(["photos", "train peak RSS", "first step", "train total", "embed --split test peak RSS",
-                             "evaluate peak RSS"], memory_table, "rrrrrr")
+    lines += markdown_table(["photos", "train peak RSS", "train peak RSS, triplet loss only", "first step",
+                             "train total", "embed --split test peak RSS", "evaluate peak RSS"], memory_table,
+                            "rrrrrrr")
+    if len(train_peaks) > 1:
+        (first, default_first, triplet_first), (last, default_last, triplet_last) = train_peaks[0], train_peaks[-1]
+        lines += ["", f"Train peak RSS at {last:,} photos against {first:,}: {default_last / default_first:.2f}x "
+                      f"(the default recipe, with its classifier over the training identities), "
+                      f"{triplet_last / triplet_first:.2f}x (triplet loss only: train.classification_weight = 0, "
+                      f"train.warmup_epochs = 0)."]
+    if args.memory_only:
+        text = "\n".join(lines) + "\n"
+        print(text)
+        write_report(args.output, text)
+        return
     smallest = min(args.sizes)
     folder, _ = make_sets(args.workdir, smallest)
     rates = pipeline_rate(f"folder:{folder}", args.workdir / f"prepared_{smallest}_w{args.workers[-1]}",

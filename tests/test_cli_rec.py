@@ -116,6 +116,14 @@ def test_prepare_reports_the_records_of_a_record_set(record_set, tmp_path):
     assert result.stderr.strip() == ""  # nothing was left out, nothing to warn about
 
 
+def test_prepare_stores_jpeg_chips_when_asked_and_refuses_an_unknown_format_in_one_line(record_set, tmp_path):
+    result = prepare(f"rec:{record_set}", tmp_path / "tfds", "--chip-format", "jpeg")
+    assert result.exit_code == 0, result.output
+    assert row(result.stdout, "records").startswith("18 (arcface, JPEG chips) in 1 shards")
+    assert list((tmp_path / "tfds" / "prepared_faces").glob("faces_*_arcface_jpeg"))
+    assert_one_error_line(prepare(f"rec:{record_set}", tmp_path / "tfds", "--chip-format", "webp"), "png or jpeg")
+
+
 # ---------------------------------------------------------------------------------------------
 # Records the reader counts and skips: the rest is prepared, the count is said once
 

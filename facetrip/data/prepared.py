@@ -1,7 +1,7 @@
 """Prepared face sets: a source's photos turned once into face chips, stored as tfds ArrayRecord shards.
 
     source -> PhotoListing -> shards of photos -> [per photo: decode, detect, 5 landmarks, 150 x 150 chip]
-           -> <data_dir>/prepared_faces/<source>_<fingerprint>_<mode>/1.0.0/*.array_record-NNNNN-of-MMMMM
+           -> <data_dir>/prepared_faces/<source>_<fingerprint>_<mode>[_jpeg]/1.0.0/*.array_record-NNNNN-of-MMMMM
            -> PreparedSet: (N,) labels and record positions on the host, chips read by random access
 
 The builder is a tfds ``ShardBasedBuilder``: the photos are cut into shards
@@ -22,6 +22,10 @@ After preparing, one pass over the records writes ``facetrip_index.npz`` beside 
 each record's label, faces found and detector, 7 bytes a photo. Opening a prepared set
 reads that file and nothing else, so a command holds O(photos) small integers, never
 the set's bytes.
+
+Chips are stored as PNG, or as JPEG with ``chip_format = "jpeg"`` (a set of its own, in a
+folder named ``..._jpeg``). A command asking for PNG chips, the default, uses a set prepared
+as JPEG already rather than preparing the photos again.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from facetrip.data.chip_examples import CHIPS, WHOLE_PHOTOS, ShardRecords, shard_records
+from facetrip.data.chip_examples import CHIP_FORMATS, CHIPS, WHOLE_PHOTOS, ShardRecords, shard_records
 from facetrip.data.errors import DataError
 from facetrip.data.photo_listing import PhotoListing, PhotoReader
 
@@ -78,12 +82,14 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Face chips in ArrayRecord shards."}
 
-    def __init__(self, listing: PhotoListing, mode: str, workers: int = 0, progress=None, **kwargs):
+    def __init__(self, listing: PhotoListing, mode: str, workers: int = 0, progress=None, chip_format: str = "png",
+                 **kwargs):
         self.listing = listing
         self.mode = mode
         self.workers = workers
         self.progress = progress
-        config = PreparedFacesConfig(name=f"{listing.slug()}_{listing.fingerprint}_{_mode_tag(mode)}",
+        self.chip_format = chip_format
+        config = PreparedFacesConfig(name=f"{listing.slug()}_{listing.fingerprint}_{_mode_tag(mode, chip_format)}",
                                      source=listing.source, mode=mode)
         super().__init__(config=config, file_format="array_record", **kwargs)
 
@@ -107,8 +113,8 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
         use_cache = self.mode == CHIPS and count <= CHIP_CACHE_MAX_PHOTOS
         most = MAX_WHOLE_PHOTOS_PER_SHARD if self.mode == WHOLE_PHOTOS else MAX_PHOTOS_PER_SHARD
         size = photos_per_shard(count, most)
-        return [ShardRecords(self.listing.part(start, min(start + size, count)), self.mode, use_cache)
-                for start in range(0, count, size)]
+        return [ShardRecords(self.listing.part(start, min(start + size, count)), self.mode, use_cache,
+                             self.chip_format) for start in range(0, count, size)]
 
     def _shard_iterators_per_split(self, dl_manager):
         del dl_manager  # nothing to download
@@ -200,15 +206,17 @@ def photos_per_shard(count: int, most: int = MAX_PHOTOS_PER_SHARD) -> int:
     return int(np.clip(math.ceil(count / TARGET_SHARDS), MIN_PHOTOS_PER_SHARD, most))
 
 
-def _mode_tag(mode: str) -> str:
-    """The folder tag of a mode: chips name a digest of the alignment, so a new alignment prepares anew."""
+def _mode_tag(mode: str, chip_format: str = "png") -> str:
+    """The folder tag of a mode: chips name a digest of the alignment, so a new alignment prepares anew;
+    JPEG chips add ``_jpeg`` (whole photos are stored as they are, in any format)."""
+    suffix = "_jpeg" if chip_format == "jpeg" and mode != WHOLE_PHOTOS else ""
     if mode != CHIPS:
-        return mode
+        return f"{mode}{suffix}"
     import hashlib
 
     from facetrip.data.face_chips import ALIGNMENT_VERSION
 
-    return f"chips{hashlib.sha1(ALIGNMENT_VERSION.encode()).hexdigest()[:8]}"
+    return f"chips{hashlib.sha1(ALIGNMENT_VERSION.encode()).hexdigest()[:8]}{suffix}"
 
 
 def _computed(pending: list[int], tasks: list[ShardRecords], workers: int):
@@ -350,7 +358,7 @@ def _scan_index(path: Path, count: int) -> dict[str, np.ndarray]:
 
 def prepare(listing: PhotoListing, mode: str, data_dir: str | None = None, workers: int = 0,
             beam_runner: str = "", beam_options: str = "",
-            progress: Callable[[int, int], None] | None = None) -> PreparedSet:
+            progress: Callable[[int, int], None] | None = None, chip_format: str = "png") -> PreparedSet:
     """Prepare a source once (resuming an interrupted preparation) and open it.
 
     Args:
@@ -362,23 +370,41 @@ def prepare(listing: PhotoListing, mode: str, data_dir: str | None = None, worke
             prepare on instead of local processes; needs ``facetrip[beam]``.
         beam_options: the runner's options, as on a command line (``"--direct_num_workers=2"``).
         progress: called as ``progress(photos done, photos)``.
+        chip_format: ``png`` or ``jpeg``: how a new preparation stores its chips. With ``png``,
+            the default, a set prepared as JPEG already is used as it is.
 
     Returns:
         The :class:`PreparedSet`.
 
     Raises:
-        DataError: the data dir cannot be written, Beam is not installed, or no photo was usable.
+        DataError: the data dir cannot be written, Beam is not installed, no photo was usable,
+            or an unknown chip format.
     """
-    def new_builder() -> PreparedFaces:
-        return PreparedFaces(listing, mode, workers=workers or default_workers(), progress=progress, data_dir=data_dir)
+    if chip_format not in CHIP_FORMATS:
+        raise DataError(f"The chip format must be {' or '.join(CHIP_FORMATS)}, not {chip_format!r}.")
+    builders = []
 
-    builder = new_builder()
-    if not builder.is_prepared():
-        with _preparation_lock(builder):  # another process preparing the same set: wait for it, then use its set
-            builder = new_builder()
-            if not builder.is_prepared():
-                _download_and_prepare(builder, listing, beam_runner, beam_options)
-    return open_prepared(Path(builder.data_dir), listing, mode, builder.info.splits["train"].num_examples)
+    def new_builder(stored_as: str) -> PreparedFaces:
+        builders.append(PreparedFaces(listing, mode, workers=workers or default_workers(), progress=progress,
+                                      chip_format=stored_as, data_dir=data_dir))
+        return builders[-1]
+
+    # PNG, the default, takes a set prepared as JPEG already: a set is prepared once.
+    formats = [chip_format, "jpeg"] if chip_format == "png" and mode != WHOLE_PHOTOS else [chip_format]
+    try:
+        builder = next((found for found in map(new_builder, formats) if found.is_prepared()), None)
+        if builder is None:
+            builder = new_builder(chip_format)
+            with _preparation_lock(builder):  # another process preparing the same set: wait for it, then use its set
+                builder = new_builder(chip_format)
+                if not builder.is_prepared():
+                    _download_and_prepare(builder, listing, beam_runner, beam_options)
+        count = builder.info.splits["train"].num_examples
+        path = Path(builder.data_dir)
+    finally:
+        for used in builders:  # tfds caches each builder's info, and so the builder, for the process's life:
+            used.listing = used.progress = None  # it must not keep the listing (some 140 MB at 10^6 photos)
+    return open_prepared(path, listing, mode, count)
 
 
 @contextlib.contextmanager

@@ -146,7 +146,7 @@ def chip_report_of(prepared: PreparedSet, positions: np.ndarray):
 
 def load_model_faces(source: str, data_dir: str | None = None, face_chips: bool = True, aligned: str = "none",
                      workers: int = 0, beam_runner: str = "", beam_options: str = "",
-                     progress: Callable[[int, int], None] | None = None):
+                     progress: Callable[[int, int], None] | None = None, chip_format: str = "png"):
     """A source's photos as a model reads them, from its prepared set (prepared on first use).
 
     Args:
@@ -157,6 +157,8 @@ def load_model_faces(source: str, data_dir: str | None = None, face_chips: bool 
         workers: worker processes for a preparation (0: every core).
         beam_runner, beam_options: prepare on Apache Beam instead (:func:`~facetrip.data.prepared.prepare`).
         progress: called as ``progress(done, total)`` while preparing.
+        chip_format: ``png`` or ``jpeg``, how a new preparation stores chips (with ``png``, the
+            default, a set prepared as JPEG already is used as it is).
 
     Returns:
         ``(FaceImages, ChipReport or None)``: the usable photos (failed ones left out, with one
@@ -180,7 +182,7 @@ def load_model_faces(source: str, data_dir: str | None = None, face_chips: bool 
         aligned = listing.aligned
     mode = record_mode(face_chips, aligned)
     prepared = prepare(listing, mode, data_dir=data_dir, workers=workers, beam_runner=beam_runner,
-                       beam_options=beam_options, progress=progress)
+                       beam_options=beam_options, progress=progress, chip_format=chip_format)
     del listing  # its names were only needed to prepare
     failed = np.flatnonzero(prepared.failed)
     if len(failed):

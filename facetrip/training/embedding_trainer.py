@@ -44,7 +44,8 @@ class EmbeddingTrainer(keras.Model):
         statistics: Keras metrics updated with ``(labels, embeddings)`` every step
             (e.g. :func:`~facetrip.losses.triplet_metrics`).
         warmup_epochs: epochs of classification only at the start.
-        classification_weight: weight of the classification term after the warm-up.
+        classification_weight: weight of the classification term after the warm-up; with no
+            warm-up and weight 0 there is no classifier (``class_centres`` is None).
         scale: ``s``, the inverse temperature of the cosine softmax.
         label_smoothing: of the classification targets.
         mining_scope: with several replicas, ``"global"`` (each replica's anchors mined over
@@ -71,10 +72,13 @@ class EmbeddingTrainer(keras.Model):
         self.classification_weight = float(classification_weight)
         self.scale = float(scale)
         self.label_smoothing = float(label_smoothing)
+        # Without a classification term (no warm-up, weight 0) there is no classifier: its centres,
+        # their optimizer slots and update buffers take some 5 KB per training identity.
+        self.has_classifier = self.warmup_epochs > 0 or self.classification_weight > 0
         self.class_centres = self.add_weight(
             shape=(embedder.output_shape[-1], self.num_identities), initializer=keras.initializers.RandomNormal(stddev=0.05),
             name="class_centres",
-        )
+        ) if self.has_classifier else None
         # (w_cls, w_triplet) of the current epoch, set by set_epoch; saved with the backup.
         self.loss_weights_now = self.add_weight(shape=(2,), initializer="zeros", trainable=False, name="loss_weights_now")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "triplet_loss", "classification_loss")}
@@ -90,12 +94,18 @@ class EmbeddingTrainer(keras.Model):
             embeddings: (N, D) embeddings of training images, from the embedder as it is.
             labels: (N,) their identity labels.
         """
+        if not self.has_classifier:
+            return
         classes = np.asarray(tf.gather(self._class_of_label, np.asarray(labels, np.int64).reshape(-1)))  # (N,)
-        sums = np.zeros((self.num_identities, embeddings.shape[1]), np.float64)
-        np.add.at(sums, classes, np.asarray(embeddings, np.float64))  # (identities, D)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        centres = np.where(norms > 0, sums / np.maximum(norms, 1e-12), np.asarray(self.class_centres).T)
-        self.class_centres.assign(centres.T.astype(np.float32))  # (D, identities)
+        present, rows = np.unique(classes, return_inverse=True)  # (P,) classes with embeddings, (N,) their row
+        sums = np.zeros((len(present), embeddings.shape[1]), np.float64)
+        np.add.at(sums, rows.reshape(-1), np.asarray(embeddings, np.float64))  # (P, D)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)  # (P, 1)
+        keep = norms[:, 0] > 0
+        # Only the P sampled columns change: no (identities, D) temporaries, whatever the number of identities.
+        centres = np.array(self.class_centres.numpy(), np.float32)  # (D, identities), a copy
+        centres[:, present[keep]] = (sums[keep] / norms[keep]).T
+        self.class_centres.assign(centres)
 
     def phase_weights(self, epoch: int) -> tuple[float, float]:
         """``(w_cls, w_triplet)`` of an epoch (0-based)."""
@@ -114,7 +124,9 @@ class EmbeddingTrainer(keras.Model):
         return tf.reduce_mean(self.classification_losses(labels, embeddings))
 
     def classification_losses(self, labels, embeddings):
-        """Per-image cross-entropy (B,) of the cosine softmax."""
+        """Per-image cross-entropy (B,) of the cosine softmax (zeros without a classifier)."""
+        if not self.has_classifier:
+            return tf.zeros(tf.shape(tf.reshape(labels, [-1])), embeddings.dtype)  # (B,)
         centres = tf.math.l2_normalize(self.class_centres, axis=0)  # (D, identities)
         logits = self.scale * tf.matmul(tf.math.l2_normalize(embeddings, axis=1), centres)  # (B, identities)
         classes = tf.gather(self._class_of_label, tf.reshape(tf.cast(labels, tf.int64), [-1]))  # (B,)

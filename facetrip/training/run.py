@@ -73,7 +73,7 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
 
     Args:
         config: the configuration (already saved in ``run_dir`` by :func:`prepare_run_dir`).
-        run_dir: the run directory.
+        run_dir: the run directory (created when missing).
         callbacks: extra Keras callbacks (the CLI's progress display).
         resume: continue from the last whole checkpoint in ``run_dir`` (:func:`find_resume_point`).
 
@@ -87,6 +87,11 @@ def train(config: Config, run_dir: str | Path, callbacks: Sequence[Any] = (), re
     """
     from facetrip.training.distribute import is_chief
 
+    if is_chief(config.train.distribute):
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrainingError(f"Cannot create the run directory {run_dir}: {error.strerror}.") from None
     # A multi-worker worker other than the chief only reads the run directory: the chief holds the lock.
     with run_lock(run_dir) if is_chief(config.train.distribute) else contextlib.nullcontext():
         return _train(config, Path(run_dir), callbacks, resume)
@@ -321,6 +326,7 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
 
     faces, chip_report = load_model_faces(config.data.source, data_dir=config.data.data_dir or None,
                                           face_chips=config.data.face_chips, aligned=config.data.aligned,
+                                          chip_format=config.data.chip_format,
                                           progress=logged_progress(f"Preparing {config.data.source}"))
     if chip_report is not None:
         logger.info("%s", chip_report.summary())
@@ -398,7 +404,8 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     trainer.optimizer.build(trainer.trainable_variables)  # here, under the strategy's scope, not inside a step
     if resume_point.checkpoint is not None:
         restore_checkpoint(trainer, resume_point.checkpoint)
-    if choices.backbone in PRETRAINED_BACKBONES and resume_point.epoch == 0 and config.train.epochs > 0:
+    if (choices.backbone in PRETRAINED_BACKBONES and resume_point.epoch == 0 and config.train.epochs > 0
+            and trainer.has_classifier):
         sample = centre_sample(len(data.train_faces), CENTRE_SAMPLE_PHOTOS, config.train.seed)  # (S,)
         sampled = data.train_faces.take(sample)
         embeddings = embed_faces(model, sampled, tuple(config.data.image_size), config.data.channels)  # (S, D)

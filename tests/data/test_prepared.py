@@ -258,3 +258,99 @@ def test_a_tfds_source_with_all_its_splits_is_read_in_slices_of_each_split(tmp_p
     wanted = [("train", 64), ("train", 65), ("train", 70)]
     read = list(_tfds_photo_bytes("orl_faces:all", wanted, data_dir))
     assert read == [bytes(examples[index]["image"]) for _, index in wanted]
+
+
+def test_a_folder_listing_packs_its_names_and_is_not_kept_after_preparation(tmp_path):
+    """Names come back as the text they are (by identity, then name); the listing is freed once the set is open."""
+    import gc
+    import weakref
+
+    from facetrip.data import photo_listing
+    from facetrip.data.photo_listing import PackedNames, list_photos
+    from facetrip.data.records import load_model_faces
+
+    names = PackedNames.join([(b"ab/1.jpgab/10.jpg", np.array([8, 9])), (b"", np.zeros(0, np.int64)),
+                              ("zo\u00eb/\u00e9.jpg".encode(), np.array([11]))], lambda name: name.decode("utf-8"))
+    assert len(names) == 3 and list(names) == ["ab/1.jpg", "ab/10.jpg", "zo\u00eb/\u00e9.jpg"]
+    assert names[-1] == "zo\u00eb/\u00e9.jpg" and names[1:] == ["ab/10.jpg", "zo\u00eb/\u00e9.jpg"] and names[::2] == [names[0], names[2]]
+    with pytest.raises(IndexError):
+        names[3]
+    assert len(PackedNames.join([], str)) == 0
+
+    root = tiny_jpeg_folder(tmp_path / "faces", people=3, photos=4)
+    (root / "p00001" / "10.jpg").write_bytes((root / "p00001" / "2.jpg").read_bytes())
+    listing = list_photos(f"folder:{root}")
+    assert listing.identity_names == ["p00000", "p00001", "p00002"]
+    assert list(listing.labels) == [0] * 4 + [1] * 5 + [2] * 4
+    assert list(listing.file_names[4:9]) == ["p00001/0.jpg", "p00001/1.jpg", "p00001/10.jpg", "p00001/2.jpg",
+                                             "p00001/3.jpg"]
+    assert list(listing.refs) == list(listing.file_names)
+
+    listed = []
+    real_list_photos = photo_listing.list_photos
+
+    def list_and_watch(*arguments, **options):
+        made = real_list_photos(*arguments, **options)
+        listed.append(weakref.ref(made))
+        return made
+
+    photo_listing.list_photos = list_and_watch
+    try:
+        faces, _ = load_model_faces(f"folder:{root}", data_dir=str(tmp_path / "tfds"), face_chips=False, workers=1)
+    finally:
+        photo_listing.list_photos = real_list_photos
+    gc.collect()
+    assert len(faces) == 13 and len(listed) == 1
+    assert listed[0]() is None  # tfds keeps every builder it made (and would keep its listing)
+
+
+def test_jpeg_chips_are_the_png_chips_within_the_jpeg_error_and_a_set_is_prepared_in_one_format_only(tmp_path):
+    """``chip_format = "jpeg"``: each record decodes to the chip every other command cuts, within
+    JPEG's error at quality 95; the set has a folder of its own, and a command asking for PNG
+    chips later uses it rather than preparing the photos again."""
+    import io
+
+    from PIL import Image
+
+    from facetrip.data.face_chips import chip_from_file
+    from facetrip.data.records import load_model_faces
+
+    root = small_orl_folder(tmp_path / "faces", people=3, photos=3)
+    data_dir = str(tmp_path / "tfds")
+    faces, _ = load_model_faces(f"folder:{root}", data_dir=data_dir, workers=1, chip_format="jpeg")
+    prepared = faces.encoded.prepared
+    assert prepared.path.parent.name.endswith("_jpeg") and len(faces) == 9
+    for name, encoded in zip(faces.file_names, faces.encoded):
+        assert encoded[:2] == b"\xff\xd8", name  # a JPEG
+        with Image.open(io.BytesIO(encoded)) as stored:
+            pixels = np.asarray(stored.convert("RGB"), np.int16)
+        difference = np.abs(pixels - chip_from_file(root / name).pixels.astype(np.int16))
+        assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 8, (name, difference.mean())
+        assert len(encoded) < 0.6 * len(Image.open(io.BytesIO(encoded)).tobytes())
+    again, _ = load_model_faces(f"folder:{root}", data_dir=data_dir, workers=1, chip_format="png",
+                                progress=lambda done, total: pytest.fail("prepared a second time"))
+    assert again.encoded.prepared.path == prepared.path
+    with pytest.raises(DataError, match="png or jpeg"):
+        load_model_faces(f"folder:{root}", data_dir=data_dir, chip_format="webp")
+
+    from facetrip.data.chip_examples import DLIB_ALIGNED, photo_record
+
+    for side, stored_as in ((150, "PNG"), (120, "JPEG")):  # a chip already is kept as it is; others are re-encoded
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((side, side, 3), 90, np.uint8)).save(buffer, format="PNG")
+        record = photo_record("chip.png", "p", buffer.getvalue(), DLIB_ALIGNED, chip_format="jpeg")
+        with Image.open(io.BytesIO(record["image"])) as stored:
+            assert stored.format == stored_as and stored.size == (150, 150)
+
+
+def test_asking_for_jpeg_chips_where_png_ones_are_prepared_prepares_them(tmp_path):
+    from facetrip.data.records import load_model_faces
+
+    root = tiny_jpeg_folder(tmp_path / "faces", people=2, photos=3, side=40)
+    data_dir = str(tmp_path / "tfds")
+    png, _ = load_model_faces(f"folder:{root}", data_dir=data_dir, aligned="dlib", workers=1)
+    jpeg, _ = load_model_faces(f"folder:{root}", data_dir=data_dir, aligned="dlib", workers=1, chip_format="jpeg")
+    assert not png.encoded.prepared.path.parent.name.endswith("_jpeg")
+    assert jpeg.encoded.prepared.path.parent.name.endswith("_jpeg")
+    assert all(image[:8] == b"\x89PNG\r\n\x1a\n" for image in png.encoded)
+    assert all(image[:2] == b"\xff\xd8" for image in jpeg.encoded)

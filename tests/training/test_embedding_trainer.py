@@ -49,6 +49,41 @@ def test_classification_loss_matches_an_explicit_loop():
     np.testing.assert_allclose(float(trainer.classification_loss(labels[:, None], embeddings)), expected, rtol=1e-5)
 
 
+def test_centres_start_at_the_mean_direction_of_each_sampled_identity_and_others_keep_theirs():
+    """Loop reference: c_j = sum_i e_i / |sum_i e_i| over j's embeddings; a class without any (or summing to 0) keeps its centre."""
+    trainer = tiny_trainer(labels=(3, 7, 9, 11, 12))
+    before = trainer.class_centres.numpy().copy()  # (D, 5)
+    rng = np.random.default_rng(2)
+    embeddings = rng.normal(size=(7, 4)).astype(np.float32)
+    embeddings[6] = -embeddings[5]  # label 12: its two embeddings sum to zero
+    labels = np.array([9, 3, 9, 9, 3, 12, 12])
+    trainer.initialise_centres(embeddings, labels)
+    after = trainer.class_centres.numpy()
+    for column, label in enumerate((3, 7, 9, 11, 12)):
+        chosen = embeddings[labels == label].astype(np.float64)
+        total = chosen.sum(axis=0)
+        if len(chosen) and np.linalg.norm(total) > 1e-6:
+            np.testing.assert_allclose(after[:, column], total / np.linalg.norm(total), rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(after[:, column], before[:, column])
+
+
+def test_without_a_classification_term_there_is_no_classifier():
+    """No warm-up and weight 0: no centres (so no optimizer slots for them); the loss is the triplet loss alone."""
+    trainer = tiny_trainer(warmup_epochs=0, classification_weight=0.0)
+    with_classifier = tiny_trainer(warmup_epochs=0, classification_weight=0.5)
+    assert not trainer.has_classifier and with_classifier.has_classifier
+    assert "class_centres" not in [weight.name for weight in trainer.weights]
+    assert "class_centres" in [weight.name for weight in with_classifier.weights]
+    trainer.initialise_centres(np.ones((2, 4), np.float32), [3, 7])  # nothing to start
+    trainer.set_epoch(0)
+    images = np.random.default_rng(1).random((6, 12, 10, 1)).astype(np.float32)
+    labels = np.array([3, 3, 7, 7, 9, 9])
+    logs = trainer.train_on_batch(images, labels, return_dict=True)
+    assert logs["classification_loss"] == 0.0
+    np.testing.assert_allclose(logs["loss"], logs["triplet_loss"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("epoch, expected_key", [(0, "classification_loss"), (5, "triplet_loss")])
 def test_train_step_loss_is_the_weighted_sum(epoch, expected_key):
     trainer = tiny_trainer(warmup_epochs=2, classification_weight=0.0)
