@@ -18,7 +18,6 @@ inside the exported model, as in the run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +111,3 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
     }
     atomic_write_json(target / EXPORT_INFO_FILE, info)
     return {**info, "path": str(model_path)}
-
-
-def load_export_info(folder: str | Path) -> dict[str, Any]:
-    """The ``export.json`` of an export folder."""
-    return json.loads((Path(folder) / EXPORT_INFO_FILE).read_text())

@@ -62,7 +62,7 @@ def test_without_a_terminal_training_logs_the_first_and_last_epoch_and_then_ever
 
     from rich.console import Console
 
-    import facetrip.cli as cli
+    import facetrip.cli.train as cli
 
     def epoch_lines(interval: float) -> list[str]:
         log = io.StringIO()

@@ -121,7 +121,7 @@ def test_prepare_stores_jpeg_chips_when_asked_and_refuses_an_unknown_format_in_o
     assert result.exit_code == 0, result.output
     assert row(result.stdout, "records").startswith("18 (arcface, JPEG chips) in 1 shards")
     assert list((tmp_path / "tfds" / "prepared_faces").glob("faces_*_arcface_jpeg"))
-    assert_one_error_line(prepare(f"rec:{record_set}", tmp_path / "tfds", "--chip-format", "webp"), "png or jpeg")
+    assert_one_error_line(prepare(f"rec:{record_set}", tmp_path / "tfds", "--chip-format", "webp"), "png or jpeg", "webp")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The house rule of docs/design.md: a module imports only from its own floor or lower ones.
+"""The house rules of docs/design.md: a module imports only from its own floor or lower ones,
+and no modules of one package import each other round a circle.
 
 Every ``import facetrip.X`` / ``from facetrip.X import ...`` in the package, at the top of a
 module or inside a function, is read from the source (nothing is imported), and the floor
@@ -23,7 +24,7 @@ FLOORS = {
     "evaluation": 7,
     "training": 8,
     "verification": 9, "export": 9, "identification": 9,
-    "cli": 10, "cli_prepare": 10, "__main__": 10,
+    "cli": 10, "__main__": 10,
 }
 
 
@@ -72,3 +73,73 @@ def test_the_rule_is_checked_on_a_module_that_breaks_it(tmp_path):
     broken.write_text("def f():\n    from facetrip.training import train\n")
     assert _imports(broken) == [(2, "facetrip.training")]
     assert FLOORS[_room("facetrip.training")] > FLOORS["data"]
+
+
+def _sibling_imports(paths, package_root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the modules of its own package it imports (a package's ``__init__`` left out: it gathers them)."""
+    modules = {".".join(path.relative_to(package_root.parent).with_suffix("").parts): path for path in paths}
+    graph = {}
+    for name, path in modules.items():
+        if name.endswith(".__init__"):
+            continue
+        package = name.rsplit(".", 1)[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                candidates = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            imported |= {module for module in candidates if module in modules and module != name
+                         and module.rsplit(".", 1)[0] == package and not module.endswith(".__init__")}
+        graph[name] = imported
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each a circle of imports."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(module):
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for other in sorted(graph.get(module, ())):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in on_stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_modules_of_one_package_import_each_other_round_a_circle():
+    circles = _circles(_sibling_imports(MODULES))
+    assert not circles, "import circles (at the top or inside a function): " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle_made_inside_functions(tmp_path):
+    """The checker itself: two data modules importing each other, one of them inside a function, are caught."""
+    package = tmp_path / "facetrip" / "data"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from facetrip.data.first import f\n")
+    (package / "first.py").write_text("from facetrip.data.second import g\n")
+    (package / "second.py").write_text("def g():\n    from facetrip.data import first\n")
+    (package / "third.py").write_text("from facetrip.data.first import f\n")
+    graph = _sibling_imports(sorted(package.glob("*.py")), tmp_path / "facetrip")
+    assert _circles(graph) == [["facetrip.data.first", "facetrip.data.second"]]

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from facetrip.data.errors import DataError
 from facetrip.data.offline_builder import OfflinePreparationMessages
 from facetrip.data.images import IMAGE_EXTENSIONS, ImageReadError, decode_file, to_8bit
-from facetrip.data.sources import utf8_name
+from facetrip.data.names import utf8_name
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def list_identity_images(root: Path) -> dict[str, list[Path]]:
 
     Raises:
         DataError: ``root`` is not a folder or holds no identity sub-folder with images, or
-            two identities or files would be stored under one name (:func:`~facetrip.data.sources.utf8_name`).
+            two identities or files would be stored under one name (:func:`~facetrip.data.names.utf8_name`).
     """
     return {identity: sorted(Path(entry.path) for entry in entries)
             for identity, entries in scan_identity_images(root).items()}

@@ -202,7 +202,7 @@ def _folder_listing(root: Path, source: str, channels: int) -> PhotoListing:
     """
     from facetrip.data.folder import (_check_stored_names_are_distinct, identity_folders, image_entries,
                                       no_images_error, warn_unreadable)
-    from facetrip.data.sources import utf8_name
+    from facetrip.data.names import utf8_name
 
     chunks: list[tuple[bytes, tuple]] = []  # (identity, its names and paths packed with their lengths)
     digest = hashlib.sha1(os.fsencode(root) + b"\n")
@@ -237,7 +237,7 @@ def _folder_listing(root: Path, source: str, channels: int) -> PhotoListing:
         raise no_images_error(root)
     chunks.sort(key=lambda chunk: chunk[0])  # identities by their UTF-8 bytes
     file_names = PackedNames.join([packed[:2] for _, packed in chunks], _utf8_text)
-    refs = PackedNames.join([packed[2:] for _, packed in chunks], os.fsdecode)
+    refs = PackedNames.join([packed[2:] for _, packed in chunks], _file_system_text)
     labels = np.repeat(np.arange(len(chunks), dtype=np.int32), [len(packed[1]) for _, packed in chunks])  # (N,)
     ordered = [identity for identity, _ in chunks]
     del chunks
@@ -253,6 +253,10 @@ def _folder_listing(root: Path, source: str, channels: int) -> PhotoListing:
 
 def _utf8_text(name: bytes) -> str:
     return name.decode("utf-8")
+
+
+def _file_system_text(name: bytes) -> str:  # os.fsdecode itself is a closure, which does not pickle
+    return os.fsdecode(name)
 
 
 class PackedNames(Sequence):

@@ -46,7 +46,7 @@ import tensorflow_datasets as tfds
 
 from facetrip.data.chip_examples import CHIP_FORMATS, CHIPS, WHOLE_PHOTOS, ShardRecords, shard_records
 from facetrip.data.errors import DataError
-from facetrip.data.photo_listing import PhotoListing, PhotoReader
+from facetrip.data.photo_listing import PhotoListing
 
 logger = logging.getLogger(__name__)
 

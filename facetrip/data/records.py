@@ -177,6 +177,10 @@ def load_model_faces(source: str, data_dir: str | None = None, face_chips: bool 
     if aligned not in ALIGNED_CHOICES:
         raise DataError(f"data.aligned must be {', '.join(ALIGNED_CHOICES[:-1])} or {ALIGNED_CHOICES[-1]}, "
                         f"not {aligned!r}.")
+    from facetrip.data.chip_examples import CHIP_FORMATS
+
+    if chip_format not in CHIP_FORMATS:
+        raise DataError(f"data.chip_format must be {' or '.join(CHIP_FORMATS)}, not {chip_format!r}.")
     listing = list_photos(source, data_dir)
     if aligned == "none" and listing.aligned != "none":
         aligned = listing.aligned

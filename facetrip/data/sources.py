@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,22 +28,6 @@ from facetrip.data.errors import DataError
 logger = logging.getLogger(__name__)
 
 _NETWORK_PROBE_SECONDS = 3.0
-
-
-def utf8_name(name: str) -> str:
-    """A file or folder name as valid UTF-8 text: the same name when it already is.
-
-    Python reads the bytes of a name that is not UTF-8 as lone surrogates (``b"\\xff"`` as
-    ``"\\udcff"``), which no UTF-8 text (a tfds text feature, a terminal, a file) can hold;
-    they are written as ``\\xHH`` instead.
-
-    Args:
-        name: a name or path as ``os.listdir`` / ``pathlib`` give it.
-
-    Returns:
-        The name, with each byte that is not UTF-8 written as ``\\xHH``.
-    """
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +116,6 @@ class FaceImages:
     def take(self, indices) -> FaceImages:
         """The images at ``indices`` (an int array or a boolean mask), in that order; labels keep their meaning."""
         return dataclasses.replace(self, encoded=self.encoded[indices], labels=self.labels[indices], file_names=self.file_names[indices])
-
-
-def default_data_dir() -> str:
-    import tensorflow_datasets as tfds
-
-    return str(Path(tfds.core.constants.DATA_DIR).expanduser())
 
 
 def builder_for(spec: SourceSpec, data_dir: str | None = None):

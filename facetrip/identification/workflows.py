@@ -320,7 +320,7 @@ def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[
     import io
     import json
 
-    from facetrip.data.sources import utf8_name
+    from facetrip.data.names import utf8_name
     from facetrip.identification.contact_sheet import contact_sheet_png
     from facetrip.runs import atomic_write_bytes, atomic_write_text
 

@@ -287,6 +287,21 @@ def find_resume_point(run_dir: str | Path) -> ResumePoint:
     return ResumePoint(None)
 
 
+def holds_classifier(weights_path: str | Path) -> bool:
+    """Whether a trainer's checkpoint holds classification centres: two variables of the trainer's own, not one.
+
+    A run whose classification term is off has none; checkpoints written before a trainer
+    left its classifier out in that case hold one, and are resumed with it.
+    """
+    import h5py
+
+    try:
+        with h5py.File(weights_path, "r") as stored:
+            return len(stored["vars"]) == 2
+    except (OSError, KeyError, TypeError):  # not a weights file: restoring it says so
+        return False
+
+
 def restore_checkpoint(trainer, checkpoint: Checkpoint) -> None:
     """Load a checkpoint's weights and optimizer state into ``trainer`` (compiled, not yet fitted).
 
@@ -336,13 +351,3 @@ def finished_epochs(run_dir: Path) -> int | None:
         return int(metadata["epochs_completed"]) if "threshold_source" in metadata else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def completed_epochs(run_dir: Path) -> int:
-    """Epochs a run has completed: those of a finished run, else of the checkpoint a resume continues from.
-
-    Raises:
-        TrainingError: there are checkpoint files but none is whole.
-    """
-    finished = finished_epochs(run_dir)
-    return finished if finished is not None else find_resume_point(run_dir).epoch

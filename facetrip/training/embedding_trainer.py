@@ -50,11 +50,13 @@ class EmbeddingTrainer(keras.Model):
         label_smoothing: of the classification targets.
         mining_scope: with several replicas, ``"global"`` (each replica's anchors mined over
             the global batch) or ``"replica"`` (over its own rows only).
+        with_classifier: build the classifier even with no warm-up and weight 0 (to resume a
+            checkpoint that holds one); None: only when its term is on.
     """
 
     def __init__(self, embedder, identity_labels, triplet_loss, statistics=(), warmup_epochs: int = 0,
                  classification_weight: float = 0.0, scale: float = 16.0, label_smoothing: float = 0.1,
-                 mining_scope: str = "global", **kwargs):
+                 mining_scope: str = "global", with_classifier: bool | None = None, **kwargs):
         super().__init__(name="trainer", **kwargs)
         if mining_scope not in MINING_SCOPES:
             raise ValueError(f"mining_scope must be one of {', '.join(MINING_SCOPES)}, not {mining_scope!r}.")
@@ -74,7 +76,8 @@ class EmbeddingTrainer(keras.Model):
         self.label_smoothing = float(label_smoothing)
         # Without a classification term (no warm-up, weight 0) there is no classifier: its centres,
         # their optimizer slots and update buffers take some 5 KB per training identity.
-        self.has_classifier = self.warmup_epochs > 0 or self.classification_weight > 0
+        self.has_classifier = (self.warmup_epochs > 0 or self.classification_weight > 0 if with_classifier is None
+                               else bool(with_classifier))
         self.class_centres = self.add_weight(
             shape=(embedder.output_shape[-1], self.num_identities), initializer=keras.initializers.RandomNormal(stddev=0.05),
             name="class_centres",

@@ -43,6 +43,7 @@ from facetrip.training.checkpoints import (
     ResumePoint,
     find_resume_point,
     finished_epochs,
+    holds_classifier,
     remove_checkpoints,
     restore_checkpoint,
 )
@@ -395,10 +396,14 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     from facetrip.training.embedding_trainer import EmbeddingTrainer
 
     margin, metric = config.loss.margin, choices.metric
+    # None: the classifier exists when its term is on; a checkpoint that holds one is resumed with it.
+    with_classifier = True if resume_point.checkpoint is not None and holds_classifier(resume_point.checkpoint.weights) \
+        else None
     trainer = EmbeddingTrainer(
         model, data.train_faces.labels, TripletLoss(strategy=choices.strategy, margin=margin, metric=metric),
         statistics=triplet_metrics(margin=margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
         classification_weight=config.train.classification_weight, mining_scope=config.train.mining_scope,
+        with_classifier=with_classifier,
     )
     trainer.compile(optimizer=build_optimizer(config, data.sampler.batches_per_epoch))
     trainer.optimizer.build(trainer.trainable_variables)  # here, under the strategy's scope, not inside a step

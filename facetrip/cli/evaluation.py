@@ -1,0 +1,192 @@
+"""`facetrip evaluate` and `facetrip export`: a run measured on its test identities, and its model written for serving."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from facetrip.cli.core import (
+    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _one_run, _percent, app, console, error_console, fail, setup_logging,
+)
+
+
+def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
+    """`facetrip evaluate` on a run that just finished; training stays a success if it cannot run."""
+    from facetrip.data import DataError
+    from facetrip.evaluation import PairsFileError
+    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
+    from facetrip.runs import RunError
+
+    try:
+        with console.status("Evaluating on the test identities ...") as status:
+            report = evaluate_run(run_dir, data_dir=data_dir, on_stage=lambda message: status.update(message))
+    except ReportNotWritten as error:  # computed but not saved: show it, then say what could not be written
+        from rich.markup import escape
+
+        _print_evaluation(error.report)
+        error_console.print(f"[yellow]Evaluation not saved:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return
+    except (EvaluationError, PairsFileError, RunError, DataError) as error:
+        error_console.print(f"[yellow]Evaluation skipped:[/] {error}", highlight=False, soft_wrap=True)
+        return
+    _print_evaluation(report)
+
+
+def _print_evaluation(report: dict) -> None:
+    """The evaluation report as a rich table: model and baselines, then pairs and threshold lines."""
+    from facetrip.evaluation import FAR_TARGETS, far_key
+
+    pairs = report["pairs"]
+    table = Table(title=f"facetrip evaluate {report['run']}")
+    table.add_column("")
+    for column in ("AUC", "EER", *(f"TAR at\nFAR {target * 100:g}%" for target in FAR_TARGETS),
+                   f"{report['model']['accuracy']['num_folds']}-fold\naccuracy"):
+        table.add_column(column, justify="right")
+    rows = [("model", report["model"]), *report["baselines"].items()]
+    for label, metrics in rows:
+        accuracy = metrics["accuracy"]
+        table.add_row(
+            label, f"{metrics['auc']:.4f}", _percent(metrics["eer"]),
+            *(f"{metrics[far_key(target)]:.3f}" for target in FAR_TARGETS),
+            f"{_percent(accuracy['mean'])} ± {_percent(accuracy['std'])}",
+        )
+    console.print(table)
+    accuracy = report["model"]["accuracy"]
+    console.print(
+        f"Pairs: {pairs['same']:,} same + {pairs['different']:,} different, {pairs['images']:,} images of "
+        f"{pairs['identities']:,} identities of {report['source']} never trained on; {pairs['how']}. "
+        f"Accuracy: {accuracy['folds']} folds" + (", same and different pairs weighted equally." if accuracy["balanced"] else "."),
+        highlight=False,
+    )
+    console.print(f"Model: {report['metric']} distance, {report['image_size'][0]}x{report['image_size'][1]} input.", highlight=False)
+    if report["baselines"]:
+        fit = report["baselines_fit"]
+        console.print(
+            "Baselines: " + "; ".join(f"{name}: {metrics['description']}" for name, metrics in report["baselines"].items())
+            + f"; fitted on {fit['images']:,} images of {fit['identities']:,} training identities"
+            + (f" at {fit['input']}" if fit.get("input") else "") + f", centred on {fit['centre']}.",
+            highlight=False,
+        )
+    if report.get("baselines_skipped"):
+        console.print(f"Baselines skipped: {report['baselines_skipped']}.", highlight=False)
+    errors = report.get("errors")
+    if errors and (errors["false_rejects"] or errors["false_accepts"]):
+        rejects = ", ".join(f"{row['identity']} {_percent(row['rate'])}" for row in errors["false_rejects"][:3])
+        accepts = ", ".join(f"{' / '.join(row['identities'])} {_percent(row['rate'])}" for row in errors["false_accepts"][:3])
+        console.print(
+            f"Errors at the model's EER threshold: most same pairs rejected for {rejects or 'no identity'}; "
+            f"most different pairs accepted for {accepts or 'no identity pair'} (all in metrics.json, 'errors').",
+            highlight=False,
+        )
+    threshold = report.get("threshold")
+    if threshold is None:
+        console.print("The run has no calibrated threshold.", highlight=False)
+    else:
+        from facetrip.evaluation.calibration import percent
+
+        target = f" (target {percent(threshold['target_far'])})" if threshold.get("target_far") is not None else ""
+        console.print(
+            f"At the run's threshold {threshold['threshold']:.4f} ({threshold['rule']}): accuracy "
+            f"{_percent(threshold['accuracy'])}, FAR {_percent(threshold['far'])}{target}, FRR {_percent(threshold['frr'])}.",
+            highlight=False,
+        )
+    if report.get("files"):  # None when the run directory could not be written (the command says so)
+        console.print(f"Wrote {report['files']['metrics']} and {report['files']['roc']} to {report['run']}/", highlight=False)
+
+
+@app.command()
+def evaluate(
+    run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt-format file (name i j / name1 i name2 j) instead of the test identities."),
+    max_pairs: int = typer.Option(50_000, "--max-pairs", help="Most same (and most different) pairs; a larger test split gets a seeded balanced sample."),
+    seed: int = typer.Option(0, help="Seed of the pair sample and the 10-fold assignment."),
+    with_baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score raw pixels, Eigenfaces and Fisherfaces."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
+    data_source: Optional[str] = typer.Option(None, "--data", help="Data source (default: the run's): " + DATA_HELP),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+) -> None:
+    """Score a run on identities it never trained on, beside raw pixels, Eigenfaces and Fisherfaces.
+
+    Writes metrics.json and roc.png into the run directory.
+    """
+    import json
+
+    run_dir = _one_run(run_dir, run_option)
+
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    from rich.markup import escape
+
+    from facetrip.data import DataError
+    from facetrip.evaluation import PairsFileError
+    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
+    from facetrip.runs import RunError, latest_run
+
+    setup_logging()
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    not_written = None
+    try:
+        target = run_dir if run_dir is not None else latest_run()
+        with console.status("Evaluating ...") as status:
+            report = evaluate_run(
+                target, pairs_file=pairs, max_pairs=max_pairs, seed=seed, baselines=with_baselines,
+                data_source=data_source, data_dir=data_dir, on_stage=lambda message: status.update(message),
+            )
+    except ReportNotWritten as error:  # computed, but the run directory cannot be written: show it all first
+        report, not_written = error.report, error
+    except (EvaluationError, PairsFileError, RunError, DataError) as error:
+        fail(escape(str(error)))  # the message may quote the run's files, which may hold rich markup
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print_evaluation(report)
+    if not_written is not None:
+        fail(escape(f"{not_written} The metrics above are not saved: evaluate a writable copy of the run directory "
+                    f"to keep them."))
+
+
+@app.command()
+def export(
+    run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
+    export_format: str = typer.Option("savedmodel", "--format", help="savedmodel (TensorFlow Serving, TF.js, ...) | tflite (phones)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write into (default RUN/export-FORMAT)."),
+) -> None:
+    """Export a run's model for serving: uint8 face chips in, unit embeddings out (see export.json)."""
+    run_dir = _one_run(run_dir, run_option)
+    from facetrip.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow as tf
+    from rich.markup import escape
+
+    from facetrip.export import ExportError, export_run
+    from facetrip.runs import RunError, latest_run
+
+    setup_logging()
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    target = None
+    try:
+        target = run_dir if run_dir is not None else latest_run()
+        with console.status(f"Exporting {target} as {export_format} ..."):
+            info = export_run(target, export_format, output)
+    except (ExportError, RunError) as error:
+        fail(escape(str(error)))  # the message may quote the run's files, which may hold rich markup
+    except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
+        default_folder = Path(target) / f"export-{export_format}" if target is not None else Path.cwd()
+        folder = output if output is not None else default_folder
+        reason = ("a file is in the way" if folder.exists() and not folder.is_dir()
+                  else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
+        fail(escape(f"Cannot write the export into {folder}: {reason}; choose another folder with --output."))
+    shape = "x".join(str(size) for size in info["input"]["shape"][1:])
+    console.print(f"Wrote {info['path']}: signature {info['signature']}, uint8 images {shape} in, "
+                  f"{info['output']['shape'][1]}-d unit embeddings out; {info['input']['what']}.", highlight=False)
