@@ -48,6 +48,7 @@ def test_bad_data_source_gives_one_line_and_exit_code_2(tmp_path):
         (["data", f"folder:{tmp_path / 'missing'}"], "does not exist"),
         (["data", f"folder:{tmp_path}"], "no images in the expected layout"),
         (["data", "orl_faces", "--data-dir", str(tmp_path), "-P", "30"], "lower -P"),
+        (["data", f"folder:{tmp_path / 'faces [/] [bold]x'}"], "faces [/] [bold]x does not exist"),  # not markup
     ):
         result = subprocess.run([sys.executable, "-m", "facetrip.cli", *arguments], capture_output=True, text=True)
         assert result.returncode == 2, result.stderr

@@ -34,8 +34,12 @@ error_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print one line to stderr and exit non-zero: what went wrong and what to do."""
-    error_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one line to stderr and exit non-zero: what went wrong and what to do.
+
+    The message is printed as it is, never read as rich markup: it quotes paths, file
+    names and values the user gave, which may hold ``[`` and ``]``.
+    """
+    error_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -151,15 +155,13 @@ def _load_run(run: Optional[Path]):
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
-    from rich.markup import escape
-
     from facetrip.runs.loaded_run import Run
     from facetrip.runs import RunError, latest_run
 
     try:
         return Run.load(run if run is not None else latest_run())
     except RunError as error:
-        fail(escape(str(error)))  # the message quotes the run's files, which may hold rich markup
+        fail(str(error))
 
 
 def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Optional[str]):
@@ -178,7 +180,7 @@ def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Opti
     try:
         faces, report = loaded.load_faces(source, data_dir)
     except DataError as error:
-        fail(escape(str(error)))
+        fail(str(error))
     if split != "all":
         faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
         if report is not None:

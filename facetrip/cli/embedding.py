@@ -53,7 +53,6 @@ def embed(
     except (DataError, ImageReadError) as error:
         fail(str(error))
     import tensorflow as tf
-    from rich.markup import escape
 
     # Batch by batch into a scratch file beside the output, then into the output files a chunk
     # of rows at a time: a split of any size embeds in memory bounded by the batch.
@@ -62,14 +61,14 @@ def embed(
             with console.status(f"Embedding {len(faces)} images ..."):
                 embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)
         except OSError as error:  # the scratch file: a full disk
-            fail(escape(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}."))
+            fail(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}.")
         num_embeddings, embedding_dim = embeddings.shape
         try:
             written = write_embeddings(target, embeddings, labels, paths, faces_detected)
         except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
             reason = ("a file is in the way" if target.exists() and not target.is_dir()
                       else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
-            fail(escape(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output."))
+            fail(f"Cannot write the embeddings into {target}: {reason}; choose another folder with --output.")
         del embeddings  # unmapped before the scratch file goes
     if as_json:
         from facetrip.data.model_input import file_face_detectors
@@ -125,18 +124,14 @@ def mine(
         try:
             embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)  # (N, D)
         except OSError as error:  # the scratch file: a full disk
-            from rich.markup import escape
-
-            fail(escape(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}."))
+            fail(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}.")
         result = mine_triplets(embeddings, faces.labels, chosen_margin, metric=loaded.metadata["metric"],
                                max_triplets=max_triplets, seed=seed)
         del embeddings
     try:
         save_triplets(target, result, file_names=faces.file_names, source=faces.source)
     except OSError as error:  # a read-only run directory, or a folder where the file must go
-        from rich.markup import escape
-
-        fail(escape(f"Cannot write {target}: {error.strerror or error}; choose another file with --output."))
+        fail(f"Cannot write {target}: {error.strerror or error}; choose another file with --output.")
     total = max(result.counts["total"], 1)
     table = Table(title=f"{faces.source} {split}: {len(faces)} images, margin {chosen_margin}, {loaded.metadata['metric']}")
     table.add_column("category")

@@ -123,8 +123,6 @@ def evaluate(
     import_tensorflow()
     import tensorflow_datasets as tfds
 
-    from rich.markup import escape
-
     from facetrip.data import DataError
     from facetrip.evaluation import PairsFileError
     from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
@@ -144,14 +142,14 @@ def evaluate(
     except ReportNotWritten as error:  # computed, but the run directory cannot be written: show it all first
         report, not_written = error.report, error
     except (EvaluationError, PairsFileError, RunError, DataError) as error:
-        fail(escape(str(error)))  # the message may quote the run's files, which may hold rich markup
+        fail(str(error))
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         _print_evaluation(report)
     if not_written is not None:
-        fail(escape(f"{not_written} The metrics above are not saved: evaluate a writable copy of the run directory "
-                    f"to keep them."))
+        fail(f"{not_written} The metrics above are not saved: evaluate a writable copy of the run directory "
+             f"to keep them.")
 
 
 @app.command()
@@ -167,8 +165,6 @@ def export(
 
     import_tensorflow()
     import tensorflow as tf
-    from rich.markup import escape
-
     from facetrip.export import ExportError, export_run
     from facetrip.runs import RunError, latest_run
 
@@ -180,13 +176,13 @@ def export(
         with console.status(f"Exporting {target} as {export_format} ..."):
             info = export_run(target, export_format, output)
     except (ExportError, RunError) as error:
-        fail(escape(str(error)))  # the message may quote the run's files, which may hold rich markup
+        fail(str(error))
     except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
         default_folder = Path(target) / f"export-{export_format}" if target is not None else Path.cwd()
         folder = output if output is not None else default_folder
         reason = ("a file is in the way" if folder.exists() and not folder.is_dir()
                   else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
-        fail(escape(f"Cannot write the export into {folder}: {reason}; choose another folder with --output."))
+        fail(f"Cannot write the export into {folder}: {reason}; choose another folder with --output.")
     shape = "x".join(str(size) for size in info["input"]["shape"][1:])
     console.print(f"Wrote {info['path']}: signature {info['signature']}, uint8 images {shape} in, "
                   f"{info['output']['shape'][1]}-d unit embeddings out; {info['input']['what']}.", highlight=False)

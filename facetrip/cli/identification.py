@@ -55,9 +55,9 @@ def index(
             summary = index_gallery(loaded, gallery, output, add=add, overwrite=overwrite, ann=ann, data_dir=data_dir,
                                     on_stage=lambda message: status.update(escape(message)))
     except _identification_errors() as error:
-        fail(escape(str(error)))
+        fail(str(error))
     except OSError as error:
-        fail(escape(f"Cannot write the index into {output}: {error.strerror or error}; choose another folder with -o."))
+        fail(f"Cannot write the index into {output}: {error.strerror or error}; choose another folder with -o.")
     if as_json:
         typer.echo(json.dumps({**summary.manifest, "added": summary.added, "no_face": summary.no_face,
                                "unreadable": [name for name, _ in summary.unreadable]}))
@@ -114,7 +114,7 @@ def identify(
         try:
             decode_file(photo)
         except ImageReadError as error:
-            fail(escape(str(error)))
+            fail(str(error))
     from facetrip.identification.index import read_manifest
     from facetrip.identification.photos import embed_photos, read_files
     from facetrip.identification.workflows import expected_false_alarm, identify_with_index, load_index, run_threshold
@@ -122,7 +122,7 @@ def identify(
     try:
         read_manifest(index_dir)  # a missing or corrupt index, before loading TensorFlow
     except _identification_errors() as error:
-        fail(escape(str(error)))
+        fail(str(error))
     loaded = _load_run(run)
     try:
         gallery = load_index(loaded, index_dir)
@@ -133,7 +133,7 @@ def identify(
             embedded = embed_photos(loaded, probes.faces)
             found = identify_with_index(gallery, embedded, chosen, top_k, score, _search_option(ann))
     except _identification_errors() as error:
-        fail(escape(str(error)))
+        fail(str(error))
     for photo, result, count in zip(photos, found["results"], embedded.faces_detected):
         result.update({"photo": str(photo), "faces_detected": int(count)})
     strangers = expected_false_alarm(loaded, chosen, people)
@@ -195,7 +195,7 @@ def cluster(
         fail("Give --threshold X or --far F, not both.")
     missing = [str(path) for path in photos if not path.exists()]
     if missing:
-        fail(escape(f"{missing[0]}: no such file or folder."))
+        fail(f"{missing[0]}: no such file or folder.")
     setup_logging()
     loaded = _load_run(run)
     try:
@@ -209,9 +209,9 @@ def cluster(
                    "alone": alone, "no_face": no_face, "unreadable": len(found.unreadable), "seconds": found.seconds}
         written = write_clustering(output, found, summary)
     except _identification_errors() as error:
-        fail(escape(str(error)))
+        fail(str(error))
     except OSError as error:
-        fail(escape(f"Cannot write into {output}: {error.strerror or error}; choose another folder with -o."))
+        fail(f"Cannot write into {output}: {error.strerror or error}; choose another folder with -o.")
     if as_json:
         typer.echo(json.dumps({**summary, "files": written}))
         return

@@ -60,7 +60,7 @@ def prepare(
                                              workers=workers, beam_runner=beam_runner, beam_options=beam_options,
                                              progress=progress, chip_format=chip_format)
     except DataError as error:
-        fail(escape(str(error)))
+        fail(str(error))
     seconds = time.monotonic() - started
     prepared = faces.encoded.prepared
     failed = int(prepared.failed.sum())

@@ -196,7 +196,7 @@ def train(
             if overwrite:
                 fail("--resume continues a run and --overwrite starts one again: give one of them.")
             if not resume.is_dir() or not ((resume / "config.toml").exists() or is_facetrip_run(resume)):
-                fail(escape(f"{resume} is not a facetrip run directory (no config.toml)."))  # before a lock file is written
+                fail(f"{resume} is not a facetrip run directory (no config.toml).")  # before a lock file is written
         else:
             config = _config_of(config_file, overrides)
             if config.train.distribute == "multi-worker" and run_dir is None:
@@ -217,9 +217,9 @@ def train(
 
                 _evaluate_after_training(target, config.data.data_dir or None)
     except (ConfigError, DataError, RunError, TrainingError) as error:
-        fail(escape(str(error)))  # messages quote paths, which may hold rich markup
+        fail(str(error))
     except OSError as error:  # a run directory that cannot be created or written (permissions, a full disk)
-        fail(escape(f"Cannot write the run directory {target if target is not None else 'runs/'}: {error.strerror or error}."))
+        fail(f"Cannot write the run directory {target if target is not None else 'runs/'}: {error.strerror or error}.")
 
 
 def _config_of(config_file: Optional[Path], overrides: dict):
@@ -294,7 +294,7 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, wr
     except TrainingDiverged as error:
         fail(str(error), code=1)
     except (TrainingError, DataError, RunError) as error:
-        fail(escape(str(error)))
+        fail(str(error))
     from facetrip.evaluation.calibration import percent
 
     summary = metadata.get(metadata.get("threshold_source", ""), {})
