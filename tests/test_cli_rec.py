@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
+from helpers import one_line_error
 from facetrip.data.recordio_writer import write_record_set
 
 IDENTITIES, PHOTOS_PER_IDENTITY = 6, 3
@@ -81,21 +82,6 @@ def prepare(source: str, data_dir: Path, *options):
     return run_cli("prepare", source, "--data-dir", data_dir, "--workers", 1, *options)
 
 
-def assert_one_error_line(result, *expected: str) -> str:
-    """Exit code 2 through the CLI's own error path: one line on stderr, no traceback."""
-    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (result.exception, result.output)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# A well-formed set
-
-
 def test_data_counts_the_photos_and_identities_of_a_record_set(record_set, tmp_path):
     result = run_cli("data", f"rec:{record_set}", "--data-dir", tmp_path / "tfds", "--test", 2, "--dev", 1,
                      "-P", 2, "-K", 2)
@@ -121,7 +107,7 @@ def test_prepare_stores_jpeg_chips_when_asked_and_refuses_an_unknown_format_in_o
     assert result.exit_code == 0, result.output
     assert row(result.stdout, "records").startswith("18 (arcface, JPEG chips) in 1 shards")
     assert list((tmp_path / "tfds" / "prepared_faces").glob("faces_*_arcface_jpeg"))
-    assert_one_error_line(prepare(f"rec:{record_set}", tmp_path / "tfds", "--chip-format", "webp"), "png or jpeg", "webp")
+    one_line_error(prepare(f"rec:{record_set}", tmp_path / "tfds", "--chip-format", "webp"), "png or jpeg", "webp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,31 +148,31 @@ def test_a_record_set_without_its_index(record_set, tmp_path):
     (folder / "train.idx").unlink()
     for command in ("data", "prepare"):
         result = run_cli(command, f"rec:{folder}", "--data-dir", tmp_path / "tfds")
-        assert_one_error_line(result, "train.idx: no such file")
+        one_line_error(result, "train.idx: no such file")
 
 
 def test_a_missing_record_folder(tmp_path):
-    assert_one_error_line(prepare(f"rec:{tmp_path / 'nowhere'}", tmp_path / "tfds"), "nowhere is not a folder")
+    one_line_error(prepare(f"rec:{tmp_path / 'nowhere'}", tmp_path / "tfds"), "nowhere is not a folder")
 
 
 def test_an_index_whose_every_offset_is_past_the_end(record_set, tmp_path):
     folder = copy_of(record_set, tmp_path)
     size = (folder / "train.rec").stat().st_size
     write_index(folder, [f"{line.split()[0]}\t{size + 8 * number}" for number, line in enumerate(index_lines(folder))])
-    assert_one_error_line(prepare(f"rec:{folder}", tmp_path / "tfds"), "train.rec holds no usable photo record")
+    one_line_error(prepare(f"rec:{folder}", tmp_path / "tfds"), "train.rec holds no usable photo record")
 
 
 def test_a_records_file_cut_inside_its_header_record(record_set, tmp_path):
     folder = copy_of(record_set, tmp_path)
     os.truncate(folder / "train.rec", 10)
-    assert_one_error_line(prepare(f"rec:{folder}", tmp_path / "tfds"), "train.rec", "record 0 is cut off")
+    one_line_error(prepare(f"rec:{folder}", tmp_path / "tfds"), "train.rec", "record 0 is cut off")
 
 
 def test_an_index_listing_a_key_twice(record_set, tmp_path):
     folder = copy_of(record_set, tmp_path)
     lines = index_lines(folder)
     write_index(folder, [*lines, lines[3]])
-    assert_one_error_line(prepare(f"rec:{folder}", tmp_path / "tfds"), "train.idx lists key 3 twice")
+    one_line_error(prepare(f"rec:{folder}", tmp_path / "tfds"), "train.idx lists key 3 twice")
 
 
 def test_a_data_dir_that_cannot_be_written(tmp_path):
@@ -198,7 +184,7 @@ def test_a_data_dir_that_cannot_be_written(tmp_path):
     regular_file = tmp_path / "a_file"
     regular_file.write_text("not a folder")
     result = prepare(f"folder:{photos}", regular_file / "tfds")
-    assert_one_error_line(result, "Cannot write the prepared set", "pass a writable --data-dir")
+    one_line_error(result, "Cannot write the prepared set", "pass a writable --data-dir")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
+from helpers import SHARED_DATA
 from facetrip.data.orl import orl_faces_root
 
-SHARED_DATA = Path(os.environ.get("FACETRIP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LFW_IMAGES = SHARED_DATA / "lfw" / "images"
 needs_lfw = pytest.mark.skipif(not LFW_IMAGES.is_dir(), reason="LFW is not in ../shared/data")
 

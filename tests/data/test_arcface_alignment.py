@@ -1,10 +1,10 @@
 """ArcFace crops onto dlib's chip geometry: the template fit, real dlib chips, and warps that keep points."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SHARED_DATA
 
 from facetrip.data import arcface_alignment
 from facetrip.data.arcface_alignment import (
@@ -27,7 +27,6 @@ from facetrip.data.arcface_alignment import (
 from facetrip.data.face_chips import CHIP_PADDING, CHIP_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("FACETRIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # The least-squares residuals of the ArcFace template on dlib's chip landmarks, in chip pixels:
 # eye centres, nose tip, mouth corners (the templates differ in shape; see the module's notes).

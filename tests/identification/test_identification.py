@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import METRICS, run_cli
+from helpers import one_line_error
 from facetrip.identification import ann
 from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_same_model, merged, model_fingerprint,
                                            read_index, write_index)
@@ -381,13 +382,6 @@ def other_run(pretrained_run, tmp_path_factory):
     save_model_atomically(model, run / "model.keras")
     keras.backend.clear_session()
     return run
-
-
-def one_line_error(result, *words):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and result.output.strip().count("\n") == 0, result.output
-    for word in words:
-        assert word in result.output, result.output
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from helpers import one_line_error
 from facetrip.data.orl import orl_faces_root
 from facetrip.runs import METADATA_FORMAT, RunError, read_metadata
 
@@ -43,25 +44,6 @@ VALID_METADATA = {
     "threshold_source": "dev",
     "split": {"train": ["s1", "s2"], "dev": ["s3"], "test": ["s4"], "seed": 0},
 }
-
-
-def one_line_error(result, *fragments: str) -> str:
-    """Assert a command failed as facetrip's rule says: exit 2, one line on stderr, no traceback.
-
-    Args:
-        result: what :func:`conftest.run_cli` returned.
-        fragments: texts the line must contain (whitespace-insensitive).
-
-    Returns:
-        The line.
-    """
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output and len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert " ".join(fragment.split()) in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def copy_run(run_dir: Path, target: Path) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY, run_cli
+from helpers import one_line_error
 
 # Runs before the CLI in the subprocess; FACETRIP_TEST_KILL = "<moment>:<count>" says when to die:
 #   weights:N  the N-th Keras weights file this process writes in a backup/ folder is cut to half, then SIGKILL
@@ -95,16 +96,6 @@ def train_until_killed(kill: str, *arguments) -> subprocess.CompletedProcess:
     environment = {**os.environ, "FACETRIP_TEST_KILL": kill}
     return subprocess.run([sys.executable, "-c", KILL_HOOK, "train", *map(str, arguments)], env=environment,
                           capture_output=True, text=True, timeout=900)
-
-
-def one_line_error(result) -> str:
-    """The error a failed CLI call printed: exit code 2, one line on stderr, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def squeezed(text: str) -> str:
