@@ -108,3 +108,20 @@ def test_every_command_takes_the_run_as_an_argument_or_as_run(finished_run, tmp_
     for command in (["evaluate", str(run_dir), "--run", str(tmp_path)], ["mine", str(run_dir), "--run", str(tmp_path)]):
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 2 and "Two runs given" in result.output
+
+
+def test_photos_are_named_by_their_path_within_the_folder_given(tmp_path):
+    """``04.jpg`` says nothing in CFP's layout: a photo is named within the innermost folder given that holds it."""
+    import os
+    from pathlib import Path
+
+    from facetrip.cli.core import shown_path
+
+    frontal = tmp_path / "cfp" / "001" / "frontal"
+    frontal.mkdir(parents=True)
+    photo = frontal / "04.jpg"
+    assert shown_path(photo, [tmp_path / "cfp"]) == "001/frontal/04.jpg"
+    assert shown_path(photo, [tmp_path, tmp_path / "cfp"]) == "001/frontal/04.jpg"
+    assert shown_path(photo, [tmp_path / "elsewhere", photo]) == str(photo)  # a file given: named as given
+    assert shown_path(Path("photos") / "a.jpg") == "photos/a.jpg"
+    assert shown_path(frontal / os.fsdecode(b"n\xe9.jpg"), [frontal]) == "n\\xe9.jpg"  # not UTF-8: escaped

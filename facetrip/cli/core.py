@@ -190,15 +190,38 @@ def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Opti
     return faces
 
 
-def _print_face_counts(paths, faces_detected, shown: int = 5) -> None:
-    """Yellow lines naming the photos without a detected face, or with several."""
-    from rich.markup import escape
+def shown_path(path, inputs=()) -> str:
+    """How a command names a photo: its path within the folder given that holds it, else as it was given.
 
+    ``04.jpg`` says nothing in a layout like CFP's (``001/frontal/04.jpg``, ``002/frontal/04.jpg``).
+
+    Args:
+        path: the photo's path, as collected from ``inputs``.
+        inputs: the files and folders the user gave.
+
+    Returns:
+        The path relative to the innermost folder of ``inputs`` that holds it (``/``-separated,
+        names that are not UTF-8 as ``\\xHH``), else ``path`` as it is.
+    """
     from facetrip.data.names import utf8_name
+
+    path = Path(path)
+    folders = sorted((Path(given) for given in inputs if Path(given).is_dir()), key=lambda folder: -len(folder.parts))
+    for folder in folders:
+        try:
+            return utf8_name(path.relative_to(folder).as_posix())
+        except ValueError:
+            continue
+    return utf8_name(str(path))
+
+
+def _print_face_counts(paths, faces_detected, shown: int = 5, inputs=()) -> None:
+    """Yellow lines naming the photos without a detected face, or with several (:func:`shown_path`)."""
+    from rich.markup import escape
 
     for what, chosen, consequence in (("no face found", lambda count: count == 0, "the whole photo was used as the face"),
                                       ("several faces", lambda count: count > 1, "the one at the centre, else the largest, was used")):
-        names = [escape(utf8_name(Path(path).name)) for path, count in zip(paths, faces_detected) if chosen(count)]
+        names = [escape(shown_path(path, inputs)) for path, count in zip(paths, faces_detected) if chosen(count)]
         if names:
             listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
             console.print(f"[yellow]{what.capitalize()}[/] in {len(names)} of {len(paths)} photos ({consequence}): {listed}",

@@ -81,7 +81,7 @@ def embed(
                                "embedding_dim": int(embedding_dim), "photos": photos}))
         return
     if faces_detected is not None:
-        _print_face_counts(paths, faces_detected)  # names that are not UTF-8 are printed as \xHH escapes
+        _print_face_counts(paths, faces_detected, inputs=inputs)  # names that are not UTF-8 as \xHH escapes
     console.print(
         f"Wrote {num_embeddings} embeddings of size {embedding_dim} to {target}/ "
         f"({', '.join(path.name for path in written.values())}); view with: tensorboard --logdir {target}"

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, FAR_HELP, THRESHOLD_HELP, _load_run, app, console, fail, setup_logging,
+    DATA_DIR_HELP, DATA_HELP, FAR_HELP, THRESHOLD_HELP, _load_run, app, console, fail, setup_logging, shown_path,
 )
 
 
@@ -155,8 +155,6 @@ def _print_identification(results: list, title: str) -> None:
     """One table row per photo: the decision, the best distance, and the next two people (all k in --json)."""
     from rich.markup import escape
 
-    from facetrip.data.names import utf8_name
-
     table = Table(title=title)
     for column in ("photo", "decision", "distance", "runners-up"):
         table.add_column(column)
@@ -167,7 +165,7 @@ def _print_identification(results: list, title: str) -> None:
             shown += f" (nearest: {escape(result['matches'][0]['person'])})"
         others = ", ".join(f"{escape(match['person'])} {match['distance']:.3f}" for match in result["matches"][1:3])
         distance = "-" if result["distance"] is None else f"{result['distance']:.4f}"
-        table.add_row(escape(utf8_name(Path(result["photo"]).name)), shown, distance, others)
+        table.add_row(escape(shown_path(result["photo"])), shown, distance, others)
     console.print(table)
 
 
