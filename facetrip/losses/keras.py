@@ -99,6 +99,14 @@ class TripletStatistic(keras.metrics.Mean):
         value = triplet_batch_statistics(y_true, y_pred, margin=self.margin, metric=self.metric)[self.statistic]
         return super().update_state(value)
 
+    def update_from(self, statistics: dict) -> None:
+        """Update with this statistic's value in ``statistics``, what :func:`triplet_batch_statistics` returned.
+
+        A training step that keeps several statistics computes them once and updates each
+        with its value (:meth:`EmbeddingTrainer.update_statistics`).
+        """
+        super().update_state(statistics[self.statistic])
+
     def get_config(self):
         config = super().get_config()
         config.update(statistic=self.statistic, margin=self.margin, metric=self.metric)

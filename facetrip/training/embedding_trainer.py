@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facetrip.losses import triplet_batch_statistics
+from facetrip.losses import TripletStatistic, triplet_batch_statistics
 from facetrip.losses.global_batch import global_batch_triplet_sums, normalised_share
 
 MINING_SCOPES = ("global", "replica")
@@ -235,9 +235,25 @@ class EmbeddingTrainer(keras.Model):
             labels, embeddings = parts["global_labels"], parts["global_embeddings"]
         for name, value in (("loss", loss), ("triplet_loss", triplet), ("classification_loss", classification)):
             self.trackers[name].update_state(value)
-        for statistic in self.statistics:
-            statistic.update_state(labels, embeddings)
+        self.update_statistics(labels, embeddings)
         return {metric.name: metric.result() for metric in self.metrics}
+
+    def update_statistics(self, labels, embeddings) -> None:
+        """Update the batch statistics, each set of them computed once for all the metrics that share its settings.
+
+        Four :class:`~facetrip.losses.TripletStatistic` metrics calling the statistics each
+        would build four distance matrices in a step (measured in ``docs/benchmarks.md``).
+        """
+        computed = {}
+        for statistic in self.statistics:
+            if not isinstance(statistic, TripletStatistic):
+                statistic.update_state(labels, embeddings)
+                continue
+            settings = (statistic.margin, statistic.metric)
+            if settings not in computed:
+                computed[settings] = triplet_batch_statistics(labels, embeddings, margin=statistic.margin,
+                                                              metric=statistic.metric)
+            statistic.update_from(computed[settings])
 
     @property
     def metrics(self):
