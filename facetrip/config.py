@@ -97,6 +97,9 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0 = one pass over the identities' photos per epoch; N = N P x K batches
     warmup_epochs: int = 0  # epochs of cosine-softmax classification before the triplet loss takes over
     classification_weight: float = 1.0  # weight of the classification term after the warm-up
+    # Above this many training identities each step trains the centres of a sample of this many (Partial FC):
+    # facetrip/training/sampled_classifier.py; 0 = always all of them.
+    classifier_sample: int = 8192
     optimizer: str = "lamb"  # lamb (layer-wise steps relative to each weight's size: fine-tuning) | adamw
     learning_rate: float = 1e-3
     lr_warmup_epochs: int = 1  # linear warm-up of the learning rate before the cosine decay
@@ -284,6 +287,7 @@ ALLOWED: dict[str, Allowed] = {
     "train.steps_per_epoch": Allowed(0),  # 0 = about one pass over the training photos
     "train.warmup_epochs": Allowed(0),
     "train.classification_weight": Allowed(0),
+    "train.classifier_sample": Allowed(0),  # 0 = the full classifier
     "train.learning_rate": Allowed(0, low_open=True),
     "train.lr_warmup_epochs": Allowed(0),
     "train.weight_interpolation": Allowed(0, 1),  # 0 = the pretrained weights, 1 = the fine-tuned ones

@@ -95,6 +95,8 @@ BAD_CONFIG_VALUES = [
     ("train", "epochs", "true", "True"),
     ("train", "warmup_epochs", "-2", "-2"),
     ("train", "classification_weight", "nan", "nan"),
+    ("train", "classifier_sample", "-1", "-1"),
+    ("train", "classifier_sample", "0.5", "0.5"),
     ("train", "learning_rate", "0.0", "0.0"),
     ("train", "learning_rate", "-inf", "-inf"),
     ("train", "lr_warmup_epochs", "-1", "-1"),

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from facetrip.losses import TripletStatistic, triplet_batch_statistics
 from facetrip.losses.global_batch import global_batch_triplet_sums, normalised_share
+from facetrip.training.sampled_classifier import SampledCosineClassifier
 
 MINING_SCOPES = ("global", "replica")
 
@@ -52,11 +53,17 @@ class EmbeddingTrainer(keras.Model):
             the global batch) or ``"replica"`` (over its own rows only).
         with_classifier: build the classifier even with no warm-up and weight 0 (to resume a
             checkpoint that holds one); None: only when its term is on.
+        classifier_sample: with more training identities than this, each step trains the
+            centres of a sample of this many (:mod:`facetrip.training.sampled_classifier`,
+            ``sampled_classifier``; ``class_centres`` is then None); 0: always all of them.
+            It must be at least the identities of one batch.
+        seed: of the sampled classifier's draws.
     """
 
     def __init__(self, embedder, identity_labels, triplet_loss, statistics=(), warmup_epochs: int = 0,
                  classification_weight: float = 0.0, scale: float = 16.0, label_smoothing: float = 0.1,
-                 mining_scope: str = "global", with_classifier: bool | None = None, **kwargs):
+                 mining_scope: str = "global", with_classifier: bool | None = None, classifier_sample: int = 0,
+                 seed: int = 0, **kwargs):
         super().__init__(name="trainer", **kwargs)
         if mining_scope not in MINING_SCOPES:
             raise ValueError(f"mining_scope must be one of {', '.join(MINING_SCOPES)}, not {mining_scope!r}.")
@@ -78,10 +85,15 @@ class EmbeddingTrainer(keras.Model):
         # their optimizer slots and update buffers take some 5 KB per training identity.
         self.has_classifier = (self.warmup_epochs > 0 or self.classification_weight > 0 if with_classifier is None
                                else bool(with_classifier))
+        sampled = self.has_classifier and 0 < classifier_sample < self.num_identities
         self.class_centres = self.add_weight(
             shape=(embedder.output_shape[-1], self.num_identities), initializer=keras.initializers.RandomNormal(stddev=0.05),
             name="class_centres",
-        ) if self.has_classifier else None
+        ) if self.has_classifier and not sampled else None
+        self.sampled_classifier = SampledCosineClassifier(
+            self.num_identities, embedder.output_shape[-1], int(classifier_sample), scale=self.scale,
+            label_smoothing=self.label_smoothing, seed=seed,
+        ) if sampled else None
         # (w_cls, w_triplet) of the current epoch, set by set_epoch; saved with the backup.
         self.loss_weights_now = self.add_weight(shape=(2,), initializer="zeros", trainable=False, name="loss_weights_now")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "triplet_loss", "classification_loss")}
@@ -105,6 +117,9 @@ class EmbeddingTrainer(keras.Model):
         np.add.at(sums, rows.reshape(-1), np.asarray(embeddings, np.float64))  # (P, D)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)  # (P, 1)
         keep = norms[:, 0] > 0
+        if self.sampled_classifier is not None:  # (identities, D), set row by row
+            self.sampled_classifier.set_rows(present[keep], sums[keep] / norms[keep])
+            return
         # Only the P sampled columns change: no (identities, D) temporaries, whatever the number of identities.
         centres = np.array(self.class_centres.numpy(), np.float32)  # (D, identities), a copy
         centres[:, present[keep]] = (sums[keep] / norms[keep]).T
@@ -127,15 +142,43 @@ class EmbeddingTrainer(keras.Model):
         return tf.reduce_mean(self.classification_losses(labels, embeddings))
 
     def classification_losses(self, labels, embeddings):
-        """Per-image cross-entropy (B,) of the cosine softmax (zeros without a classifier)."""
+        """Per-image cross-entropy (B,) of the cosine softmax (zeros without a classifier).
+
+        A sampled classifier compares each image with the centres drawn for the
+        optimizer's next step (:meth:`drawn_classification_loss`).
+        """
         if not self.has_classifier:
             return tf.zeros(tf.shape(tf.reshape(labels, [-1])), embeddings.dtype)  # (B,)
+        if self.sampled_classifier is not None:
+            losses, _ = self.drawn_classification_losses(labels, embeddings)
+            return losses
         centres = tf.math.l2_normalize(self.class_centres, axis=0)  # (D, identities)
         logits = self.scale * tf.matmul(tf.math.l2_normalize(embeddings, axis=1), centres)  # (B, identities)
         classes = tf.gather(self._class_of_label, tf.reshape(tf.cast(labels, tf.int64), [-1]))  # (B,)
         targets = tf.one_hot(classes, self.num_identities)
         targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_identities
         return tf.nn.softmax_cross_entropy_with_logits(targets, logits)  # (B,)
+
+    def drawn_classification_losses(self, labels, embeddings, tape=None):
+        """The sampled classifier's per-image losses (B,) over the centres drawn for the optimizer's next step.
+
+        Args:
+            labels: (B,) or (B, 1).
+            embeddings: (B, D) float32.
+            tape: a ``GradientTape`` to watch the drawn block in, or None.
+
+        Returns:
+            ``(losses, (columns, block))``: (B,) losses, the (S,) drawn classes and their
+            (S, D) centres, the tensor to differentiate for
+            :meth:`~facetrip.training.sampled_classifier.SampledCosineClassifier.apply_gradient`.
+        """
+        classes = tf.gather(self._class_of_label, tf.reshape(tf.cast(labels, tf.int64), [-1]))  # (B,)
+        step = self.optimizer.iterations if self.optimizer is not None else 0
+        columns, targets = self.sampled_classifier.draw(classes, step)  # (S,), (B,)
+        block = self.sampled_classifier.block(columns)  # (S, D)
+        if tape is not None:
+            tape.watch(block)
+        return self.sampled_classifier.losses(embeddings, block, targets), (columns, block)
 
     def replica_losses(self, labels, embeddings, context) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """This replica's share of the loss of one global batch, inside ``strategy.run``.
@@ -156,6 +199,9 @@ class EmbeddingTrainer(keras.Model):
             and classification terms; ``parts`` also holds the global labels (B,) and
             embeddings (B, D), gradient stopped, for the batch statistics.
         """
+        if self.sampled_classifier is not None:
+            raise ValueError("The sampled classifier trains on one device; with replicas, train.classifier_sample "
+                             "must be 0 or at least the number of training identities.")
         replicas = context.num_replicas_in_sync
         labels = tf.reshape(labels, [-1])  # (b,)
         # Under MultiWorkerMirroredStrategy a raw input tensor cannot be gathered ("destinations can not be empty").
@@ -216,6 +262,7 @@ class EmbeddingTrainer(keras.Model):
         # None while fit builds symbolically in cross-replica context: no gather there
         context = tf.distribute.get_replica_context()
         distributed = context is not None and context.num_replicas_in_sync > 1
+        drawn = None  # a sampled classifier's (columns, block)
         with tf.GradientTape() as tape:
             embeddings = tf.cast(self.embedder(images, training=True), tf.float32)  # (B, D)
             if distributed:  # this replica's share: local sums over global counts (Keras does not rescale it)
@@ -223,12 +270,21 @@ class EmbeddingTrainer(keras.Model):
                 triplet, classification = parts["triplet_loss"], parts["classification_loss"]
             else:
                 triplet = self.triplet_loss(labels, embeddings)
-                classification = self.classification_loss(labels, embeddings)
+                if self.sampled_classifier is not None:
+                    losses, drawn = self.drawn_classification_losses(labels, embeddings, tape)
+                    classification = tf.reduce_mean(losses)
+                else:
+                    classification = self.classification_loss(labels, embeddings)
                 loss = classification_weight * classification + triplet_weight * triplet
                 if self.embedder.losses:
                     loss += tf.add_n(self.embedder.losses)
         variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        if drawn is None:
+            self.optimizer.apply(tape.gradient(loss, variables), variables)
+        else:  # the drawn centres first: their update reads the optimizer's step before apply counts it
+            *gradients, block_gradient = tape.gradient(loss, [*variables, drawn[1]])
+            self.sampled_classifier.apply_gradient(*drawn, block_gradient, self.optimizer)
+            self.optimizer.apply(gradients, variables)
         if distributed:  # the global values, the same on every replica
             loss, triplet, classification = (context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
                                              for value in (loss, triplet, classification))

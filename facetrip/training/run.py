@@ -270,6 +270,9 @@ def check_trainable(config: Config) -> TrainingChoices:
             raise TrainingError(str(error)) from None
     if config.train.epochs < 0:
         raise TrainingError(f"train.epochs must be 0 or more, not {config.train.epochs}.")
+    if 0 < config.train.classifier_sample < config.sampler.identities_per_batch:
+        raise TrainingError(f"train.classifier_sample must be 0 or at least the identities of a batch "
+                            f"({config.sampler.identities_per_batch}), not {config.train.classifier_sample}.")
     from facetrip.training.distribute import check_distribution
 
     check_distribution(config.train.distribute, config.train.replicas, config.train.mining_scope)
@@ -399,11 +402,17 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     # None: the classifier exists when its term is on; a checkpoint that holds one is resumed with it.
     with_classifier = True if resume_point.checkpoint is not None and holds_classifier(resume_point.checkpoint.weights) \
         else None
+    classifier_sample = config.train.classifier_sample
+    identities = len(np.unique(data.train_faces.labels))
+    if config.train.distribute != "none" and 0 < classifier_sample < identities:
+        logger.info("With --distribute the classifier trains all %d identities' centres every step "
+                    "(train.classifier_sample applies on one device).", identities)
+        classifier_sample = 0
     trainer = EmbeddingTrainer(
         model, data.train_faces.labels, TripletLoss(strategy=choices.strategy, margin=margin, metric=metric),
         statistics=triplet_metrics(margin=margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
         classification_weight=config.train.classification_weight, mining_scope=config.train.mining_scope,
-        with_classifier=with_classifier,
+        with_classifier=with_classifier, classifier_sample=classifier_sample, seed=config.train.seed,
     )
     trainer.compile(optimizer=build_optimizer(config, data.sampler.batches_per_epoch))
     trainer.optimizer.build(trainer.trainable_variables)  # here, under the strategy's scope, not inside a step
