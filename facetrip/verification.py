@@ -7,15 +7,24 @@ from typing import Any
 
 import numpy as np
 
+from facetrip.distances import paired_distances
 from facetrip.runs.loaded_run import Run
 
 
 def distance(first: np.ndarray, second: np.ndarray, metric: str) -> float:
-    """d(first, second) for one pair of embeddings under the run's metric."""
-    from facetrip.evaluation import pair_distances
+    """d(first, second) for one pair of embeddings under the run's metric (:mod:`facetrip.distances`).
 
-    distances, _ = pair_distances(np.stack([first, second]), np.array([0, 1]), metric)
-    return float(distances[0])
+    Computed in float64, as the calibration distances the run's threshold was chosen on.
+
+    Args:
+        first, second: (D,) embeddings.
+        metric: ``"euclidean"``, ``"squared"`` or ``"cosine"``.
+
+    Returns:
+        The distance.
+    """
+    first, second = np.asarray(first, np.float64)[None], np.asarray(second, np.float64)[None]  # (1, D) each
+    return float(paired_distances(first, second, metric)[0])
 
 
 def verify(run: Run, first_image: str | Path, second_image: str | Path, threshold: float | None = None,

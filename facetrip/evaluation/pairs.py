@@ -4,7 +4,7 @@
 pairs of a small set, or a seeded balanced sample of a large one, as :class:`Pairs`
 (indices into the image list). :func:`distances_between`, :func:`distances_of_pairs` (a
 chunk of pairs at a time) and :func:`pair_distances` give the distances of pairs of
-embeddings (euclidean, squared or cosine).
+embeddings (euclidean, squared or cosine, as :mod:`facetrip.distances` defines them).
 
 Pure NumPy; no TensorFlow, no files.
 """
@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from facetrip.distances import paired_distances
+
 # Above this many unordered pairs, pair_distances uses a seeded random subset of pairs.
 MAX_PAIRS = 2_000_000
 # Pairs whose vectors distances_of_pairs holds at a time.
@@ -26,24 +28,17 @@ PAIRS_PER_CHUNK = 8192
 
 
 def distances_between(first: np.ndarray, second: np.ndarray, metric: str = "euclidean") -> np.ndarray:
-    """Row-wise distances ``d(first[m], second[m])``.
+    """Row-wise distances ``d(first[m], second[m])`` in float64 (:func:`facetrip.distances.paired_distances`).
 
     Args:
         first, second: (M, D) arrays.
         metric: ``euclidean`` (||a - b||), ``squared`` (||a - b||^2) or ``cosine``
-            (1 - a.b / (||a|| ||b||)).
+            (clip(1 - <u(a), u(b)>, 0, 2), ``u(x) = x / max(||x||, 1e-6)``; 1 for a zero vector).
 
     Returns:
         (M,) float64 distances.
     """
-    first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
-    if metric == "cosine":
-        norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)  # (M,)
-        return 1.0 - np.sum(first * second, axis=1) / np.maximum(norms, 1e-12)
-    if metric not in ("euclidean", "squared"):
-        raise ValueError(f"Unknown metric {metric!r}: choose euclidean, squared or cosine.")
-    squared = np.sum((first - second) ** 2, axis=1)  # (M,)
-    return squared if metric == "squared" else np.sqrt(squared)
+    return paired_distances(np.asarray(first, np.float64), np.asarray(second, np.float64), metric)
 
 
 def distances_of_pairs(vectors_of: Callable[[np.ndarray], np.ndarray], first: np.ndarray, second: np.ndarray,

@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from facetrip.distances import unit_rows
+
 LIBRARY = "faiss IVF-Flat"
 # Gallery photos from which `index` builds, and `identify` uses, the ANN index (exact search below).
 ANN_MIN_ENTRIES = 200_000
@@ -68,7 +70,7 @@ def _searchable(vectors: np.ndarray, metric: str) -> np.ndarray:
     """The vectors as the index stores them: unit rows for cosine, as they are otherwise; float32, C order."""
     vectors = np.ascontiguousarray(vectors, np.float32)
     if metric == "cosine":
-        vectors = np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
+        vectors = np.ascontiguousarray(unit_rows(vectors))  # (N, D) as facetrip.distances defines them
     return vectors
 
 

@@ -161,7 +161,7 @@ def embed_photos(run, faces, on_stage=None, embeddings_path: str | Path | None =
     elif prepared.model_input is not None:  # from a prepared set's index, nothing decoded
         faces_detected = np.maximum(prepared.encoded.prepared.faces_detected[prepared.encoded.positions], 0).astype(np.int64)
     else:
-        from facetrip.data.face_chips import faces_detected_in
+        from facetrip.data.chip_png import faces_detected_in
 
         faces_detected = np.asarray([faces_detected_in(png) for png in prepared.encoded], np.int64)
     if on_stage is not None:

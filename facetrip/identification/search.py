@@ -10,8 +10,9 @@ for a probe ``q`` is one of :data:`SCORES`:
 The probe is identified as ``p* = argmin_p s(q, p)`` when ``s(q, p*) <= threshold``
 (the run's verification threshold), else it is **unknown**: open-set identification.
 
-Exact search is one matrix product per block of probes, ``||q - g||^2 = ||q||^2 + ||g||^2 -
-2 q.g``, with the per-person minimum taken over the gallery sorted by person
+Distances are those of :mod:`facetrip.distances`. Exact search is one matrix product per
+block of probes (:func:`facetrip.distances.distances_to`: ``||q - g||^2 = ||q||^2 + ||g||^2 -
+2 q.g``), with the per-person minimum taken over the gallery sorted by person
 (``np.minimum.reduceat``). Approximate search (:mod:`facetrip.identification.ann`) returns
 the nearest photos, whose exact distances :func:`top_people_from_candidates` turns into people.
 """
@@ -23,71 +24,20 @@ from typing import Any
 
 import numpy as np
 
+from facetrip.distances import PreparedRows, distance_matrix, distances_to, paired_distances, unit_rows
+
+__all__ = ["DEFAULT_SCORE", "SCORES", "ExactSearch", "Matches", "are_unit_vectors", "candidate_distances", "decisions",
+           "distance_matrix", "false_alarm_for_pair_far", "identify_embeddings", "pair_far_for_false_alarm",
+           "person_means", "score_gallery", "top_people", "top_people_from_candidates", "unit_rows"]
+
 SCORES = ("nearest", "mean")
 # Measured on LFW with 3 photos a person (docs/identification.md): the mean scores higher
 # (DIR at 1% false alarms 89.0% against 80.1%); on a one-photo gallery the two are the same.
 DEFAULT_SCORE = "mean"
-METRICS = ("euclidean", "squared", "cosine")
 # Distances are computed for blocks of probes of at most this many (probe, gallery vector) pairs.
 _BLOCK_PAIRS = 1 << 23
 # Every row within this of norm 1 counts as a unit vector.
 _UNIT_TOLERANCE = 1e-3
-
-
-def distance_matrix(queries: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
-    """All distances ``d(queries[i], gallery[j])`` under a run's metric, as one matrix product.
-
-    Args:
-        queries: (Q, D) probes.
-        gallery: (N, D) gallery vectors.
-        metric: ``euclidean`` ``||a - b||``, ``squared`` ``||a - b||^2`` or ``cosine`` ``1 - a.b / (||a|| ||b||)``.
-
-    Returns:
-        (Q, N) float32 distances (squared distances rounded below 0 are clipped to 0).
-    """
-    return distances_to(queries, PreparedGallery.of(gallery, metric))
-
-
-@dataclasses.dataclass
-class PreparedGallery:
-    """Gallery vectors with what every block of probes needs computed once.
-
-    Attributes:
-        vectors: (N, D) float32: unit rows for cosine, the vectors otherwise.
-        squared_norms: (N,) float32 ``||g||^2`` (None for cosine).
-        metric: the metric.
-    """
-
-    vectors: np.ndarray
-    squared_norms: np.ndarray | None
-    metric: str
-
-    @classmethod
-    def of(cls, gallery: np.ndarray, metric: str) -> PreparedGallery:
-        if metric not in METRICS:
-            raise ValueError(f"Unknown metric {metric!r}: choose euclidean, squared or cosine.")
-        gallery = np.asarray(gallery, np.float32)
-        if metric == "cosine":
-            return cls(unit_rows(gallery), None, metric)
-        return cls(gallery, np.einsum("nd,nd->n", gallery, gallery), metric)
-
-
-def distances_to(queries: np.ndarray, gallery: PreparedGallery) -> np.ndarray:
-    """(Q, N) float32 distances from probes to a prepared gallery: ``||q||^2 + ||g||^2 - 2 q.g``, or ``1 - q.g`` of unit rows."""
-    queries = np.asarray(queries, np.float32)
-    if gallery.metric == "cosine":
-        return 1.0 - unit_rows(queries) @ gallery.vectors.T  # (Q, N)
-    squared = gallery.vectors @ queries.T  # (N, Q), then (Q, N) below
-    squared = np.sum(queries**2, axis=1)[:, None] + gallery.squared_norms[None, :] - 2.0 * squared.T
-    np.maximum(squared, 0.0, out=squared)
-    return squared if gallery.metric == "squared" else np.sqrt(squared, out=squared)
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (zero rows stay zero)."""
-    vectors = np.asarray(vectors, np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # (N, 1)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def are_unit_vectors(vectors: np.ndarray) -> bool:
@@ -154,7 +104,7 @@ class ExactSearch:
 
     def __init__(self, vectors: np.ndarray, labels: np.ndarray, metric: str):
         labels = np.asarray(labels, np.int64)
-        self.prepared = PreparedGallery.of(vectors, metric)
+        self.prepared = PreparedRows.of(np.asarray(vectors, np.float32), metric)  # float32: one BLAS product per block
         # distances come grouped by person when the gallery is; else they are reordered
         self.grouped_already = bool(np.all(labels[1:] >= labels[:-1]))
         self.order = np.arange(len(labels)) if self.grouped_already else np.argsort(labels, kind="stable")
@@ -212,15 +162,11 @@ def candidate_distances(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarr
     Returns:
         (Q, m) float64 distances, inf where there is no candidate.
     """
-    queries = np.asarray(queries, np.float32)
-    valid = rows >= 0
-    candidates = np.asarray(vectors, np.float32)[np.where(valid, rows, 0)]  # (Q, m, D)
-    if metric == "cosine":
-        similarity = np.einsum("qd,qmd->qm", unit_rows(queries), unit_rows(candidates.reshape(-1, queries.shape[1])).reshape(candidates.shape))
-        distances = 1.0 - similarity.astype(np.float64)
-    else:
-        squared = np.sum((candidates - queries[:, None, :]).astype(np.float64) ** 2, axis=2)  # (Q, m)
-        distances = squared if metric == "squared" else np.sqrt(squared)
+    queries, rows = np.asarray(queries, np.float64), np.asarray(rows)
+    valid = rows >= 0  # (Q, m)
+    candidates = np.asarray(vectors)[np.where(valid, rows, 0)].astype(np.float64)  # (Q, m, D)
+    repeated = np.broadcast_to(queries[:, None, :], candidates.shape)  # (Q, m, D)
+    distances = paired_distances(repeated, candidates, metric)  # (Q, m)
     return np.where(valid, distances, np.inf)
 
 

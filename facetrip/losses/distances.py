@@ -1,10 +1,12 @@
-"""Pairwise and paired distances between embeddings, NaN-free in value and gradient.
+"""Pairwise and paired distances between embeddings in TensorFlow, NaN-free in value and gradient.
 
-Three metrics, chosen by name:
+The definitions are those of :mod:`facetrip.distances` (metric names, formulas, the cosine
+convention), here for the losses:
 
 - ``euclidean``: ``||x_i - x_j||``
 - ``squared``:   ``||x_i - x_j||^2``
-- ``cosine``:    ``1 - <x_i, x_j> / (||x_i|| ||x_j||)``, in ``[0, 2]``
+- ``cosine``:    ``clip(1 - <u(x_i), u(x_j)>, 0, 2)``, ``u(x) = x / max(||x||, 1e-6)``, in ``[0, 2]``;
+  a zero vector is at distance 1 from every other row
 
 All distances are computed in float32 (float64 stays float64), whatever the embedding
 dtype, so that float16 / bfloat16 embeddings from mixed-precision models do not lose
@@ -15,36 +17,16 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-METRICS = ("euclidean", "squared", "cosine")
+from facetrip.distances import METRICS, SQUARED_NORM_FLOOR, resolve_metric
+
+__all__ = ["METRICS", "as_compute_tensor", "compute_dtype", "paired_distances", "pairwise_distances",
+           "resolve_metric", "safe_sqrt"]
 
 # Squared distances at or below this are treated as exactly zero before the square root:
 # d sqrt(x)/dx = 1 / (2 sqrt(x)) is infinite at 0 (the classic NaN in triplet losses),
 # and below ~1e-12 a float32 squared distance computed as |a|^2 - 2ab + |b|^2 is
 # rounding noise anyway. The value this discards is at most sqrt(1e-16) = 1e-8.
 _SQRT_EPSILON = 1e-16
-
-
-def resolve_metric(metric: str | None = None, squared: bool = False) -> str:
-    """The metric name that ``metric`` and the classic ``squared`` flag ask for.
-
-    Args:
-        metric: ``"euclidean"``, ``"squared"``, ``"cosine"``, or None.
-        squared: the classic flag; True means ``"squared"`` when ``metric`` is None.
-
-    Returns:
-        One of ``METRICS``.
-
-    Raises:
-        ValueError: on an unknown metric, or ``squared=True`` with another metric.
-    """
-    if metric is None:
-        return "squared" if squared else "euclidean"
-    name = str(metric).lower()
-    if name not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
-    if squared and name != "squared":
-        raise ValueError(f"squared=True contradicts metric={metric!r}: pass one or the other.")
-    return name
 
 
 def compute_dtype(embeddings: tf.Tensor) -> tf.DType:
@@ -73,9 +55,9 @@ def pairwise_distances(embeddings, squared: bool = False, metric: str | None = N
     """Distance matrix between all rows of ``embeddings``.
 
     ``D[i, j] = ||e_i||^2 - 2 <e_i, e_j> + ||e_j||^2`` (clipped at 0) for ``squared``, its
-    safe square root for ``euclidean``, and ``1 - cos(e_i, e_j)`` for ``cosine``. The
-    diagonal is exactly 0, no entry is negative, and gradients are finite everywhere,
-    including for identical embeddings.
+    safe square root for ``euclidean``, and ``clip(1 - <u(e_i), u(e_j)>, 0, 2)`` for ``cosine``
+    (:mod:`facetrip.distances`). The diagonal is exactly 0, no entry is negative, and
+    gradients are finite everywhere, including for identical embeddings.
 
     Args:
         embeddings: (B, D) tensor of any float dtype.
@@ -95,7 +77,7 @@ def pairwise_distances(embeddings, squared: bool = False, metric: str | None = N
     off_diagonal = 1.0 - tf.eye(tf.shape(embeddings)[0], dtype=embeddings.dtype)  # (B, B)
 
     if metric == "cosine":
-        unit = tf.math.l2_normalize(embeddings, axis=1)  # (B, D); zero rows stay zero
+        unit = tf.math.l2_normalize(embeddings, axis=1, epsilon=SQUARED_NORM_FLOOR)  # (B, D); zero rows stay zero
         cosine_similarity = tf.matmul(unit, unit, transpose_b=True)  # (B, B)
         distances = tf.clip_by_value(1.0 - cosine_similarity, 0.0, 2.0)
         return distances * off_diagonal
@@ -114,6 +96,9 @@ def pairwise_distances(embeddings, squared: bool = False, metric: str | None = N
 def paired_distances(x, y, squared: bool = False, metric: str | None = None) -> tf.Tensor:
     """Row-wise distances ``d(x_i, y_i)``, for explicit (anchor, positive, negative) triplets.
 
+    ``squared``: ``||x_i - y_i||^2``; ``euclidean``: its safe square root; ``cosine``:
+    ``clip(1 - <u(x_i), u(y_i)>, 0, 2)`` (:mod:`facetrip.distances`).
+
     Args:
         x: (N, D) tensor.
         y: (N, D) tensor.
@@ -129,7 +114,9 @@ def paired_distances(x, y, squared: bool = False, metric: str | None = None) -> 
         x, y = tf.cast(x, tf.float32), tf.cast(y, tf.float32)
     if metric == "cosine":
         cosine_similarity = tf.reduce_sum(
-            tf.math.l2_normalize(x, axis=-1) * tf.math.l2_normalize(y, axis=-1), axis=-1
+            tf.math.l2_normalize(x, axis=-1, epsilon=SQUARED_NORM_FLOOR)
+            * tf.math.l2_normalize(y, axis=-1, epsilon=SQUARED_NORM_FLOOR),
+            axis=-1,
         )  # (N,)
         return tf.clip_by_value(1.0 - cosine_similarity, 0.0, 2.0)
     squared_distances = tf.reduce_sum(tf.square(x - y), axis=-1)  # (N,)

@@ -11,7 +11,7 @@ with distances ``d_ap``, ``d_an`` under the chosen metric and a margin ``m >= 0`
 :func:`mine_triplets` also draws up to ``max_triplets`` of the chosen categories,
 uniformly at random without replacement.
 
-Distances (the definitions of :mod:`facetrip.losses.distances`):
+Distances (the definitions of :mod:`facetrip.distances`):
 
 - ``euclidean``: ``||x_a - x_n||``; ``squared``: ``||x_a - x_n||^2``;
 - ``cosine``: ``1 - cos(x_a, x_n)``, clipped to [0, 2] (a zero vector has cosine 0).
@@ -87,11 +87,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from facetrip.distances import METRICS
 from facetrip.mining.problem import DEFAULT_CHUNK_SIZE, Problem, non_negative_int
 from facetrip.mining.result import (
     COUNT_KEYS,
     DEFAULT_CATEGORIES,
-    METRICS,
     TRIPLET_CATEGORIES,
     MiningResult,
     resolve_categories,

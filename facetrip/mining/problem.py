@@ -12,7 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from facetrip.mining.result import resolve_metric, validated_margin
+from facetrip.distances import cosine_distance_from_similarity, resolve_metric, unit_rows
+from facetrip.mining.result import validated_margin
 
 DEFAULT_CHUNK_SIZE = 128  # anchors per chunk
 _CHUNK_VALUES = 1 << 22  # embedding values read at a time while packing (16 MiB of float32)
@@ -89,8 +90,8 @@ class Problem:
     num_chunks: int
     num_tiles: int
     num_points: int
-    anchor_side: np.ndarray  # (num_chunks * C, D + 1): [x, 1] (cosine [x / |x|, 1]); [0, 1] on padding
-    point_side: np.ndarray  # (num_tiles, D + 1, E): [x, -|x|^2 / 2] (cosine [x / |x|, 0]); [0, -inf] on padding
+    anchor_side: np.ndarray  # (num_chunks * C, D + 1): [x, 1] (cosine [u(x), 1]); [0, 1] on padding
+    point_side: np.ndarray  # (num_tiles, D + 1, E): [x, -|x|^2 / 2] (cosine [u(x), 0]); [0, -inf] on padding
     half_square_norms: Optional[np.ndarray]  # (L,) |x|^2 / 2 as used in the keys; None for cosine
     original_index: np.ndarray  # (L,) int64 index into the embeddings, -1 on padding
     identity: np.ndarray  # (L,) int64, -1 on padding
@@ -141,13 +142,11 @@ class Problem:
         half = None if metric == "cosine" else np.empty(num_points, dtype)  # (N,) |x|^2 / 2
         for start, stop in _row_ranges(points):  # a chunk of rows at a time: the points may be memory-mapped
             block, block_positions = np.asarray(points[start:stop]), position[start:stop]  # (n, D), (n,)
-            square_norms = np.einsum("nd,nd->n", block, block, dtype=np.float64)  # (n,)
             if metric == "cosine":
-                norms = np.sqrt(square_norms)
-                block = (block / np.where(norms > 0, norms, 1.0)[:, None]).astype(dtype)  # unit rows; zero rows stay zero
+                block = unit_rows(block)  # (n, D) u(x) of facetrip.distances; zero rows stay zero
                 point_side[dimension, block_positions] = 0.0
             else:
-                half[start:stop] = square_norms / 2
+                half[start:stop] = np.einsum("nd,nd->n", block, block, dtype=np.float64) / 2  # (n,)
                 point_side[dimension, block_positions] = -half[start:stop]
             anchor_side[block_positions, :dimension] = block
             point_side[:dimension, block_positions] = block.T
@@ -270,7 +269,7 @@ def key_thresholds(problem: Problem, positive_keys: np.ndarray, anchor_half_norm
     with np.errstate(invalid="ignore", over="ignore"):
         if problem.metric == "cosine":
             hard = np.where(s >= 1.0, np.inf, np.maximum(s, -1.0))
-            bound = np.clip(1.0 - s, 0.0, 2.0) + margin  # d_ap + m
+            bound = cosine_distance_from_similarity(s) + margin  # d_ap + m
             hard_or_semi = np.where(bound > 2.0, -np.inf, 1.0 - bound)
         else:
             h = anchor_half_norms.astype(np.float64)

@@ -9,7 +9,6 @@ import numpy as np
 
 TRIPLET_CATEGORIES = ("easy", "semi_hard", "hard")
 COUNT_KEYS = TRIPLET_CATEGORIES + ("total",)
-METRICS = ("euclidean", "squared", "cosine")  # as facetrip.losses.distances.METRICS (no TensorFlow here)
 DEFAULT_CATEGORIES = ("hard", "semi_hard")
 
 
@@ -36,13 +35,6 @@ class MiningResult:
     categories: tuple = DEFAULT_CATEGORIES
     file_names: Optional[np.ndarray] = field(default=None, compare=False)
     source: Optional[str] = None
-
-
-def resolve_metric(metric: str) -> str:
-    name = str(metric).lower()
-    if name not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
-    return name
 
 
 def resolve_categories(categories) -> tuple:

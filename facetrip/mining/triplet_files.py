@@ -13,11 +13,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from facetrip.distances import resolve_metric
 from facetrip.mining.result import (
     COUNT_KEYS,
     MiningResult,
     resolve_categories,
-    resolve_metric,
     validated_counts,
     validated_margin,
     validated_triplets,
