@@ -202,7 +202,7 @@ def facetrip_embed_pass(paths: list[Path], cold_cache: bool) -> Callable[[], Non
     """
     import tempfile
 
-    from facetrip.data import face_chips
+    from facetrip.data import chip_cache, face_chips
     from facetrip.data.sources import FaceImages
     from facetrip.data.model_input import decode_inputs
     from facetrip.models.face_embedder import build_face_embedder
@@ -216,7 +216,7 @@ def facetrip_embed_pass(paths: list[Path], cold_cache: bool) -> Callable[[], Non
     def run() -> None:
         if cold_cache:
             os.environ["FACETRIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="facetrip-bench-chips-")
-            face_chips._memo.clear()
+            chip_cache._memo.clear()
         chips, _ = face_chips.chip_faces(faces)
         inputs = decode_inputs(list(chips.encoded), (150, 150), 3)  # (N, 150, 150, 3)
         model.predict(inputs, batch_size=BATCH_SIZE, verbose=0)

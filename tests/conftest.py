@@ -66,25 +66,25 @@ def pretrained_run(tmp_path_factory, data_dir):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty face-chip cache folder and an empty memo; yields the cache root."""
-    from facetrip.data import face_chips
+    from facetrip.data import chip_cache
 
     monkeypatch.setenv("FACETRIP_CACHE_DIR", str(tmp_path / "cache"))
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     yield tmp_path / "cache"
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
 
 
 @pytest.fixture
 def detector_calls(monkeypatch):
     """Counts how often the face detector runs in this process."""
-    from facetrip.data import face_chips
+    from facetrip.data import face_detection
 
     calls = []
-    detect = face_chips._detect_faces
+    detect = face_detection._detect_faces
 
     def counting(rgb):
         calls.append(rgb.shape)
         return detect(rgb)
 
-    monkeypatch.setattr(face_chips, "_detect_faces", counting)
+    monkeypatch.setattr(face_detection, "_detect_faces", counting)
     return calls

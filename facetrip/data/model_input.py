@@ -32,7 +32,7 @@ def model_input_metadata(face_chips: bool, chip_report=None) -> dict[str, Any]:
     """
     if not face_chips:
         return {"face_chips": False, "chip": None, "training_faces": None}
-    from facetrip.data.face_chips import ALIGNMENT_VERSION, CHIP_PADDING, CHIP_SIZE
+    from facetrip.data.chip_cutting import ALIGNMENT_VERSION, CHIP_PADDING, CHIP_SIZE
 
     training_faces = None
     if chip_report is not None:
@@ -95,7 +95,8 @@ def encoded_inputs(encoded, face_chips: bool) -> tuple[list[bytes], list[int] | 
         # Checked and, unless TensorFlow decodes them exactly as checked, re-encoded: a GIF's
         # later frames, say, never reach TensorFlow's decoder.
         return [decodable_bytes(bytes(data)) for data in encoded], None
-    from facetrip.data.face_chips import chip_from_encoded, encode_chip
+    from facetrip.data.chip_png import encode_chip
+    from facetrip.data.face_chips import chip_from_encoded
 
     chips = [chip_from_encoded(bytes(data)) for data in encoded]
     return [encode_chip(chip) for chip in chips], [chip.faces_detected for chip in chips]
@@ -118,7 +119,8 @@ def file_inputs(paths, face_chips: bool) -> tuple[list[bytes], list[int] | None]
         from facetrip.data.images import read_image_bytes
 
         return [read_image_bytes(path) for path in paths], None
-    from facetrip.data.face_chips import chip_from_file, encode_chip
+    from facetrip.data.chip_png import encode_chip
+    from facetrip.data.face_chips import chip_from_file
 
     chips = [chip_from_file(path) for path in paths]
     return [encode_chip(chip) for chip in chips], [chip.faces_detected for chip in chips]

@@ -214,7 +214,7 @@ def _mode_tag(mode: str, chip_format: str = "png") -> str:
         return f"{mode}{suffix}"
     import hashlib
 
-    from facetrip.data.face_chips import ALIGNMENT_VERSION
+    from facetrip.data.chip_cutting import ALIGNMENT_VERSION
 
     return f"chips{hashlib.sha1(ALIGNMENT_VERSION.encode()).hexdigest()[:8]}{suffix}"
 

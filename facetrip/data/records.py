@@ -132,7 +132,8 @@ def logged_progress(what: str, every_seconds: float = PROGRESS_LINE_SECONDS) -> 
 
 def chip_report_of(prepared: PreparedSet, positions: np.ndarray):
     """What the detector found on the photos at ``positions`` (a :class:`~facetrip.data.face_chips.ChipReport`)."""
-    from facetrip.data.face_chips import CNN_DETECTOR, ChipReport
+    from facetrip.data.face_chips import ChipReport
+    from facetrip.data.face_detection import CNN_DETECTOR
 
     faces = prepared.faces_detected[positions]
     detectors = prepared.detectors[positions]

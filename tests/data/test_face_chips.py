@@ -12,30 +12,27 @@ import pytest
 from helpers import SHARED_DATA
 from PIL import Image
 
-from facetrip.data import face_chips
+from facetrip.data import chip_cache, chip_cutting, chip_workers, face_detection
 from facetrip.data.alignment import on_dlib_thread
-from facetrip.data.face_chips import (
+from facetrip.data.chip_cache import chip_cache_dir
+from facetrip.data.chip_cutting import (
     ALIGNMENT_VERSION,
-    DETECTION_MAX_SIDE,
-    DETECTION_MIN_SIDE,
     CHIP_PADDING,
     CHIP_SIZE,
-    CNN_MAX_SIDE,
-    CNN_MIN_SIDE,
-    ChipReport,
     FaceChip,
-    chip_cache_dir,
-    chip_faces,
-    chip_from_encoded,
-    chip_from_file,
     chip_from_pixels,
     chip_in_box,
-    decode_chip,
+)
+from facetrip.data.chip_png import decode_chip, detection_of, encode_chip
+from facetrip.data.face_chips import ChipReport, chip_faces, chip_from_encoded, chip_from_file
+from facetrip.data.face_detection import (
+    CNN_MAX_SIDE,
+    CNN_MIN_SIDE,
+    DETECTION_MAX_SIDE,
+    DETECTION_MIN_SIDE,
     detect_faces,
     detect_faces_cnn,
-    detection_of,
     detection_size,
-    encode_chip,
 )
 from facetrip.data.images import ImageReadError
 from facetrip.data.orl import orl_faces_root
@@ -165,8 +162,8 @@ def test_a_face_hog_misses_at_every_size_is_looked_for_by_the_cnn_detector(detec
 
 def test_the_cnn_detector_runs_only_when_hog_finds_no_face(monkeypatch):
     calls = []
-    real = face_chips._detect_faces_cnn
-    monkeypatch.setattr(face_chips, "_detect_faces_cnn", lambda rgb: calls.append(rgb.shape) or real(rgb))
+    real = face_detection._detect_faces_cnn
+    monkeypatch.setattr(face_detection, "_detect_faces_cnn", lambda rgb: calls.append(rgb.shape) or real(rgb))
     assert chip_from_pixels(orl_rgb(1, 1)).detector == "hog" and calls == []
     assert chip_from_pixels(orl_rgb(*ORL_HOG_MISSES[1])).detector == "cnn" and calls == [(112, 92, 3)]
 
@@ -179,7 +176,7 @@ def test_the_cnn_detector_searches_between_200_and_500_pixels(monkeypatch):
             searched.append((rgb.shape, upsampling))
             return []
 
-    monkeypatch.setattr(face_chips, "_cnn_detector", RecordingDetector)
+    monkeypatch.setattr(face_detection, "_cnn_detector", RecordingDetector)
     for shape in [(112, 92), (192, 168), (250, 250), (3000, 4000), (1, 1)]:
         assert detect_faces_cnn(np.zeros(shape, np.uint8)) == []
     assert searched == [((200, 164, 3), 0), ((200, 175, 3), 0), ((250, 250, 3), 0), ((375, 500, 3), 0), ((200, 200, 3), 0)]
@@ -427,7 +424,7 @@ def test_a_second_call_reads_the_cache_instead_of_detecting(fresh_cache, detecto
     assert len(cached_files) == 1 and cached_files[0].parent.parent == fresh_cache / "face_chips" / ALIGNMENT_VERSION
 
     again_from_memo = chip_from_encoded(data)
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     again_from_disk = chip_from_encoded(data)
     assert len(detector_calls) == 1
     for again in (again_from_memo, again_from_disk):
@@ -440,7 +437,7 @@ def test_a_damaged_cache_file_is_computed_again(fresh_cache, detector_calls):
     first = chip_from_encoded(data)
     (cached,) = chip_cache_dir().glob("*/*.png")
     cached.write_bytes(cached.read_bytes()[:500])
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     again = chip_from_encoded(data)
     assert len(detector_calls) == 2
     np.testing.assert_array_equal(again.pixels, first.pixels)
@@ -453,7 +450,7 @@ def test_an_empty_cache_setting_turns_the_disk_cache_off(fresh_cache, monkeypatc
     data = orl_path(4, 4).read_bytes()
     chip_from_encoded(data)
     chip_from_encoded(data)  # the memo still serves a process
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     chip_from_encoded(data)
     assert len(detector_calls) == 2
     assert not fresh_cache.exists()
@@ -462,8 +459,8 @@ def test_an_empty_cache_setting_turns_the_disk_cache_off(fresh_cache, monkeypatc
 def test_the_cache_folder_names_the_alignment_version(fresh_cache, monkeypatch, tmp_path, detector_calls):
     data = orl_path(4, 5).read_bytes()
     chip_from_encoded(data)
-    monkeypatch.setattr(face_chips, "ALIGNMENT_VERSION", "a-changed-alignment_v2")
-    face_chips._memo.clear()
+    monkeypatch.setattr(chip_cutting, "ALIGNMENT_VERSION", "a-changed-alignment_v2")
+    chip_cache._memo.clear()
     assert chip_cache_dir() == fresh_cache / "face_chips" / "a-changed-alignment_v2"
     chip_from_encoded(data)
     assert len(detector_calls) == 2  # chips of another alignment are not reused
@@ -516,7 +513,7 @@ def test_chip_faces_keeps_the_order_and_reports_what_it_found(fresh_cache, rng):
     assert report.no_face == ["noise.png"] and report.several_faces == ["two.png"] and report.found_by_cnn == ["s37/4.pgm"]
     assert steps[-1] == (7, 7) and [done for done, _ in steps] == sorted(done for done, _ in steps)
 
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     again, report_again = chip_faces(faces)
     assert report_again.from_cache == 7 and report_again.no_face == ["noise.png"]
     assert report_again.found_by_cnn == ["s37/4.pgm"]  # the detector's name survives the cache
@@ -545,10 +542,10 @@ def test_worker_processes_give_the_same_chips(fresh_cache, monkeypatch, rng):
     in_process, report = chip_faces(faces, pool_threshold=len(faces))
 
     computed_here = []
-    compute = face_chips._chip_png_of_photo
-    monkeypatch.setattr(face_chips, "_chip_png_of_photo", lambda *job: computed_here.append(job) or compute(*job))
-    monkeypatch.setattr(face_chips, "_pool_workers", lambda: 2)
-    face_chips._memo.clear()
+    compute = chip_workers._chip_png_of_photo
+    monkeypatch.setattr(chip_workers, "_chip_png_of_photo", lambda *job: computed_here.append(job) or compute(*job))
+    monkeypatch.setattr(chip_workers, "_pool_workers", lambda: 2)
+    chip_cache._memo.clear()
     in_pool, pool_report = chip_faces(faces, pool_threshold=0)
     assert computed_here == []
     assert list(in_pool.encoded) == list(in_process.encoded)
@@ -561,13 +558,13 @@ def test_a_failing_pool_falls_back_to_this_process(fresh_cache, monkeypatch, rng
     def no_processes(method):
         raise OSError("no processes here")
 
-    monkeypatch.setattr(face_chips.multiprocessing, "get_context", no_processes)
-    monkeypatch.setattr(face_chips, "_pool_workers", lambda: 2)
+    monkeypatch.setattr(chip_workers.multiprocessing, "get_context", no_processes)
+    monkeypatch.setattr(chip_workers, "_pool_workers", lambda: 2)
     chips, report = chip_faces(faces, pool_threshold=0)
     assert "aligning the rest here" in caplog.text
     assert report.several_faces == ["two.png"] and len(chips) == len(faces)
 
 
-def test_the_module_workers_import_loads_no_tensorflow():
-    code = "import sys, facetrip.data.face_chips; sys.exit('tensorflow' in sys.modules)"
+def test_the_modules_workers_import_load_no_tensorflow():
+    code = "import sys, facetrip.data.face_chips, facetrip.data.chip_workers; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

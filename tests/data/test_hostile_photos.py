@@ -25,8 +25,10 @@ import pytest
 from PIL import EpsImagePlugin, Image
 
 from conftest import REPO, run_cli
-from facetrip.data import face_chips
-from facetrip.data.face_chips import chip_cache_dir, chip_from_encoded, chip_from_file, encode_chip
+from facetrip.data import chip_cache, chip_cutting
+from facetrip.data.chip_cache import chip_cache_dir
+from facetrip.data.chip_png import encode_chip
+from facetrip.data.face_chips import chip_from_encoded, chip_from_file
 from facetrip.data.images import IMAGE_EXTENSIONS, ImageReadError, decode_bytes, decode_file, read_image_bytes
 from facetrip.data.orl import orl_faces_root
 from facetrip.data.model_input import encoded_inputs
@@ -191,7 +193,7 @@ def test_the_bytes_checked_are_the_bytes_used(tmp_path, monkeypatch, fresh_cache
     monkeypatch.setenv("FACETRIP_CACHE_DIR", "")  # computed here, from what was read
     photo.write_bytes(checked)
     from_file = chip_from_file(photo)
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     np.testing.assert_array_equal(from_file.pixels, chip_from_encoded(checked).pixels)
 
 
@@ -242,7 +244,7 @@ def test_a_fifo_given_as_a_photo_is_refused_without_waiting(tmp_path, fresh_cach
 
 def cache_file_of(data: bytes) -> Path:
     """Where the chip of the photo ``data`` is cached."""
-    return face_chips._cache_path(face_chips._photo_key(data))
+    return chip_cache._cache_path(chip_cache.photo_key(data))
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
@@ -254,7 +256,7 @@ def test_a_fifo_in_the_cache_is_refused_without_waiting_and_replaced(fresh_cache
     chip = call_within(HANG_SECONDS, lambda: chip_from_encoded(data), cached)
     assert len(detector_calls) == 1
     assert stat.S_ISREG(os.lstat(cached).st_mode)  # replaced by the chip
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     np.testing.assert_array_equal(chip_from_encoded(data).pixels, chip.pixels)
     assert len(detector_calls) == 1  # and read back
 
@@ -271,7 +273,7 @@ def test_a_link_in_the_cache_is_neither_followed_nor_written_through(fresh_cache
     os.replace(cached, target)  # the right chip, but reached through a link facetrip did not write
     cached.symlink_to(target)
     target_bytes = target.read_bytes()
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
 
     np.testing.assert_array_equal(chip_from_encoded(data).pixels, chip.pixels)
     assert len(detector_calls) == 2  # computed again rather than read through the link
@@ -290,7 +292,7 @@ def test_a_link_in_the_cache_is_neither_followed_nor_written_through(fresh_cache
     chip_from_encoded(other)
     assert victim.read_text() == "not a face chip"
     assert not other_cached.is_symlink()
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     chip_from_encoded(other)
     assert len(detector_calls) == 3  # the file written in its place is read back
 
@@ -312,8 +314,8 @@ def _another_alignments_chip(data: bytes) -> None:
     chip_from_encoded(data)
     aligned_now = cached.read_bytes()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(face_chips, "ALIGNMENT_VERSION", "another-alignment_v1")
-        face_chips._memo.clear()
+        patch.setattr(chip_cutting, "ALIGNMENT_VERSION", "another-alignment_v1")
+        chip_cache._memo.clear()
         chip_from_encoded(data)
         cached.write_bytes(cache_file_of(data).read_bytes())
     assert cached.read_bytes() != aligned_now
@@ -327,7 +329,7 @@ def _truncated(data: bytes) -> None:
 
 def _not_chip_sized(data: bytes) -> None:
     """A well-formed PNG with the chip's text chunks, but 100 x 100."""
-    chip = face_chips.FaceChip(np.zeros((100, 100, 3), np.uint8), 1)
+    chip = chip_cutting.FaceChip(np.zeros((100, 100, 3), np.uint8), 1)
     cache_file_of(data).write_bytes(encode_chip(chip))
 
 
@@ -352,10 +354,10 @@ def test_a_cache_file_that_is_not_this_photos_chip_is_computed_again(fresh_cache
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FACETRIP_CACHE_DIR", "")
         expected = chip_from_encoded(data)
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     cache_file_of(data).parent.mkdir(parents=True, exist_ok=True)
     spoil(data)
-    face_chips._memo.clear()
+    chip_cache._memo.clear()
     calls_before = len(detector_calls)
 
     chip = chip_from_encoded(data)
@@ -364,7 +366,7 @@ def test_a_cache_file_that_is_not_this_photos_chip_is_computed_again(fresh_cache
     assert len(detector_calls) == calls_before + 1
     cached = cache_file_of(data)
     if not cached.is_dir():  # a directory cannot be replaced by a file; it is only ignored
-        face_chips._memo.clear()
+        chip_cache._memo.clear()
         chip_from_encoded(data)
         assert len(detector_calls) == calls_before + 1  # replaced by this photo's chip
     assert not [path.name for path in cached.parent.iterdir() if path.name.endswith(".tmp")]
