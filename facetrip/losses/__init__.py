@@ -1,4 +1,4 @@
-"""The triplet-loss core: distances, masks, online-mining losses and their Keras wrappers.
+"""The triplet-loss core: distances, masks, miners, online-mining losses and their Keras wrappers.
 
 Users of the classic blog implementation switch by changing one import::
 
@@ -8,6 +8,7 @@ Users of the classic blog implementation switch by changing one import::
 from facetrip.losses.distances import METRICS, paired_distances, pairwise_distances, resolve_metric
 from facetrip.losses.keras import TripletLoss, TripletStatistic, triplet_metrics
 from facetrip.losses.masks import anchor_negative_mask, anchor_positive_mask, triplet_mask
+from facetrip.losses.miners import MinedTriplets, batch_all_miner, batch_hard_miner, semi_hard_miner
 from facetrip.losses.statistics import STATISTICS, triplet_batch_statistics
 from facetrip.losses.triplet import (
     STRATEGIES,
@@ -28,13 +29,16 @@ _pairwise_distances = pairwise_distances
 
 __all__ = [
     "METRICS",
+    "MinedTriplets",
     "STATISTICS",
     "STRATEGIES",
     "TripletLoss",
     "TripletStatistic",
     "anchor_negative_mask",
     "anchor_positive_mask",
+    "batch_all_miner",
     "batch_all_triplet_loss",
+    "batch_hard_miner",
     "batch_hard_triplet_loss",
     "batch_semi_hard_triplet_loss",
     "online_triplet_loss",
@@ -42,6 +46,7 @@ __all__ = [
     "pairwise_distances",
     "resolve_metric",
     "resolve_strategy",
+    "semi_hard_miner",
     "semi_hard_triplet_loss",
     "triplet_batch_statistics",
     "triplet_loss",
