@@ -24,7 +24,7 @@ FLOORS = {
     "evaluation": 7,
     "training": 8,
     "verification": 9, "export": 9, "identification": 9,
-    "cli": 10, "__main__": 10,
+    "cli": 10, "__main__": 10, "python_api": 10,
 }
 
 
