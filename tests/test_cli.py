@@ -125,3 +125,37 @@ def test_photos_are_named_by_their_path_within_the_folder_given(tmp_path):
     assert shown_path(photo, [tmp_path / "elsewhere", photo]) == str(photo)  # a file given: named as given
     assert shown_path(Path("photos") / "a.jpg") == "photos/a.jpg"
     assert shown_path(frontal / os.fsdecode(b"n\xe9.jpg"), [frontal]) == "n\\xe9.jpg"  # not UTF-8: escaped
+
+
+def test_a_command_turns_the_errors_it_lists_into_one_line_and_its_exit_code(capsys):
+    """`maps_errors` names each error as "module:Name", read only when an exception reaches the command."""
+    import inspect
+    import pkgutil
+
+    import pytest
+    import typer
+
+    import facetrip.cli
+    from facetrip.cli.core import error_classes, maps_errors
+    from facetrip.runs import RunError
+
+    @maps_errors("facetrip.runs:RunError", KeyError, code=3)
+    def command(error: Exception, flag: int = 1) -> None:
+        """A command."""
+        raise error
+
+    assert inspect.signature(command) == inspect.signature(command.__wrapped__)  # what Typer reads
+    with pytest.raises(typer.Exit) as ended:
+        command(RunError("runs/x [bold] is not a run."))
+    assert ended.value.exit_code == 3
+    assert capsys.readouterr().err.strip() == "Error: runs/x [bold] is not a run."
+    with pytest.raises(ValueError):  # not listed: passed on as it is
+        command(ValueError("a bug"))
+
+    modules = [facetrip.cli.core] + [__import__(f"facetrip.cli.{name}", fromlist=["_"])
+                                     for _, name, _ in pkgutil.iter_modules(facetrip.cli.__path__)]
+    mapped = {function.__name__: function.mapped_errors for module in modules for function in vars(module).values()
+              if hasattr(function, "mapped_errors")}
+    assert {"train", "evaluate", "verify", "identify", "_load_run"} <= mapped.keys()
+    for errors in mapped.values():  # every name names an exception class
+        assert all(issubclass(error, Exception) for error in error_classes(errors))

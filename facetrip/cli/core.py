@@ -6,6 +6,8 @@ TensorFlow is imported inside commands, never at module import, so that
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from pathlib import Path
 from typing import Optional
@@ -41,6 +43,50 @@ def fail(message: str, code: int = 2) -> None:
     """
     error_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def maps_errors(*errors, code: int = 2):
+    """Decorate a command so that the errors it lists end it as :func:`fail` does: one line, exit ``code``.
+
+    The line is ``Error: <the error's text>``. Any other exception passes on as it is, and so do
+    :func:`fail` and typer's own exits.
+
+    Args:
+        *errors: exception classes, or ``"module:Name"`` strings: a string's module is imported
+            only when an exception reaches the command, so that ``facetrip --help`` imports
+            none of the modules (nor TensorFlow) that the commands' errors live in.
+        code: the exit status.
+
+    Goes under ``@app.command()``: the command keeps its signature (``functools.wraps``), from
+    which Typer reads its arguments and options.
+    """
+    def decorate(command):
+        @functools.wraps(command)
+        def with_mapped_errors(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except (typer.Exit, typer.Abort):  # fail()'s among them: passed on, importing none of the errors
+                raise
+            except Exception as error:
+                if isinstance(error, error_classes(errors)):
+                    fail(str(error), code)
+                raise
+
+        with_mapped_errors.mapped_errors = errors
+        return with_mapped_errors
+
+    return decorate
+
+
+def error_classes(errors) -> tuple[type[BaseException], ...]:
+    """The classes of :func:`maps_errors`'s ``errors``, a ``"module:Name"`` imported now."""
+    classes = []
+    for error in errors:
+        if isinstance(error, str):
+            module, _, name = error.partition(":")
+            error = getattr(importlib.import_module(module), name)
+        classes.append(error)
+    return tuple(classes)
 
 
 def setup_logging() -> None:
@@ -150,25 +196,27 @@ def _one_run(argument: Optional[Path], option: Optional[Path]) -> Optional[Path]
     return argument if argument is not None else option
 
 
+@maps_errors("facetrip.runs:RunError")
 def _load_run(run: Optional[Path]):
     """The run to use, loaded; one-line error if there is none or it cannot be loaded."""
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
     from facetrip.runs.loaded_run import Run
-    from facetrip.runs import RunError, latest_run
+    from facetrip.runs import latest_run
 
-    try:
-        return Run.load(run if run is not None else latest_run())
-    except RunError as error:
-        fail(str(error))
+    return Run.load(run if run is not None else latest_run())
 
 
+@maps_errors("facetrip.data:DataError")
 def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Optional[str]):
-    """The images of one split (train, dev, test or all) of a run's identities, from its prepared source."""
+    """The images of one split (train, dev, test or all) of a run's identities, from its prepared source.
+
+    A :class:`~facetrip.data.DataError` ends the command in one line.
+    """
     from rich.markup import escape
 
-    from facetrip.data import DataError, IdentitySplit
+    from facetrip.data import IdentitySplit
 
     recorded = loaded.metadata.get("split") or {}
     missing = [part for part in ("train", "dev", "test", "seed") if part not in recorded]
@@ -177,10 +225,7 @@ def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Opti
              f"use --split all, or give image files.")
     source = data_source or loaded.metadata["source"]
     setup_logging()
-    try:
-        faces, report = loaded.load_faces(source, data_dir)
-    except DataError as error:
-        fail(str(error))
+    faces, report = loaded.load_faces(source, data_dir)
     if split != "all":
         faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
         if report is not None:

@@ -102,7 +102,6 @@ def mine(
 ) -> None:
     """Count easy / semi-hard / hard triplets of a split with a run's model and save hard + semi-hard ones."""
     run = _one_run(run_argument, run)
-    from facetrip.data import DataError
     from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
     from facetrip.embedding import embed_faces_to_file, scratch_npy_path
 
@@ -114,10 +113,7 @@ def mine(
         fail(f"{loaded.path}/metadata.json records no margin: give one with --margin.")
     chosen_margin = _number_or_word(margin, "loss.margin", "--margin") if margin is not None else loaded.metadata["margin"]
     chosen_margin = 0.0 if chosen_margin == "soft" else float(chosen_margin)
-    try:
-        faces = _split_of_run(loaded, split, None, data_dir)
-    except DataError as error:
-        fail(str(error))
+    faces = _split_of_run(loaded, split, None, data_dir)
     target = output or loaded.path / f"triplets-{split}.npz"
     # Embedded a batch at a time into a scratch file, which the mining reads a chunk of rows at a time.
     with console.status(f"Embedding {len(faces)} images and mining ..."), scratch_npy_path(target.parent, loaded.path) as scratch:

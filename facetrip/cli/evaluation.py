@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _one_run, _percent, app, console, error_console, fail, setup_logging,
+    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _one_run, _percent, app, console, error_console, fail, maps_errors,
+    setup_logging,
 )
 
 
@@ -99,6 +100,8 @@ def _print_evaluation(report: dict) -> None:
 
 
 @app.command()
+@maps_errors("facetrip.evaluation.report:EvaluationError", "facetrip.evaluation:PairsFileError",
+             "facetrip.runs:RunError", "facetrip.data:DataError")
 def evaluate(
     run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
     run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
@@ -123,10 +126,8 @@ def evaluate(
     import_tensorflow()
     import tensorflow_datasets as tfds
 
-    from facetrip.data import DataError
-    from facetrip.evaluation import PairsFileError
-    from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
-    from facetrip.runs import RunError, latest_run
+    from facetrip.evaluation.report import ReportNotWritten, evaluate_run
+    from facetrip.runs import latest_run
 
     setup_logging()
     tfds.disable_progress_bar()
@@ -141,8 +142,6 @@ def evaluate(
             )
     except ReportNotWritten as error:  # computed, but the run directory cannot be written: show it all first
         report, not_written = error.report, error
-    except (EvaluationError, PairsFileError, RunError, DataError) as error:
-        fail(str(error))
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -153,6 +152,7 @@ def evaluate(
 
 
 @app.command()
+@maps_errors("facetrip.export:ExportError", "facetrip.runs:RunError")
 def export(
     run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
     run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
@@ -165,8 +165,8 @@ def export(
 
     import_tensorflow()
     import tensorflow as tf
-    from facetrip.export import ExportError, export_run
-    from facetrip.runs import RunError, latest_run
+    from facetrip.export import export_run
+    from facetrip.runs import latest_run
 
     setup_logging()
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -175,8 +175,6 @@ def export(
         target = run_dir if run_dir is not None else latest_run()
         with console.status(f"Exporting {target} as {export_format} ..."):
             info = export_run(target, export_format, output)
-    except (ExportError, RunError) as error:
-        fail(str(error))
     except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
         default_folder = Path(target) / f"export-{export_format}" if target is not None else Path.cwd()
         folder = output if output is not None else default_folder

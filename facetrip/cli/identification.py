@@ -9,19 +9,16 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, FAR_HELP, THRESHOLD_HELP, _load_run, app, console, fail, setup_logging, shown_path,
+    DATA_DIR_HELP, DATA_HELP, FAR_HELP, THRESHOLD_HELP, _load_run, app, console, fail, maps_errors, setup_logging,
+    shown_path,
 )
 
-
-def _identification_errors():
-    """The errors of index / identify / cluster that are the user's to fix: one line each, exit 2."""
-    from facetrip.evaluation.calibration import CalibrationError
-    from facetrip.data import DataError, ImageReadError
-    from facetrip.identification.ann import AnnUnavailable
-    from facetrip.identification.clustering import ClusteringError
-    from facetrip.identification.index import GalleryIndexError
-
-    return (CalibrationError, DataError, ImageReadError, AnnUnavailable, ClusteringError, GalleryIndexError)
+# The errors of index / identify / cluster that are the user's to fix: one line each, exit 2.
+IDENTIFICATION_ERRORS = (
+    "facetrip.evaluation.calibration:CalibrationError", "facetrip.data:DataError", "facetrip.data:ImageReadError",
+    "facetrip.identification.ann:AnnUnavailable", "facetrip.identification.clustering:ClusteringError",
+    "facetrip.identification.index:GalleryIndexError",
+)
 
 
 def _search_option(ann: Optional[bool]) -> str:
@@ -29,6 +26,7 @@ def _search_option(ann: Optional[bool]) -> str:
 
 
 @app.command()
+@maps_errors(*IDENTIFICATION_ERRORS)
 def index(
     run: Path = typer.Argument(..., help="The run whose model embeds the gallery."),
     gallery: str = typer.Argument(..., help="GALLERY/<person>/<photo>, or a data source: " + DATA_HELP),
@@ -54,8 +52,6 @@ def index(
         with console.status("Indexing ...") as status:
             summary = index_gallery(loaded, gallery, output, add=add, overwrite=overwrite, ann=ann, data_dir=data_dir,
                                     on_stage=lambda message: status.update(escape(message)))
-    except _identification_errors() as error:
-        fail(str(error))
     except OSError as error:
         fail(f"Cannot write the index into {output}: {error.strerror or error}; choose another folder with -o.")
     if as_json:
@@ -85,6 +81,7 @@ def _print_apart(what: str, names: list, shown: int = 5) -> None:
 
 
 @app.command()
+@maps_errors(*IDENTIFICATION_ERRORS)
 def identify(
     run: Path = typer.Argument(..., help="The run that made the index."),
     photos: list[Path] = typer.Argument(..., help="Photos to identify."),
@@ -102,7 +99,6 @@ def identify(
 
     from rich.markup import escape
 
-    from facetrip.data import ImageReadError
     from facetrip.data.images import decode_file
     from facetrip.identification.search import SCORES
 
@@ -111,29 +107,20 @@ def identify(
     if sum(option is not None for option in (threshold, far, false_alarm)) > 1:
         fail("Give one of --threshold X, --far F and --false-alarm F.")
     for photo in photos:  # fail on a bad file before loading TensorFlow
-        try:
-            decode_file(photo)
-        except ImageReadError as error:
-            fail(str(error))
+        decode_file(photo)
     from facetrip.identification.index import read_manifest
     from facetrip.identification.photos import embed_photos, read_files
     from facetrip.identification.workflows import expected_false_alarm, identify_with_index, load_index, run_threshold
 
-    try:
-        read_manifest(index_dir)  # a missing or corrupt index, before loading TensorFlow
-    except _identification_errors() as error:
-        fail(str(error))
+    read_manifest(index_dir)  # a missing or corrupt index, before loading TensorFlow
     loaded = _load_run(run)
-    try:
-        gallery = load_index(loaded, index_dir)
-        people = gallery.manifest["people"]
-        chosen, rule = run_threshold(loaded, threshold, far, false_alarm, people)
-        with console.status(f"Identifying {len(photos)} photos ..."):
-            probes = read_files(photos, [0] * len(photos), ["?"], "photos", skip_unreadable=False)
-            embedded = embed_photos(loaded, probes.faces)
-            found = identify_with_index(gallery, embedded, chosen, top_k, score, _search_option(ann))
-    except _identification_errors() as error:
-        fail(str(error))
+    gallery = load_index(loaded, index_dir)
+    people = gallery.manifest["people"]
+    chosen, rule = run_threshold(loaded, threshold, far, false_alarm, people)
+    with console.status(f"Identifying {len(photos)} photos ..."):
+        probes = read_files(photos, [0] * len(photos), ["?"], "photos", skip_unreadable=False)
+        embedded = embed_photos(loaded, probes.faces)
+        found = identify_with_index(gallery, embedded, chosen, top_k, score, _search_option(ann))
     for photo, result, count in zip(photos, found["results"], embedded.faces_detected):
         result.update({"photo": str(photo), "faces_detected": int(count)})
     strangers = expected_false_alarm(loaded, chosen, people)
@@ -170,6 +157,7 @@ def _print_identification(results: list, title: str) -> None:
 
 
 @app.command()
+@maps_errors(*IDENTIFICATION_ERRORS)
 def cluster(
     run: Path = typer.Argument(..., help="The run whose model embeds the photos."),
     photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
@@ -206,8 +194,6 @@ def cluster(
                    "threshold_rule": rule, "photos": len(found.files), "clusters": found.num_clusters,
                    "alone": alone, "no_face": no_face, "unreadable": len(found.unreadable), "seconds": found.seconds}
         written = write_clustering(output, found, summary)
-    except _identification_errors() as error:
-        fail(str(error))
     except OSError as error:
         fail(f"Cannot write into {output}: {error.strerror or error}; choose another folder with -o.")
     if as_json:

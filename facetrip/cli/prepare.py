@@ -13,13 +13,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from facetrip.cli.core import app, console, fail, preparation_progress, setup_logging
+from facetrip.cli.core import app, console, maps_errors, preparation_progress, setup_logging
 
 # The failed photos a run of `prepare` names one by one; the rest are counted.
 SHOWN_FAILURES = 20
 
 
 @app.command(name="prepare")
+@maps_errors("facetrip.data:DataError")
 def prepare(
     source: str = typer.Argument("orl_faces", help="orl_faces, folder:PATH (PATH/<identity>/<photo>), rec:PATH "
                                                    "(insightface train.rec + train.idx) or tfds:NAME."),
@@ -49,18 +50,14 @@ def prepare(
     import_tensorflow()
     import tensorflow_datasets as tfds
 
-    from facetrip.data import DataError
     from facetrip.data.records import load_model_faces
 
     tfds.disable_progress_bar()
     started = time.monotonic()
-    try:
-        with preparation_progress(console, f"Preparing {source}") as progress:
-            faces, report = load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned,
-                                             workers=workers, beam_runner=beam_runner, beam_options=beam_options,
-                                             progress=progress, chip_format=chip_format)
-    except DataError as error:
-        fail(str(error))
+    with preparation_progress(console, f"Preparing {source}") as progress:
+        faces, report = load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned,
+                                         workers=workers, beam_runner=beam_runner, beam_options=beam_options,
+                                         progress=progress, chip_format=chip_format)
     seconds = time.monotonic() - started
     prepared = faces.encoded.prepared
     failed = int(prepared.failed.sum())

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, _number_or_word, _percent, app, console, error_console, fail, setup_logging,
+    DATA_DIR_HELP, DATA_HELP, _number_or_word, _percent, app, console, error_console, fail, maps_errors, setup_logging,
 )
 
 
@@ -117,6 +117,8 @@ def _parse_image_size(text: str) -> list:
 
 
 @app.command()
+@maps_errors("facetrip.config:ConfigError", "facetrip.data:DataError", "facetrip.runs:RunError",
+             "facetrip.training:TrainingError")
 def train(
     config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config (see configs/default.toml)."),
     strategy: Optional[str] = typer.Option(None, help="batch_all | batch_hard | semi_hard | offline."),
@@ -149,10 +151,8 @@ def train(
     """Train an embedding model with online (or offline) triplet mining; writes a run directory, then evaluates it."""
     from rich.markup import escape
 
-    from facetrip.config import ConfigError
-    from facetrip.data import DataError
-    from facetrip.runs import RunError, new_run_dir, run_lock
-    from facetrip.training import TrainingError, check_new_run_dir, is_facetrip_run, load_resume_config
+    from facetrip.runs import new_run_dir, run_lock
+    from facetrip.training import check_new_run_dir, is_facetrip_run, load_resume_config
 
     setup_logging()
     overrides = {
@@ -216,8 +216,6 @@ def train(
                 from facetrip.cli.evaluation import _evaluate_after_training  # here: keeps the commands' order
 
                 _evaluate_after_training(target, config.data.data_dir or None)
-    except (ConfigError, DataError, RunError, TrainingError) as error:
-        fail(str(error))
     except OSError as error:  # a run directory that cannot be created or written (permissions, a full disk)
         fail(f"Cannot write the run directory {target if target is not None else 'runs/'}: {error.strerror or error}.")
 
@@ -252,8 +250,11 @@ def _follows_the_chief(config_file: Optional[Path], overrides: dict, resume: Opt
     return not is_chief(distribute)
 
 
+@maps_errors("facetrip.training:TrainingDiverged", code=1)
 def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, writes: bool = True) -> None:
-    """Train into ``run_dir`` (prepared here unless resuming), with progress and a summary; one-line errors.
+    """Train into ``run_dir`` (prepared here unless resuming), with progress and a summary.
+
+    A loss that diverged ends the command with exit 1; :func:`train` turns the other errors into one line.
 
     With ``writes=False`` (a multi-worker worker other than the chief) nothing is written:
     the chief prepares the run directory.
@@ -264,37 +265,30 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, wr
     import tensorflow_datasets as tfds
     from rich.markup import escape
 
-    from facetrip.data import DataError
-    from facetrip.runs import RunError
-    from facetrip.training import TrainingDiverged, TrainingError, find_resume_point, prepare_run_dir, train as run_training
+    from facetrip.training import find_resume_point, prepare_run_dir, train as run_training
 
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
+    if not resume and writes:
+        prepare_run_dir(config, run_dir, overwrite=overwrite)
+    checkpoint = find_resume_point(run_dir).checkpoint if resume else None
+    start = checkpoint.epoch if checkpoint is not None else 0
+    resuming = (f" (resuming after epoch {start}, from checkpoint {checkpoint.name})" if checkpoint is not None
+                else " (resuming from the start: no checkpoint was saved yet)")
+    console.print(
+        f"[bold]facetrip train[/] {config.loss.strategy} (margin {config.loss.margin}, {config.loss.metric}) on "
+        f"{config.data.source}, P={config.sampler.identities_per_batch} K={config.sampler.images_per_identity} "
+        f"-> {escape(str(run_dir))}" + (resuming if resume else ""), highlight=False,
+    )
+    progress = rich_progress_callback(config.train.epochs, start)
     try:
-        if not resume and writes:
-            prepare_run_dir(config, run_dir, overwrite=overwrite)
-        checkpoint = find_resume_point(run_dir).checkpoint if resume else None
-        start = checkpoint.epoch if checkpoint is not None else 0
-        resuming = (f" (resuming after epoch {start}, from checkpoint {checkpoint.name})" if checkpoint is not None
-                    else " (resuming from the start: no checkpoint was saved yet)")
-        console.print(
-            f"[bold]facetrip train[/] {config.loss.strategy} (margin {config.loss.margin}, {config.loss.metric}) on "
-            f"{config.data.source}, P={config.sampler.identities_per_batch} K={config.sampler.images_per_identity} "
-            f"-> {escape(str(run_dir))}" + (resuming if resume else ""), highlight=False,
-        )
-        progress = rich_progress_callback(config.train.epochs, start)
-        try:
-            console.print(f"Loading {config.data.source} and building the model ...", style="dim")
-            metadata = run_training(config, run_dir, callbacks=[progress], resume=resume)
-        finally:
-            progress.stop()
-        if not writes:
-            console.print(f"[bold green]Done:[/] worker of {escape(str(run_dir))} (the chief writes it)", highlight=False)
-            return
-    except TrainingDiverged as error:
-        fail(str(error), code=1)
-    except (TrainingError, DataError, RunError) as error:
-        fail(str(error))
+        console.print(f"Loading {config.data.source} and building the model ...", style="dim")
+        metadata = run_training(config, run_dir, callbacks=[progress], resume=resume)
+    finally:
+        progress.stop()
+    if not writes:
+        console.print(f"[bold green]Done:[/] worker of {escape(str(run_dir))} (the chief writes it)", highlight=False)
+        return
     from facetrip.evaluation.calibration import percent
 
     summary = metadata.get(metadata.get("threshold_source", ""), {})

@@ -9,11 +9,12 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    RUN_HELP, _load_run, _print_face_counts, app, console, fail,
+    RUN_HELP, _load_run, _print_face_counts, app, console, fail, maps_errors,
 )
 
 
 @app.command()
+@maps_errors("facetrip.data:ImageReadError", "facetrip.evaluation.calibration:CalibrationError")
 def verify(
     first_image: Path = typer.Argument(..., help="First photo (jpg, png, pgm, bmp, ...; grey or colour, any size)."),
     second_image: Path = typer.Argument(..., help="Second photo."),
@@ -27,7 +28,6 @@ def verify(
     """Are two photos the same person? Prints the distance, the run's threshold and the verdict."""
     import json
 
-    from facetrip.data import ImageReadError
     from facetrip.data.images import decode_file
     from facetrip.evaluation.calibration import CalibrationError, check_target_far
     from facetrip.verification import verify as verify_pair
@@ -40,15 +40,9 @@ def verify(
     except CalibrationError as error:
         fail(f"--far: {error}")
     for image in (first_image, second_image):  # fail on a bad file before loading TensorFlow
-        try:
-            decode_file(image)
-        except ImageReadError as error:
-            fail(str(error))
+        decode_file(image)
     loaded = _load_run(run)
-    try:
-        result = verify_pair(loaded, first_image, second_image, threshold=threshold, far=far)
-    except (ImageReadError, CalibrationError) as error:
-        fail(str(error))
+    result = verify_pair(loaded, first_image, second_image, threshold=threshold, far=far)
     if as_json:
         typer.echo(json.dumps(result))
         return
