@@ -195,22 +195,82 @@ def test_wrong_freeze_levels_and_input_sizes_are_one_line_errors(tmp_path, data_
     assert result.exit_code == 2 and "150x150" in result.output
 
 
+def strategy_loss_reference(strategy, margin):
+    """A batch of random embeddings and the loss the strategy gives it, from the explicit loops of tests/reference.py.
+
+    Returns ``(labels, embeddings, loss)``: a P x K = 4 x 2 batch, or for ``offline`` 4 triplets
+    stacked as [anchors; positives; negatives].
+    """
+    import reference
+
+    margin = margin if margin == "soft" else float(margin)
+    embeddings = np.random.default_rng(7).normal(size=(12 if strategy == "offline" else 8, 4))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    if strategy == "offline":
+        anchors, positives, negatives = np.split(embeddings, 3)
+        return np.zeros(12, np.int64), embeddings, reference.explicit_triplets(anchors, positives, negatives, margin,
+                                                                                 "euclidean")
+    labels = np.repeat(np.arange(4), 2)
+    if strategy == "batch_all":
+        return labels, embeddings, reference.batch_all(labels, embeddings, margin, "euclidean")[0]
+    return labels, embeddings, getattr(reference, strategy)(labels, embeddings, margin, "euclidean")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, margin", [("batch_all", "0.2"), ("semi_hard", "0.2"), ("offline", "0.2"),
                                               ("batch_hard", "soft")])
-def test_every_strategy_fine_tunes_the_face_network(tmp_path, data_dir, strategy, margin):
-    """One short epoch of each strategy on the face network (the last stage and the head training):
-    the run finishes with a finite loss and a calibrated threshold."""
+def test_every_strategy_fine_tunes_the_face_network(tmp_path, data_dir, monkeypatch, strategy, margin):
+    """One short epoch of each strategy on the face network (the last stage and the head training).
+
+    The run trains with the strategy's own loss (its trainer's triplet loss equals the explicit-loop
+    reference on a random batch), the epoch moves the last stage, the logged loss is the classification
+    term plus the triplet term, the fine-tuned network is no worse on the dev people than the pretrained
+    one, and the threshold is a euclidean distance between unit embeddings.
+    """
     import csv
 
+    from facetrip.training import run as training_run
+    from facetrip.training.weight_choice import EER_TOLERANCE
+
+    trainers, stage5_kernels = [], []
+    build_trainer, fit_epochs = training_run.build_trainer, training_run.fit_epochs
+
+    def stage5_kernel(trainer):
+        backbone = next(layer for layer in _all_layers(trainer.embedder) if layer.name == "face_resnet")
+        return backbone.get_layer("stage5_block1_conv1").get_weights()[0]
+
+    def recording_build_trainer(*arguments, **options):
+        trainers.append(build_trainer(*arguments, **options))
+        return trainers[-1]
+
+    def recording_fit_epochs(trainer, *arguments, **options):
+        stage5_kernels.append(stage5_kernel(trainer))
+        fit_epochs(trainer, *arguments, **options)
+        stage5_kernels.append(stage5_kernel(trainer))
+
+    monkeypatch.setattr(training_run, "build_trainer", recording_build_trainer)
+    monkeypatch.setattr(training_run, "fit_epochs", recording_fit_epochs)
     run_dir = tmp_path / strategy
     result = run_cli("train", "--epochs", "1", "-P", "4", "-K", "2", "--freeze", "stage4", "--strategy", strategy,
                      "--margin", margin, "--run-dir", run_dir, "--data-dir", data_dir, "--no-evaluate")
     assert result.exit_code == 0, result.output
+
+    (trainer,) = trainers
+    labels, embeddings, expected = strategy_loss_reference(strategy, margin)
+    np.testing.assert_allclose(float(trainer.triplet_loss(labels, embeddings.astype(np.float32))), expected, rtol=1e-5)
+    before, after = stage5_kernels
+    assert np.abs(after - before).max() > 1e-6  # the epoch trained the last stage
     with (run_dir / "metrics.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert rows and np.isfinite(float(rows[-1]["loss"]))
-    assert json.loads((run_dir / "metadata.json").read_text())["threshold"] is not None
+        (row,) = list(csv.DictReader(handle))
+    loss, triplet, classification = (float(row[key]) for key in ("loss", "triplet_loss", "classification_loss"))
+    assert np.isfinite([loss, triplet, classification]).all() and triplet > 0.0
+    np.testing.assert_allclose(loss, classification + triplet, rtol=1e-5)  # train.classification_weight = 1
+
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert (metadata["strategy"], str(metadata["margin"])) == (strategy, margin)
+    dev_eer = dict(metadata["weight_interpolation_choice"]["dev_eer"])
+    assert dev_eer[1.0] <= dev_eer[0.0] + EER_TOLERANCE  # fine-tuned against pretrained, on people never trained on
+    assert 0.0 < metadata["threshold"] < 2.0
 
 
 @pytest.mark.slow

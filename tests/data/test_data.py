@@ -273,9 +273,27 @@ def test_sampler_errors_say_what_to_change():
 
 
 def test_index_generation_scales_to_100k_identities():
-    labels = np.repeat(np.arange(100_000), 3)
-    batches = PKSampler(labels, 16, 4, seed=0).epoch(0)
-    assert batches.shape == (round(300_000 / 64), 64)
+    """100k identities of 3 photos each, shuffled over the set under arbitrary label values: every batch
+    holds P = 16 distinct identities with K = 4 photos each, all of their identity and all 3 of its
+    photos (K > 3: one repeated), no identity twice in the epoch (4,688 x 16 slots for 100k), checked
+    with vectorised NumPy."""
+    rng = np.random.default_rng(3)
+    values = rng.choice(10**9, size=100_000, replace=False)  # label values, not 0 .. N - 1
+    labels = rng.permutation(np.repeat(values, 3))  # (300000,) an identity's photos scattered
+    sampler = PKSampler(labels, 16, 4, seed=0)
+    batches = sampler.epoch(0)
+    assert batches.shape == (round(300_000 / 64), 64) and batches.dtype == np.int64
+    assert batches.min() >= 0 and batches.max() < len(labels)
+    groups = batches.reshape(len(batches), 16, 4)  # (batches, P, K) photo indices
+    group_labels = labels[groups]
+    assert np.all(group_labels == group_labels[:, :, :1])  # the K photos of a slot are of one identity
+    first = np.sort(group_labels[:, :, 0], axis=1)
+    assert np.all(first[:, 1:] != first[:, :-1])  # P distinct identities in every batch
+    distinct_photos = np.sort(groups, axis=2)
+    assert np.all((np.diff(distinct_photos, axis=2) > 0).sum(axis=2) == 2)  # 3 distinct photos per slot: all of them
+    visited = group_labels[:, :, 0].ravel()
+    assert len(np.unique(visited)) == len(visited)  # no identity twice in the epoch
+    assert np.array_equal(sampler.epoch(0), batches) and not np.array_equal(sampler.epoch(1), batches)
 
 
 # ------------------------------------------------------------------------------- pipeline

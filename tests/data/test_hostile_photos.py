@@ -1,10 +1,15 @@
 """Photos and cache files built to hurt: hidden GIF frames, PostScript, swapped files, FIFOs, links.
 
 Whatever a file holds, facetrip decodes only the frame it checked, opens only the formats it
-lists, uses the bytes it checked, never waits on a FIFO, and trusts no cache file it cannot
-prove is the chip of the photo it is looking up.
+lists, uses the bytes it checked and never waits on a FIFO. A cache file is used only when it is
+a regular file holding a well-formed 150 x 150 RGB chip labelled, right after its PNG header, with
+the key of the photo being looked up and the alignment version: another photo's chip, another
+alignment's, damaged files and files crafted with a wrong label or wrong chip data are computed
+again. The label is not a signature: a file made up with the right label by someone who can write
+the user's cache folder is used as it is.
 """
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -347,8 +352,70 @@ def _a_directory(data: bytes) -> None:
     cache_file_of(data).mkdir()
 
 
+def forged_cache_file(label: str, pixels: np.ndarray, texts: dict, label_after_pixels: bool = False) -> bytes:
+    """A cache file made up here: a PNG of ``pixels`` with the text chunks ``texts`` and a ``tEXt`` chunk
+    ``facetrip:cache_entry`` = ``label`` right after the IHDR chunk (or, if asked, after the pixels)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in texts.items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info)
+    png = buffer.getvalue()
+    payload = b"facetrip:cache_entry\0" + label.encode("latin-1")
+    chunk = struct.pack(">I", len(payload)) + b"tEXt" + payload + struct.pack(">I", zlib.crc32(b"tEXt" + payload))
+    at = len(png) - 12 if label_after_pixels else 8 + 25  # before IEND, or after the signature and IHDR
+    return png[:at] + chunk + png[at:]
+
+
+def forged_chip_texts(faces_detected="3", detector="cnn") -> dict:
+    return {"facetrip:faces_detected": faces_detected, "facetrip:detector": detector,
+            "facetrip:alignment": chip_cutting.ALIGNMENT_VERSION}
+
+
+def forged_label(data: bytes) -> str:
+    """The label of the photo ``data``'s cache file: its SHA-1 and the alignment version."""
+    return f"{hashlib.sha1(data).hexdigest()} {chip_cutting.ALIGNMENT_VERSION}"
+
+
+FORGED_PIXELS = np.full((150, 150, 3), (200, 30, 90), np.uint8)
+
+
+def _forged_for_another_photo(data: bytes) -> None:
+    """A well-formed chip labelled with another photo's key."""
+    forged = forged_cache_file(forged_label(noise_photo(99)), FORGED_PIXELS, forged_chip_texts())
+    cache_file_of(data).write_bytes(forged)
+
+
+def _forged_for_another_alignment(data: bytes) -> None:
+    label = f"{hashlib.sha1(data).hexdigest()} another-alignment_v1"
+    cache_file_of(data).write_bytes(forged_cache_file(label, FORGED_PIXELS, forged_chip_texts()))
+
+
+def _forged_label_after_the_pixels(data: bytes) -> None:
+    cache_file_of(data).write_bytes(forged_cache_file(forged_label(data), FORGED_PIXELS, forged_chip_texts(),
+                                                      label_after_pixels=True))
+
+
+def _forged_negative_detection_count(data: bytes) -> None:
+    cache_file_of(data).write_bytes(forged_cache_file(forged_label(data), FORGED_PIXELS, forged_chip_texts("-1")))
+
+
+def _forged_unknown_detector(data: bytes) -> None:
+    cache_file_of(data).write_bytes(forged_cache_file(forged_label(data), FORGED_PIXELS,
+                                                      forged_chip_texts(detector="made-up")))
+
+
+def _forged_grey_chip(data: bytes) -> None:
+    cache_file_of(data).write_bytes(forged_cache_file(forged_label(data), FORGED_PIXELS[:, :, 0], forged_chip_texts()))
+
+
 @pytest.mark.parametrize("spoil", [_another_photos_chip, _another_alignments_chip, _truncated, _not_chip_sized,
-                                   _claims_a_huge_image, _a_directory], ids=lambda spoil: spoil.__name__.strip("_"))
+                                   _claims_a_huge_image, _a_directory, _forged_for_another_photo,
+                                   _forged_for_another_alignment, _forged_label_after_the_pixels,
+                                   _forged_negative_detection_count, _forged_unknown_detector, _forged_grey_chip],
+                         ids=lambda spoil: spoil.__name__.strip("_"))
 def test_a_cache_file_that_is_not_this_photos_chip_is_computed_again(fresh_cache, detector_calls, spoil):
     data = noise_photo(5)
     with pytest.MonkeyPatch.context() as patch:
@@ -370,6 +437,20 @@ def test_a_cache_file_that_is_not_this_photos_chip_is_computed_again(fresh_cache
         chip_from_encoded(data)
         assert len(detector_calls) == calls_before + 1  # replaced by this photo's chip
     assert not [path.name for path in cached.parent.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_cache_file_forged_with_the_photos_label_is_used_as_it_is(fresh_cache, detector_calls):
+    """The limit of the cache's checks: a chip made up with this photo's key and alignment in its label is
+    this photo's chip as far as facetrip can tell (the label is no signature): whoever can write the
+    cache folder chooses the chip. The folder is the user's own, written with their umask."""
+    data = noise_photo(5)
+    cached = cache_file_of(data)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(forged_cache_file(forged_label(data), FORGED_PIXELS, forged_chip_texts()))
+    chip = chip_from_encoded(data)
+    assert detector_calls == []
+    np.testing.assert_array_equal(chip.pixels, FORGED_PIXELS)
+    assert (chip.faces_detected, chip.detector) == (3, "cnn")
 
 
 def test_cache_files_get_the_umasks_permissions(fresh_cache):

@@ -431,6 +431,39 @@ def eer_by_sweeping(distances, same):
     return best[1]
 
 
+def roc_by_counting(distances, same):
+    """(FAR, TAR) at every threshold from accepting nothing up (accept d <= t), counted."""
+    thresholds = [-np.inf, *np.unique(distances)]
+    return (np.array([np.mean(distances[~same] <= threshold) for threshold in thresholds]),
+            np.array([np.mean(distances[same] <= threshold) for threshold in thresholds]))
+
+
+def recorded_curves(monkeypatch) -> list:
+    """Every figure saved from now on, as the (x, y) data of its axes' lines, in order."""
+    import matplotlib.figure
+
+    figures = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def recording_savefig(self, *arguments, **keywords):
+        figures.append([(np.asarray(line.get_xdata()), np.asarray(line.get_ydata()))
+                        for axis in self.axes for line in axis.lines])
+        return savefig(self, *arguments, **keywords)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
+    return figures
+
+
+def assert_roc_png(path, size):
+    """A PNG of ``size`` pixels whose drawing is not blank: dark ink and the white page both present."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == size
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.min() < 100 and pixels.max() > 200 and np.mean(pixels < 200) > 0.01
+
+
 @pytest.mark.slow
 def test_train_ends_with_the_evaluation(finished_run, data_dir):
     """The train command's evaluation: baselines, the ROC plot, and the errors at the EER threshold.
@@ -445,7 +478,7 @@ def test_train_ends_with_the_evaluation(finished_run, data_dir):
     assert "(target 1%)" in flat(output) and "(dev FAR" in flat(output)  # the evaluation's and training's summaries
     report = json.loads((run_dir / "metrics.json").read_text())
     assert set(report["baselines"]) == {"raw pixels", "Eigenfaces", "Fisherfaces"}
-    assert (run_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_roc_png(run_dir / "roc.png", (660, 495))
     errors = report["errors"]
     assert errors["threshold"] == report["model"]["eer_threshold"]
     test_identities = set(json.loads((run_dir / "split.json").read_text())["test"])
@@ -470,10 +503,22 @@ def test_train_ends_with_the_evaluation(finished_run, data_dir):
 
 
 @pytest.mark.slow
-def test_evaluate_writes_metrics_and_roc(finished_run, tmp_path, data_dir):
+def test_evaluate_writes_metrics_and_roc(finished_run, tmp_path, data_dir, monkeypatch):
     """`facetrip evaluate` on all 4,950 test pairs; its AUC and EER equal those counted here from the
-    model's own distances (the AUC as the share of correctly ordered (same, different) pairs)."""
+    model's own distances (the AUC as the share of correctly ordered (same, different) pairs), and so
+    does the ROC curve roc.png draws first (FAR = 0 at the left edge of the log axis)."""
+    from facetrip.evaluation import metrics
+
     run_dir = copy_run(finished_run[0], tmp_path / "run")
+    figures = recorded_curves(monkeypatch)
+    roc_inputs = []  # (distances, same) of every ROC curve computed, the model's first
+    roc = metrics.roc
+
+    def recording_roc(distances, same):
+        roc_inputs.append((np.asarray(distances, np.float64), np.asarray(same, bool)))
+        return roc(distances, same)
+
+    monkeypatch.setattr(metrics, "roc", recording_roc)
     result = run_cli("evaluate", run_dir, "--data-dir", data_dir)
     assert result.exit_code == 0, result.output
     text = flat(result.output)
@@ -498,7 +543,17 @@ def test_evaluate_writes_metrics_and_roc(finished_run, tmp_path, data_dir):
     assert threshold["calibration_far_interval"] == metadata["calibration"]["far_interval"]
     # accuracy at a threshold = the share of correct decisions: (1 - FAR) N / (N + P) + (1 - FRR) P / (N + P)
     assert threshold["accuracy"] == pytest.approx((1 - threshold["far"]) * 4500 / 4950 + (1 - threshold["frr"]) * 450 / 4950)
-    assert (run_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_roc_png(run_dir / "roc.png", (660, 495))  # 6 x 4.5 inches at 110 dpi
+    model_x, model_y = figures[0][0]  # the model's curve: the first, of 4 (the 3 baselines after it)
+    assert len([line for line in figures[0] if len(line[0]) > 2]) == 4
+    model_distances, model_same = roc_inputs[0]  # the distances evaluate drew the model's curve from: the model's
+    np.testing.assert_allclose(np.sort(model_distances), np.sort(distances), atol=1e-5)
+    assert model_same.sum() == 450 and len(model_same) == 4950
+    false_accept, true_accept = roc_by_counting(model_distances, model_same)
+    np.testing.assert_allclose(model_y, true_accept, atol=1e-9)
+    drawn = false_accept > 0
+    np.testing.assert_allclose(model_x[drawn], false_accept[drawn], rtol=1e-9)
+    assert np.all(model_x[~drawn] == model_x.min()) and 0 < model_x.min() < false_accept[drawn].min()
 
     as_json = run_cli("evaluate", run_dir, "--data-dir", data_dir, "--json", "--no-baselines", "--max-pairs", "200", "--seed", "3")
     assert as_json.exit_code == 0, as_json.output

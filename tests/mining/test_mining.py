@@ -158,9 +158,13 @@ def test_empty_input():
 
 
 def test_float16_is_computed_like_float32(rng):
+    """float16 embeddings are widened: counts and mined triplets equal the float64 reference's on their values."""
     labels = pk_labels(6, 4)
     embeddings = rng.normal(size=(24, 5)).astype(np.float16)
-    assert count_triplets(embeddings, labels, 0.3) == count_triplets(embeddings.astype(np.float32), labels, 0.3)
+    expected = categorised_triplets(embeddings.astype(np.float64), labels, 0.3, "euclidean")
+    assert count_triplets(embeddings, labels, 0.3) == counts_of(expected)
+    assert as_set(mine_triplets(embeddings, labels, 0.3, categories=("hard", "semi_hard")).triplets) == \
+        expected["hard"] | expected["semi_hard"]
 
 
 # ------------------------------------------------------------------------- boundaries

@@ -115,15 +115,25 @@ def test_a_checkpoint_with_a_classifier_is_resumed_with_one_even_when_its_term_i
         resumed(None)
 
 
-@pytest.mark.parametrize("epoch, expected_key", [(0, "classification_loss"), (5, "triplet_loss")])
-def test_train_step_loss_is_the_weighted_sum(epoch, expected_key):
-    trainer = tiny_trainer(warmup_epochs=2, classification_weight=0.0)
+@pytest.mark.parametrize("epoch, weights", [(0, (1.0, 0.0)), (1, (0.3, 1.0))])
+def test_train_step_loss_is_the_weighted_sum(epoch, weights):
+    """loss = w_cls * classification + w_triplet * triplet, with w_cls = 0.3 after a one-epoch warm-up;
+    both terms as the explicit loops compute them from the embeddings and centres before the step."""
+    import reference
+
+    trainer = tiny_trainer(warmup_epochs=1, classification_weight=0.3)
     trainer.set_epoch(epoch)
+    assert trainer.phase_weights(epoch) == weights
     images = np.random.default_rng(1).random((6, 12, 10, 1)).astype(np.float32)
     labels = np.array([3, 3, 7, 7, 9, 9])
+    embeddings = trainer.embedder(images, training=True).numpy()  # batch statistics: what the step sees
+    classification = reference_classification_loss(embeddings, trainer.class_centres.numpy(), [0, 0, 1, 1, 2, 2], 8.0, 0.1)
+    triplet = reference.batch_hard(labels, embeddings, 0.2, "euclidean")
+    assert classification > 0.1 and triplet > 0.1
     logs = trainer.train_on_batch(images, labels, return_dict=True)
-    assert set(logs) >= {"loss", "triplet_loss", "classification_loss"}
-    np.testing.assert_allclose(logs["loss"], logs[expected_key], rtol=1e-5)
+    np.testing.assert_allclose(logs["classification_loss"], classification, rtol=1e-5)
+    np.testing.assert_allclose(logs["triplet_loss"], triplet, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], weights[0] * classification + weights[1] * triplet, rtol=1e-5)
 
 
 def test_warmup_moves_the_class_centres_and_the_embedder():

@@ -127,11 +127,38 @@ def test_offline_batches_hold_an_even_number_of_triplets():
         assert offline_triplets_per_batch(SimpleNamespace(batch_size=batch_size)) == expected
 
 
+def assert_one_trained_epoch(run_dir, strategy, identities_per_batch, images_per_identity):
+    """The run directory of a finished one-epoch run of ``strategy`` with P x K as given: its metadata,
+    config, one metrics row whose loss is the classification term plus the triplet term (weight 1 each),
+    a dev threshold within the euclidean range of unit embeddings, and dev errors better than chance."""
+    import csv
+    import json
+
+    from facetrip.config import Config
+
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert (metadata["epochs"], metadata["epochs_completed"], metadata["strategy"]) == (1, 1, strategy)
+    assert metadata["backbone"] == "resnet_small" and metadata["image_size"] == [32, 26]
+    config = Config.from_toml(run_dir / "config.toml")
+    assert (config.sampler.identities_per_batch, config.sampler.images_per_identity) == (identities_per_batch,
+                                                                                          images_per_identity)
+    assert 0.0 < metadata["threshold"] < 2.0 and metadata["threshold_source"] == "dev"
+    assert 0.5 < metadata["dev"]["auc"] <= 1.0 and metadata["dev"]["eer"] < 0.5
+    with (run_dir / "metrics.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    loss, triplet, classification = (float(row[key]) for key in ("loss", "triplet_loss", "classification_loss"))
+    assert row["epoch"] == "0" and np.isfinite([loss, triplet, classification]).all()
+    assert triplet > 0.0 and classification > 0.0  # both terms trained on
+    np.testing.assert_allclose(loss, classification + triplet, rtol=1e-5)
+    assert float(row["mean_embedding_norm"]) == pytest.approx(1.0, abs=1e-5)
+    assert (run_dir / "model.keras").is_file()
+
+
 @pytest.mark.slow
 def test_offline_training_of_the_scratch_model_does_not_crash(tmp_path, data_dir):
     """Regression: with 21 triplets (63 images) per batch, TF's oneDNN kernels killed the process
     (segfault) training the from-scratch width-8 model (configs/scratch.toml, once the default);
-    the run must now finish one epoch."""
+    the run must now finish one epoch and train on both loss terms."""
     import subprocess
     import sys
 
@@ -139,13 +166,14 @@ def test_offline_training_of_the_scratch_model_does_not_crash(tmp_path, data_dir
                "--config", str(SCRATCH), "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "run" / "model.keras").is_file()
+    assert_one_trained_epoch(tmp_path / "run", "offline", 16, 4)
 
 
 @pytest.mark.slow
 def test_online_training_of_the_scratch_model_on_odd_batches_does_not_crash(tmp_path, data_dir):
     """Regression: P x K = 21 x 3 = 63 killed the process ('munmap_chunk(): invalid pointer') in
-    oneDNN's strided 1x1 convolution of the width-8 model; the shortcut now subsamples first."""
+    oneDNN's strided 1x1 convolution of the width-8 model; the shortcut now subsamples first. The run
+    finishes its epoch on 21 x 3 batches and trains on both loss terms."""
     import subprocess
     import sys
 
@@ -153,4 +181,4 @@ def test_online_training_of_the_scratch_model_on_odd_batches_does_not_crash(tmp_
                "--config", str(SCRATCH), "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "run" / "model.keras").is_file()
+    assert_one_trained_epoch(tmp_path / "run", "batch_hard", 21, 3)

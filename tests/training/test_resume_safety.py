@@ -250,13 +250,38 @@ def test_written_files_get_the_permissions_of_the_umask(tmp_path, umask):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
-def test_training_curves_leave_out_a_row_cut_short(tmp_path):
+@pytest.mark.parametrize("cut_short", ["2,0.3,0.00", "2,0.3,0.00025,1.75,N"], ids=["values missing", "last value cut"])
+def test_training_curves_leave_out_a_row_cut_short(tmp_path, monkeypatch, cut_short):
+    """The curves drawn are the complete rows' values against 1-based epochs; the PNG is the 4-panel figure
+    at 100 dpi (1600 x 320), drawn, not blank."""
+    import io
+
+    import matplotlib.figure
+    from PIL import Image
+
     from facetrip.training.history import plot_metrics
 
+    drawn = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def recording_savefig(self, *arguments, **keywords):
+        drawn.append({(axis.get_title(), line.get_label()): (list(line.get_xdata()), list(line.get_ydata()))
+                      for axis in self.axes for line in axis.lines})
+        return savefig(self, *arguments, **keywords)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
     header = "epoch,fraction_positive_triplets,learning_rate,loss,val_loss\r\n"
-    (tmp_path / "metrics.csv").write_text(header + "0,0.5,0.001,2.5,NA\r\n1,0.4,0.0005,2.0,NA\r\n2,0.3,0.00")
+    (tmp_path / "metrics.csv").write_text(header + "0,0.5,0.001,2.5,NA\r\n1,0.4,0.0005,2.0,NA\r\n" + cut_short)
     plot_metrics(tmp_path)
-    assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn == [{
+        ("loss", "loss"): ([1, 2], [2.5, 2.0]),
+        ("fraction of positive triplets", "fraction_positive_triplets"): ([1, 2], [0.5, 0.4]),
+        ("learning rate", "learning_rate"): ([1, 2], [0.001, 0.0005]),
+    }]
+    with Image.open(tmp_path / "training_curves.png") as image:
+        assert image.format == "PNG" and image.size == (1600, 320)
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.min() < 100 and pixels.max() > 200 and np.mean(pixels < 200) > 0.005  # dark lines on white
 
 
 # ------------------------------------------------------------------------ resume after kill -9

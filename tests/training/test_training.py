@@ -142,23 +142,62 @@ def test_unknown_strategy_and_metric_are_one_line_errors(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_bf16_training_runs(tmp_path, data_dir):
-    result = run_cli("train", "--config", TINY, "--epochs", "1", "--precision", "bf16", "--run-dir", tmp_path / "bf16",
-                     "--data-dir", data_dir)
-    assert result.exit_code == 0, result.output
-    from facetrip.runs import load_embedding_model
+def test_bf16_training_computes_in_bfloat16_and_saves_float32_unit_embeddings(tmp_path, data_dir):
+    """One epoch with --precision bf16: the saved network computes its body in bfloat16 on float32 weights and
+    its head in float32, so embeddings come out float32 with unit norm; the run's config says bf16, the
+    process's Keras policy is float32 again afterwards, and the epoch's loss is finite."""
+    import csv
 
-    model = load_embedding_model(tmp_path / "bf16").get_layer("facetrip_embedder")  # inside the flip averaging
-    assert model.get_layer("projection").dtype_policy.compute_dtype == "float32"
-    assert any("bfloat16" in layer.dtype_policy.compute_dtype for layer in model.layers if hasattr(layer, "dtype_policy"))
+    import keras
+
+    from facetrip.runs import load_embedding_model, read_metadata
+
+    run_dir = tmp_path / "bf16"
+    try:
+        result = run_cli("train", "--config", TINY, "--epochs", "1", "--precision", "bf16", "--run-dir", run_dir,
+                         "--data-dir", data_dir)
+        assert result.exit_code == 0, result.output
+        assert keras.mixed_precision.global_policy().name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert Config.from_toml(run_dir / "config.toml").train.precision == "bf16"
+    metadata = read_metadata(run_dir)
+    assert metadata["epochs_completed"] == 1 and 0.0 < metadata["threshold"] < 2.0
+    with (run_dir / "metrics.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert np.isfinite(float(row["loss"])) and float(row["triplet_loss"]) > 0.0
+
+    saved = load_embedding_model(run_dir)
+    model = saved.get_layer("facetrip_embedder")  # inside the flip averaging
+    stem = model.get_layer("stem_conv")
+    assert stem.dtype_policy.compute_dtype == "bfloat16" and stem.kernel.dtype == "float32"
+    for name in ("projection", "l2_normalise"):
+        assert model.get_layer(name).dtype_policy.compute_dtype == "float32", name
+    images = np.random.default_rng(0).uniform(size=(4, 16, 14, 1)).astype(np.float32)
+    assert keras.ops.convert_to_numpy(model(images)).dtype == np.float32
+    embeddings = saved.predict(images, verbose=0)
+    assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
 
 
-def test_resnet50_backbone_builds_for_colour_input():
+def test_resnet50_backbone_is_keras_resnet50_under_the_centring_and_the_head():
+    """RGB 64 x 48 images (a 2 x 2 final feature map): the embedding is Keras' ResNet50 (no top) of 2 x - 1,
+    averaged over the map, projected and normalised, computed here from the layers' own weights."""
     from facetrip.models import build_embedding_model
 
-    model = build_embedding_model(input_shape=(32, 32, 3), embedding_dim=16, backbone="resnet50")
-    embeddings = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
-    assert embeddings.shape == (2, 16)
+    model = build_embedding_model(input_shape=(64, 48, 3), embedding_dim=16, backbone="resnet50")
+    resnet = model.get_layer("resnet50")
+    assert resnet.count_params() == 23_587_712  # keras.applications.ResNet50(include_top=False) on 3 channels
+    images = np.random.default_rng(0).uniform(size=(3, 64, 48, 3)).astype(np.float32)
+    embeddings = model(images, training=False).numpy()
+    assert embeddings.shape == (3, 16) and embeddings.dtype == np.float32
+    feature_map = resnet(2.0 * images - 1.0, training=False).numpy().astype(np.float64)  # (3, 2, 2, 2048)
+    assert feature_map.shape == (3, 2, 2, 2048)
+    kernel, bias = model.get_layer("projection").get_weights()
+    projection = feature_map.mean(axis=(1, 2)) @ kernel + bias  # (3, 16)
+    np.testing.assert_allclose(embeddings, projection / np.linalg.norm(projection, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+    assert min(np.linalg.norm(embeddings[i] - embeddings[j]) for i in range(3) for j in range(i)) > 1e-3
     with pytest.raises(ValueError, match="Unknown backbone"):
         build_embedding_model(backbone="vgg")
 

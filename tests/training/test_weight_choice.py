@@ -66,9 +66,24 @@ class RecordingModel:
         self.history.append(float(self.weights[0][0]))
 
 
+def eer_by_sweeping(embeddings, labels):
+    """The dev EER as the rule defines it, counted: every unordered pair's euclidean distance; for every
+    threshold from accepting nothing up, the share of different pairs within it (FAR) and of same pairs
+    beyond it (FRR); (FAR + FRR) / 2 where |FAR - FRR| is smallest (the first such threshold)."""
+    first, second = np.triu_indices(len(labels), k=1)
+    distances = np.sqrt(np.sum((embeddings[first] - embeddings[second]) ** 2, axis=1))
+    same = np.asarray(labels)[first] == np.asarray(labels)[second]
+    thresholds = np.r_[-np.inf, np.unique(distances)]
+    false_accept = np.searchsorted(np.sort(distances[~same]), thresholds, side="right") / np.sum(~same)
+    false_reject = 1.0 - np.searchsorted(np.sort(distances[same]), thresholds, side="right") / np.sum(same)
+    best = np.argmin(np.abs(false_accept - false_reject))
+    return (false_accept[best] + false_reject[best]) / 2
+
+
 def test_every_share_is_scored_on_at_most_max_photos_dev_photos_and_the_fine_tuned_weights_are_left(monkeypatch):
-    """Embeddings whose noise falls as the share grows: the choice follows the rule on the measured dev EERs,
-    scores a seeded sample of MAX_PHOTOS photos, and leaves the model holding the fine-tuned weights."""
+    """Embeddings whose noise falls as the share grows: every share is scored on the same seeded sample of
+    MAX_PHOTOS dev photos, its dev EER is the one counted here from the embeddings it was given, the share
+    chosen is the plain walk's on those counted EERs, and the model is left holding the fine-tuned weights."""
     from facetrip import embedding
     from facetrip.data.sources import FaceImages
     from facetrip.training import weight_choice
@@ -81,20 +96,26 @@ def test_every_share_is_scored_on_at_most_max_photos_dev_photos_and_the_fine_tun
     split = types.SimpleNamespace(dev=tuple(f"p{k}" for k in range(6)), train=())
     config = types.SimpleNamespace(data=types.SimpleNamespace(image_size=(150, 150), channels=3))
     model = RecordingModel()
-    sizes = []
+    scored = []  # (share, file names, labels, embeddings) of every call
 
     def fake_embed(model_, subset, image_size, channels):
-        sizes.append(len(subset))
-        share = model_.weights[0][0]  # the weights are [share]: pretrained [0], fine-tuned [1]
-        rng = np.random.default_rng(int(share * 10))
+        share = float(model_.weights[0][0])  # the weights are [share]: pretrained [0], fine-tuned [1]
+        rng = np.random.default_rng(int(round(share * 10)))
         centres = np.eye(8)[subset.labels]
-        return centres + rng.normal(scale=0.6 * (1 - share) + 0.05, size=centres.shape)
+        embeddings = centres + rng.normal(scale=0.6 * (1 - share) + 0.05, size=centres.shape)
+        scored.append((share, list(subset.file_names), list(subset.labels), embeddings))
+        return embeddings
 
     monkeypatch.setattr(embedding, "embed_faces", fake_embed)
     choice = choose_weight_interpolation(model, [np.array([0.0])], [np.array([1.0])], faces, split, config, "euclidean")
-    assert sizes == [60] * len(SHARES)
+    assert [share for share, *_ in scored] == pytest.approx(list(SHARES))
+    names = scored[0][1]
+    assert len(names) == 60 == len(set(names)) and all(entry[1] == names for entry in scored)
+    assert model.history[-1] == 1.0  # left fine-tuned
+    expected = [(share, eer_by_sweeping(embeddings, labels)) for share, _, labels, embeddings in scored]
     assert [share for share, _ in choice.dev_eer] == list(SHARES)
-    assert np.allclose(model.history[:-1], SHARES) and model.history[-1] == 1.0  # left fine-tuned
-    assert choice.dev_eer[0][1] > choice.dev_eer[-1][1]  # the noise made the pretrained end worse
-    assert choice.share == smallest_share_near_best(choice.dev_eer) > 0
+    np.testing.assert_allclose([eer for _, eer in choice.dev_eer], [eer for _, eer in expected], atol=1e-12)
+    assert expected[0][1] > expected[-1][1] + EER_TOLERANCE  # the noise made the pretrained end worse
+    counted = dict(expected)
+    assert choice.share == plain_choice(counted, EER_TOLERANCE) > 0
     assert f"saved {choice.share:g} of the way" in choice.reason
