@@ -15,6 +15,8 @@ RecordIO set (``train.rec`` + ``train.idx``), and measures, each command in its 
 - ``facetrip train`` of the face network for ``--steps`` steps: peak RSS and the time from
   the process's start to the end of the first training step; again with the triplet loss
   only (no classifier over the training identities, whose state grows with their number);
+  and, where the training identities outnumber ``train.classifier_sample``, with the full
+  classifier (``train.classifier_sample = 0``) beside the default sampled one;
 - ``facetrip embed --data ... --split test``: peak RSS;
 - batches/s of the random-access P x K pipeline against the in-memory pipeline (the
   photos' bytes held in a lookup table), at the smallest size, alternating runs.
@@ -45,6 +47,7 @@ from benchmarking import REPO_ROOT, markdown_table, write_report  # noqa: E402
 
 FACETRIP = [sys.executable, "-c", "from facetrip.cli import app; app()"]
 PHOTOS_PER_IDENTITY = 10
+DEFAULT_SAMPLE_SIZE = 8192  # train.classifier_sample's default (facetrip/config.py)
 
 
 def synthetic_photo(identity: int, index: int) -> bytes:
@@ -262,6 +265,7 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true",
                         help="skip the preparation rows and the pipeline rate: the memory rows, read from the "
                              "prepared sets an earlier run left in --workdir (prepared when missing)")
+    parser.add_argument("--train-only", action="store_true", help="with --memory-only: the train rows only")
     parser.add_argument("--gpu-check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
@@ -294,12 +298,21 @@ def main() -> None:
         print(f"[{photos:,} photos] training, triplet loss only ...", flush=True)
         triplet_only = train_row(f"folder:{folder}", data_dir, args.workdir / f"run_{photos}_triplet", args.steps,
                                  args.batch_size, {"train.classification_weight": 0.0, "train.warmup_epochs": 0})
-        embedded = embed_row(run_dir, f"folder:{folder}", data_dir, args.workdir / f"embed_{photos}")
-        evaluated = evaluate_row(run_dir, data_dir, baselines=True)
+        full = None  # above the sample size the default classifier is sampled: the full one beside it
+        if photos // PHOTOS_PER_IDENTITY > DEFAULT_SAMPLE_SIZE:
+            print(f"[{photos:,} photos] training, full classifier ...", flush=True)
+            full = train_row(f"folder:{folder}", data_dir, args.workdir / f"run_{photos}_full", args.steps,
+                             args.batch_size, {"train.classifier_sample": 0})
+        embedded = evaluated = None
+        if not args.train_only:
+            embedded = embed_row(run_dir, f"folder:{folder}", data_dir, args.workdir / f"embed_{photos}")
+            evaluated = evaluate_row(run_dir, data_dir, baselines=True)
         train_peaks.append((photos, trained["peak_rss"], triplet_only["peak_rss"]))
         memory_table.append([f"{photos:,}", gib(trained["peak_rss"]), gib(triplet_only["peak_rss"]),
-                             f"{trained['first_step']:.1f} s",
-                             f"{trained['seconds']:.0f} s", gib(embedded["peak_rss"]), gib(evaluated["peak_rss"])])
+                             "-" if full is None else gib(full["peak_rss"]),
+                             f"{trained['first_step']:.1f} s ({triplet_only['first_step']:.1f} s)",
+                             f"{trained['seconds']:.0f} s", "-" if embedded is None else gib(embedded["peak_rss"]),
+                             "-" if evaluated is None else gib(evaluated["peak_rss"])])
         print(memory_table[-1], flush=True)
     if prepare_table:
         lines += ["## Preparation (`--aligned dlib`, no detection)", ""]
@@ -311,9 +324,9 @@ def main() -> None:
         write_report(args.output, text)
         return
     lines += ["", f"## Training ({args.steps} steps of the face network, batch {args.batch_size}) and embedding", ""]
-    lines += markdown_table(["photos", "train peak RSS", "train peak RSS, triplet loss only", "first step",
-                             "train total", "embed --split test peak RSS", "evaluate peak RSS"], memory_table,
-                            "rrrrrrr")
+    lines += markdown_table(["photos", "train peak RSS", "train peak RSS, triplet loss only",
+                             "train peak RSS, full classifier", "first step (triplet loss only)", "train total",
+                             "embed --split test peak RSS", "evaluate peak RSS"], memory_table, "rrrrrrrr")
     if len(train_peaks) > 1:
         (first, default_first, triplet_first), (last, default_last, triplet_last) = train_peaks[0], train_peaks[-1]
         lines += ["", f"Train peak RSS at {last:,} photos against {first:,}: {default_last / default_first:.2f}x "
