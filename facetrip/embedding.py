@@ -35,7 +35,7 @@ PROJECTOR_CHECKPOINT_MAX_ROWS = 100_000
 SCRATCH_PREFIX = ".facetrip-scratch-"
 
 
-def embed_faces(model, faces, image_size, channels, batch_size: int = 128):
+def embed_faces(model, faces, image_size, channels, batch_size: int = 128, progress=None):
     """(N, D) float32 embeddings of every image of ``faces``, in order, through the tf.data input pipeline.
 
     Args:
@@ -44,6 +44,7 @@ def embed_faces(model, faces, image_size, channels, batch_size: int = 128):
         image_size: (height, width) of the model's input.
         channels: 1 (grey) or 3 (RGB).
         batch_size: images per predict batch.
+        progress: called as ``progress(done, N)`` after each batch, or None.
 
     Returns:
         (N, D) float32 array, row i the embedding of ``faces.encoded[i]``.
@@ -51,7 +52,14 @@ def embed_faces(model, faces, image_size, channels, batch_size: int = 128):
     from facetrip.data import image_dataset
 
     dataset = image_dataset(faces, tuple(image_size), channels, batch_size=batch_size).map(lambda images, labels: images)
-    return np.asarray(model.predict(dataset, verbose=0), np.float32)
+    callbacks = []
+    if progress is not None:
+        import keras
+
+        total = len(faces)
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_predict_batch_end=lambda batch, logs: progress(min((batch + 1) * batch_size, total), total)))
+    return np.asarray(model.predict(dataset, verbose=0, callbacks=callbacks), np.float32)
 
 
 def embedding_batches(model, faces, image_size, channels, batch_size: int = 128) -> Iterator[np.ndarray]:
@@ -78,7 +86,8 @@ def embedding_batches(model, faces, image_size, channels, batch_size: int = 128)
         yield np.asarray(model.predict_on_batch(images), np.float32)  # (B, D)
 
 
-def embed_faces_to_file(model, faces, image_size, channels, path: str | Path, batch_size: int = 128) -> np.ndarray:
+def embed_faces_to_file(model, faces, image_size, channels, path: str | Path, batch_size: int = 128,
+                        progress=None) -> np.ndarray:
     """Embed ``faces`` batch by batch into a ``.npy`` file, and return it memory-mapped, read-only.
 
     Each batch is written into the file (``numpy.lib.format.open_memmap``) as it comes, so
@@ -93,15 +102,27 @@ def embed_faces_to_file(model, faces, image_size, channels, path: str | Path, ba
         channels: 1 (grey) or 3 (RGB).
         path: the ``.npy`` file to write (replaced when it exists).
         batch_size: images per batch.
+        progress: called as ``progress(done, N)`` after each batch, or None.
 
     Returns:
         (N, D) float32 ``numpy.memmap`` of ``path`` opened with ``mmap_mode="r"``, row i the
         embedding of ``faces.encoded[i]``.
     """
     dimension = model.output_shape[-1]
-    write_npy_rows(path, embedding_batches(model, faces, image_size, channels, batch_size), len(faces),
-                   None if dimension is None else (int(dimension),))
+    batches = embedding_batches(model, faces, image_size, channels, batch_size)
+    if progress is not None:
+        batches = _counted(batches, len(faces), progress)
+    write_npy_rows(path, batches, len(faces), None if dimension is None else (int(dimension),))
     return np.load(path, mmap_mode="r")
+
+
+def _counted(batches: Iterable[np.ndarray], total: int, progress) -> Iterator[np.ndarray]:
+    """The batches, ``progress(rows so far, total)`` told after each."""
+    done = 0
+    for batch in batches:
+        done += len(batch)
+        progress(done, total)
+        yield batch
 
 
 def write_npy_rows(path: str | Path, chunks: Iterable[np.ndarray], num_rows: int, row_shape: tuple[int, ...] | None = None,

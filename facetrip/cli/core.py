@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import math
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -100,7 +102,7 @@ def setup_logging() -> None:
 
 
 def load_source(source: str, data_dir: Optional[str]):
-    """Load a data source for a command, with a spinner while tfds prepares it."""
+    """Load a data source for a command, shown (:class:`progress`) while tfds prepares it."""
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
@@ -110,12 +112,12 @@ def load_source(source: str, data_dir: Optional[str]):
 
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
-    with console.status(f"Loading {source} ..."):
+    with progress(f"Loading {source}"):
         return load_faces(source, data_dir=data_dir)
 
 
 def load_prepared_source(source: str, data_dir: Optional[str], face_chips: bool, aligned: str = "none"):
-    """A source's prepared set for a command, prepared the first time with a progress bar: ``(faces, chip report)``."""
+    """A source's prepared set for a command, prepared the first time with :class:`progress`: ``(faces, chip report)``."""
     from facetrip.tf_runtime import import_tensorflow
 
     import_tensorflow()
@@ -125,8 +127,8 @@ def load_prepared_source(source: str, data_dir: Optional[str], face_chips: bool,
 
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
-    with preparation_progress(console, f"Preparing {source}") as progress:
-        return load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned, progress=progress)
+    with progress(f"Preparing {source}") as shown:
+        return load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned, progress=shown)
 
 
 def _print_version_and_exit(requested: bool) -> None:
@@ -225,7 +227,8 @@ def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Opti
              f"use --split all, or give image files.")
     source = data_source or loaded.metadata["source"]
     setup_logging()
-    faces, report = loaded.load_faces(source, data_dir)
+    with progress(f"Preparing {source}") as shown:  # the first time only
+        faces, report = loaded.load_faces(source, data_dir, progress=shown)
     if split != "all":
         faces = faces.restricted_to(IdentitySplit.from_dict(loaded.metadata["split"]).identities(split))
         if report is not None:
@@ -283,32 +286,132 @@ THRESHOLD_HELP = "Decide with this distance threshold instead of the run's."
 FAR_HELP = "Decide with the threshold for this false accept rate (0.001 = 0.1%) on the run's dev pairs."
 
 
-class preparation_progress:
-    """A rich bar on a terminal, a log line at most every 30 s otherwise; called as ``progress(done, total)``."""
+# Without a terminal (a log file, CI, a pipe), a long stage prints a progress line at most this often.
+PROGRESS_LINE_SECONDS = 30.0
 
-    def __init__(self, console: Console, what: str):
-        self.console = console
-        self.what = what
+
+class progress:
+    """What a long command is doing, on stderr: a rich bar on a terminal, else a plain line at most every 30 s.
+
+    A context manager. What it gives is the display itself: the library's loops call it as
+    ``shown(done, total)`` (their ``progress`` callbacks), and ``shown.stage(description)``
+    (their ``on_stage`` callbacks) starts the next stage, whose count and clock start again.
+
+    Without a terminal a stage prints a line such as
+
+        Embedding: 1,024 / 7,000 photos (15%), 42 s, about 4 min left
+
+    once ``every_seconds`` have passed since it started or since its last line, and a last
+    line when it ends, once it printed one or lasted that long: a short stage prints
+    nothing. Everything goes to stderr (:data:`error_console`): stdout stays the command's
+    output, JSON included.
+
+    Args:
+        description: what the first stage does (a trailing " ..." is dropped).
+        total: how many it counts to, if known.
+        unit: what it counts.
+        every_seconds: at most one line this often (default :data:`PROGRESS_LINE_SECONDS`).
+        clock: seconds, monotonic.
+        output: the console (default :data:`error_console`).
+    """
+
+    def __init__(self, description: str = "", total: Optional[int] = None, unit: str = "photos", *,
+                 every_seconds: Optional[float] = None, clock: Callable[[], float] = time.monotonic,
+                 output: Optional[Console] = None):
+        self.output = output if output is not None else error_console
+        self.every_seconds = PROGRESS_LINE_SECONDS if every_seconds is None else every_seconds
+        self.clock = clock
+        self.unit = unit
         self.bar = None
         self.task = None
+        self._begin(description, total)
 
-    def __enter__(self):
-        if not self.console.is_terminal:
-            from facetrip.data.records import logged_progress
+    def _begin(self, description: str, total: Optional[int]) -> None:
+        self.description = description.strip().removesuffix("...").strip()
+        self.total = total
+        self.done = 0
+        self.started = self.last_line = self.clock()
+        self.lines = 0
+        self.shown = None  # (done, total) of the stage's last line
 
-            return logged_progress(self.what)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def __enter__(self) -> "progress":
+        if self.output.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=self.console, transient=True)
-        self.bar.__enter__()
-        self.task = self.bar.add_task(escape(self.what), total=None)
-        return self._update
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=self.output, transient=True)
+            self.bar.start()
+            self._add_task()
+        return self
 
-    def _update(self, done: int, total: int) -> None:
-        self.bar.update(self.task, completed=done, total=total)
+    def _add_task(self) -> None:
+        self.task = self.bar.add_task(escape(self.description), total=self.total, count=self._count())
 
-    def __exit__(self, *exc_info):
+    def stage(self, description: str, total: Optional[int] = None) -> None:
+        """The next stage: the previous one ends (its last line, if it printed any), and counts and clock start again."""
+        self._end()
+        self._begin(description, total)
         if self.bar is not None:
-            self.bar.__exit__(*exc_info)
+            self.bar.remove_task(self.task)
+            self._add_task()
+
+    def __call__(self, done: int, total: Optional[int] = None) -> None:
+        """``done`` of the stage's ``total`` (given here, or when the stage started) are done."""
+        self.done = done
+        if total is not None:
+            self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=self.total, count=self._count())
+            return
+        now = self.clock()
+        if self.total is not None and done >= self.total:
+            if self.lines or now - self.started >= self.every_seconds:
+                self._line(now)
+        elif now - self.last_line >= self.every_seconds:
+            self._line(now)
+
+    def _count(self) -> str:
+        if self.total is None:
+            return f"{self.done:,}" if self.done else ""
+        return f"{self.done:,}/{self.total:,}"
+
+    def _left(self, now: float) -> Optional[str]:
+        if not self.total or not self.done or self.done >= self.total:
+            return None
+        return f"about {_duration(math.ceil((now - self.started) * (self.total - self.done) / self.done))} left"
+
+    def _line(self, now: float) -> None:
+        if self.shown == (self.done, self.total):
+            return
+        count = f"{self.done:,}"
+        if self.total is not None:
+            count += f" / {self.total:,} {self.unit}" + (f" ({100 * self.done // self.total}%)" if self.total else "")
+        else:
+            count += f" {self.unit}"
+        left = self._left(now)
+        text = f"{self.description}: {count}, {_duration(now - self.started)}" + (f", {left}" if left else "")
+        self.output.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.last_line = now
+        self.lines += 1
+        self.shown = (self.done, self.total)
+
+    def _end(self) -> None:
+        """The stage's last line, when it printed some and the last did not say where it ended."""
+        if self.bar is None and self.lines:
+            self._line(self.clock())
+
+    def __exit__(self, error_type, *exc_info) -> bool:
+        if error_type is None:
+            self._end()
+        if self.bar is not None:
+            self.bar.stop()
         return False
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12 min`` or ``2 h 5 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"

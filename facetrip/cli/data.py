@@ -9,11 +9,12 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, app, console, fail, load_prepared_source, load_source, setup_logging,
+    DATA_DIR_HELP, DATA_HELP, app, console, load_prepared_source, load_source, maps_errors, progress, setup_logging,
 )
 
 
 @app.command()
+@maps_errors("facetrip.data:DataError")
 def data(
     source: str = typer.Argument("orl_faces", help=DATA_HELP),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -28,24 +29,21 @@ def data(
     """Prepare a data source and show what training would get from it: identities, split, P x K batches, faces found."""
     import numpy as np
 
-    from facetrip.data import DataError, PKSampler, split_identities
+    from facetrip.data import PKSampler, split_identities
 
     setup_logging()
     report = None
-    try:
-        if export is not None:  # the photos as they are
-            faces = load_source(source, data_dir)
-        else:  # the prepared set (prepared now, the first time), as training reads it
-            faces, report = load_prepared_source(source, data_dir, face_chips)
-        split = split_identities(faces.identity_names, dev=dev, test=test, seed=seed)
-        train = faces.restricted_to(split.train)
-        sampler = PKSampler(train.labels, identities_per_batch, images_per_identity, seed=seed)
-        if export is not None:
-            from facetrip.data.folder_export import export_faces
+    if export is not None:  # the photos as they are
+        faces = load_source(source, data_dir)
+    else:  # the prepared set (prepared now, the first time), as training reads it
+        faces, report = load_prepared_source(source, data_dir, face_chips)
+    split = split_identities(faces.identity_names, dev=dev, test=test, seed=seed)
+    train = faces.restricted_to(split.train)
+    sampler = PKSampler(train.labels, identities_per_batch, images_per_identity, seed=seed)
+    if export is not None:
+        from facetrip.data.folder_export import export_faces
 
-            written = export_faces(faces, export)
-    except DataError as error:
-        fail(str(error))
+        written = export_faces(faces, export)
 
     counts = faces.images_per_identity()
     from rich.markup import escape
@@ -61,8 +59,8 @@ def data(
     if face_chips and report is None:
         from facetrip.data.model_input import prepare_faces
 
-        with console.status(f"Aligning the faces of {len(faces):,} photos ..."):
-            _, report = prepare_faces(faces, True)
+        with progress("Aligning faces", len(faces)) as shown:
+            _, report = prepare_faces(faces, True, shown)
     if report is not None:
         table.add_row("face chips", escape(report.summary()))
     if export is not None:

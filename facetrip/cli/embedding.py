@@ -10,7 +10,7 @@ from rich.table import Table
 
 from facetrip.cli.core import (
     DATA_DIR_HELP, DATA_HELP, RUN_HELP, _load_run, _number_or_word, _one_run, _print_face_counts, _split_of_run, app,
-    console, fail, setup_logging,
+    console, fail, progress, setup_logging,
 )
 
 
@@ -40,8 +40,8 @@ def embed(
             paths, labels = collect_images(inputs)
             if not paths:
                 fail("No image files found in the given inputs.")
-            with console.status(f"Reading {len(paths)} images ..."):
-                faces, faces_detected = loaded.faces_of_files(paths)
+            with progress("Aligning faces" if loaded.face_chips else "Reading photos", len(paths)) as shown:
+                faces, faces_detected = loaded.faces_of_files(paths, progress=shown)
             target = output or loaded.path / "embeddings"
         else:
             faces = _split_of_run(loaded, split, data_source, data_dir)
@@ -58,8 +58,9 @@ def embed(
     # of rows at a time: a split of any size embeds in memory bounded by the batch.
     with scratch_npy_path(target, target.parent) as scratch:
         try:
-            with console.status(f"Embedding {len(faces)} images ..."):
-                embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)
+            with progress("Embedding", len(faces)) as shown:
+                embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch,
+                                                 progress=shown)
         except OSError as error:  # the scratch file: a full disk
             fail(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}.")
         num_embeddings, embedding_dim = embeddings.shape
@@ -73,7 +74,11 @@ def embed(
     if as_json:
         from facetrip.data.model_input import file_face_detectors
 
-        detectors = file_face_detectors(paths) if faces_detected is not None else [None] * len(paths)
+        try:
+            detectors = file_face_detectors(paths) if faces_detected is not None else [None] * len(paths)
+        except ImageReadError as error:  # a photo gone or changed since it was embedded: what is written stays
+            fail(f"{str(error).rstrip('.')} (since it was embedded). The embeddings are written to {target}/, but "
+                 f"which detector found each face cannot be read back for the JSON: run again with the photos in place.")
         photos = [{"path": str(path), "label": label,
                    **({} if count is None else {"faces_detected": int(count), "face_detector": detector})}
                   for path, label, count, detector in zip(paths, labels, faces_detected or [None] * len(paths), detectors)]
@@ -116,11 +121,13 @@ def mine(
     faces = _split_of_run(loaded, split, None, data_dir)
     target = output or loaded.path / f"triplets-{split}.npz"
     # Embedded a batch at a time into a scratch file, which the mining reads a chunk of rows at a time.
-    with console.status(f"Embedding {len(faces)} images and mining ..."), scratch_npy_path(target.parent, loaded.path) as scratch:
+    with progress("Embedding", len(faces)) as shown, scratch_npy_path(target.parent, loaded.path) as scratch:
         try:
-            embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch)  # (N, D)
+            embeddings = embed_faces_to_file(loaded.model, faces, loaded.image_size, loaded.channels, scratch,
+                                             progress=shown)  # (N, D)
         except OSError as error:  # the scratch file: a full disk
             fail(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}.")
+        shown.stage("Mining triplets")
         result = mine_triplets(embeddings, faces.labels, chosen_margin, metric=loaded.metadata["metric"],
                                max_triplets=max_triplets, seed=seed)
         del embeddings

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _one_run, _percent, app, console, error_console, fail, maps_errors,
+    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _one_run, _percent, app, console, error_console, fail, maps_errors, progress,
     setup_logging,
 )
 
@@ -23,8 +23,8 @@ def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
     from facetrip.runs import RunError
 
     try:
-        with console.status("Evaluating on the test identities ...") as status:
-            report = evaluate_run(run_dir, data_dir=data_dir, on_stage=lambda message: status.update(message))
+        with progress("Evaluating on the test identities") as shown:
+            report = evaluate_run(run_dir, data_dir=data_dir, on_stage=shown.stage, progress=shown)
     except ReportNotWritten as error:  # computed but not saved: show it, then say what could not be written
         from rich.markup import escape
 
@@ -135,10 +135,10 @@ def evaluate(
     not_written = None
     try:
         target = run_dir if run_dir is not None else latest_run()
-        with console.status("Evaluating ...") as status:
+        with progress("Evaluating") as shown:
             report = evaluate_run(
                 target, pairs_file=pairs, max_pairs=max_pairs, seed=seed, baselines=with_baselines,
-                data_source=data_source, data_dir=data_dir, on_stage=lambda message: status.update(message),
+                data_source=data_source, data_dir=data_dir, on_stage=shown.stage, progress=shown,
             )
     except ReportNotWritten as error:  # computed, but the run directory cannot be written: show it all first
         report, not_written = error.report, error

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, FAR_HELP, THRESHOLD_HELP, _load_run, app, console, fail, maps_errors, setup_logging,
-    shown_path,
+    DATA_DIR_HELP, DATA_HELP, FAR_HELP, THRESHOLD_HELP, _load_run, app, console, fail, maps_errors, progress,
+    setup_logging, shown_path,
 )
 
 # The errors of index / identify / cluster that are the user's to fix: one line each, exit 2.
@@ -49,9 +49,9 @@ def index(
     setup_logging()
     loaded = _load_run(run)
     try:
-        with console.status("Indexing ...") as status:
+        with progress("Indexing") as shown:
             summary = index_gallery(loaded, gallery, output, add=add, overwrite=overwrite, ann=ann, data_dir=data_dir,
-                                    on_stage=lambda message: status.update(escape(message)))
+                                    on_stage=shown.stage, progress=shown)
     except OSError as error:
         fail(f"Cannot write the index into {output}: {error.strerror or error}; choose another folder with -o.")
     if as_json:
@@ -117,9 +117,10 @@ def identify(
     gallery = load_index(loaded, index_dir)
     people = gallery.manifest["people"]
     chosen, rule = run_threshold(loaded, threshold, far, false_alarm, people)
-    with console.status(f"Identifying {len(photos)} photos ..."):
-        probes = read_files(photos, [0] * len(photos), ["?"], "photos", skip_unreadable=False)
-        embedded = embed_photos(loaded, probes.faces)
+    with progress("Reading the photos", len(photos)) as shown:
+        probes = read_files(photos, [0] * len(photos), ["?"], "photos", skip_unreadable=False, progress=shown)
+        embedded = embed_photos(loaded, probes.faces, on_stage=shown.stage, progress=shown)
+        shown.stage("Searching the index")
         found = identify_with_index(gallery, embedded, chosen, top_k, score, _search_option(ann))
     for photo, result, count in zip(photos, found["results"], embedded.faces_detected):
         result.update({"photo": str(photo), "faces_detected": int(count)})
@@ -186,9 +187,8 @@ def cluster(
     loaded = _load_run(run)
     try:
         chosen, rule = run_threshold(loaded, threshold, far)
-        with console.status("Clustering ...") as status:
-            found = cluster_photos(loaded, photos, chosen, algorithm, on_stage=lambda message: status.update(escape(message)),
-                                   out_dir=output)
+        with progress("Clustering") as shown:
+            found = cluster_photos(loaded, photos, chosen, algorithm, on_stage=shown.stage, out_dir=output, progress=shown)
         alone, no_face = int((found.clusters == -1).sum()), int((found.clusters == -2).sum())
         summary = {"run": str(loaded.path), "algorithm": algorithm, "metric": loaded.metadata["metric"], "threshold": chosen,
                    "threshold_rule": rule, "photos": len(found.files), "clusters": found.num_clusters,

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from facetrip.cli.core import app, console, maps_errors, preparation_progress, setup_logging
+from facetrip.cli.core import app, console, maps_errors, progress, setup_logging
 
 # The failed photos a run of `prepare` names one by one; the rest are counted.
 SHOWN_FAILURES = 20
@@ -54,10 +54,10 @@ def prepare(
 
     tfds.disable_progress_bar()
     started = time.monotonic()
-    with preparation_progress(console, f"Preparing {source}") as progress:
+    with progress(f"Preparing {source}") as shown:
         faces, report = load_model_faces(source, data_dir=data_dir, face_chips=face_chips, aligned=aligned,
                                          workers=workers, beam_runner=beam_runner, beam_options=beam_options,
-                                         progress=progress, chip_format=chip_format)
+                                         progress=shown, chip_format=chip_format)
     seconds = time.monotonic() - started
     prepared = faces.encoded.prepared
     failed = int(prepared.failed.sum())

@@ -9,12 +9,14 @@ from typing import Optional
 import typer
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, _number_or_word, _percent, app, console, error_console, fail, maps_errors, setup_logging,
+    DATA_DIR_HELP, DATA_HELP, PROGRESS_LINE_SECONDS, _number_or_word, _percent, app, console, error_console, fail,
+    maps_errors, setup_logging,
 )
 
 
-# Without a terminal (a log file, CI), an epoch line at most this often, plus the first and the last.
-LOG_LINE_SECONDS = 30.0
+# Without a terminal (a log file, CI), an epoch line at most this often, plus the first and the last:
+# as often as the other commands' progress lines.
+LOG_LINE_SECONDS = PROGRESS_LINE_SECONDS
 
 
 def rich_progress_callback(total_epochs: int, initial_epoch: int = 0, log_line_seconds: float = LOG_LINE_SECONDS):

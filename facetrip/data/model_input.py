@@ -46,7 +46,7 @@ def model_input_metadata(face_chips: bool, chip_report=None) -> dict[str, Any]:
     }
 
 
-def prepare_faces(faces, face_chips: bool):
+def prepare_faces(faces, face_chips: bool, progress=None):
     """A data set as the model's photos: its aligned face chips, or the images as they are.
 
     Photos read from a prepared set (``faces.model_input`` set) are ready as they are; their
@@ -55,6 +55,7 @@ def prepare_faces(faces, face_chips: bool):
     Args:
         faces: :class:`~facetrip.data.FaceImages` of encoded photos.
         face_chips: reduce each photo to its aligned face chip first.
+        progress: called as ``progress(done, total)`` while photos are aligned, or None.
 
     Returns:
         ``(FaceImages, ChipReport or None)``.
@@ -73,7 +74,7 @@ def prepare_faces(faces, face_chips: bool):
         return faces, None
     from facetrip.data.face_chips import chip_faces
 
-    return chip_faces(faces)
+    return chip_faces(faces, progress)
 
 
 def encoded_inputs(encoded, face_chips: bool) -> tuple[list[bytes], list[int] | None]:
@@ -102,12 +103,13 @@ def encoded_inputs(encoded, face_chips: bool) -> tuple[list[bytes], list[int] | 
     return [encode_chip(chip) for chip in chips], [chip.faces_detected for chip in chips]
 
 
-def file_inputs(paths, face_chips: bool) -> tuple[list[bytes], list[int] | None]:
+def file_inputs(paths, face_chips: bool, progress=None) -> tuple[list[bytes], list[int] | None]:
     """A user's photo files as the encoded images the model's preprocessing reads.
 
     Args:
         paths: photo files (any size, any format of :data:`~facetrip.data.images.PIL_FORMATS`).
         face_chips: reduce each photo to its aligned face chip first.
+        progress: called as ``progress(done, total)`` after each photo, or None.
 
     Returns:
         ``(encoded images, faces detected per photo)``; None instead of the counts without face chips.
@@ -115,14 +117,24 @@ def file_inputs(paths, face_chips: bool) -> tuple[list[bytes], list[int] | None]
     Raises:
         ImageReadError: naming the first missing or unreadable file.
     """
+    paths = list(paths)
+
+    def each(read):
+        results = []
+        for path in paths:
+            results.append(read(path))
+            if progress is not None:
+                progress(len(results), len(paths))
+        return results
+
     if not face_chips:
         from facetrip.data.images import read_image_bytes
 
-        return [read_image_bytes(path) for path in paths], None
+        return each(read_image_bytes), None
     from facetrip.data.chip_png import encode_chip
     from facetrip.data.face_chips import chip_from_file
 
-    chips = [chip_from_file(path) for path in paths]
+    chips = each(chip_from_file)
     return [encode_chip(chip) for chip in chips], [chip.faces_detected for chip in chips]
 
 

@@ -362,6 +362,7 @@ def evaluate_run(
     data_source: str | None = None,
     data_dir: str | None = None,
     on_stage: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on identities it never trained on; write ``metrics.json`` and ``roc.png``.
 
@@ -381,6 +382,9 @@ def evaluate_run(
             of the run (:func:`identities_of_another_source`).
         data_dir: tfds storage folder (default: tfds' own).
         on_stage: called with a short message as each stage starts (a progress display).
+        progress: called as ``progress(done, total)`` while the data set is prepared (its first
+            use) and while its photos are embedded, each stage told by ``on_stage`` first; None
+            to log the preparation at most every 30 s.
 
     Returns:
         The report written to ``metrics.json``: ``model``, ``baselines`` (name -> metrics,
@@ -421,7 +425,7 @@ def evaluate_run(
     stage(f"Loading {source} ...")
     faces, _ = load_model_faces(source, data_dir=data_dir, face_chips=run.face_chips,
                                 aligned="none" if other_source else run.aligned,  # aligned describes the run's photos
-                                progress=logged_progress(f"Preparing {source}"))  # as the model reads them
+                                progress=progress or logged_progress(f"Preparing {source}"))  # as the model reads them
     left_out: list[str] = []
 
     if named is not None:
@@ -467,13 +471,14 @@ def evaluate_run(
     used_faces, pairs = _compact(faces, pairs)
     if run.face_chips:
         stage(f"Aligning the faces of {len(used_faces):,} photos ...")
-    used_faces, chip_report = run.prepare_faces(used_faces)  # the photos as the model reads them
+    used_faces, chip_report = run.prepare_faces(used_faces, progress=progress)  # the photos as the model reads them
 
     stage(f"Embedding {len(used_faces):,} images ...")
     metric = metadata["metric"]
     # A batch at a time into a scratch file, read back a chunk of pairs at a time: memory bounded by the batch.
     with _scratch_file(run_dir) as scratch:
-        embeddings = embed_faces_to_file(run.model, used_faces, run.image_size, run.channels, scratch)  # (U, D) memmap
+        embeddings = embed_faces_to_file(run.model, used_faces, run.image_size, run.channels, scratch,
+                                         progress=progress)  # (U, D) memmap
         model_distances = distances_of_pairs(embeddings.__getitem__, pairs.first, pairs.second, metric)  # (M,)
         del embeddings
     model_metrics = verification_metrics(model_distances, pairs.same, pairs.folds, seed)
@@ -522,7 +527,7 @@ def evaluate_run(
             train_faces = train_faces.take(fit_sample(len(train_faces), seed))  # preprocess only what is fitted on
             stage(f"Fitting the baselines on {len(train_faces):,} training images ...")
             try:
-                train_faces, _ = run.prepare_faces(train_faces)  # the same inputs as the model's
+                train_faces, _ = run.prepare_faces(train_faces, progress=progress)  # the same inputs as the model's
                 baseline_size, baseline_channels = baseline_input(run)
                 fitted = fit_baselines(preprocess_images(train_faces, baseline_size, baseline_channels), train_faces.labels, seed)
             except BaselineError as error:

@@ -21,6 +21,7 @@ from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, 
                                             top_people_from_candidates)
 
 Stage = Callable[[str], None] | None
+Progress = Callable[[int, int], None] | None
 
 
 def run_threshold(run, threshold: float | None, far: float | None, false_alarm: float | None = None,
@@ -94,7 +95,8 @@ class IndexSummary:
 
 
 def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, overwrite: bool = False,
-                  ann: bool | None = None, data_dir: str | None = None, on_stage: Stage = None) -> IndexSummary:
+                  ann: bool | None = None, data_dir: str | None = None, on_stage: Stage = None,
+                  progress: Progress = None) -> IndexSummary:
     """Embed a gallery of known people with a run's model and write (or extend) an index.
 
     Args:
@@ -107,6 +109,7 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
             :data:`facetrip.identification.ann.ANN_MIN_ENTRIES` photos when its library is installed (None).
         data_dir: tfds storage folder for data source specs.
         on_stage: called with a short message as each stage starts.
+        progress: called as ``progress(done, total)`` while photos are read, aligned and embedded.
 
     Returns:
         :class:`IndexSummary`.
@@ -131,7 +134,7 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
         ann_search.require_library()
     if on_stage is not None:
         on_stage(f"Reading {gallery} ...")
-    photos = gallery_photos(gallery, data_dir, run)
+    photos = gallery_photos(gallery, data_dir, run, progress)
     faces = photos.faces
     if not len(faces):
         raise GalleryIndexError(f"The gallery {gallery} holds no readable photo: nothing to index.")
@@ -141,7 +144,7 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
         def scratch_path() -> Path:
             return scratch.enter_context(scratch_npy_path(index_dir, index_dir.parent))
 
-        embedded = embed_photos(run, faces, on_stage, embeddings_path=scratch_path())
+        embedded = embed_photos(run, faces, on_stage, embeddings_path=scratch_path(), progress=progress)
         with_face = embedded.face_found
         no_face = [str(name) for name in faces.file_names[~with_face]]
         if not with_face.any():
@@ -278,22 +281,25 @@ NO_FACE = -2
 
 
 def cluster_photos(run, inputs, threshold: float, algorithm: str = DEFAULT_ALGORITHM, on_stage: Stage = None,
-                   out_dir: str | Path | None = None) -> Clustering:
+                   out_dir: str | Path | None = None, progress: Progress = None) -> Clustering:
     """Group unlabelled photos by person with a run's model and threshold.
 
     Photos without a detected face (runs on face chips) are not clustered; unreadable files
     are listed. Files inside ``out_dir`` (the contact sheets of an earlier clustering into a
-    folder among the inputs) are not photos to cluster.
+    folder among the inputs) are not photos to cluster. ``on_stage`` is told of each stage,
+    and ``progress(done, total)`` of the photos read, aligned and embedded.
 
     Raises:
         GalleryIndexError: no readable photo among the inputs.
         ClusteringError: see :func:`facetrip.identification.clustering.cluster_embeddings`.
     """
-    photos = unlabelled_photos(inputs, skip_unreadable=True, outside=out_dir)
+    if on_stage is not None:
+        on_stage("Reading the photos ...")
+    photos = unlabelled_photos(inputs, skip_unreadable=True, outside=out_dir, progress=progress)
     if not len(photos.faces):
         listed = f" ({len(photos.skipped)} unreadable)" if photos.skipped else ""
         raise GalleryIndexError(f"No readable photo among the inputs{listed}: nothing to cluster.")
-    embedded = embed_photos(run, photos.faces, on_stage)
+    embedded = embed_photos(run, photos.faces, on_stage, progress=progress)
     with_face = embedded.face_found
     if on_stage is not None:
         on_stage(f"Clustering {int(with_face.sum()):,} photos ({algorithm}) ...")

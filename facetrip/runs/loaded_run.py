@@ -74,8 +74,10 @@ class Run:
         prepared, faces_detected = encoded_inputs(encoded, self.face_chips)
         return decode_inputs(prepared, self.image_size, self.channels), faces_detected
 
-    def faces_of_files(self, paths):
+    def faces_of_files(self, paths, progress=None):
         """Photo files as the encoded images the model reads, left encoded: an embedding decodes a batch at a time.
+
+        ``progress``, if given, is called as ``progress(done, total)`` after each photo.
 
         Returns:
             ``(FaceImages, faces detected per photo)``: one unlabelled image per file, in order
@@ -87,7 +89,7 @@ class Run:
         from facetrip.data import FaceImages
         from facetrip.data.model_input import file_inputs
 
-        encoded, faces_detected = file_inputs(paths, self.face_chips)
+        encoded, faces_detected = file_inputs(paths, self.face_chips, progress)
         images = np.empty(len(encoded), dtype=object)  # (N,) bytes
         images[:] = encoded
         faces = FaceImages(encoded=images, labels=np.zeros(len(encoded), np.int64), identity_names=["?"],
@@ -110,7 +112,7 @@ class Run:
         """(N, D) float32 embeddings of model inputs (N, H, W, C) in [0, 1]; the model is a black box."""
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0), np.float32)
 
-    def load_faces(self, source: str, data_dir: str | None = None, aligned: str | None = None):
+    def load_faces(self, source: str, data_dir: str | None = None, aligned: str | None = None, progress=None):
         """A source's photos as this run's model reads them, from its prepared set: ``(faces, report)``.
 
         Args:
@@ -118,6 +120,8 @@ class Run:
             data_dir: where prepared sets live.
             aligned: the source's photos are aligned already (``dlib``, ``arcface``), or ``none``;
                 None: the run's own ``data.aligned`` for its own source, ``none`` for another.
+            progress: called as ``progress(done, total)`` while the set is prepared (its first
+                use); None to log a line at most every 30 s.
         """
         from facetrip.data.records import load_model_faces, logged_progress
         from facetrip.data.sources import is_same_source
@@ -126,13 +130,16 @@ class Run:
             aligned = self.aligned if is_same_source(source, self.metadata["source"]) else "none"
 
         return load_model_faces(source, data_dir=data_dir, face_chips=self.face_chips, aligned=aligned,
-                                progress=logged_progress(f"Preparing {source}"))
+                                progress=progress or logged_progress(f"Preparing {source}"))
 
-    def prepare_faces(self, faces):
-        """A data set as this run's model reads it (aligned face chips when the run uses them): ``(faces, report)``."""
+    def prepare_faces(self, faces, progress=None):
+        """A data set as this run's model reads it (aligned face chips when the run uses them): ``(faces, report)``.
+
+        ``progress``, if given, is called as ``progress(done, total)`` while photos are aligned.
+        """
         from facetrip.data.model_input import prepare_faces
 
-        return prepare_faces(faces, self.face_chips)
+        return prepare_faces(faces, self.face_chips, progress)
 
 
 # Backbones of older facetrip versions that this one cannot run.

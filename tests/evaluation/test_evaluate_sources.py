@@ -100,7 +100,7 @@ class PixelRun:
         self.image_size, self.channels = tuple(metadata["image_size"]), metadata["channels"]
         self.model = PixelModel(self.image_size, self.channels)
 
-    def prepare_faces(self, faces):
+    def prepare_faces(self, faces, progress=None):
         return faces, None  # the photos as they are: no face chips
 
     def embed_images(self, images, batch_size: int = 64):
