@@ -158,3 +158,20 @@ def test_a_fresh_process_loads_the_flip_averaged_model(finished_run, faces):
     fresh, here = json.loads(result.stdout), verify_json(run_dir, faces[0], faces[1])
     assert fresh["distance"] == pytest.approx(here["distance"], rel=1e-5, abs=1e-7)  # the same model, loaded anew
     assert fresh["same_person"] == here["same_person"] and fresh["threshold"] == here["threshold"]
+
+
+@pytest.mark.slow
+def test_verify_names_each_photo_as_given_and_prints_markup_in_names_as_text(finished_run, faces, tmp_path,
+                                                                            monkeypatch):
+    """Two photos named 1.pgm in different folders stay apart; a name with [bold] in it is text, not rich markup."""
+    run_dir, _ = finished_run
+    monkeypatch.chdir(faces[0].parents[1])
+    result = run_cli("verify", "s1/1.pgm", "s2/1.pgm", "--run", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "s1/1.pgm" in result.output and "s2/1.pgm" in result.output, result.output
+    odd = tmp_path / "[bold]x.pgm"
+    odd.write_bytes(faces[1].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("verify", odd.name, faces[0], "--run", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "[bold]x.pgm" in result.output, result.output

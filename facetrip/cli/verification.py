@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from facetrip.cli.core import (
-    RUN_HELP, _load_run, _print_face_counts, app, console, fail, maps_errors,
+    RUN_HELP, _load_run, _print_face_counts, app, console, fail, maps_errors, shown_path,
 )
 
 
@@ -48,16 +49,18 @@ def verify(
         return
     verdict = {True: "[bold green]same person[/]", False: "[bold red]different people[/]", None: "no threshold in this run"}
     table = Table(title=f"facetrip verify ({loaded.path})")
-    for column in ("image 1", "image 2", f"{result['metric']} distance", "threshold", "verdict"):
-        table.add_column(column)
+    for column in ("image 1", "image 2"):
+        table.add_column(column, overflow="fold")  # long paths fold; the verdict stays whole
+    for column in (f"{result['metric']} distance", "threshold"):
+        table.add_column(column, max_width=10)
+    table.add_column("verdict", no_wrap=True)
     shown_threshold = "-" if result["threshold"] is None else f"{result['threshold']:.4f}"
-    table.add_row(first_image.name, second_image.name, f"{result['distance']:.4f}", shown_threshold,
-                  verdict[result["same_person"]])
+    # as given: two photos named 1.png in different folders must stay apart
+    table.add_row(escape(shown_path(first_image)), escape(shown_path(second_image)), f"{result['distance']:.4f}",
+                  shown_threshold, verdict[result["same_person"]])
     console.print(table)
     console.print(f"Threshold: {result['threshold_rule']}.", style="dim", highlight=False, soft_wrap=True)
     if "threshold_warning" in result:
-        from rich.markup import escape
-
         console.print(f"[yellow]Note:[/] {escape(result['threshold_warning'])}", highlight=False, soft_wrap=True)
     if "faces_detected" in result:
         _print_face_counts([first_image, second_image], result["faces_detected"])
