@@ -403,10 +403,11 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
     with_classifier = True if resume_point.checkpoint is not None and holds_classifier(resume_point.checkpoint.weights) \
         else None
     classifier_sample = config.train.classifier_sample
-    identities = len(np.unique(data.train_faces.labels))
-    if config.train.distribute != "none" and 0 < classifier_sample < identities:
-        logger.info("With --distribute the classifier trains all %d identities' centres every step "
-                    "(train.classifier_sample applies on one device).", identities)
+    if config.train.distribute != "none" and classifier_sample > 0:  # the sampled classifier runs on one device
+        identities = len(np.unique(data.train_faces.labels))
+        if classifier_sample < identities:
+            logger.info("With --distribute the classifier trains all %d identities' centres every step "
+                        "(train.classifier_sample applies on one device).", identities)
         classifier_sample = 0
     trainer = EmbeddingTrainer(
         model, data.train_faces.labels, TripletLoss(strategy=choices.strategy, margin=margin, metric=metric),
