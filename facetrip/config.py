@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any, Union
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_toml
 
 # train.weight_interpolation's value that chooses the share on the dev identities.
 AUTO_INTERPOLATION = "auto"
@@ -152,13 +148,21 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
+        """A config from a TOML file: a regular file of at most 1 MiB, nested at most 64 deep, every key checked.
+
+        Raises:
+            ConfigError: the file is missing, is a folder, FIFO or device, is too large, is not
+                UTF-8 TOML or nests too deep, or holds an unknown key or a value out of range.
+        """
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"Config file {path} does not exist.") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"Config file {path} is not valid TOML: {error}.") from None
+            data = read_untrusted_toml(path, what="config")
+        except UntrustedFileError as error:
+            if error.reason == "missing":
+                raise ConfigError(f"Config file {path} does not exist.") from None
+            if error.reason == "not regular":
+                raise ConfigError(f"Config file {path} is not a file: {error}; give --config a TOML file.") from None
+            raise ConfigError(f"Config file: {error}.") from None
         try:
             return cls.from_dict(data)
         except ConfigError as error:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from facetrip.data.images import is_image_file
+from facetrip.runs.output_folder import CommandOutput, OutputFolder, check_output_folder
 
 # Rows of an array are copied or compared about this many bytes at a time.
 CHUNK_BYTES = 32 << 20
@@ -33,6 +34,10 @@ _TSV_ROWS_PER_CHUNK = 4096
 PROJECTOR_CHECKPOINT_MAX_ROWS = 100_000
 # Scratch arrays of a command (embeddings of a split or gallery) are named so, hidden.
 SCRATCH_PREFIX = ".facetrip-scratch-"
+# The projector checkpoint's name in an embeddings folder (TensorFlow adds -1.index, -1.data-...).
+_PROJECTOR_CHECKPOINT = "embedding.ckpt"
+EMBEDDINGS_OUTPUT = CommandOutput("facetrip embed", ("embeddings.npy", "metadata.tsv", "tensors.tsv",
+                                                     "projector_config.pbtxt", "checkpoint", f"{_PROJECTOR_CHECKPOINT}-*"))
 
 
 def embed_faces(model, faces, image_size, channels, batch_size: int = 128, progress=None):
@@ -251,7 +256,17 @@ def collect_images(inputs) -> tuple[list[Path], list[str]]:
     return paths, [path.parent.name for path in paths]
 
 
-def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, paths, faces_detected=None) -> dict[str, Path]:
+def check_embeddings_folder(output_dir: str | Path, overwrite: bool = False) -> OutputFolder:
+    """The folder `facetrip embed` may write into, checked before anything is embedded (:func:`check_output_folder`).
+
+    Raises:
+        OutputFolderError: a folder holding files of someone else, or (without ``overwrite``) earlier embeddings.
+    """
+    return check_output_folder(output_dir, EMBEDDINGS_OUTPUT, overwrite)
+
+
+def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, paths, faces_detected=None,
+                     output_folder: OutputFolder | None = None) -> dict[str, Path]:
     """embeddings.npy, metadata.tsv (label, path[, faces detected]) and a TensorBoard Embedding Projector set-up.
 
     The projector reads ``output_dir`` as a TensorBoard log dir: ``projector_config.pbtxt``,
@@ -278,17 +293,28 @@ def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, pat
         labels: (N,) label of each embedding (its folder or identity name); any iterable.
         paths: (N,) the file each embedding came from; any iterable.
         faces_detected: (N,) faces found in each photo, or None (no column).
+        output_folder: ``output_dir`` as :func:`check_embeddings_folder` checked it before the
+            embedding; default: checked here, taking earlier embeddings there for replacing.
+            Files of earlier embeddings that these do not replace (a projector checkpoint) are
+            removed, those its record lists only.
 
     Returns:
         ``{file name: path}`` of embeddings.npy, metadata.tsv, tensors.tsv and projector_config.pbtxt.
+
+    Raises:
+        OutputFolderError: the folder holds a file of a name the embeddings have that `facetrip embed` did not write.
     """
     from tensorboard.plugins import projector
 
     from facetrip.runs import write_all_atomically
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    folder = output_folder if output_folder is not None else check_embeddings_folder(output_dir, overwrite=True)
     num_rows, dimension = len(embeddings), int(embeddings.shape[1])
+    with_checkpoint = num_rows <= PROJECTOR_CHECKPOINT_MAX_ROWS
+    folder.claim(["embeddings.npy", "metadata.tsv", "tensors.tsv", "projector_config.pbtxt",
+                  *(["checkpoint", f"{_PROJECTOR_CHECKPOINT}-1.index", f"{_PROJECTOR_CHECKPOINT}-1.data-00000-of-00001"]
+                    if with_checkpoint else [])])
     rows = zip(labels, paths) if faces_detected is None else zip(labels, paths, faces_detected)
     write_all_atomically({
         output_dir / "embeddings.npy": lambda temporary: _fill_npy(temporary, row_chunks(embeddings), num_rows, (dimension,),
@@ -299,16 +325,17 @@ def write_embeddings(output_dir: str | Path, embeddings: np.ndarray, labels, pat
     config = projector.ProjectorConfig()
     embedding = config.embeddings.add()
     embedding.metadata_path = "metadata.tsv"
-    if num_rows <= PROJECTOR_CHECKPOINT_MAX_ROWS:
+    if with_checkpoint:
         import tensorflow as tf
 
         checkpoint = tf.train.Checkpoint(embedding=tf.Variable(np.asarray(embeddings, np.float32)))  # (N, D) in memory
-        checkpoint.save(str(output_dir / "embedding.ckpt"))
+        saved = Path(checkpoint.save(str(output_dir / _PROJECTOR_CHECKPOINT)))
+        folder.adopt(path.name for path in output_dir.glob(f"{saved.name}.*"))  # as TensorFlow named its shards
         embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
     else:
-        _remove_projector_checkpoint(output_dir)  # an earlier, smaller set's: the projector would show it too
         embedding.tensor_path = "tensors.tsv"
     projector.visualize_embeddings(str(output_dir), config)
+    folder.finish()  # an earlier, smaller set's projector checkpoint goes: the projector would show it too
     return {name: output_dir / name for name in ("embeddings.npy", "metadata.tsv", "tensors.tsv", "projector_config.pbtxt")}
 
 
@@ -347,15 +374,3 @@ def _write_tensors_tsv(path: Path, embeddings: np.ndarray) -> None:
             handle.write("\n")
         for chunk in row_chunks(embeddings, rows_per_chunk=_TSV_ROWS_PER_CHUNK):  # (<= 4096, D)
             handle.write("".join(row_format % tuple(values) for values in chunk.tolist()))
-
-
-def _remove_projector_checkpoint(output_dir: Path) -> None:
-    """Remove the projector checkpoint :func:`write_embeddings` wrote into a folder earlier, if any."""
-    for stale in output_dir.glob("embedding.ckpt-*"):
-        stale.unlink(missing_ok=True)
-    state = output_dir / "checkpoint"
-    try:
-        if state.is_file() and state.stat().st_size < 4096 and '"embedding.ckpt-' in state.read_text():
-            state.unlink()
-    except (OSError, UnicodeDecodeError):
-        pass

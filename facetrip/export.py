@@ -21,8 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from facetrip.runs.output_folder import CommandOutput, check_output_folder
+
 FORMATS = ("savedmodel", "tflite")
 EXPORT_INFO_FILE = "export.json"
+EXPORT_OUTPUT = CommandOutput("facetrip export", ("savedmodel", "model.tflite", EXPORT_INFO_FILE))
 
 
 class ExportError(ValueError):
@@ -52,19 +55,26 @@ def serving_function(model, image_size: tuple[int, int], channels: int):
     return serving, serve
 
 
-def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: str | Path | None = None) -> dict[str, Any]:
+def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: str | Path | None = None,
+               overwrite: bool = False) -> dict[str, Any]:
     """Write the run's model in a serving format, with ``export.json`` describing its input.
+
+    The folder is checked before anything else (:func:`facetrip.runs.check_output_folder`):
+    new or empty, or an earlier export's with ``overwrite``. An earlier export's files that
+    this one does not write again are removed, the plain files its record lists only: a
+    ``savedmodel/`` folder of an earlier export stays (and stays the export's).
 
     Args:
         run_dir: a finished run directory.
         export_format: ``savedmodel`` (a folder) or ``tflite`` (one ``model.tflite`` file).
         output: the folder to write into (default ``RUN/export-FORMAT``).
+        overwrite: replace an earlier export in the folder, or write beside files of other names there.
 
     Returns:
         What ``export.json`` holds, plus ``path`` (the model written).
 
     Raises:
-        ExportError, RunError: one line saying what is wrong.
+        ExportError, RunError, OutputFolderError: one line saying what is wrong.
     """
     import tensorflow as tf
 
@@ -74,9 +84,9 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
 
     if export_format not in FORMATS:
         raise ExportError(f"Unknown export format {export_format!r}: choose one of {', '.join(FORMATS)}.")
-    run = Run.load(run_dir)
     target = Path(output) if output is not None else Path(run_dir) / f"export-{export_format}"
-    target.mkdir(parents=True, exist_ok=True)
+    folder = check_output_folder(target, EXPORT_OUTPUT, overwrite)  # before anything is loaded or written
+    run = Run.load(run_dir)
     serving, serve = serving_function(run.model, run.image_size, run.channels)
     if export_format == "tflite":
         # Converted from the Keras model: converting the SavedModel's tf.function gave NaN
@@ -84,12 +94,14 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
         model_path = target / "model.tflite"
         with quiet_tensorflow():  # the converter prints the graph's captures and its C++ notes
             converted = tf.lite.TFLiteConverter.from_keras_model(serving).convert()
+        folder.claim([model_path.name, EXPORT_INFO_FILE])
         atomic_write_bytes(model_path, converted)
     else:
         module = tf.Module()
         module.serving = serving  # tracks the weights
         module.serve = serve
         model_path = target / "savedmodel"
+        folder.claim([model_path.name, EXPORT_INFO_FILE])
         with quiet_tensorflow():
             tf.saved_model.save(module, str(model_path), signatures={"serving_default": serve})
     metadata = run.metadata
@@ -110,4 +122,5 @@ def export_run(run_dir: str | Path, export_format: str = "savedmodel", output: s
         "facetrip_version": metadata.get("facetrip_version"),
     }
     atomic_write_json(target / EXPORT_INFO_FILE, info)
+    folder.finish()
     return {**info, "path": str(model_path)}

@@ -58,6 +58,7 @@ class Row:
     expected_exit: int = 2
     cwd: Path | None = None
     after: object = None  # optional callable(work) -> str | None: a check after the command (None = fine)
+    env: dict | None = None  # environment variables set for this row only
 
 
 @dataclass
@@ -308,6 +309,8 @@ BAD_CONFIGS = {
     "channels = 2": "[data]\nchannels = 2\n",
     "dropout = 5": "[model]\ndropout = 5\n",
     "not TOML": "[train\nepochs = ",
+    "an array nested 100,000 deep": "[train]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "dotted keys 100,000 deep": ".".join(["k"] * 100_000) + " = 1\n",
 }
 
 BAD_PAIRS = {  # LFW's format: a header "folds pairs", then same pairs "name n1 n2" and different "name n1 other n2"
@@ -395,6 +398,8 @@ def build_rows(work: Path, good_run: Path, data_dir: Path, good_photo: Path) -> 
         rows.append(Row(f"--resume, killed run, {name} {damage}", ["train", "--resume", str(copy)], expected_exit=0,
                         after=finished))
 
+    rows += untrusted_file_rows(work, good_run, good_photo, data)
+
     read_only = work / "runs" / "read_only"
     shutil.copytree(good_run, read_only)
     for path in [read_only, *read_only.rglob("*")]:
@@ -402,6 +407,76 @@ def build_rows(work: Path, good_run: Path, data_dir: Path, good_photo: Path) -> 
     if os.geteuid() != 0:  # root writes through any permission bits
         rows.append(Row("read-only run directory", ["evaluate", str(read_only), *data]))
         rows.append(Row("read-only run directory", ["mine", "--offline", "--run", str(read_only), *data]))
+    return rows
+
+
+def untrusted_file_rows(work: Path, good_run: Path, good_photo: Path, data: list[str]) -> list[Row]:
+    """Files in run and index folders that facetrip did not write: FIFOs, crafted headers, nesting, TF_CONFIG."""
+    import hashlib
+
+    rows: list[Row] = []
+    fifo_run = work / "runs" / "fifo_metadata"
+    shutil.copytree(good_run, fifo_run)
+    (fifo_run / "metadata.json").unlink()
+    os.mkfifo(fifo_run / "metadata.json")
+    rows.append(Row("metadata.json is a FIFO", ["verify", str(good_photo), str(good_photo), "--run", str(fifo_run)]))
+    nested_split = work / "runs" / "nested_split"
+    shutil.copytree(good_run, nested_split)
+    (nested_split / "split.json").write_text("[" * 100_000 + "]" * 100_000)
+    rows.append(Row("split.json nested 100,000 deep", ["evaluate", str(nested_split), *data]))
+    rows.append(Row("--config is a folder", ["train", "--config", str(work / "runs"), "--run-dir", str(work / "never"), *data]))
+    for description, tf_config in (("TF_CONFIG cluster is a number", '{"cluster": 5, "task": {"type": "worker", "index": 0}}'),
+                                   ("TF_CONFIG task index out of range",
+                                    '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 4}}')):
+        rows.append(Row(description, ["train", "--config", str(TINY_CONFIG), "--distribute", "multi-worker",
+                                      "--run-dir", str(work / "never"), *data], env={"TF_CONFIG": tf_config}))
+
+    gallery = work / "gallery"
+    for identity in (1, 2):
+        for index in (1, 2):
+            orl_photo(identity, index, gallery / f"s{identity}" / f"{index}.png")
+    index_dir = work / "index"
+    try:
+        import faiss  # noqa: F401
+        ann = ["--ann"]
+    except ImportError:
+        ann = []
+    subprocess.run([*FACETRIP, "index", str(good_run), str(gallery), "-o", str(index_dir), *ann], check=True,
+                   env=_ENV, capture_output=True)
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+
+    def index_copy(name: str, member: str, data_bytes: bytes | None) -> Path:
+        """A copy of the index with one file replaced (a FIFO when ``data_bytes`` is None) and the manifest's hash fixed."""
+        target = work / "indexes" / name
+        shutil.copytree(index_dir, target)
+        entry = manifest if member == "data" else manifest["ann"]
+        path = target / entry["data_file" if member == "data" else "file"]
+        path.unlink()
+        if data_bytes is None:
+            os.mkfifo(path)
+            return target
+        path.write_bytes(data_bytes)
+        changed = json.loads(json.dumps(manifest))
+        (changed if member == "data" else changed["ann"])["data_sha256" if member == "data" else "sha256"] = \
+            hashlib.sha256(data_bytes).hexdigest()
+        (target / "manifest.json").write_text(json.dumps(changed))
+        return target
+
+    header = io.BytesIO()
+    import numpy as np
+
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (300000, 300000)})
+    crafted = io.BytesIO()
+    with zipfile.ZipFile(crafted, "w") as archive:
+        archive.writestr("embeddings.npy", header.getvalue())
+    identify = ["identify", str(good_run), str(good_photo), "--index"]
+    rows.append(Row("index data file is a FIFO", [*identify, str(index_copy("fifo", "data", None))]))
+    rows.append(Row("index .npz declaring 300000 x 300000 (335 GiB), hash matching",
+                    [*identify, str(index_copy("crafted", "data", crafted.getvalue()))]))
+    if ann:
+        ann_bytes = (index_dir / manifest["ann"]["file"]).read_bytes()
+        rows.append(Row("ANN file cut in half, hash matching",
+                        [*identify, str(index_copy("cut_ann", "ann", ann_bytes[: len(ann_bytes) // 2])), "--ann"]))
     return rows
 
 
@@ -508,7 +583,8 @@ def main(argv=None) -> int:
         rows = [row for row in rows if args.only in row.input]
     results = []
     for row in rows:
-        outcome = run_limited([*FACETRIP, *row.command], row.cwd or work, args.memory_gib, args.seconds, env)
+        outcome = run_limited([*FACETRIP, *row.command], row.cwd or work, args.memory_gib, args.seconds,
+                              {**env, **(row.env or {})})
         if row.after is not None:
             outcome.note = row.after(work)
         results.append((row, outcome))

@@ -8,6 +8,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # dlib descriptors cached on disk go to a fresh folder per test session, not ~/.cache
 os.environ["FACETRIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="facetrip-test-cache-")
+# and their keyed tags use a key of the session's own, not the user's ~/.config/facetrip/cache.key
+os.environ["FACETRIP_CACHE_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="facetrip-test-key-"), "cache.key")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402

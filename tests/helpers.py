@@ -28,3 +28,23 @@ def one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert " ".join(fragment.split()) in " ".join(lines[0].split()), (fragment, lines[0])
     return lines[0]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (links not followed) -> its kind and, for a plain file, the SHA-256 of its bytes.
+
+    Two digests are equal only when no file was added, removed, replaced or changed byte for byte.
+    """
+    import hashlib
+    import stat
+
+    digest = {}
+    for path in sorted(Path(root).rglob("*")):
+        mode = path.lstat().st_mode
+        if stat.S_ISREG(mode):
+            digest[str(path.relative_to(root))] = "file " + hashlib.sha256(path.read_bytes()).hexdigest()
+        elif stat.S_ISLNK(mode):
+            digest[str(path.relative_to(root))] = "link " + os.readlink(path)
+        else:
+            digest[str(path.relative_to(root))] = "folder" if stat.S_ISDIR(mode) else "other"
+    return digest

@@ -16,6 +16,7 @@ from rich.console import Console
 from conftest import run_cli
 from helpers import one_line_error
 from facetrip.data.orl import orl_faces_root
+from facetrip.identification.photos import GALLERY_BATCH_PHOTOS
 
 # "Embedding: 1,024 / 7,000 photos (15%), 42 s, about 4 min left"
 PROGRESS_LINE = re.compile(r"^(?P<what>[^:]+): (?P<done>[\d,]+) / (?P<total>[\d,]+) photos \((?P<percent>\d+)%\), \d+ s")
@@ -132,8 +133,9 @@ def test_index_and_evaluate_print_their_stages_counts(finished_run, tmp_path, da
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["added"] == 30
     stages = progress_lines(result.stderr)
-    assert_counts_rise_to_the_total(stages[f"Reading {gallery}"], 30)
-    assert_counts_rise_to_the_total(stages["Embedding 30 photos"], 30)
+    assert set(stages) == {f"Reading and embedding 30 photos, {GALLERY_BATCH_PHOTOS} at a time"}, stages
+    (embedding,) = [counts for stage, counts in stages.items() if stage.startswith("Reading and embedding 30 photos")]
+    assert_counts_rise_to_the_total(embedding, 30)
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)  # evaluate writes metrics.json into the run

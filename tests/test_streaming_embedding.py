@@ -13,6 +13,7 @@ import pytest
 from facetrip import embedding
 from facetrip.embedding import (embed_faces, embed_faces_to_file, row_chunks, scratch_npy_path, write_embeddings,
                                 write_npy_rows)
+from facetrip.runs import OUTPUT_RECORD
 
 IMAGE_SIZE, CHANNELS = (16, 14), 1
 
@@ -171,7 +172,8 @@ def test_a_metadata_row_that_cannot_be_written_replaces_none_of_the_files(tmp_pa
     with pytest.raises(ValueError, match="no text"):
         write_embeddings(tmp_path, np.eye(3, dtype=np.float32), ["a", "b", Unprintable()], ["x", "y", "z"])
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
-    assert not [item.name for item in tmp_path.iterdir() if item.name.startswith(".")]  # no temporary left
+    # no temporary left; the record of what embed wrote stays
+    assert [item.name for item in tmp_path.iterdir() if item.name.startswith(".")] == [OUTPUT_RECORD]
 
 
 def test_distances_of_pairs_a_chunk_at_a_time_are_those_of_all_at_once(tmp_path):
@@ -204,5 +206,5 @@ def test_embed_of_a_split_streams_and_leaves_no_scratch_file(finished_run, tmp_p
     faces = faces.restricted_to(IdentitySplit.from_dict(run.metadata["split"]).identities("test"))
     np.testing.assert_allclose(written, embed_faces(run.model, faces, run.image_size, run.channels), atol=1e-5)
     assert json.loads(result.stdout)["embedding_dim"] == written.shape[1]
-    assert not [item.name for item in (tmp_path / "out").iterdir() if item.name.startswith(".")]
+    assert [item.name for item in (tmp_path / "out").iterdir() if item.name.startswith(".")] == [OUTPUT_RECORD]
     assert not list(run_dir.glob(".facetrip-scratch-*"))

@@ -216,7 +216,7 @@ def test_pairs_files_are_read_as_utf8_with_windows_line_ends(tmp_path):
     with pytest.raises(PairsFileError, match="line 1: expected a header"):
         read_lfw_pairs(path)
     path.write_bytes(b"1\nAnn 1 2\nAnn 1 B\xffb 2\n")
-    with pytest.raises(PairsFileError, match="not a UTF-8 text file"):
+    with pytest.raises(PairsFileError, match="is not UTF-8 text"):
         read_lfw_pairs(path)
 
 

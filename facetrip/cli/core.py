@@ -47,11 +47,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# Mapped for every command: a file facetrip did not write that cannot be used.
+ALWAYS_MAPPED = ("facetrip.untrusted_files:UntrustedFileError",)
+
+
 def maps_errors(*errors, code: int = 2):
     """Decorate a command so that the errors it lists end it as :func:`fail` does: one line, exit ``code``.
 
-    The line is ``Error: <the error's text>``. Any other exception passes on as it is, and so do
-    :func:`fail` and typer's own exits.
+    The line is ``Error: <the error's text>``. Besides ``errors``, every command maps
+    :data:`ALWAYS_MAPPED` (an untrusted file that cannot be used), ``MemoryError`` (an input
+    asking for more memory than there is) and ``RecursionError`` (input nested on purpose),
+    with exit 2. Any other exception passes on as it is, and so do :func:`fail` and typer's
+    own exits.
 
     Args:
         *errors: exception classes, or ``"module:Name"`` strings: a string's module is imported
@@ -69,8 +76,12 @@ def maps_errors(*errors, code: int = 2):
                 return command(*args, **kwargs)
             except (typer.Exit, typer.Abort):  # fail()'s among them: passed on, importing none of the errors
                 raise
+            except RecursionError:  # a parser or a check recursing through input nested on purpose
+                fail("An input file nests too deep to be read: it is not one facetrip writes.")
+            except MemoryError as error:  # numpy names the size it could not allocate
+                fail(f"Not enough memory for this input ({str(error) or 'it is too large'}).")
             except Exception as error:
-                if isinstance(error, error_classes(errors)):
+                if isinstance(error, error_classes((*ALWAYS_MAPPED, *errors))):
                     fail(str(error), code)
                 raise
 
@@ -95,7 +106,8 @@ def setup_logging() -> None:
     """facetrip's warnings (skipped files, small identities) through rich, once per process."""
     logger = logging.getLogger("facetrip")
     if not logger.handlers:
-        logger.addHandler(RichHandler(console=error_console, show_time=False, show_path=False))
+        # markup=False: the messages quote paths and names as they are, which may hold [ and ]
+        logger.addHandler(RichHandler(console=error_console, show_time=False, show_path=False, markup=False))
         if logger.level == logging.NOTSET:  # --verbose set DEBUG already
             logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -236,6 +248,31 @@ def _split_of_run(loaded, split: str, data_source: Optional[str], data_dir: Opti
     if report is not None:
         console.print(escape(report.summary()), style="dim", highlight=False)
     return faces
+
+
+def literal(value) -> str:
+    """A value the user gave, or one made of such values, as rich prints it: letter for letter, never as markup.
+
+    Paths, data sources, identity and file names, run directories and config values may hold
+    ``[`` and ``]``: unescaped in a rich markup string, a table cell or title, a status or a
+    progress description, ``[bold]bob`` would print as a bold ``bob`` and ``photos[/]x`` would
+    end the command with rich's MarkupError.
+
+    Args:
+        value: a string, a path, or anything else that ``str`` turns into text.
+
+    Returns:
+        The text with rich markup escaped (``\\[bold]bob``), bytes of a name that are not
+        UTF-8 as ``\\xHH`` (:func:`facetrip.data.names.utf8_name`).
+    """
+    from facetrip.data.names import utf8_name
+
+    text = str(value)
+    try:
+        text = utf8_name(text)
+    except UnicodeEncodeError:  # a lone surrogate that no file name holds: the text as it is
+        pass
+    return escape(text)
 
 
 def shown_path(path, inputs=()) -> str:

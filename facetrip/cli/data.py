@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, app, console, load_prepared_source, load_source, maps_errors, progress, setup_logging,
+    DATA_DIR_HELP, DATA_HELP, app, console, literal, load_prepared_source, load_source, maps_errors, progress,
+    setup_logging,
 )
 
 
@@ -24,7 +25,7 @@ def data(
     identities_per_batch: int = typer.Option(16, "-P", help="P: identities per batch."),
     images_per_identity: int = typer.Option(4, "-K", help="K: images per identity."),
     face_chips: bool = typer.Option(True, "--face-chips/--no-face-chips", help="Also align every photo's face (cached), as training does, and count the photos without a detected face."),
-    export: Optional[Path] = typer.Option(None, "--export", help="Also write the photos to this new folder as EXPORT/<identity>/<photo>, usable as folder:EXPORT and by verify / embed."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also write the photos to this new (or empty) folder as EXPORT/<identity>/<photo>, usable as folder:EXPORT and by verify / embed; an earlier export is never replaced."),
 ) -> None:
     """Prepare a data source and show what training would get from it: identities, split, P x K batches, faces found."""
     import numpy as np
@@ -33,7 +34,10 @@ def data(
 
     setup_logging()
     report = None
-    if export is not None:  # the photos as they are
+    if export is not None:  # the photos as they are, into a folder checked before anything is loaded
+        from facetrip.data.folder_export import check_export_folder
+
+        check_export_folder(export)
         faces = load_source(source, data_dir)
     else:  # the prepared set (prepared now, the first time), as training reads it
         faces, report = load_prepared_source(source, data_dir, face_chips)
@@ -64,5 +68,5 @@ def data(
     if report is not None:
         table.add_row("face chips", escape(report.summary()))
     if export is not None:
-        table.add_row("exported", f"{written} photos to {export}/<identity>/")
+        table.add_row("exported", f"{written} photos to {literal(export)}/<identity>/")
     console.print(table)

@@ -10,18 +10,20 @@ from rich.table import Table
 
 from facetrip.cli.core import (
     DATA_DIR_HELP, DATA_HELP, RUN_HELP, _load_run, _number_or_word, _one_run, _print_face_counts, _split_of_run, app,
-    console, fail, progress, setup_logging,
+    console, fail, literal, maps_errors, progress, setup_logging,
 )
 
 
 @app.command()
+@maps_errors("facetrip.runs:OutputFolderError")
 def embed(
     inputs: Optional[list[Path]] = typer.Argument(None, help="Image files or folders (folder name = label)."),
     run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
     data_source: Optional[str] = typer.Option(None, "--data", help="Embed a data source instead of files: " + DATA_HELP),
     split: str = typer.Option("test", help="With --data (or no inputs): train | dev | test | all identities of the run's split."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default RUN/embeddings-SPLIT or RUN/embeddings)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default RUN/embeddings-SPLIT or RUN/embeddings): new, empty, or earlier embeddings' with --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier embeddings in the folder, or write beside files of other names there (never replacing them)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (files written, faces found per photo), for scripts."),
 ) -> None:
     """Embed images with a run's model: embeddings.npy, metadata.tsv and TensorBoard projector files."""
@@ -30,10 +32,13 @@ def embed(
     import numpy as np
 
     from facetrip.data import DataError, ImageReadError
-    from facetrip.embedding import collect_images, embed_faces_to_file, scratch_npy_path, write_embeddings
+    from facetrip.embedding import (check_embeddings_folder, collect_images, embed_faces_to_file, scratch_npy_path,
+                                    write_embeddings)
 
     setup_logging()
     loaded = _load_run(run)
+    target = output or loaded.path / ("embeddings" if inputs else f"embeddings-{split}")
+    output_folder = check_embeddings_folder(target, overwrite)  # before anything is embedded or written
     faces_detected = None
     try:
         if inputs:
@@ -42,14 +47,12 @@ def embed(
                 fail("No image files found in the given inputs.")
             with progress("Aligning faces" if loaded.face_chips else "Reading photos", len(paths)) as shown:
                 faces, faces_detected = loaded.faces_of_files(paths, progress=shown)
-            target = output or loaded.path / "embeddings"
         else:
             faces = _split_of_run(loaded, split, data_source, data_dir)
             if not len(faces):
                 fail(f"The {split} split of {faces.source} holds no images.")
             labels = np.asarray(faces.identity_names, dtype=object)[faces.labels]  # (N,) shared name strings
             paths = faces.file_names  # read from the prepared set a chunk at a time, as metadata.tsv is written
-            target = output or loaded.path / f"embeddings-{split}"
     except (DataError, ImageReadError) as error:
         fail(str(error))
     import tensorflow as tf
@@ -65,7 +68,7 @@ def embed(
             fail(f"Cannot write the embeddings to the scratch file {scratch}: {error.strerror or error}.")
         num_embeddings, embedding_dim = embeddings.shape
         try:
-            written = write_embeddings(target, embeddings, labels, paths, faces_detected)
+            written = write_embeddings(target, embeddings, labels, paths, faces_detected, output_folder)
         except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
             reason = ("a file is in the way" if target.exists() and not target.is_dir()
                       else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
@@ -88,12 +91,14 @@ def embed(
     if faces_detected is not None:
         _print_face_counts(paths, faces_detected, inputs=inputs)  # names that are not UTF-8 as \xHH escapes
     console.print(
-        f"Wrote {num_embeddings} embeddings of size {embedding_dim} to {target}/ "
-        f"({', '.join(path.name for path in written.values())}); view with: tensorboard --logdir {target}"
+        f"Wrote {num_embeddings} embeddings of size {embedding_dim} to {literal(target)}/ "
+        f"({', '.join(literal(path.name) for path in written.values())}); view with: tensorboard --logdir {literal(target)}",
+        highlight=False, soft_wrap=True,
     )
 
 
 @app.command()
+@maps_errors("facetrip.runs:OutputFolderError")
 def mine(
     run_argument: Optional[Path] = typer.Argument(None, metavar="[RUN]", help="The run (the same as --run RUN)."),
     offline: bool = typer.Option(True, "--offline/--no-offline", help="Offline mining over a whole split (the only mode)."),
@@ -103,12 +108,15 @@ def mine(
     max_triplets: int = typer.Option(100_000, help="Most hard + semi-hard triplets to keep."),
     seed: int = typer.Option(0, help="Seed of the selection."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Triplets file (default RUN/triplets-SPLIT.npz)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Triplets file (default RUN/triplets-SPLIT.npz): new, or an earlier one of facetrip mine's with --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the triplets file facetrip mine wrote there earlier (never a file of other content)."),
 ) -> None:
     """Count easy / semi-hard / hard triplets of a split with a run's model and save hard + semi-hard ones."""
     run = _one_run(run_argument, run)
     from facetrip.mining import TRIPLET_CATEGORIES, mine_triplets, save_triplets
+    from facetrip.mining.triplet_files import is_triplets_file
     from facetrip.embedding import embed_faces_to_file, scratch_npy_path
+    from facetrip.runs import check_output_file
 
     if not offline:
         fail("Only offline mining (--offline) exists: online mining happens inside the loss during training.")
@@ -118,8 +126,13 @@ def mine(
         fail(f"{loaded.path}/metadata.json records no margin: give one with --margin.")
     chosen_margin = _number_or_word(margin, "loss.margin", "--margin") if margin is not None else loaded.metadata["margin"]
     chosen_margin = 0.0 if chosen_margin == "soft" else float(chosen_margin)
-    faces = _split_of_run(loaded, split, None, data_dir)
     target = output or loaded.path / f"triplets-{split}.npz"
+
+    def check_target() -> None:  # a file facetrip did not write is never replaced; its own, with --overwrite
+        check_output_file(target, is_triplets_file, "a facetrip triplets file", "facetrip mine", overwrite)
+
+    check_target()  # before anything is embedded or written
+    faces = _split_of_run(loaded, split, None, data_dir)
     # Embedded a batch at a time into a scratch file, which the mining reads a chunk of rows at a time.
     with progress("Embedding", len(faces)) as shown, scratch_npy_path(target.parent, loaded.path) as scratch:
         try:
@@ -131,12 +144,15 @@ def mine(
         result = mine_triplets(embeddings, faces.labels, chosen_margin, metric=loaded.metadata["metric"],
                                max_triplets=max_triplets, seed=seed)
         del embeddings
+    check_target()  # again: a file may have come since
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         save_triplets(target, result, file_names=faces.file_names, source=faces.source)
     except OSError as error:  # a read-only run directory, or a folder where the file must go
         fail(f"Cannot write {target}: {error.strerror or error}; choose another file with --output.")
     total = max(result.counts["total"], 1)
-    table = Table(title=f"{faces.source} {split}: {len(faces)} images, margin {chosen_margin}, {loaded.metadata['metric']}")
+    table = Table(title=f"{literal(faces.source)} {literal(split)}: {len(faces)} images, margin {chosen_margin}, "
+                        f"{literal(loaded.metadata['metric'])}")
     table.add_column("category")
     table.add_column("triplets", justify="right")
     table.add_column("share", justify="right")
@@ -144,4 +160,5 @@ def mine(
         table.add_row(category.replace("_", "-"), f"{result.counts[category]:,}", f"{result.counts[category] / total:.1%}")
     table.add_row("total valid", f"{result.counts['total']:,}", "100%")
     console.print(table)
-    console.print(f"Saved {len(result.triplets):,} hard + semi-hard triplets to {target}")
+    console.print(f"Saved {len(result.triplets):,} hard + semi-hard triplets to {literal(target)}", highlight=False,
+                  soft_wrap=True)

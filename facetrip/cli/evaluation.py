@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from facetrip.cli.core import (
-    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _one_run, _percent, app, console, error_console, fail, maps_errors, progress,
-    setup_logging,
+    DATA_DIR_HELP, DATA_HELP, RUN_HELP, _one_run, _percent, app, console, error_console, fail, literal, maps_errors,
+    progress, setup_logging,
 )
 
 
@@ -26,13 +26,11 @@ def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
         with progress("Evaluating on the test identities") as shown:
             report = evaluate_run(run_dir, data_dir=data_dir, on_stage=shown.stage, progress=shown)
     except ReportNotWritten as error:  # computed but not saved: show it, then say what could not be written
-        from rich.markup import escape
-
         _print_evaluation(error.report)
-        error_console.print(f"[yellow]Evaluation not saved:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        error_console.print(f"[yellow]Evaluation not saved:[/] {literal(error)}", highlight=False, soft_wrap=True)
         return
     except (EvaluationError, PairsFileError, RunError, DataError) as error:
-        error_console.print(f"[yellow]Evaluation skipped:[/] {error}", highlight=False, soft_wrap=True)
+        error_console.print(f"[yellow]Evaluation skipped:[/] {literal(error)}", highlight=False, soft_wrap=True)
         return
     _print_evaluation(report)
 
@@ -42,7 +40,7 @@ def _print_evaluation(report: dict) -> None:
     from facetrip.evaluation import FAR_TARGETS, far_key
 
     pairs = report["pairs"]
-    table = Table(title=f"facetrip evaluate {report['run']}")
+    table = Table(title=f"facetrip evaluate {literal(report['run'])}")
     table.add_column("")
     for column in ("AUC", "EER", *(f"TAR at\nFAR {target * 100:g}%" for target in FAR_TARGETS),
                    f"{report['model']['accuracy']['num_folds']}-fold\naccuracy"):
@@ -51,7 +49,7 @@ def _print_evaluation(report: dict) -> None:
     for label, metrics in rows:
         accuracy = metrics["accuracy"]
         table.add_row(
-            label, f"{metrics['auc']:.4f}", _percent(metrics["eer"]),
+            literal(label), f"{metrics['auc']:.4f}", _percent(metrics["eer"]),
             *(f"{metrics[far_key(target)]:.3f}" for target in FAR_TARGETS),
             f"{_percent(accuracy['mean'])} ± {_percent(accuracy['std'])}",
         )
@@ -59,7 +57,7 @@ def _print_evaluation(report: dict) -> None:
     accuracy = report["model"]["accuracy"]
     console.print(
         f"Pairs: {pairs['same']:,} same + {pairs['different']:,} different, {pairs['images']:,} images of "
-        f"{pairs['identities']:,} identities of {report['source']} never trained on; {pairs['how']}. "
+        f"{pairs['identities']:,} identities of {literal(report['source'])} never trained on; {literal(pairs['how'])}. "
         f"Accuracy: {accuracy['folds']} folds" + (", same and different pairs weighted equally." if accuracy["balanced"] else "."),
         highlight=False,
     )
@@ -73,11 +71,12 @@ def _print_evaluation(report: dict) -> None:
             highlight=False,
         )
     if report.get("baselines_skipped"):
-        console.print(f"Baselines skipped: {report['baselines_skipped']}.", highlight=False)
+        console.print(f"Baselines skipped: {literal(report['baselines_skipped'])}.", highlight=False)
     errors = report.get("errors")
     if errors and (errors["false_rejects"] or errors["false_accepts"]):
-        rejects = ", ".join(f"{row['identity']} {_percent(row['rate'])}" for row in errors["false_rejects"][:3])
-        accepts = ", ".join(f"{' / '.join(row['identities'])} {_percent(row['rate'])}" for row in errors["false_accepts"][:3])
+        rejects = ", ".join(f"{literal(row['identity'])} {_percent(row['rate'])}" for row in errors["false_rejects"][:3])
+        accepts = ", ".join(f"{' / '.join(literal(name) for name in row['identities'])} {_percent(row['rate'])}"
+                            for row in errors["false_accepts"][:3])
         console.print(
             f"Errors at the model's EER threshold: most same pairs rejected for {rejects or 'no identity'}; "
             f"most different pairs accepted for {accepts or 'no identity pair'} (all in metrics.json, 'errors').",
@@ -91,12 +90,13 @@ def _print_evaluation(report: dict) -> None:
 
         target = f" (target {percent(threshold['target_far'])})" if threshold.get("target_far") is not None else ""
         console.print(
-            f"At the run's threshold {threshold['threshold']:.4f} ({threshold['rule']}): accuracy "
+            f"At the run's threshold {threshold['threshold']:.4f} ({literal(threshold['rule'])}): accuracy "
             f"{_percent(threshold['accuracy'])}, FAR {_percent(threshold['far'])}{target}, FRR {_percent(threshold['frr'])}.",
             highlight=False,
         )
     if report.get("files"):  # None when the run directory could not be written (the command says so)
-        console.print(f"Wrote {report['files']['metrics']} and {report['files']['roc']} to {report['run']}/", highlight=False)
+        console.print(f"Wrote {literal(report['files']['metrics'])} and {literal(report['files']['roc'])} to "
+                      f"{literal(report['run'])}/", highlight=False)
 
 
 @app.command()
@@ -152,12 +152,13 @@ def evaluate(
 
 
 @app.command()
-@maps_errors("facetrip.export:ExportError", "facetrip.runs:RunError")
+@maps_errors("facetrip.export:ExportError", "facetrip.runs:RunError", "facetrip.runs:OutputFolderError")
 def export(
     run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
     run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
     export_format: str = typer.Option("savedmodel", "--format", help="savedmodel (TensorFlow Serving, TF.js, ...) | tflite (phones)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write into (default RUN/export-FORMAT)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write into (default RUN/export-FORMAT): new, empty, or an earlier export's with --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier export in the folder, or write beside files of other names there (never replacing them)."),
 ) -> None:
     """Export a run's model for serving: uint8 face chips in, unit embeddings out (see export.json)."""
     run_dir = _one_run(run_dir, run_option)
@@ -173,8 +174,8 @@ def export(
     target = None
     try:
         target = run_dir if run_dir is not None else latest_run()
-        with console.status(f"Exporting {target} as {export_format} ..."):
-            info = export_run(target, export_format, output)
+        with console.status(f"Exporting {literal(target)} as {literal(export_format)} ..."):
+            info = export_run(target, export_format, output, overwrite)
     except (OSError, tf.errors.OpError) as error:  # a read-only run directory, or a file where the folder must go
         default_folder = Path(target) / f"export-{export_format}" if target is not None else Path.cwd()
         folder = output if output is not None else default_folder
@@ -182,5 +183,5 @@ def export(
                   else getattr(error, "strerror", None) or (str(error).splitlines() or [""])[0])
         fail(f"Cannot write the export into {folder}: {reason}; choose another folder with --output.")
     shape = "x".join(str(size) for size in info["input"]["shape"][1:])
-    console.print(f"Wrote {info['path']}: signature {info['signature']}, uint8 images {shape} in, "
-                  f"{info['output']['shape'][1]}-d unit embeddings out; {info['input']['what']}.", highlight=False)
+    console.print(f"Wrote {literal(info['path'])}: signature {info['signature']}, uint8 images {shape} in, "
+                  f"{info['output']['shape'][1]}-d unit embeddings out; {literal(info['input']['what'])}.", highlight=False)

@@ -16,8 +16,9 @@ from facetrip.cli.core import (
 # The errors of index / identify / cluster that are the user's to fix: one line each, exit 2.
 IDENTIFICATION_ERRORS = (
     "facetrip.evaluation.calibration:CalibrationError", "facetrip.data:DataError", "facetrip.data:ImageReadError",
-    "facetrip.identification.ann:AnnUnavailable", "facetrip.identification.clustering:ClusteringError",
-    "facetrip.identification.index:GalleryIndexError",
+    "facetrip.identification.ann:AnnUnavailable", "facetrip.identification.ann:AnnFileError",
+    "facetrip.identification.clustering:ClusteringError",
+    "facetrip.identification.index:GalleryIndexError", "facetrip.runs:OutputFolderError",
 )
 
 
@@ -30,9 +31,9 @@ def _search_option(ann: Optional[bool]) -> str:
 def index(
     run: Path = typer.Argument(..., help="The run whose model embeds the gallery."),
     gallery: str = typer.Argument(..., help="GALLERY/<person>/<photo>, or a data source: " + DATA_HELP),
-    output: Path = typer.Option(..., "--output", "-o", help="The index folder to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="The index folder to write: new, empty, or an index facetrip wrote with --add or --overwrite."),
     add: bool = typer.Option(False, "--add", help="Add the gallery's people and photos to the index in the folder."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index in the folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index in the folder (only the files facetrip index wrote there)."),
     ann: Optional[bool] = typer.Option(None, "--ann/--exact", help="Save an approximate-search index (facetrip[ann]); default: above 200,000 photos."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -42,16 +43,18 @@ def index(
 
     from rich.markup import escape
 
+    from facetrip.identification.index import check_index_folder
     from facetrip.identification.workflows import index_gallery
 
     if add and overwrite:
         fail("--add extends the index and --overwrite replaces it: give one of them.")
+    output_folder = check_index_folder(output, add, overwrite)  # before anything is embedded or written
     setup_logging()
     loaded = _load_run(run)
     try:
         with progress("Indexing") as shown:
             summary = index_gallery(loaded, gallery, output, add=add, overwrite=overwrite, ann=ann, data_dir=data_dir,
-                                    on_stage=shown.stage, progress=shown)
+                                    on_stage=shown.stage, progress=shown, output_folder=output_folder)
     except OSError as error:
         fail(f"Cannot write the index into {output}: {error.strerror or error}; choose another folder with -o.")
     if as_json:
@@ -162,7 +165,8 @@ def _print_identification(results: list, title: str) -> None:
 def cluster(
     run: Path = typer.Argument(..., help="The run whose model embeds the photos."),
     photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for clusters.csv, unclustered.csv and the contact sheets."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for clusters.csv, unclustered.csv and the contact sheets: new, empty, or an earlier clustering's with --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier clustering in the folder, or write beside files of other names there (never replacing them)."),
     algorithm: str = typer.Option("average", "--algorithm", help="average | complete (agglomerative linkage) | chinese_whispers | connected (threshold graph) | hdbscan (ignores the threshold)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     far: Optional[float] = typer.Option(None, "--far", help=FAR_HELP),
@@ -174,7 +178,7 @@ def cluster(
     from rich.markup import escape
 
     from facetrip.identification.clustering import ALGORITHMS
-    from facetrip.identification.workflows import cluster_photos, run_threshold, write_clustering
+    from facetrip.identification.workflows import check_cluster_folder, cluster_photos, run_threshold, write_clustering
 
     if algorithm not in ALGORITHMS:
         fail(f"--algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}.")
@@ -183,6 +187,7 @@ def cluster(
     missing = [str(path) for path in photos if not path.exists()]
     if missing:
         fail(f"{missing[0]}: no such file or folder.")
+    output_folder = check_cluster_folder(output, overwrite)  # before anything is computed or written
     setup_logging()
     loaded = _load_run(run)
     try:
@@ -193,7 +198,7 @@ def cluster(
         summary = {"run": str(loaded.path), "algorithm": algorithm, "metric": loaded.metadata["metric"], "threshold": chosen,
                    "threshold_rule": rule, "photos": len(found.files), "clusters": found.num_clusters,
                    "alone": alone, "no_face": no_face, "unreadable": len(found.unreadable), "seconds": found.seconds}
-        written = write_clustering(output, found, summary)
+        written = write_clustering(output, found, summary, output_folder)
     except OSError as error:
         fail(f"Cannot write into {output}: {error.strerror or error}; choose another folder with -o.")
     if as_json:

@@ -10,7 +10,7 @@ import typer
 
 from facetrip.cli.core import (
     DATA_DIR_HELP, DATA_HELP, PROGRESS_LINE_SECONDS, _number_or_word, _percent, app, console, error_console, fail,
-    maps_errors, setup_logging,
+    literal, maps_errors, setup_logging,
 )
 
 
@@ -265,7 +265,6 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, wr
 
     import_tensorflow()
     import tensorflow_datasets as tfds
-    from rich.markup import escape
 
     from facetrip.training import find_resume_point, prepare_run_dir, train as run_training
 
@@ -278,18 +277,20 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, wr
     resuming = (f" (resuming after epoch {start}, from checkpoint {checkpoint.name})" if checkpoint is not None
                 else " (resuming from the start: no checkpoint was saved yet)")
     console.print(
-        f"[bold]facetrip train[/] {config.loss.strategy} (margin {config.loss.margin}, {config.loss.metric}) on "
-        f"{config.data.source}, P={config.sampler.identities_per_batch} K={config.sampler.images_per_identity} "
-        f"-> {escape(str(run_dir))}" + (resuming if resume else ""), highlight=False,
+        f"[bold]facetrip train[/] {literal(config.loss.strategy)} (margin {literal(config.loss.margin)}, "
+        f"{literal(config.loss.metric)}) on {literal(config.data.source)}, P={config.sampler.identities_per_batch} "
+        f"K={config.sampler.images_per_identity} -> {literal(run_dir)}" + (literal(resuming) if resume else ""),
+        highlight=False, soft_wrap=True,
     )
     progress = rich_progress_callback(config.train.epochs, start)
     try:
-        console.print(f"Loading {config.data.source} and building the model ...", style="dim")
+        console.print(f"Loading {literal(config.data.source)} and building the model ...", style="dim", highlight=False,
+                      soft_wrap=True)
         metadata = run_training(config, run_dir, callbacks=[progress], resume=resume)
     finally:
         progress.stop()
     if not writes:
-        console.print(f"[bold green]Done:[/] worker of {escape(str(run_dir))} (the chief writes it)", highlight=False)
+        console.print(f"[bold green]Done:[/] worker of {literal(run_dir)} (the chief writes it)", highlight=False)
         return
     from facetrip.evaluation.calibration import percent
 
@@ -299,7 +300,7 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, wr
     people = str(metadata.get("threshold_source", "")).replace("_", " ")
     threshold_text = f"{threshold:.4f}" if isinstance(threshold, float) else str(threshold)
     console.print(
-        f"[bold green]Done:[/] {run_dir}  threshold {threshold_text}"
+        f"[bold green]Done:[/] {literal(run_dir)}  threshold {threshold_text}"
         + (f" ({people} FAR {_percent(calibration['far'])}, target {percent(calibration['target_far'])})"
            if calibration else "")
         + (f"  {people} EER {summary['eer']:.1%}  AUC {summary['auc']:.4f}" if summary else "")
@@ -308,4 +309,4 @@ def _train_into(config, run_dir: Path, resume: bool, overwrite: bool = False, wr
         highlight=False,
     )
     if calibration.get("fallback"):
-        console.print(f"[yellow]Threshold:[/] {calibration['fallback']}.", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]Threshold:[/] {literal(calibration['fallback'])}.", highlight=False, soft_wrap=True)

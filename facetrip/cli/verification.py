@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from facetrip.cli.core import (
-    RUN_HELP, _load_run, _print_face_counts, app, console, fail, maps_errors, shown_path,
+    RUN_HELP, _load_run, _print_face_counts, app, console, fail, literal, maps_errors, shown_path,
 )
 
 
@@ -48,7 +48,7 @@ def verify(
         typer.echo(json.dumps(result))
         return
     verdict = {True: "[bold green]same person[/]", False: "[bold red]different people[/]", None: "no threshold in this run"}
-    table = Table(title=f"facetrip verify ({loaded.path})")
+    table = Table(title=f"facetrip verify ({literal(loaded.path)})")
     for column in ("image 1", "image 2"):
         table.add_column(column, overflow="fold")  # long paths fold; the verdict stays whole
     for column in (f"{result['metric']} distance", "threshold"):
@@ -59,7 +59,7 @@ def verify(
     table.add_row(escape(shown_path(first_image)), escape(shown_path(second_image)), f"{result['distance']:.4f}",
                   shown_threshold, verdict[result["same_person"]])
     console.print(table)
-    console.print(f"Threshold: {result['threshold_rule']}.", style="dim", highlight=False, soft_wrap=True)
+    console.print(f"Threshold: {literal(result['threshold_rule'])}.", style="dim", highlight=False, soft_wrap=True)
     if "threshold_warning" in result:
         console.print(f"[yellow]Note:[/] {escape(result['threshold_warning'])}", highlight=False, soft_wrap=True)
     if "faces_detected" in result:

@@ -2,9 +2,10 @@
 
 The face :func:`~facetrip.data.face_detection.find_faces` finds (or, when none is found,
 the whole image as the face box, which suits the tight crops of face data sets) gets
-dlib's five landmarks, placed on the full-resolution photo, and the chip is cut with
-``dlib.get_face_chip(rgb, shape, size=150, padding=0.25)``: exactly the chip
-``face_recognition_model_v1.compute_face_descriptor(rgb, shape)`` cuts itself.
+dlib's five landmarks, placed on the photo as decoded (at its own resolution, or reduced to
+:data:`~facetrip.data.images.WORKING_MAX_SIDE` pixels on its longer side when it is
+longer), and the chip is cut with ``dlib.get_face_chip(rgb, shape, size=150, padding=0.25)``:
+exactly the chip ``face_recognition_model_v1.compute_face_descriptor(rgb, shape)`` cuts itself.
 
 :data:`ALIGNMENT_VERSION` names every step that shapes a chip, detection included.
 """
@@ -28,6 +29,7 @@ from facetrip.data.face_detection import (
     choose_face,
     find_faces,
 )
+from facetrip.data.images import WORKING_MAX_SIDE
 from facetrip.data.photo_pixels import as_rgb
 
 # dlib's face network reads 150 x 150 chips cut with 25% padding around the landmarks.
@@ -38,8 +40,8 @@ CHIP_PADDING = 0.25
 # out differently, so that old cached chips are not mixed with new ones. The PNG chips and
 # the cache read it from this module at each use: it is one value, wherever it is set.
 ALIGNMENT_VERSION = (
-    f"hog-rgb-coarse-to-fine-long{DETECTION_MIN_SIDE}-{DETECTION_MAX_SIDE}_else-cnn{CNN_MIN_SIDE}-{CNN_MAX_SIDE}"
-    f"_centre-or-largest_5pt_chip{CHIP_SIZE}_pad{CHIP_PADDING}_v4"
+    f"within{WORKING_MAX_SIDE}_hog-rgb-coarse-to-fine-long{DETECTION_MIN_SIDE}-{DETECTION_MAX_SIDE}"
+    f"_else-cnn{CNN_MIN_SIDE}-{CNN_MAX_SIDE}_centre-or-largest_5pt_chip{CHIP_SIZE}_pad{CHIP_PADDING}_v5"
 )
 
 
@@ -84,7 +86,7 @@ def chip_in_box(rgb: np.ndarray, box: Box) -> np.ndarray:
     """The 150 x 150 chip of the face in ``box``, aligned on dlib's five landmarks.
 
     Args:
-        rgb: (h, w, 3) uint8 RGB photo at full resolution.
+        rgb: (h, w, 3) uint8 RGB photo, as decoded.
         box: ``(left, top, right, bottom)`` of the face, inclusive.
 
     Returns:
@@ -107,7 +109,7 @@ def chip_from_pixels(rgb: np.ndarray) -> FaceChip:
     :func:`~facetrip.data.face_detection.choose_face` picks one.
 
     Args:
-        rgb: (h, w, 3) RGB or (h, w) grey uint8 pixels at the photo's own resolution.
+        rgb: (h, w, 3) RGB or (h, w) grey uint8 pixels of the photo as decoded (:func:`~facetrip.data.images.decode_bytes`).
 
     Returns:
         the :class:`FaceChip`, with how many faces were detected.

@@ -91,9 +91,13 @@ def photo_record(file_name: str, identity: str, data: bytes, mode: str, use_chip
         "detector": str, "error": str}``; a failed photo has ``image = b""``,
         ``faces_detected = -1`` and its error.
     """
+    from facetrip.data.chip_cache import UntrustedCacheError
+
     record = {"label": identity, "file_name": file_name}
     try:
         image, faces_detected, detector = _encoded_image(file_name, bytes(data), mode, use_chip_cache, chip_format)
+    except UntrustedCacheError:  # the cache's, not the photo's: never recorded as the photo's failure
+        raise
     except Exception as error:  # noqa: BLE001 - any failure of one photo is recorded, never raised
         message = " ".join(str(error).split()) or type(error).__name__
         return {**record, "image": b"", "faces_detected": FAILED, "detector": "",

@@ -3,14 +3,17 @@
 Every command that touches a photo (train, evaluate, embed, verify, mine) turns it into a
 150 x 150 RGB face chip here, and only the chip meets the network:
 
-1. decode the photo at its own resolution with PIL, turn it upright by its EXIF
-   orientation and make it 8-bit RGB (:mod:`facetrip.data.photo_pixels`);
+1. decode the photo with PIL, at its own resolution or, when it is longer than
+   :data:`~facetrip.data.images.WORKING_MAX_SIDE`, reduced to it (JPEG decoded reduced,
+   other formats resized right after decoding, too large ones refused:
+   :mod:`facetrip.data.images`), turn it upright by its EXIF orientation and make it 8-bit
+   RGB (:mod:`facetrip.data.photo_pixels`);
 2. find its faces with dlib's HOG detector, coarse to fine, and with dlib's CNN detector
    where HOG finds none (:mod:`facetrip.data.face_detection`);
 3. of several faces take the largest one holding the photo's centre, else the largest, and
    count them all; when neither detector finds a face, the whole image is the face box;
-4. place dlib's five landmarks in that box on the full-resolution photo and cut the chip
-   with ``dlib.get_face_chip(rgb, shape, size=150, padding=0.25)``
+4. place dlib's five landmarks in that box on the decoded photo and cut the chip with
+   ``dlib.get_face_chip(rgb, shape, size=150, padding=0.25)``
    (:mod:`facetrip.data.chip_cutting`).
 
 Chips travel as PNG (:mod:`facetrip.data.chip_png`) and are cached per photo, keyed by its

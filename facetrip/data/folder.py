@@ -29,6 +29,7 @@ from facetrip.data.errors import DataError
 from facetrip.data.offline_builder import OfflinePreparationMessages
 from facetrip.data.images import IMAGE_EXTENSIONS, ImageReadError, decode_file, to_8bit
 from facetrip.data.names import utf8_name
+from facetrip.untrusted_files import open_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def fingerprint(root: Path, identities: dict[str, list[Path]]) -> str:
     for paths in identities.values():
         for path, name in zip(paths, _relative_names(root, paths)):
             try:
-                with open(path, "rb") as handle:
+                with os.fdopen(open_regular_file(path)[0], "rb") as handle:  # a FIFO put in its place: refused, never waited on
                     content = hashlib.file_digest(handle, "sha1").hexdigest().encode()  # text: no \0 or \n inside
             except OSError as error:  # left out, with a warning, when the folder is prepared
                 content = type(error).__name__.encode()

@@ -4,6 +4,12 @@ Users export a source (the embedded ORL faces, a tfds set) to look at its photos
 single photos to ``verify`` and ``embed``, or to edit it and train on the copy with
 ``--data folder:PATH``. The photos are written as they are stored (the encoded bytes,
 untouched), each under its own file name with the extension of its format.
+
+An export goes only into a new or empty folder, never over an earlier one: the copy is the
+user's to edit, and replacing it would lose their edits. Two identities whose names give
+one folder (``bob`` and ``bob ``, ``a/b`` and ``a_b``, or ``Bob`` and ``bob``, which a disk
+that ignores case holds as one) are refused before anything is written: read back, they
+would be one person.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import unicodedata
 from pathlib import Path
 
 from facetrip.data.errors import DataError
@@ -39,6 +46,59 @@ def safe_part(name: str) -> str:
     return part or "_"
 
 
+def check_export_folder(directory: str | Path) -> Path:
+    """The folder an export may be written to: a missing one, or an empty folder; reads only.
+
+    Args:
+        directory: the folder the user named.
+
+    Returns:
+        The folder, ``~`` expanded.
+
+    Raises:
+        DataError: ``directory`` is a file, or a folder that holds anything.
+    """
+    target = Path(directory).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DataError(f"{target} exists and is not an empty folder: choose a new one, nothing was written.")
+    return target
+
+
+def _on_any_disk(folder: str) -> str:
+    """What a folder name is to a disk that ignores case and Unicode normalisation (macOS, Windows)."""
+    return unicodedata.normalize("NFC", folder).casefold()
+
+
+def identity_folders(identity_names, target: str | Path) -> list[str]:
+    """The folder of each identity in an export (:func:`safe_part`), refusing two identities that would share one.
+
+    Args:
+        identity_names: the identities, in label order.
+        target: the export folder, for the message.
+
+    Returns:
+        The folder name of each identity, in the same order.
+
+    Raises:
+        DataError: two identities give one folder name, or two that differ only in case or
+            Unicode normalisation; the line names both.
+    """
+    folders: list[str] = []
+    first_of: dict[str, tuple[str, str]] = {}
+    for name in map(str, identity_names):
+        folder = safe_part(name)
+        if _on_any_disk(folder) in first_of:
+            other_name, other_folder = first_of[_on_any_disk(folder)]
+            where = (f"both be written to {Path(target) / folder}" if folder == other_folder else
+                     f"be written to {Path(target) / other_folder} and {Path(target) / folder}, one folder on a disk "
+                     f"that ignores case (macOS, Windows)")
+            raise DataError(f"the identities {other_name!r} and {name!r} would {where}, and read back as one person: "
+                            f"rename one of them; nothing was written.")
+        first_of[_on_any_disk(folder)] = (name, folder)
+        folders.append(folder)
+    return folders
+
+
 def export_faces(faces, directory: str | Path) -> int:
     """Write every photo of ``faces`` to ``directory/<identity>/<stem><ext>``.
 
@@ -53,27 +113,27 @@ def export_faces(faces, directory: str | Path) -> int:
         The number of photos written.
 
     Raises:
-        DataError: ``directory`` holds files already, or cannot be written.
+        DataError: ``directory`` holds files already, two identities would share a folder
+            (:func:`identity_folders`), or it cannot be written.
     """
-    target = Path(directory).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise DataError(f"{target} exists and is not an empty folder: choose a new one, nothing was written.")
+    target = check_export_folder(directory)
+    folders = identity_folders(faces.identity_names, target)  # before anything is written
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as error:
         raise DataError(f"cannot write {target}: {error.strerror or error}.") from None
     try:
-        used: set[Path] = set()
+        used: set[str] = set()
         for encoded, label, file_name in zip(faces.encoded, faces.labels, faces.file_names):
-            identity = safe_part(str(faces.identity_names[int(label)]))
+            identity = folders[int(label)]
             stem = safe_part(Path(str(file_name)).stem)
             path = Path(identity) / f"{stem}{extension_of(bytes(encoded))}"
             number = 1
-            while path in used:  # two photos of one identity with the same stem
+            while _on_any_disk(path.as_posix()) in used:  # two photos of one identity with the same stem, on any disk
                 number += 1
                 path = Path(identity) / f"{stem}-{number}{path.suffix}"
-            used.add(path)
+            used.add(_on_any_disk(path.as_posix()))
             (staging / identity).mkdir(exist_ok=True)
             (staging / path).write_bytes(bytes(encoded))
         if target.exists():

@@ -5,10 +5,13 @@ Training batches (from tfds records) and a user's photo (from a file) both go th
 
 A user's file is read once (:func:`read_photo_file`), and those bytes are what is checked
 and what is used. Only the formats of :data:`PIL_FORMATS` are opened, and only the first
-frame is decoded; its size is checked before any pixel is. What TensorFlow then decodes is
-that checked frame: single-frame JPEG, PNG and BMP bytes in grey or RGB pass through
-untouched, anything else (PGM, TIFF, GIF, palettes, 16-bit, several frames) is re-encoded
-as PNG from the decoded frame by :func:`decodable_bytes`.
+frame is decoded; its size is checked before any pixel is. A photo longer than
+:data:`WORKING_MAX_SIDE` is decoded reduced where its format allows (JPEG) and resized to
+fit right after decoding; one that only decodes at its full size is refused when that would
+take more than :data:`MAX_FULL_DECODE_BYTES`. What TensorFlow then decodes is that checked
+frame: single-frame JPEG, PNG and BMP bytes in grey or RGB within the working size pass
+through untouched, anything else (PGM, TIFF, GIF, palettes, 16-bit, several frames, larger
+photos) is re-encoded as PNG from the decoded frame by :func:`decodable_bytes`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facetrip.data.regular_files import FileOpenError, open_regular_file, read_at_most
+from facetrip.untrusted_files import FileOpenError, open_regular_file, read_at_most
 
 # Extensions facetrip treats as images when it scans a folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp")
@@ -34,9 +37,35 @@ PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "PPM", "TIFF", "WEBP")
 # which may be far larger than the frame PIL decoded and checked.
 _PASSED_TO_TENSORFLOW = {"JPEG", "PNG", "BMP"}
 
-# Images above this many pixels are refused before decoding (10,000 x 10,000 would take
-# 300 MB as RGB; a decompression bomb far more).
+# Images above this many pixels are refused before decoding, whatever their format (a
+# decompression bomb declares billions).
 MAX_IMAGE_PIXELS = 100_000_000
+
+# Photos are worked on (their faces found and cut, or resized to a model's input) at most
+# this many pixels on their longer side. A longer photo is decoded reduced where its format
+# allows (JPEG: libjpeg decodes at 1/2, 1/4 or 1/8 of the size) and resized to fit right
+# after decoding (Lanczos); photos within it are decoded as they are. The face detector
+# searches a photo at most 1000 pixels long, where it finds faces of 80 pixels and up, and a
+# chip holds the face in about 100 of its 150 pixels: any face found in a longer photo keeps
+# at least 160 pixels at 2048, so the chip loses nothing it would show.
+WORKING_MAX_SIDE = 2048
+
+# A photo decoded at its full size before it is reduced is refused when decoding it would take
+# more than this (bytes a pixel below): 50.3 megapixels (8192 x 6144, a 50-megapixel phone
+# photo) of RGB or grey PNG, TIFF, BMP or PGM, 40 of palette PNG or GIF, 12.6 of WebP, 67 of
+# progressive JPEG at 4:2:0 chroma subsampling and 33.5 at 4:4:4. Measured with `verify` on
+# the pretrained network, a 50-megapixel PNG peaks at 1.22 times an ordinary photo's memory.
+MAX_FULL_DECODE_BYTES = 192 << 20
+
+# What decoding takes a pixel at full size, measured with Pillow 13: PIL holds a frame in 4
+# bytes a pixel (RGB too), a palette frame in 1 and then 4 once converted to RGB to be
+# resized; Pillow's WebP decoder holds the frame 4 times over (15.4 measured). A baseline
+# JPEG decoded reduced takes nothing at full size; a progressive one (or one whose first scan
+# lacks a colour component) holds every DCT coefficient, 2 bytes each (3 bytes a pixel at
+# 4:2:0 chroma subsampling, 6 at 4:4:4).
+_FULL_DECODE_BYTES_PER_PIXEL = {"WEBP": 16}
+_PALETTE_MODES = ("P", "PA")
+_JPEG_COEFFICIENT_BYTES = 2
 
 # Files above this size are refused before they are read: 100 million pixels of 16-bit RGBA,
 # uncompressed, take 800 MB.
@@ -112,14 +141,16 @@ def decode_bytes(data: bytes, name: str = "image bytes"):
 
     Only the formats of :data:`PIL_FORMATS` are tried, whatever the bytes claim to be. The
     size is checked from the header before any pixel is decoded, and again on the decoded
-    frame, so a huge image or a decompression bomb is refused without exhausting memory.
+    frame, so a huge image or a decompression bomb is refused without exhausting memory. A
+    frame longer than :data:`WORKING_MAX_SIDE` comes reduced to it (:func:`_decode_first_frame`).
 
     Args:
         data: the encoded image (JPEG, PNG, PGM, ...).
         name: what to call the image in an error message (its file name).
 
     Returns:
-        ``(image, format)``: the decoded first frame as a PIL image, and PIL's format name.
+        ``(image, format)``: the decoded first frame as a PIL image, at most WORKING_MAX_SIDE
+        pixels on its longer side (its EXIF kept), and PIL's format name.
     """
     image, image_format, _ = _decode_first_frame(data, name)
     return image, image_format
@@ -128,9 +159,14 @@ def decode_bytes(data: bytes, name: str = "image bytes"):
 def _decode_first_frame(data: bytes, name: str):
     """:func:`decode_bytes`, and whether TensorFlow may decode ``data`` as it is.
 
+    A frame within :data:`WORKING_MAX_SIDE` is decoded as it is. A longer one is decoded
+    reduced where the format allows (:func:`_prepare_decoding`) and resized to fit right
+    after decoding (:func:`_within_working_size`), the full-size frame dropped at once.
+
     Returns:
         ``(image, format, passes_as_is)``: ``passes_as_is`` is True for single-frame JPEG,
-        PNG or BMP bytes in grey or RGB, whose pixels TensorFlow decodes exactly as PIL did.
+        PNG or BMP bytes in grey or RGB within the working size, whose pixels TensorFlow
+        decodes exactly as PIL did.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -143,9 +179,16 @@ def _decode_first_frame(data: bytes, name: str):
                 # passes, so its frames (which PIL would walk to count them) are never counted.
                 passes_as_is = (image.format in _PASSED_TO_TENSORFLOW and image.mode in ("L", "RGB")
                                 and not getattr(image, "is_animated", False))
+                if _prepare_decoding(image, data, name):  # the decoder was asked for a reduced frame
+                    passes_as_is = False
                 image.load()  # decode now (the first frame only): truncated or corrupt files fail here, not mid-epoch
                 _check_size(image, name)  # what was decoded
-                return image.copy(), image.format, passes_as_is
+                image_format = image.format
+                working = _within_working_size(image)
+                if working is image:
+                    return image.copy(), image_format, passes_as_is
+                image.close()  # the full-size frame goes before anything else is done
+                return working, image_format, False
     except ImageReadError:
         raise
     except Image.DecompressionBombError:  # PIL's own limit, checked while it reads the header
@@ -171,6 +214,113 @@ def _too_large(path, size: str) -> str:
     return f"{path} is too large to decode ({size}; facetrip decodes at most {MAX_IMAGE_PIXELS:,} pixels): resize it first"
 
 
+def _prepare_decoding(image, data: bytes, name: str) -> bool:
+    """Before a frame longer than :data:`WORKING_MAX_SIDE` is decoded: ask for it reduced, or refuse it.
+
+    A JPEG is asked of libjpeg at the largest of 1/2, 1/4 and 1/8 of its size that brings it
+    within the working size (1/8 when none does). A frame that decodes at its full size is
+    refused when that takes more than :data:`MAX_FULL_DECODE_BYTES`.
+
+    Args:
+        image: the PIL image, opened and not yet decoded.
+        data: its encoded bytes.
+        name: what to call the image in an error message.
+
+    Returns:
+        whether the decoder will deliver the frame reduced.
+
+    Raises:
+        ImageReadError: decoding the frame at its full size would take too much memory.
+    """
+    width, height = image.size
+    longer = max(width, height)
+    if longer <= WORKING_MAX_SIDE:
+        return False
+    reduced = False
+    if image.format == "JPEG":
+        scale = next((scale for scale in (2, 4, 8) if -(-longer // scale) <= WORKING_MAX_SIDE), 8)
+        reduced = image.draft(image.mode, (max(1, width // scale), max(1, height // scale))) is not None
+    bytes_per_pixel = _full_decode_bytes_per_pixel(image, data, reduced)
+    if width * height * bytes_per_pixel > MAX_FULL_DECODE_BYTES:
+        kind = "progressive or multi-scan JPEG" if reduced else image.format
+        limit = int(MAX_FULL_DECODE_BYTES // bytes_per_pixel)
+        raise ImageReadError(f"{name} is too large to decode ({width} x {height} pixels; facetrip decodes {kind} images "
+                             f"of at most {limit:,} pixels, baseline JPEG of at most {MAX_IMAGE_PIXELS:,}): resize it first")
+    return reduced
+
+
+def _full_decode_bytes_per_pixel(image, data: bytes, reduced: bool) -> float:
+    """Bytes a pixel of the frame at its full size that decoding ``image`` holds at once (see _FULL_DECODE_BYTES_PER_PIXEL)."""
+    if not reduced:
+        if image.mode in _PALETTE_MODES:
+            return 5  # the palette frame, and its RGB copy to resize
+        return _FULL_DECODE_BYTES_PER_PIXEL.get(image.format, 4)
+    if not image.info.get("progressive") and _first_jpeg_scan_holds_every_component(data):
+        return 0  # libjpeg decodes a row of blocks at a time
+    layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * 3  # (component, horizontal, vertical sampling, table)
+    largest = max(horizontal for _, horizontal, _, _ in layers) * max(vertical for _, _, vertical, _ in layers)
+    return _JPEG_COEFFICIENT_BYTES * sum(horizontal * vertical for _, horizontal, vertical, _ in layers) / largest
+
+
+# JPEG markers that start a frame (SOF0-SOF15 but DHT, JPG and DAC) and a scan (SOS).
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_SCAN_MARKER = 0xDA
+
+
+def _first_jpeg_scan_holds_every_component(data: bytes) -> bool:
+    """Whether a JPEG's first scan holds all its colour components, read from its markers.
+
+    A scan holding only some (or a progressive JPEG) makes libjpeg keep every coefficient of
+    the frame until the last scan.
+    """
+    position, components = 2, None  # after the start-of-image marker
+    while position + 4 < len(data):
+        if data[position] != 0xFF:
+            return False  # not a marker where one belongs: assume the worst
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            position += 2
+            continue
+        if marker in _JPEG_FRAME_MARKERS and position + 9 < len(data):
+            components = data[position + 9]
+        if marker == _JPEG_SCAN_MARKER:
+            return components is not None and data[position + 4] >= components
+        position += 2 + int.from_bytes(data[position + 2: position + 4], "big")
+    return False
+
+
+# Modes PIL reduces by a whole factor (box averages) as they are: a frame of these is reduced
+# so first, then resampled (Lanczos) by less than 2, holding a far smaller intermediate image
+# than Lanczos all the way down (RGBA and LA would be premultiplied in a full-size copy first;
+# 16-bit grey cannot be reduced so).
+_REDUCED_IN_WHOLE_FACTORS = ("L", "RGB", "CMYK", "I", "F")
+
+
+def _within_working_size(image):
+    """A decoded frame resized so that its longer side is WORKING_MAX_SIDE; the frame itself when it fits.
+
+    Reduced by the whole factor first where its mode allows (box averages), then resampled
+    (Lanczos). A palette or 1-bit frame is made 8-bit (:func:`to_8bit`) first, to be
+    resampled. The result keeps the frame's ``info`` (its EXIF orientation with it).
+    """
+    from PIL import Image
+
+    width, height = image.size
+    longer = max(width, height)
+    if longer <= WORKING_MAX_SIDE:
+        return image
+    scale = WORKING_MAX_SIDE / longer
+    size = (max(1, min(WORKING_MAX_SIDE, round(width * scale))), max(1, min(WORKING_MAX_SIDE, round(height * scale))))
+    source = to_8bit(image) if image.mode in (*_PALETTE_MODES, "1") else image
+    reducing_gap = 1.0 if source.mode in _REDUCED_IN_WHOLE_FACTORS else None
+    resized = source.resize(size, Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
+    resized.info = dict(image.info)
+    return resized
+
+
 def to_8bit(image):
     """Grey or RGB 8-bit PIL image: 16/32-bit grey is scaled to 0..255, alpha and palettes are dropped."""
     from PIL import Image
@@ -186,10 +336,42 @@ def to_8bit(image):
     return image.convert("RGB")  # RGBA, CMYK, palettes, ...
 
 
+def exif_orientation(image) -> int:
+    """A PIL image's EXIF orientation, 1 to 8: 1 (as stored) when it has none, or EXIF that cannot be read.
+
+    Args:
+        image: a PIL image (its EXIF, or its XMP orientation, is read).
+
+    Returns:
+        the orientation tag's value (6: turn 90 degrees clockwise to view, ...).
+    """
+    from PIL import ExifTags
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns of corrupt EXIF, and reads what it can
+        try:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        except Exception:  # noqa: BLE001 - EXIF that cannot be read says nothing of the orientation
+            return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
 def image_to_png_bytes(image) -> bytes:
-    """PNG bytes of a PIL image, converted to 8-bit grey ('L') or RGB."""
+    """PNG bytes of a PIL image, converted to 8-bit grey ('L') or RGB, with its EXIF orientation.
+
+    The orientation (a phone photo's "turn me upright") is all of its EXIF the PNG keeps: a
+    face chip cut from the PNG is the one cut from the photo.
+    """
+    from PIL import ExifTags, Image
+
+    orientation = exif_orientation(image)
+    options = {}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = orientation
+        options["exif"] = exif
     buffer = io.BytesIO()
-    to_8bit(image).save(buffer, format="PNG")
+    to_8bit(image).save(buffer, format="PNG", **options)
     return buffer.getvalue()
 
 
@@ -228,9 +410,10 @@ def decode_passing_as_is(data: bytes, name: str = "image bytes"):
 def decodable_bytes(data: bytes, name: str = "image bytes") -> bytes:
     """Encoded image bytes as :func:`preprocess_encoded` may decode them: exactly the frame PIL checked.
 
-    Single-frame JPEG / PNG / BMP bytes in grey or RGB are returned as they are; anything
-    else PIL can read (GIF, PGM, TIFF, palette or 16-bit images, several frames, ...) is
-    re-encoded as PNG from its decoded first frame.
+    Single-frame JPEG / PNG / BMP bytes in grey or RGB within :data:`WORKING_MAX_SIDE` are
+    returned as they are; anything else PIL can read (GIF, PGM, TIFF, palette or 16-bit
+    images, several frames, longer photos, ...) is re-encoded as PNG from its decoded first
+    frame, reduced to the working size, with its EXIF orientation (:func:`image_to_png_bytes`).
 
     Args:
         data: the encoded image.

@@ -44,9 +44,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from facetrip.data.chip_cache import check_chip_cache
 from facetrip.data.chip_examples import CHIP_FORMATS, CHIPS, WHOLE_PHOTOS, ShardRecords, shard_records
 from facetrip.data.errors import DataError
 from facetrip.data.photo_listing import PhotoListing
+from facetrip.untrusted_files import UntrustedFileError, load_npz_checked, read_untrusted_bytes, read_untrusted_text
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ class PreparedFaces(tfds.core.ShardBasedBuilder):
         """One task per shard of :func:`photos_per_shard` photos, in listing order."""
         count = len(self.listing)
         use_cache = self.mode == CHIPS and count <= CHIP_CACHE_MAX_PHOTOS
+        if use_cache:  # refused here, in one line, rather than recorded as every photo's failure
+            check_chip_cache()
         most = MAX_WHOLE_PHOTOS_PER_SHARD if self.mode == WHOLE_PHOTOS else MAX_PHOTOS_PER_SHARD
         size = photos_per_shard(count, most)
         return [ShardRecords(self.listing.part(start, min(start + size, count)), self.mode, use_cache,
@@ -195,8 +199,8 @@ def _finished_shard_count(partial: Path, name: str) -> int | None:
     try:
         if not (partial / name).is_file():
             return None
-        text = (partial / f"{name}.count").read_text()
-    except (OSError, UnicodeDecodeError):
+        text = read_untrusted_text(partial / f"{name}.count", 32, "count file")
+    except (OSError, UntrustedFileError):
         return None
     return int(text) if text.isdigit() else None
 
@@ -490,10 +494,11 @@ def open_prepared(path: Path, listing: PhotoListing, mode: str, count: int) -> P
 
 def _read_index(path: Path, count: int, identities: int) -> dict[str, np.ndarray] | None:
     """The index file, checked (``count`` long everywhere, the right types, labels in range), or None when absent or damaged."""
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            index = {key: stored[key] for key in ("labels", "faces_detected", "detectors", "failed")}
-    except Exception:  # noqa: BLE001 - absent, truncated, a bad zip or CRC, wrong keys: rebuilt from the shards
+    specs = {"labels": ((count,), "i"), "faces_detected": ((count,), "i"), "detectors": ((count,), "i"),
+             "failed": ((count,), "b")}
+    try:  # every header checked against the count before anything is allocated
+        index = load_npz_checked(read_untrusted_bytes(path, 64 * count + (1 << 20), "index file"), specs, path)
+    except UntrustedFileError:  # absent, truncated, a bad zip or CRC, wrong keys or shapes: rebuilt from the shards
         return None
     lengths = {len(array) for array in index.values()}
     kinds = (index["labels"].dtype == np.int32, index["faces_detected"].dtype == np.int16,

@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 
 from facetrip.data.errors import DataError
-from facetrip.data.regular_files import FileOpenError, open_regular_file, read_at_most
+from facetrip.untrusted_files import FileOpenError, open_regular_file, read_at_most
 
 logger = logging.getLogger(__name__)
 

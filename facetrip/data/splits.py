@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from facetrip.data.errors import DataError
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json
+
+# The largest split.json read: the names of 10^6 identities take some 20 MB.
+SPLIT_SIZE_LIMIT = 64 << 20
 
 SPLITS = ("train", "dev", "test")
 
@@ -52,7 +56,19 @@ class IdentitySplit:
 
     @classmethod
     def load(cls, path: str | Path) -> IdentitySplit:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """The split saved in ``path`` (a run's ``split.json``), read as an untrusted file.
+
+        Raises:
+            DataError: the file cannot be read, is not JSON, nests too deep, or lacks a part.
+        """
+        try:
+            data = read_untrusted_json(path, SPLIT_SIZE_LIMIT, "identity split")
+            return cls.from_dict(data)
+        except UntrustedFileError as error:
+            raise DataError(f"{error}.") from None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise DataError(f"{path} is not an identity split facetrip writes (it needs the lists "
+                            f"{', '.join(SPLITS)} and a seed).") from None
 
 
 def _how_many(amount: float, total: int, what: str) -> int:

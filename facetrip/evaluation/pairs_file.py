@@ -16,6 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_text
+
+# LFW's pairs.txt takes 140 kB; a pairs file of 10^6 pairs some 50 MB.
+PAIRS_FILE_SIZE_LIMIT = 256 << 20
+
 
 class PairsFileError(ValueError):
     """A pairs file that is not in the LFW pairs.txt format, or names images that do not exist."""
@@ -172,8 +177,7 @@ def read_lfw_pairs(path: str | Path) -> NamedPairs:
     """
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = "not a UTF-8 text file" if isinstance(error, UnicodeDecodeError) else type(error).__name__
-        raise PairsFileError(f"Cannot read the pairs file {path} ({reason}).") from None
+        text = read_untrusted_text(path, PAIRS_FILE_SIZE_LIMIT, "pairs file")
+    except UntrustedFileError as error:
+        raise PairsFileError(f"Cannot read the pairs file: {error}.") from None
     return parse_lfw_pairs(text, str(path))

@@ -35,6 +35,8 @@ from facetrip import __version__
 from facetrip.evaluation.calibration import THRESHOLD_RULES, saved_threshold_rule  # noqa: F401  (THRESHOLD_RULES re-exported)
 from facetrip.evaluation.metrics import NUM_FOLDS
 from facetrip.data.sources import is_same_source  # noqa: F401 - also facetrip.evaluation.report's
+from facetrip.data.splits import SPLIT_SIZE_LIMIT
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json
 from facetrip.evaluation.pairs import Pairs
 from facetrip.evaluation.pairs_file import NamedPairs, PairsFileError
 
@@ -75,17 +77,15 @@ def run_split(run_dir: str | Path, metadata: dict) -> dict[str, list[str]]:
         EvaluationError: no split, the two files disagree, or the split is not identity-disjoint
             between train and test.
     """
-    import json
-
     from facetrip.runs import METADATA_FILE, SPLIT_FILE
 
     split_path = Path(run_dir) / SPLIT_FILE
     saved = None
-    if split_path.is_file():
+    if split_path.exists():
         try:
-            saved = json.loads(split_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EvaluationError(f"{split_path} is corrupt (not JSON).") from None
+            saved = read_untrusted_json(split_path, SPLIT_SIZE_LIMIT, "identity split")
+        except UntrustedFileError as error:
+            raise EvaluationError(f"{error}.") from None
     recorded = metadata.get("split")
     if saved is None and recorded is None:
         raise EvaluationError(f"{run_dir} records no identity split ({SPLIT_FILE} or 'split' in {METADATA_FILE}).")

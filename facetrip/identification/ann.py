@@ -41,6 +41,10 @@ class AnnUnavailable(RuntimeError):
     """Approximate search was asked for, and its library is not installed."""
 
 
+class AnnFileError(ValueError):
+    """A saved approximate-search index that faiss cannot read: one line saying so."""
+
+
 def available() -> bool:
     """Whether faiss can be imported."""
     try:
@@ -89,11 +93,24 @@ def build(vectors: np.ndarray, metric: str) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
-def load(index_bytes: bytes):
-    """The faiss index of serialised bytes (search it with :func:`nearest_rows`)."""
+def load(index_bytes: bytes, source: str = "the approximate-search index"):
+    """The faiss index of serialised bytes (search it with :func:`nearest_rows`).
+
+    Args:
+        index_bytes: what :func:`build` or :func:`extend` returned, read back from a file.
+        source: the file, for the message.
+
+    Raises:
+        AnnFileError: faiss cannot read the bytes (cut short, or not a faiss index).
+    """
     import faiss
 
-    return faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
+    try:
+        return faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
+    except (RuntimeError, ValueError, MemoryError) as error:  # faiss reports a damaged file as RuntimeError
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]
+        raise AnnFileError(f"{source} is corrupt, faiss cannot read it ({first_line}): build the index again "
+                           "with facetrip index RUN GALLERY -o DIR --overwrite.") from None
 
 
 def size(index) -> int:

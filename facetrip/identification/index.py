@@ -7,6 +7,7 @@
                                the embedding size, the people and photos, the data file and its hash
       gallery-<hash>.npz       embeddings (N, D) float32, identities (N,), files (N,), faces_detected (N,)
       ann-<hash>.bin           an approximate-nearest-neighbour index of the embeddings (large galleries)
+      .facetrip-output.json    the files `facetrip index` wrote here: only those are ever replaced or removed
 
 The data files are named after their content and written before the manifest, which is
 written last and atomically: a kill at any point leaves the previous index whole, and an
@@ -24,21 +25,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import itertools
 import json
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from facetrip.runs.output_folder import CommandOutput, OutputFolder, check_output_folder
+from facetrip.untrusted_files import UntrustedFileError, load_npz_checked, read_untrusted_bytes, read_untrusted_json
 
 MANIFEST_FILE = "manifest.json"
 INDEX_KIND = "facetrip gallery index"
 INDEX_FORMAT = 1
 # A manifest lists the gallery sources added, nothing per photo: a larger file is not one.
 MANIFEST_SIZE_LIMIT = 4 << 20
+# The largest data or ANN file read: 16 GiB holds some 10^7 photos' 512-value embeddings.
+_DATA_SIZE_LIMIT = 16 << 30
 _DATA_PREFIX, _ANN_PREFIX = "gallery-", "ann-"
 _HASH_CHUNK = 4 << 20
 # faces_detected of an entry embedded from the whole image (runs that read no face chips).
@@ -188,22 +192,85 @@ def merged(index: GalleryIndex | None, embeddings: np.ndarray, identities, files
     ), int((~fresh).sum())
 
 
-def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = None, ann_library: str | None = None) -> dict[str, Any]:
+INDEX_OUTPUT = CommandOutput("facetrip index", (MANIFEST_FILE, f"{_DATA_PREFIX}*.npz", f"{_ANN_PREFIX}*.bin"),
+                             option="-o", again="add photos to it with --add, or replace it with --overwrite")
+
+
+def check_index_folder(index_dir: str | Path, add: bool = False, overwrite: bool = False) -> OutputFolder:
+    """The folder `facetrip index` may write into, checked before anything is embedded (:func:`check_output_folder`).
+
+    A new or empty folder is taken; with ``add`` or ``overwrite``, one holding an index that
+    `facetrip index` wrote (files of other names beside it are kept); ``add`` needs that index.
+
+    Args:
+        index_dir: the index folder.
+        add: the gallery is to be added to the index there.
+        overwrite: the index there is to be replaced.
+
+    Returns:
+        The checked folder, for :func:`write_index`.
+
+    Raises:
+        OutputFolderError: a folder holding a file of a name an index has that `facetrip index`
+            did not write, other files without ``overwrite`` or ``add``, or an index without either.
+        GalleryIndexError: ``add`` and no index in the folder.
+    """
+    folder = check_output_folder(index_dir, INDEX_OUTPUT, overwrite=add or overwrite,
+                                 recognised=_unrecorded_index_files(Path(index_dir)))
+    if add and not (MANIFEST_FILE in folder.earlier and has_index(index_dir)):
+        raise GalleryIndexError(f"{index_dir} holds no index to add to: build one without --add first.")
+    return folder
+
+
+def _unrecorded_index_files(index_dir: Path) -> frozenset[str]:
+    """The files of an index in a folder without an output record (written by an earlier facetrip), else nothing.
+
+    Such an index is recognised by its content: a valid manifest whose data file (and ANN
+    file) are in the folder with the SHA-256 the manifest gives.
+    """
+    from facetrip.runs.output_folder import OUTPUT_RECORD
+
+    if (index_dir / OUTPUT_RECORD).exists() or not has_index(index_dir):
+        return frozenset()
+    try:
+        manifest = read_manifest(index_dir)
+        files = {manifest["data_file"]: manifest["data_sha256"]}
+        if manifest.get("ann"):
+            files[manifest["ann"]["file"]] = str(manifest["ann"].get("sha256"))
+        if any(not (index_dir / name).is_file() or _file_sha256(index_dir / name) != digest
+               for name, digest in files.items()):
+            return frozenset()
+    except (GalleryIndexError, OSError, TypeError):
+        return frozenset()
+    return frozenset({MANIFEST_FILE, *files})
+
+
+def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = None, ann_library: str | None = None,
+                output_folder: OutputFolder | None = None) -> dict[str, Any]:
     """Write an index: its data file (and ANN index) under their hashes, then the manifest, then remove stale files.
+
+    The stale files are those of the index written there before, as its record lists them
+    (:mod:`facetrip.runs.output_folder`); no other file in the folder is touched.
 
     Args:
         index_dir: the folder (created if missing).
         index: the index to write; its manifest gets the counts, files and hashes.
         ann: a serialised ANN index of ``index.embeddings``, or None.
         ann_library: the library that made ``ann``.
+        output_folder: ``index_dir`` as :func:`check_index_folder` checked it before the
+            gallery was embedded; default: checked here, taking an index there for replacing.
 
     Returns:
         The manifest written.
+
+    Raises:
+        OutputFolderError: the folder holds a file of a name the index writes that `facetrip index` did not write.
     """
     from facetrip.runs import atomic_write_bytes, atomic_write_json, write_atomically_as
 
     index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
+    folder = output_folder if output_folder is not None else check_index_folder(index_dir, overwrite=True)
+    folder.claim([MANIFEST_FILE])  # creates the folder
 
     def write_data(temporary: Path) -> None:  # NumPy streams each array into the zip a buffer at a time
         with open(temporary, "wb") as handle:
@@ -214,7 +281,9 @@ def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = 
 
     def data_file_name(temporary: Path) -> str:
         hashes.append(_file_sha256(temporary))
-        return f"{_DATA_PREFIX}{hashes[-1][:16]}.npz"
+        name = f"{_DATA_PREFIX}{hashes[-1][:16]}.npz"
+        folder.claim([name])  # recorded before the file takes its name
+        return name
 
     write_atomically_as(index_dir, write_data, data_file_name, suffix=".partial.npz")
     data_hash = hashes[-1]
@@ -231,12 +300,10 @@ def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = 
     if ann is not None:
         ann_hash = hashlib.sha256(ann).hexdigest()
         manifest["ann"] = {"library": ann_library, "file": f"{_ANN_PREFIX}{ann_hash[:16]}.bin", "sha256": ann_hash}
+        folder.claim([manifest["ann"]["file"]])
         atomic_write_bytes(index_dir / manifest["ann"]["file"], ann)
     atomic_write_json(index_dir / MANIFEST_FILE, manifest)
-    kept = {manifest["data_file"], (manifest["ann"] or {}).get("file")}
-    for stale in (*index_dir.glob(f"{_DATA_PREFIX}*.npz"), *index_dir.glob(f"{_ANN_PREFIX}*.bin")):
-        if stale.name not in kept:
-            stale.unlink(missing_ok=True)
+    folder.finish()
     return manifest
 
 
@@ -258,18 +325,11 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
         raise GalleryIndexError(f"Index folder {index_dir} does not exist: build one with facetrip index RUN GALLERY -o {index_dir}.")
     path = index_dir / MANIFEST_FILE
     try:
-        with path.open("rb") as handle:
-            content = handle.read(MANIFEST_SIZE_LIMIT + 1)
-    except FileNotFoundError:
-        raise GalleryIndexError(f"{index_dir} is not a facetrip index (no {MANIFEST_FILE}): {rebuild}.") from None
-    except OSError as error:
-        raise GalleryIndexError(f"{path} cannot be read: {error.strerror or error}.") from None
-    if len(content) > MANIFEST_SIZE_LIMIT:
-        raise GalleryIndexError(f"{path} is larger than any index manifest: {rebuild}.")
-    try:
-        manifest = json.loads(content.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise GalleryIndexError(f"{path} is corrupt (not JSON): {rebuild}.") from None
+        manifest = read_untrusted_json(path, MANIFEST_SIZE_LIMIT, "index manifest")
+    except UntrustedFileError as error:
+        if error.reason == "missing":
+            raise GalleryIndexError(f"{index_dir} is not a facetrip index (no {MANIFEST_FILE}): {rebuild}.") from None
+        raise GalleryIndexError(f"{error}: {rebuild}.") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != INDEX_KIND:
         raise GalleryIndexError(f"{path} is not the manifest of a facetrip index: {rebuild}.")
     if manifest.get("format") != INDEX_FORMAT:
@@ -301,33 +361,33 @@ def read_index(index_dir: str | Path) -> GalleryIndex:
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
     rebuild = f"build the index again with facetrip index RUN GALLERY -o {index_dir}"
-    data = _checked_bytes(index_dir / manifest["data_file"], manifest["data_sha256"], rebuild)
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            embeddings, identities = arrays["embeddings"], arrays["identities"]
-            files, faces_detected = arrays["files"], arrays["faces_detected"]
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError):
-        raise GalleryIndexError(f"{index_dir / manifest['data_file']} is corrupt: {rebuild}.") from None
+    data_path = index_dir / manifest["data_file"]
+    data = _checked_bytes(data_path, manifest["data_sha256"], rebuild, _DATA_SIZE_LIMIT)
     count, size = manifest["entries"], manifest["embedding_dim"]
-    if (embeddings.shape != (count, size) or embeddings.dtype != np.float32 or identities.shape != (count,)
-            or files.shape != (count,) or faces_detected.shape != (count,) or identities.dtype.kind != "U"
-            or files.dtype.kind != "U" or faces_detected.dtype.kind not in "iu" or not np.all(np.isfinite(embeddings))):
-        raise GalleryIndexError(f"{index_dir / manifest['data_file']} does not hold the {count} x {size} embeddings "
+    specs = {"embeddings": ((count, size), "f"), "identities": ((count,), "U"), "files": ((count,), "U"),
+             "faces_detected": ((count,), "iu")}
+    try:  # every header checked against the manifest before its array is allocated
+        arrays = load_npz_checked(data, specs, data_path, max_array_bytes=_DATA_SIZE_LIMIT)
+    except UntrustedFileError as error:
+        raise GalleryIndexError(f"{error}: {rebuild}.") from None
+    embeddings, identities, files, faces_detected = (arrays[name] for name in specs)
+    if embeddings.dtype != np.float32 or not np.all(np.isfinite(embeddings)):
+        raise GalleryIndexError(f"{data_path} does not hold the {count} x {size} embeddings "
                                 f"its manifest describes: {rebuild}.")
     ann = None
     if manifest.get("ann"):
-        ann = _checked_bytes(index_dir / manifest["ann"]["file"], str(manifest["ann"].get("sha256")), rebuild)
+        ann = _checked_bytes(index_dir / manifest["ann"]["file"], str(manifest["ann"].get("sha256")), rebuild, _DATA_SIZE_LIMIT)
     return GalleryIndex(embeddings, identities, files, faces_detected.astype(np.int64), manifest, ann)
 
 
-def _checked_bytes(path: Path, sha256: str, rebuild: str) -> bytes:
-    """The bytes of an index file whose hash the manifest gives; GalleryIndexError if missing or changed."""
+def _checked_bytes(path: Path, sha256: str, rebuild: str, max_bytes: int) -> bytes:
+    """The bytes of an index file whose hash the manifest gives, read once; GalleryIndexError if missing or changed."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise GalleryIndexError(f"{path} is missing: {rebuild}.") from None
-    except OSError as error:
-        raise GalleryIndexError(f"{path} cannot be read: {error.strerror or error}.") from None
+        data = read_untrusted_bytes(path, max_bytes, "index file")
+    except UntrustedFileError as error:
+        if error.reason == "missing":
+            raise GalleryIndexError(f"{path} is missing: {rebuild}.") from None
+        raise GalleryIndexError(f"{error}: {rebuild}.") from None
     if hashlib.sha256(data).hexdigest() != sha256:
         raise GalleryIndexError(f"{path} is corrupt (it changed after the index was written): {rebuild}.")
     return data

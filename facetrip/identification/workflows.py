@@ -13,12 +13,13 @@ import numpy as np
 from facetrip.embedding import row_chunks, scratch_npy_path, write_npy_rows
 from facetrip.identification import ann as ann_search
 from facetrip.identification.clustering import ALONE, DEFAULT_ALGORITHM, cluster_embeddings, numbered_clusters
-from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_same_model, has_index, merged,
+from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_index_folder, check_same_model, merged,
                                            model_fingerprint, new_manifest, read_index, write_index)
-from facetrip.identification.photos import Embedded, embed_photos, gallery_photos, unlabelled_photos
+from facetrip.identification.photos import Embedded, embed_gallery, embed_photos, unlabelled_photos
 from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, false_alarm_for_pair_far,
                                             identify_embeddings, pair_far_for_false_alarm, score_gallery, top_people,
                                             top_people_from_candidates)
+from facetrip.runs.output_folder import CommandOutput, OutputFolder, check_output_folder
 
 Stage = Callable[[str], None] | None
 Progress = Callable[[int, int], None] | None
@@ -96,7 +97,7 @@ class IndexSummary:
 
 def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, overwrite: bool = False,
                   ann: bool | None = None, data_dir: str | None = None, on_stage: Stage = None,
-                  progress: Progress = None) -> IndexSummary:
+                  progress: Progress = None, output_folder: OutputFolder | None = None) -> IndexSummary:
     """Embed a gallery of known people with a run's model and write (or extend) an index.
 
     Args:
@@ -110,59 +111,58 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
         data_dir: tfds storage folder for data source specs.
         on_stage: called with a short message as each stage starts.
         progress: called as ``progress(done, total)`` while photos are read, aligned and embedded.
+        output_folder: ``index_dir`` as :func:`check_index_folder` checked it for ``add`` and
+            ``overwrite`` (the command checks before loading the run); default: checked here.
 
     Returns:
         :class:`IndexSummary`.
 
     Raises:
-        GalleryIndexError: the folder holds an index and neither ``add`` nor ``overwrite``;
-            ``add`` without an index; an index of another model; no photo with a face.
+        OutputFolderError: the folder is not one `facetrip index` may write into (:func:`check_index_folder`).
+        GalleryIndexError: ``add`` without an index; an index of another model; no photo with a face.
         DataError: an unknown source, or a folder without ``<person>/<photo>`` images.
         AnnUnavailable: ``ann`` is True and no ANN library is installed.
     """
     index_dir = Path(index_dir)
+    folder = output_folder if output_folder is not None else check_index_folder(index_dir, add, overwrite)
     fingerprint = model_fingerprint(run.path, run.metadata)
     existing = None
     if add:
-        if not has_index(index_dir):
-            raise GalleryIndexError(f"{index_dir} holds no index to add to: build one without --add first.")
         existing = read_index(index_dir)
         check_same_model(existing.manifest, fingerprint, run.path, index_dir)
-    elif has_index(index_dir) and not overwrite:
-        raise GalleryIndexError(f"{index_dir} already holds an index: add photos to it with --add, or replace it with --overwrite.")
     if ann:
         ann_search.require_library()
     if on_stage is not None:
         on_stage(f"Reading {gallery} ...")
-    photos = gallery_photos(gallery, data_dir, run, progress)
-    faces = photos.faces
-    if not len(faces):
-        raise GalleryIndexError(f"The gallery {gallery} holds no readable photo: nothing to index.")
-    # The embeddings go a batch at a time into scratch files beside the index, and from there
+    # A gallery folder is read, aligned and embedded a batch of photos at a time (embed_gallery);
+    # the embeddings go a batch at a time into scratch files beside the index, and from there
     # a chunk of rows at a time into its data file: memory bounded by the batch, not the gallery.
     with contextlib.ExitStack() as scratch:
         def scratch_path() -> Path:
             return scratch.enter_context(scratch_npy_path(index_dir, index_dir.parent))
 
-        embedded = embed_photos(run, faces, on_stage, embeddings_path=scratch_path(), progress=progress)
+        photos = embed_gallery(run, gallery, data_dir, embeddings_path=scratch_path(), on_stage=on_stage, progress=progress)
+        if not len(photos):
+            raise GalleryIndexError(f"The gallery {gallery} holds no readable photo: nothing to index.")
+        embedded = photos.embedded
         with_face = embedded.face_found
-        no_face = [str(name) for name in faces.file_names[~with_face]]
+        no_face = [str(name) for name in photos.file_names[~with_face]]
         if not with_face.any():
-            raise GalleryIndexError(f"No face was found on any of the {len(faces)} photos of {gallery}: nothing to index.")
+            raise GalleryIndexError(f"No face was found on any of the {len(photos)} photos of {gallery}: nothing to index.")
         manifest = dict(existing.manifest) if existing is not None else new_manifest(run.path, run.metadata, fingerprint)
-        manifest["sources"] = [*manifest.get("sources", []), {"source": faces.source, "photos": int(with_face.sum()),
+        manifest["sources"] = [*manifest.get("sources", []), {"source": photos.source, "photos": int(with_face.sum()),
                                                               "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
-        identities = np.asarray(faces.identity_names, dtype=object)[faces.labels[with_face]]
+        identities = np.asarray(photos.identity_names, dtype=object)[photos.labels[with_face]]
         with_face_embeddings = embedded.embeddings  # (N, D) memory-mapped
         if not with_face.all():
             with_face_embeddings = _rows_to_file(with_face_embeddings, with_face, scratch_path())
-        index, repeated = merged(existing, with_face_embeddings, identities, faces.file_names[with_face],
+        index, repeated = merged(existing, with_face_embeddings, identities, photos.file_names[with_face],
                                  embedded.faces_detected[with_face], manifest, rows_path=scratch_path())
         ann_index = _ann_index(index, existing, ann, on_stage)
-        written = write_index(index_dir, index, ann_index, ann_search.LIBRARY if ann_index is not None else None)
+        written = write_index(index_dir, index, ann_index, ann_search.LIBRARY if ann_index is not None else None, folder)
         added = len(index) - (len(existing) if existing is not None else 0)
         del embedded, with_face_embeddings, index  # unmapped before the scratch files go
-    return IndexSummary(written, added, repeated, no_face, photos.skipped, faces.source)
+    return IndexSummary(written, added, repeated, no_face, photos.skipped, photos.source)
 
 
 def _rows_to_file(array: np.ndarray, rows: np.ndarray, path: Path) -> np.ndarray:
@@ -233,8 +233,10 @@ def identify_with_index(index: GalleryIndex, embedded: Embedded, threshold: floa
     else:
         # The ANN index holds the photos (the saved one, read only now and only if complete):
         # it finds the nearest photos, whose people are then scored exactly by either score.
-        photos_index = ann_search.load(index.ann) if index.ann is not None else None
-        if photos_index is None or ann_search.size(photos_index) != len(index):
+        saved_file = (index.manifest.get("ann") or {}).get("file", "the saved approximate-search index")
+        photos_index = ann_search.load(index.ann, saved_file) if index.ann is not None else None
+        if (photos_index is None or ann_search.size(photos_index) != len(index)
+                or photos_index.d != index.embeddings.shape[1]):
             photos_index = ann_search.load(ann_search.build(index.embeddings, metric))
         rows = ann_search.nearest_rows(photos_index, queries, ann_search.candidates_for(k, len(index)), metric)  # (Q, m)
         if score == "mean":  # the candidate photos' people, each scored by their mean
@@ -312,15 +314,39 @@ def cluster_photos(run, inputs, threshold: float, algorithm: str = DEFAULT_ALGOR
                       time.perf_counter() - started)
 
 
-def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[str, Any]) -> dict[str, Any]:
+CLUSTER_OUTPUT = CommandOutput("facetrip cluster", ("clusters.csv", "unclustered.csv", "clusters.json",
+                                                    "cluster_[0-9][0-9][0-9]*.png"), option="-o")
+
+
+def check_cluster_folder(out_dir: str | Path, overwrite: bool = False) -> OutputFolder:
+    """The folder `facetrip cluster` may write into, checked before anything is computed (:func:`check_output_folder`).
+
+    Raises:
+        OutputFolderError: a folder holding files of someone else, or (without ``overwrite``) an earlier clustering.
+    """
+    return check_output_folder(out_dir, CLUSTER_OUTPUT, overwrite)
+
+
+def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[str, Any],
+                     output_folder: OutputFolder | None = None) -> dict[str, Any]:
     """clusters.csv (file, cluster), unclustered.csv (file, reason), one contact sheet per cluster, clusters.json.
 
     A contact sheet ``cluster_NNN.png`` shows the photos of cluster NNN as the model saw them
-    (their face chips). Sheets of an earlier clustering into the same folder that this one
-    does not replace are removed.
+    (their face chips). The files of an earlier clustering into the same folder that this one
+    does not replace are removed, those listed in its record only; no other file is touched.
+
+    Args:
+        out_dir: the output folder.
+        clustering: what :func:`cluster_photos` found.
+        summary: what clusters.json holds besides the files.
+        output_folder: ``out_dir`` as :func:`check_cluster_folder` checked it before the
+            clustering; default: checked here, taking an earlier clustering there for replacing.
 
     Returns:
         ``{"folder", "csv", "unclustered", "sheets": [...], "summary"}``: the files written.
+
+    Raises:
+        OutputFolderError: the folder holds a file of a name the clustering writes that it did not write.
     """
     import csv
     import io
@@ -331,7 +357,7 @@ def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[
     from facetrip.runs import atomic_write_bytes, atomic_write_text
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = output_folder if output_folder is not None else check_cluster_folder(out_dir, overwrite=True)
     files = [utf8_name(str(name)) for name in clustering.files]  # text a CSV can hold, whatever the name's bytes
 
     def csv_text(header, rows) -> str:
@@ -348,18 +374,17 @@ def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[
     apart += [(utf8_name(name), f"unreadable: {reason}") for name, reason in clustering.unreadable]
     written = {"folder": str(out_dir), "csv": str(out_dir / "clusters.csv"), "unclustered": str(out_dir / "unclustered.csv"),
                "sheets": [], "summary": str(out_dir / "clusters.json")}
+    sheet_names = [f"cluster_{number:03d}.png" for number in range(clustering.num_clusters)]
+    folder.claim(["clusters.csv", "unclustered.csv", "clusters.json", *sheet_names])
     atomic_write_text(out_dir / "clusters.csv", csv_text(("file", "cluster"), ((files[i], int(clustering.clusters[i])) for i in clustered)))
     atomic_write_text(out_dir / "unclustered.csv", csv_text(("file", "reason"), apart))
     for number in range(clustering.num_clusters):
         members = np.flatnonzero(clustering.clusters == number)
-        sheet = out_dir / f"cluster_{number:03d}.png"
+        sheet = out_dir / sheet_names[number]
         captions = [Path(files[i]).name for i in members]
         atomic_write_bytes(sheet, contact_sheet_png(clustering.model_images[members], captions,
                                                     f"cluster {number}: {len(members)} photos"))
         written["sheets"].append(str(sheet))
-    kept = {Path(name).name for name in written["sheets"]}
-    for stale in out_dir.glob("cluster_[0-9][0-9][0-9]*.png"):
-        if stale.name not in kept:
-            stale.unlink(missing_ok=True)
     atomic_write_text(out_dir / "clusters.json", json.dumps({**summary, "files": written}, indent=2, sort_keys=True) + "\n")
+    folder.finish()
     return written

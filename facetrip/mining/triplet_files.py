@@ -22,6 +22,10 @@ from facetrip.mining.result import (
     validated_margin,
     validated_triplets,
 )
+from facetrip.untrusted_files import UntrustedFileError, load_npz_checked, read_untrusted_bytes
+
+# The largest triplets file read: 10^8 triplets of three int32 indices and their distances.
+TRIPLETS_FILE_SIZE_LIMIT = 4 << 30
 
 FILE_FORMAT = "facetrip-triplets"
 FILE_VERSION = 1
@@ -85,19 +89,57 @@ def load_triplets(path) -> MiningResult:
         ValueError: when the file is not a readable, consistent facetrip triplets file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No triplets file at {path}.")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as error:  # zipfile, pickle and format errors all mean "not ours"
-        raise ValueError(f"{path} is not a readable triplets file (.npz written by save_triplets): "
-                         f"{type(error).__name__}: {error}".replace("\n", " ")) from error
+    try:  # every array's header checked before the array is allocated; no pickles
+        arrays = load_npz_checked(read_untrusted_bytes(path, TRIPLETS_FILE_SIZE_LIMIT, "triplets file"), None, path,
+                                  max_array_bytes=TRIPLETS_FILE_SIZE_LIMIT)
+    except UntrustedFileError as error:
+        if error.reason == "missing":
+            raise FileNotFoundError(f"No triplets file at {path}.") from None
+        raise ValueError(f"{path} is not a readable triplets file (.npz written by save_triplets): {error}") from None
     try:
         return _result_from_arrays(arrays)
     except (KeyError, TypeError, ValueError) as error:
         detail = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
         raise ValueError(f"{path} is not a valid facetrip triplets file: {detail}".replace("\n", " ")) from error
+
+
+def is_triplets_file(path) -> bool:
+    """Whether ``path`` is a triplets file facetrip wrote (so that `mine --overwrite` may replace it).
+
+    Reads only the archive's directory and its ``format`` and ``version`` entries, each a
+    few bytes, from a regular file (a FIFO is refused without waiting): a user's large
+    archive is never read whole to find that it is not one.
+
+    Args:
+        path: the file.
+
+    Returns:
+        True when its ``format`` and ``version`` are those :func:`save_triplets` writes; False
+        for anything else, a file that cannot be read included.
+    """
+    import os
+    import zipfile
+
+    from facetrip.untrusted_files import FileOpenError, open_regular_file
+
+    def entry(archive: zipfile.ZipFile, name: str):
+        info = archive.getinfo(f"{name}.npy")
+        if info.file_size > 4096:  # a scalar's .npy is about 130 bytes
+            raise ValueError(f"{name} is no scalar")
+        with archive.open(info) as member:
+            return np.lib.format.read_array(io.BytesIO(member.read(4097)), allow_pickle=False)
+
+    try:
+        descriptor, _ = open_regular_file(path)
+    except FileOpenError:
+        return False
+    try:
+        with os.fdopen(descriptor, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            file_format, version = entry(archive, "format"), entry(archive, "version")
+    except Exception:  # zip, npy header and format errors all mean "not a triplets file"
+        return False
+    return (file_format.shape == () and file_format.dtype.kind == "U" and str(file_format) == FILE_FORMAT
+            and version.shape == () and version.dtype.kind in "iu" and int(version) == FILE_VERSION)
 
 
 def _result_from_arrays(arrays: dict) -> MiningResult:

@@ -37,6 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_bytes
+
+# dlib's face network takes 22 MB; its other networks under 100 MB.
+DLIB_FILE_SIZE_LIMIT = 512 << 20
+
 # float_details.h: exponents that stand for special values instead of a power of two.
 _EXPONENT_INFINITY = 32000
 _EXPONENT_NEGATIVE_INFINITY = 32001
@@ -679,7 +684,13 @@ def read_face_recognition_resnet(path: str | Path) -> DlibNetwork:
         OSError: the file cannot be read.
     """
     path = Path(path)
-    network = read_dlib_network(path.read_bytes(), face_recognition_resnet_v1_structure(), source=str(path))
+    try:
+        data = read_untrusted_bytes(path, DLIB_FILE_SIZE_LIMIT, "dlib network file")
+    except UntrustedFileError as error:
+        if error.reason == "missing":
+            raise FileNotFoundError(2, "No such file", str(path)) from None
+        raise DlibFormatError(str(error)) from None
+    network = read_dlib_network(data, face_recognition_resnet_v1_structure(), source=str(path))
     if (network.input.rows, network.input.cols) != (FACE_RECOGNITION_CHIP_SIZE, FACE_RECOGNITION_CHIP_SIZE):
         raise DlibFormatError(
             f"{path}: expected an input of {FACE_RECOGNITION_CHIP_SIZE} x {FACE_RECOGNITION_CHIP_SIZE} pixels, "

@@ -5,6 +5,7 @@
     lock.py        the lock that keeps two processes from training into one run
     metadata.py    metadata.json, every field checked before it is used
     model_file.py  model.keras, checked (bounded, no foreign code) before Keras loads it
+    output_folder.py  what a command may write into: its own output folder (a record of its files), one file
 
 Importing this package does not import TensorFlow or Keras.
 """
@@ -48,6 +49,14 @@ from facetrip.runs.model_file import (
     check_model_weights,
     load_embedding_model,
 )
+from facetrip.runs.output_folder import (
+    OUTPUT_RECORD,
+    CommandOutput,
+    OutputFolder,
+    OutputFolderError,
+    check_output_file,
+    check_output_folder,
+)
 
 __all__ = [
     "BACKUP_DIR",
@@ -63,6 +72,10 @@ __all__ = [
     "MODEL_FILE",
     "MODEL_FILE_LIMIT",
     "MODEL_MEMBER_LIMITS",
+    "OUTPUT_RECORD",
+    "CommandOutput",
+    "OutputFolder",
+    "OutputFolderError",
     "ROC_PLOT_FILE",
     "RunError",
     "SPLIT_FILE",
@@ -74,6 +87,8 @@ __all__ = [
     "check_model_archive",
     "check_model_config",
     "check_model_weights",
+    "check_output_file",
+    "check_output_folder",
     "fsync_directory",
     "fsync_file",
     "latest_run",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from facetrip.runs.layout import METADATA_FILE, METADATA_FORMAT, RunError
+from facetrip.untrusted_files import UntrustedFileError, parse_json_text, read_untrusted_text
 
 
 # The face network's metadata.json is about 16 kB, most of it the saved calibration distances.
@@ -51,18 +52,11 @@ def read_metadata(run_dir: str | Path) -> dict[str, Any]:
         raise RunError(f"Run directory {run_dir} does not exist.")
     path = run_dir / METADATA_FILE
     try:
-        with path.open("rb") as handle:
-            content = handle.read(METADATA_SIZE_LIMIT + 1)  # never more, whatever the file holds
-    except FileNotFoundError:
-        raise RunError(f"{run_dir} is not a finished facetrip run: it has no {METADATA_FILE}.") from None
-    except OSError as error:
-        raise RunError(f"{path} cannot be read: {error.strerror or error}.") from None
-    if len(content) > METADATA_SIZE_LIMIT:
-        raise RunError(f"{path} is larger than {readable_size(METADATA_SIZE_LIMIT)}: not the metadata facetrip writes.")
-    try:
-        metadata = json.loads(content.decode("utf-8"))
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, a number too long to parse
-        raise RunError(f"{path} is corrupt (not JSON).") from None
+        metadata = parse_json_text(read_untrusted_text(path, METADATA_SIZE_LIMIT, "run metadata"), path)
+    except UntrustedFileError as error:
+        if error.reason == "missing":
+            raise RunError(f"{run_dir} is not a finished facetrip run: it has no {METADATA_FILE}.") from None
+        raise RunError(f"{error}.") from None
     if not isinstance(metadata, dict):
         raise RunError(f"{path} does not hold a JSON object but {_json_kind(metadata)}: it is not facetrip run metadata.")
     if isinstance(metadata.get("format"), bool):  # JSON true equals 1 in Python

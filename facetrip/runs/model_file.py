@@ -12,6 +12,7 @@ from pathlib import Path
 
 from facetrip.runs.layout import MODEL_FILE, RunError
 from facetrip.runs.metadata import readable_size, shown_value
+from facetrip.untrusted_files import FileOpenError, open_regular_file
 
 
 # The members Keras writes into a .keras file and the most each may unpack to. facetrip's
@@ -98,7 +99,8 @@ def _zip_directory_extent(path: Path) -> tuple[int, int] | None:
     (over 2 GiB, or over 65,535 members) are reported as ``(-1, -1)``.
     """
     end_signature, end_size, locator_size = b"PK\x05\x06", 22, 20
-    with path.open("rb") as handle:
+    descriptor, _ = open_regular_file(path)  # a FIFO or a device is refused, never waited on
+    with os.fdopen(descriptor, "rb") as handle:
         size = handle.seek(0, os.SEEK_END)
         tail_size = min(size, end_size + 0xFFFF)  # the record, then a comment of up to 65,535 bytes
         handle.seek(size - tail_size)
@@ -135,8 +137,10 @@ def check_model_archive(path: Path) -> None:
     import zlib
 
     try:
-        size = path.stat().st_size
         extent = _zip_directory_extent(path)
+        size = path.stat().st_size
+    except FileOpenError as error:
+        _refuse_model(path, f"it cannot be read ({error})")
     except OSError as error:
         _refuse_model(path, f"it cannot be read ({error.strerror or error})")
     if size > MODEL_FILE_LIMIT:

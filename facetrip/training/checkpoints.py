@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 from pathlib import Path
 
 from facetrip.runs import BACKUP_DIR, METADATA_FILE, atomic_write_json, fsync_directory, write_atomically
 from facetrip.training.errors import TrainingError
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json
+
+# A checkpoint record holds the run's config and identity split: some MB for 10^5 identities.
+_RECORD_SIZE_LIMIT = 256 << 20
 
 
 # The commit record of the checkpoints (the name Keras' BackupAndRestore gave its state file).
@@ -181,10 +184,25 @@ def checkpoint_files(backup_dir: Path) -> list[Path]:
     return fixed + [path for path in backup_dir.iterdir() if _CHECKPOINT_FILE.match(path.name)]
 
 
+def _read_json(path: Path):
+    """A small JSON record of the run's backup folder (or its metadata), read as an untrusted file.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        UntrustedFileError: any other reason it cannot be read (a ``ValueError``).
+    """
+    try:
+        return read_untrusted_json(path, _RECORD_SIZE_LIMIT, "training record")
+    except UntrustedFileError as error:
+        if error.reason == "missing":
+            raise FileNotFoundError(2, "No such file", str(path)) from None
+        raise
+
+
 def _read_checkpoint(record_path: Path) -> tuple[Checkpoint | None, str]:
     """The checkpoint ``record_path`` describes if it is whole, else None and why not."""
     try:
-        record = json.loads(record_path.read_text())
+        record = _read_json(record_path)
         epoch, weights = int(record["epoch"]), record_path.parent / str(record["weights"])
         expected_bytes, expected_sha256 = int(record["bytes"]), str(record["sha256"])
         if not _CHECKPOINT_FILE.match(weights.name):
@@ -205,11 +223,13 @@ def _read_checkpoint(record_path: Path) -> tuple[Checkpoint | None, str]:
 def _read_legacy_checkpoint(pointer_path: Path, weights: Path) -> tuple[Checkpoint | None, str]:
     """A checkpoint of Keras' BackupAndRestore (facetrip 0.1), if its files can be read."""
     try:
-        epoch = int(json.loads(pointer_path.read_text())["epoch"])
+        epoch = int(_read_json(pointer_path)["epoch"])
     except FileNotFoundError:
         return None, f"{pointer_path} is missing"
     except (OSError, ValueError, KeyError, TypeError):
         return None, f"{pointer_path} is empty or truncated"
+    if not weights.is_file():
+        return None, f"{weights} is missing"
     try:
         import h5py
 
@@ -243,7 +263,7 @@ def find_resume_point(run_dir: str | Path) -> ResumePoint:
     legacy = (backup_dir / LEGACY_WEIGHTS).exists() or (backup_dir / LEGACY_PREVIOUS_WEIGHTS).exists()
     if pointer_path.exists():
         try:
-            pointer = json.loads(pointer_path.read_text())
+            pointer = _read_json(pointer_path)
             committed_epoch = int(pointer["epoch"])
             if "checkpoint" in pointer and not _CHECKPOINT_FILE.match(f"{pointer['checkpoint']}.json"):
                 raise ValueError("not the name of a checkpoint")
@@ -347,7 +367,7 @@ class CheckpointSchedule:
 def finished_epochs(run_dir: Path) -> int | None:
     """The epochs of a run that finished (its metadata has the calibrated threshold), else None."""
     try:
-        metadata = json.loads((Path(run_dir) / METADATA_FILE).read_text())
+        metadata = _read_json(Path(run_dir) / METADATA_FILE)
         return int(metadata["epochs_completed"]) if "threshold_source" in metadata else None
     except (OSError, ValueError, KeyError, TypeError):
         return None

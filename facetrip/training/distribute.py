@@ -15,13 +15,15 @@ MultiWorkerMirroredStrategy; it drives the same Keras callbacks as ``fit``.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 from facetrip.training.errors import TrainingError
 
 DISTRIBUTE_CHOICES = ("none", "mirrored", "multi-worker")
+
+# A cluster of a thousand workers takes some 30 kB of TF_CONFIG.
+_TF_CONFIG_SIZE_LIMIT = 1 << 20
 
 
 def check_distribution(distribute: str, replicas: int, mining_scope: str) -> None:
@@ -46,21 +48,43 @@ def check_distribution(distribute: str, replicas: int, mining_scope: str) -> Non
 
 
 def cluster_task() -> tuple[dict, str, int]:
-    """The cluster, task type and task index of ``TF_CONFIG``.
+    """The cluster, task type and task index of ``TF_CONFIG``, every part of it checked.
+
+    ``TF_CONFIG`` is read like a file facetrip did not write: within a size and a nesting
+    depth, and its shape checked before anything uses it: ``cluster`` maps each task type to
+    a list of ``"host:port"`` texts, and ``task`` names one of those types and an index
+    within its list.
 
     Raises:
-        TrainingError: TF_CONFIG is missing, not JSON, or lacks ``cluster`` / ``task``.
+        TrainingError: TF_CONFIG is missing, too large, not JSON, or not of that shape (one line).
     """
+    from facetrip.untrusted_files import UntrustedFileError, parse_json_text
+
     text = os.environ.get("TF_CONFIG", "")
     if not text:
         raise TrainingError("--distribute multi-worker needs TF_CONFIG, the cluster as JSON (see docs/distributed.md).")
+    shape = ('TF_CONFIG must be JSON like {"cluster": {"worker": ["host:port", ...]}, '
+             '"task": {"type": "worker", "index": 0}}')
+    if len(text) > _TF_CONFIG_SIZE_LIMIT:
+        raise TrainingError(f"TF_CONFIG is longer than {_TF_CONFIG_SIZE_LIMIT:,} characters: {shape}.")
     try:
-        described = json.loads(text)
-        cluster, task = described["cluster"], described["task"]
-        return cluster, str(task["type"]), int(task["index"])
-    except (ValueError, KeyError, TypeError):
-        raise TrainingError('TF_CONFIG must be JSON like {"cluster": {"worker": ["host:port", ...]}, '
-                            '"task": {"type": "worker", "index": 0}}.') from None
+        described = parse_json_text(text, "TF_CONFIG")
+    except UntrustedFileError as error:
+        raise TrainingError(f"{error}: {shape}.") from None
+    cluster = described.get("cluster") if isinstance(described, dict) else None
+    task = described.get("task") if isinstance(described, dict) else None
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(name, str) and isinstance(addresses, list) and addresses
+            and all(isinstance(address, str) for address in addresses) for name, addresses in cluster.items()):
+        raise TrainingError(f"TF_CONFIG's cluster must map task types to lists of \"host:port\": {shape}.")
+    if not isinstance(task, dict) or not isinstance(task.get("type"), str) or task["type"] not in cluster:
+        raise TrainingError(f"TF_CONFIG's task must name a type of its cluster ({', '.join(sorted(cluster))}): {shape}.")
+    index = task.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        raise TrainingError(f"TF_CONFIG's task index must be a whole number from 0 to "
+                            f"{len(cluster[task['type']]) - 1} for its {len(cluster[task['type']])} "
+                            f"{task['type']} task(s): {shape}.")
+    return cluster, task["type"], index
 
 
 def is_chief(distribute: str) -> bool:

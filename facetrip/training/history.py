@@ -8,6 +8,10 @@ import math
 from pathlib import Path
 
 from facetrip.runs import METRICS_FILE, atomic_write_bytes, atomic_write_text
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_text
+
+# Keras writes a line of some 300 bytes per epoch: a larger metrics.csv is not one of a run.
+_METRICS_SIZE_LIMIT = 64 << 20
 
 
 CURVES_FILE = "training_curves.png"
@@ -27,9 +31,11 @@ def metric_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         (columns, rows as dicts); both empty when the file is missing or has no whole header.
     """
     try:
-        lines = path.read_text().splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError):
-        return [], []
+        lines = read_untrusted_text(path, _METRICS_SIZE_LIMIT, "training log").splitlines(keepends=True)
+    except UntrustedFileError as error:
+        if error.reason in ("missing", "not text"):
+            return [], []
+        raise
     if not lines or not lines[0].endswith("\n"):
         return [], []
     columns = next(csv.reader([lines[0]]))

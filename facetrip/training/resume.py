@@ -27,7 +27,7 @@ def load_resume_config(run_dir: str | Path) -> tuple[Config, list[str]]:
     Raises:
         TrainingError: not a run, or its config cannot be recovered.
     """
-    from facetrip.config import tomllib
+    from facetrip.untrusted_files import TOML_SIZE_LIMIT, UntrustedFileError, parse_toml_text, read_untrusted_text
 
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
@@ -41,18 +41,20 @@ def load_resume_config(run_dir: str | Path) -> tuple[Config, list[str]]:
     if not path.exists() and checkpoint is None:
         raise TrainingError(f"{run_dir} is not a facetrip run directory (no {CONFIG_FILE}).")
     try:
-        text = path.read_text()
+        saved_config = Config.from_dict(parse_toml_text(saved, checkpoint.name)) if saved is not None else None
+    except (UntrustedFileError, ConfigError) as error:
+        raise TrainingError(f"Cannot resume {run_dir}: the config saved in {checkpoint.name} is damaged ({error}).") from None
+    try:
+        text = read_untrusted_text(path, TOML_SIZE_LIMIT, "config")
         if not text.strip():
             raise ConfigError(f"{path} is empty")
         config = Config.from_toml(path)
-    except FileNotFoundError:
-        problem = f"{path} is missing"
-    except (OSError, UnicodeDecodeError):
-        problem = f"{path} cannot be read"
+    except UntrustedFileError as error:
+        problem = f"{path} is missing" if error.reason == "missing" else str(error)
     except ConfigError as error:
         problem = str(error).rstrip(".")
     else:
-        if saved is not None and config != Config.from_dict(tomllib.loads(saved)):
+        if saved_config is not None and config != saved_config:
             raise TrainingError(
                 f"{path} differs from the config checkpoint {checkpoint.name} was trained with (edited, or cut short): "
                 f"put the original back, or delete {path} to continue with the checkpoint's copy."
@@ -61,7 +63,7 @@ def load_resume_config(run_dir: str | Path) -> tuple[Config, list[str]]:
     if saved is None:
         raise TrainingError(f"Cannot resume {run_dir}: {problem}, and no checkpoint holds a copy of the config.")
     atomic_write_text(path, saved)
-    return Config.from_dict(tomllib.loads(saved)), [
+    return saved_config, [
         f"{problem}: continuing with the config saved in {checkpoint.name} (written back to {path})."
     ]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import shutil
 import tempfile
@@ -51,6 +50,8 @@ from facetrip.training.errors import TrainingError
 from facetrip.training.history import plot_metrics, trim_metrics
 from facetrip.training.optimizer import build_optimizer
 from facetrip.training.resume import resume_split
+from facetrip.runs.metadata import METADATA_SIZE_LIMIT
+from facetrip.untrusted_files import read_untrusted_json
 
 
 logger = logging.getLogger(__name__)
@@ -477,8 +478,8 @@ class RunMetadata:
         """Write metadata.json atomically with ``extra`` keys (``epochs_completed``, the calibration) and return it."""
         metadata = self.contents(**extra)
         try:
-            kept = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # none yet, or damaged: nothing worth keeping
+            kept = read_untrusted_json(self.path, METADATA_SIZE_LIMIT, "run metadata")
+        except ValueError:  # none yet, or damaged: nothing worth keeping (UntrustedFileError is one)
             kept = {}
         if isinstance(kept, dict):
             metadata = {**{key: kept[key] for key in self.KEPT_KEYS if key in kept}, **metadata}

@@ -6,7 +6,6 @@ same run directory; files facetrip did not write are never removed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from facetrip.config import Config, ConfigError
@@ -26,6 +25,8 @@ from facetrip.runs import (
 from facetrip.training.checkpoints import CHECKPOINT_POINTER, checkpoint_files, remove_checkpoints
 from facetrip.training.errors import TrainingError
 from facetrip.training.history import CURVES_FILE
+from facetrip.runs.metadata import METADATA_SIZE_LIMIT
+from facetrip.untrusted_files import read_untrusted_json
 
 
 def is_facetrip_run(run_dir: Path) -> bool:
@@ -37,7 +38,7 @@ def is_facetrip_run(run_dir: Path) -> bool:
         pass
     for path, key in ((run_dir / METADATA_FILE, "facetrip_version"), (run_dir / BACKUP_DIR / CHECKPOINT_POINTER, "checkpoint")):
         try:
-            if key in json.loads(path.read_text()):
+            if key in read_untrusted_json(path, METADATA_SIZE_LIMIT, "run record"):
                 return True
         except (OSError, ValueError, TypeError):
             continue

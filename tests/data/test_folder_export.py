@@ -74,3 +74,26 @@ def test_the_exported_orl_faces_read_back_as_the_same_folder_source(tmp_path):
     again = CliRunner().invoke(app, ["data", "orl_faces", "--data-dir", str(tmp_path / "tfds"), "--no-face-chips",
                                      "--export", str(tmp_path / "faces")])
     assert again.exit_code == 2 and "not an empty folder" in again.output
+
+
+@pytest.mark.parametrize("names, shared", [
+    (["bob", "ann", "bob "], "both be written to"),  # spaces at the ends are stripped
+    (["a/b", "a_b"], "both be written to"),  # a separator becomes _
+    ([".x", "_x"], "both be written to"),  # a leading dot becomes _
+    (["Bob", "bob"], "one folder on a disk that ignores case"),
+    (["caf\u00e9", "cafe\u0301"], "one folder on a disk that ignores case"),  # one name, two Unicode forms
+])
+def test_identities_sharing_a_folder_are_refused_naming_both_before_anything_is_written(tmp_path, names, shared):
+    faces = _faces([PNG] * len(names), list(range(len(names))), names, [f"{i}.png" for i in range(len(names))])
+    with pytest.raises(DataError) as refused:
+        export_faces(faces, tmp_path / "out")
+    message = str(refused.value)
+    assert repr(names[-1]) in message and shared in message and "\n" not in message
+    assert any(repr(name) in message for name in names[:-1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_photos_whose_names_differ_only_in_case_stay_apart(tmp_path):
+    faces = _faces([PNG, PNG], [0, 0], ["ann"], ["ann/Smile.png", "ann/smile.pgm"])
+    export_faces(faces, tmp_path / "out")
+    assert sorted(path.name for path in (tmp_path / "out" / "ann").iterdir()) == ["Smile.png", "smile-2.png"]

@@ -375,8 +375,8 @@ def forged_chip_texts(faces_detected="3", detector="cnn") -> dict:
 
 
 def forged_label(data: bytes) -> str:
-    """The label of the photo ``data``'s cache file: its SHA-1 and the alignment version."""
-    return f"{hashlib.sha1(data).hexdigest()} {chip_cutting.ALIGNMENT_VERSION}"
+    """The label of the photo ``data``'s cache file without its keyed tag: its SHA-256 and the alignment version."""
+    return f"{hashlib.sha256(data).hexdigest()} {chip_cutting.ALIGNMENT_VERSION}"
 
 
 FORGED_PIXELS = np.full((150, 150, 3), (200, 30, 90), np.uint8)
@@ -389,7 +389,7 @@ def _forged_for_another_photo(data: bytes) -> None:
 
 
 def _forged_for_another_alignment(data: bytes) -> None:
-    label = f"{hashlib.sha1(data).hexdigest()} another-alignment_v1"
+    label = f"{hashlib.sha256(data).hexdigest()} another-alignment_v1"
     cache_file_of(data).write_bytes(forged_cache_file(label, FORGED_PIXELS, forged_chip_texts()))
 
 
@@ -439,25 +439,23 @@ def test_a_cache_file_that_is_not_this_photos_chip_is_computed_again(fresh_cache
     assert not [path.name for path in cached.parent.iterdir() if path.name.endswith(".tmp")]
 
 
-def test_a_cache_file_forged_with_the_photos_label_is_used_as_it_is(fresh_cache, detector_calls):
-    """The limit of the cache's checks: a chip made up with this photo's key and alignment in its label is
-    this photo's chip as far as facetrip can tell (the label is no signature): whoever can write the
-    cache folder chooses the chip. The folder is the user's own, written with their umask."""
-    data = noise_photo(5)
-    cached = cache_file_of(data)
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(forged_cache_file(forged_label(data), FORGED_PIXELS, forged_chip_texts()))
-    chip = chip_from_encoded(data)
-    assert detector_calls == []
-    np.testing.assert_array_equal(chip.pixels, FORGED_PIXELS)
-    assert (chip.faces_detected, chip.detector) == (3, "cnn")
+def _forged_with_the_photos_label(data: bytes) -> None:
+    """A made-up chip with this photo's key and alignment in its label, as anyone can compute them: no keyed tag."""
+    cache_file_of(data).write_bytes(forged_cache_file(forged_label(data), FORGED_PIXELS, forged_chip_texts()))
 
 
-def test_cache_files_get_the_umasks_permissions(fresh_cache):
-    previous_umask = os.umask(0o027)
+def test_a_cache_file_forged_with_the_photos_label_is_computed_again(fresh_cache, detector_calls):
+    """The label is public (the photo's SHA-256 and the alignment); only the keyed tag makes an entry trusted."""
+    test_a_cache_file_that_is_not_this_photos_chip_is_computed_again(fresh_cache, detector_calls,
+                                                                     _forged_with_the_photos_label)
+
+
+def test_cache_files_are_the_owners_alone_whatever_the_umask(fresh_cache):
+    previous_umask = os.umask(0o002)
     try:
         chip_from_encoded(noise_photo(6))
     finally:
         os.umask(previous_umask)
     (cached,) = chip_cache_dir().glob("*/*.png")
-    assert stat.S_IMODE(os.stat(cached).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(cached).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(cached.parent).st_mode) == 0o700
