@@ -220,6 +220,7 @@ def make_photos(folder: Path, good_photo: Path) -> dict[str, Path]:
     write("empty.jpg", "empty file", b"")
     write("text.png", "text named .png", b"hello, I am not a picture\n")
     write("bomb.png", "PNG bomb 30000x30000 (900 Mpx)", png_bomb())
+    write("large.png", "PNG 10000x10000 (100 Mpx, within the old limit)", png_bomb(10000))
     fifo = folder / "fifo.jpg"
     os.mkfifo(fifo)
     photos["FIFO named .jpg"] = fifo
@@ -399,6 +400,7 @@ def build_rows(work: Path, good_run: Path, data_dir: Path, good_photo: Path) -> 
                         after=finished))
 
     rows += untrusted_file_rows(work, good_run, good_photo, data)
+    rows += users_files_rows(work, good_run, good_photo, data)
 
     read_only = work / "runs" / "read_only"
     shutil.copytree(good_run, read_only)
@@ -477,6 +479,57 @@ def untrusted_file_rows(work: Path, good_run: Path, good_photo: Path, data: list
         ann_bytes = (index_dir / manifest["ann"]["file"]).read_bytes()
         rows.append(Row("ANN file cut in half, hash matching",
                         [*identify, str(index_copy("cut_ann", "ann", ann_bytes[: len(ann_bytes) // 2])), "--ann"]))
+    return rows
+
+
+def unchanged(folder: Path):
+    """A check that ``folder``'s files are byte for byte what they are now."""
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+    def check(_) -> str | None:
+        changed = [path.name for path, data in before.items() if not path.is_file() or path.read_bytes() != data]
+        return f"changed or deleted: {', '.join(sorted(changed))}" if changed else None
+
+    return check
+
+
+def users_files_rows(work: Path, good_run: Path, good_photo: Path, data: list[str]) -> list[Row]:
+    """Output folders holding the user's files, names that collide on disk, markup in names, an open cache."""
+    rows: list[Row] = []
+    gallery = work / "gallery"  # made by untrusted_file_rows
+    for command, names in (("cluster", ("cluster_000.png", "clusters.csv", "notes.txt")),
+                           ("index", ("gallery-0123.npz", "notes.txt"))):
+        out = work / f"users_{command}_folder"
+        out.mkdir()
+        for name in names:
+            (out / name).write_bytes(f"the user's {name}".encode())
+        for overwrite in ([], ["--overwrite"]):
+            rows.append(Row(f"{command} -o: a folder of the user's {', '.join(names)}" + (" (--overwrite)" if overwrite else ""),
+                            [command, str(good_run), str(gallery), "-o", str(out), *overwrite], after=unchanged(out)))
+    colliding = work / "colliding_names"
+    for identity, person in enumerate(("bob", "bob ", "cat"), start=1):
+        for index in range(1, 5):
+            orl_photo(identity, index, colliding / person / f"{index}.png")
+    rows.append(Row("data --export: identities `bob` and `bob ` (one folder on disk)",
+                    ["data", f"folder:{colliding}", "--test", "1", "--dev", "1", "--export", str(work / "export_out"), *data],
+                    after=lambda _: "the export was written" if (work / "export_out").exists() else None))
+    rows.append(Row("train --data 'folder:...[/]x' (rich markup in a missing folder's name)",
+                    ["train", "--config", str(TINY_CONFIG), "--data", f"folder:{work}/photos[/]x", "--run-dir",
+                     str(work / "markup_run"), *data],
+                    after=lambda _: "a run directory was left" if (work / "markup_run").exists() else None))
+    face_run = work / "face_run"  # the pretrained face network, on face chips: the runs that use the chip cache
+    subprocess.run([*FACETRIP, "train", "--epochs", "0", "--no-evaluate", "--run-dir", str(face_run), *data],
+                   check=True, env=_ENV, capture_output=True)
+    open_cache = work / "open_cache"
+    open_cache.mkdir()
+    open_cache.chmod(0o777)
+    rows.append(Row("chip cache folder writable by everyone (FACETRIP_CACHE_DIR)",
+                    ["verify", str(good_photo), str(good_photo), "--run", str(face_run)],
+                    env={"FACETRIP_CACHE_DIR": str(open_cache)}))
+    rows.append(Row("PNG 10000x10000 (100 Mpx) on face chips", ["verify", str(work / "photos" / "large.png"),
+                                                                 str(good_photo), "--run", str(face_run)]))
+    rows.append(Row("an ordinary photo on face chips (the memory to compare with)",
+                    ["verify", str(good_photo), str(good_photo), "--run", str(face_run)], expected_exit=0))
     return rows
 
 
@@ -574,6 +627,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     env = _ENV
     env["FACETRIP_CACHE_DIR"] = str(work / "cache")
+    env["FACETRIP_CACHE_KEY_FILE"] = str(work / "key" / "cache.key")  # not the user's own key
     data_dir = work / "tfds"
     sys.path.insert(0, str(REPO))
     good_photo = orl_photo(1, 1, work / "good.png")

@@ -316,3 +316,10 @@ def test_tf_config_of_the_wrong_shape_gets_one_line(tmp_path, data_dir, monkeypa
     result = run_cli("train", "--config", TINY, "--distribute", "multi-worker", "--run-dir", tmp_path / "run",
                      "--data-dir", data_dir)
     one_line_error(result, "TF_CONFIG", fragment)
+
+
+def test_a_missing_source_folder_leaves_no_run_directory(tmp_path, data_dir):
+    missing = tmp_path / "photos[/]x"
+    one_line_error(run_cli("train", "--config", TINY, "--data", f"folder:{missing}", "--run-dir", tmp_path / "run",
+                           "--data-dir", data_dir), str(missing), "does not exist")
+    assert not (tmp_path / "run").exists()

@@ -154,6 +154,7 @@ def train(
     from rich.markup import escape
 
     from facetrip.runs import new_run_dir, run_lock
+    from facetrip.data.sources import check_source_folder
     from facetrip.training import check_new_run_dir, is_facetrip_run, load_resume_config
 
     setup_logging()
@@ -203,6 +204,7 @@ def train(
             config = _config_of(config_file, overrides)
             if config.train.distribute == "multi-worker" and run_dir is None:
                 fail("--distribute multi-worker needs --run-dir, the same on every worker.")
+            check_source_folder(config.data.source)  # a mistyped folder leaves no run directory behind
             if run_dir is not None:
                 check_new_run_dir(run_dir, overwrite)  # refuse before writing anything into it
                 run_dir.mkdir(parents=True, exist_ok=True)

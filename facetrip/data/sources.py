@@ -75,6 +75,18 @@ def parse_source(source: str) -> SourceSpec:
     )
 
 
+def check_source_folder(source: str) -> None:
+    """Refuse a ``folder:`` or ``rec:`` source whose folder does not exist, before anything is written for it.
+
+    Raises:
+        DataError: the name is malformed, or names a folder that is not there.
+    """
+    spec = parse_source(source)
+    if spec.kind in ("folder", "rec") and not Path(spec.name).expanduser().is_dir():
+        raise DataError(f"The data source {spec} names {Path(spec.name).expanduser()}, which does not exist or is "
+                        "not a folder.")
+
+
 @dataclasses.dataclass
 class FaceImages:
     """Encoded face images with integer identity labels.
