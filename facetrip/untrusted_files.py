@@ -412,10 +412,13 @@ def load_npz_checked(data: bytes, specs: Optional[Mapping[str, ArraySpec]], sour
                 specs = {name[:-4]: (None, PLAIN_KINDS) for name in members}
             for name, (shape, kinds) in specs.items():
                 try:
-                    member = archive.open(f"{name}.npy")
+                    info = archive.getinfo(f"{name}.npy")
                 except KeyError:
                     raise UntrustedFileError(source, "corrupt", f"{source} is corrupt (it has no {name!r} array)") from None
-                with member:
+                if info.compress_type != zipfile.ZIP_STORED:  # np.savez stores; a deflated member could expand 1000-fold
+                    raise UntrustedFileError(source, "unexpected", f"{source}: its {name!r} array is compressed, "
+                                             "which no file facetrip writes is")
+                with archive.open(info) as member:
                     version = np.lib.format.read_magic(member)
                     if version == (1, 0):
                         found_shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
@@ -425,12 +428,12 @@ def load_npz_checked(data: bytes, specs: Optional[Mapping[str, ArraySpec]], sour
                         raise ValueError(f"format version {version}")
                     _check_header(name, found_shape, dtype, shape, kinds, source, max_array_bytes)
                     count = int(np.prod(found_shape, dtype=np.int64))
-                    raw = member.read(count * dtype.itemsize)
-                    if len(raw) != count * dtype.itemsize:
+                    if info.file_size - member.tell() < count * dtype.itemsize:
                         raise UntrustedFileError(source, "corrupt", f"{source} is corrupt (its {name!r} array is cut short)")
-                    array = np.frombuffer(raw, dtype=dtype, count=count)
-                    array = array.reshape(found_shape[::-1]).transpose() if fortran else array.reshape(found_shape)
-                    arrays[name] = array.copy()  # writable, its own memory
+                    array = np.empty(count, dtype)  # read straight into its own memory: one copy, never two
+                    if count and member.readinto(array.view(np.uint8)) != count * dtype.itemsize:
+                        raise UntrustedFileError(source, "corrupt", f"{source} is corrupt (its {name!r} array is cut short)")
+                    arrays[name] = array.reshape(found_shape[::-1]).transpose() if fortran else array.reshape(found_shape)
     except UntrustedFileError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:

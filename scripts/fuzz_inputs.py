@@ -328,11 +328,11 @@ def build_rows(work: Path, good_run: Path, data_dir: Path, good_photo: Path) -> 
     runs = make_run_copies(good_run, work / "runs")
     data = ["--data-dir", str(data_dir)]
     rows: list[Row] = []
-    for description, photo in photos.items():
+    for number, (description, photo) in enumerate(photos.items()):
         # A GIF is read as the one frame whose size was checked: the command works, in bounded memory.
         expected = 0 if description.startswith("GIF") else 2
         rows.append(Row(description, ["verify", str(photo), str(good_photo), "--run", str(good_run)], expected))
-        rows.append(Row(description, ["embed", str(photo), "--run", str(good_run), "-o", str(work / "embed_out")],
+        rows.append(Row(description, ["embed", str(photo), "--run", str(good_run), "-o", str(work / f"embed_out_{number}")],
                         expected))
     folder_with_bad_photo = work / "people"
     for identity, person in enumerate(("ann", "bob", "cat", "dan", "eve", "fay"), start=1):

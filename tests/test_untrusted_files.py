@@ -147,6 +147,20 @@ def npz_bytes(**arrays) -> bytes:
     return buffer.getvalue()
 
 
+def compressed_npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_a_deflated_member_is_refused_before_it_can_expand():
+    """A zip bomb: 256 MiB of zeros deflate to some 260 kB; facetrip's archives are stored, never deflated."""
+    bomb = compressed_npz(embeddings=np.zeros((1 << 16, 1024), np.float32))
+    assert len(bomb) < 1 << 20
+    with pytest.raises(UntrustedFileError, match="compressed"):
+        load_npz_checked(bomb, {"embeddings": ((None, 1024), "f")}, "gallery.npz")
+
+
 def crafted_npz(name: str, shape: tuple, dtype: str = "<f4") -> bytes:
     """An archive whose one member declares ``shape`` in its header and holds no data at all (about 200 bytes)."""
     header = io.BytesIO()
@@ -185,6 +199,7 @@ def test_npz_members_are_read_as_declared_and_foreign_ones_are_refused(rng):
         (npz_bytes(embeddings=embeddings[:5], names=names), "shape"),
         (npz_bytes(embeddings=embeddings), "no 'names' array"),
         (b"PK\x03\x04 not a zip", "corrupt"),
+        (compressed_npz(embeddings=embeddings, names=names), "compressed"),
         (npz_bytes(embeddings=embeddings, names=names)[:300], "corrupt"),
     ]:
         with pytest.raises(UntrustedFileError, match=match):
@@ -323,3 +338,86 @@ def test_a_missing_source_folder_leaves_no_run_directory(tmp_path, data_dir):
     one_line_error(run_cli("train", "--config", TINY, "--data", f"folder:{missing}", "--run-dir", tmp_path / "run",
                            "--data-dir", data_dir), str(missing), "does not exist")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("planted", [("config.toml", ""), ("config.toml", "[train]\nepochs = 3\n"),
+                                     ("metadata.json", '"facetrip_version"'), ("metadata.json", '["facetrip_version"]')])
+def test_a_user_folder_that_only_looks_like_a_run_keeps_its_files_under_overwrite(tmp_path, planted):
+    """An empty or short config.toml, or a metadata.json that merely holds facetrip's key as text, is not a run."""
+    from facetrip.training import check_new_run_dir, is_facetrip_run
+    from facetrip.training.errors import TrainingError
+
+    name, text = planted
+    (tmp_path / name).write_text(text)
+    (tmp_path / "metrics.json").write_text('{"the user\'s": "numbers"}')
+    assert not is_facetrip_run(tmp_path)
+    with pytest.raises(TrainingError, match=r"(config|metadata|metrics)\.json|config\.toml") as error:
+        check_new_run_dir(tmp_path, overwrite=True)
+    assert "was not written by facetrip" in str(error.value)
+
+
+def test_a_pairs_file_of_millions_of_short_lines_is_refused_without_holding_them(tmp_path):
+    """4 million one-letter lines: today's parser held each as fields (896 MB for 8 MiB); the check stops at the first."""
+    import tracemalloc
+
+    from facetrip.evaluation import PairsFileError
+    from facetrip.evaluation.pairs_file import parse_lfw_pairs
+
+    text = "1\t1000000\n" + "a\n" * 4_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(PairsFileError, match="line 2"):
+            parse_lfw_pairs(text, "pairs.txt")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    with pytest.raises(PairsFileError, match="announces 2 pair lines but the file has more"):
+        parse_lfw_pairs("1\t1\nann 1 2\nann 1 bob 1\n" + "ann 1 2\n" * 1000, "pairs.txt")
+
+
+def test_an_ann_file_of_another_faiss_kind_and_a_manifest_with_a_list_for_ann_get_one_line(tmp_path):
+    faiss = pytest.importorskip("faiss")
+    from facetrip.identification import ann
+    from facetrip.identification.index import GalleryIndexError, read_manifest
+
+    flat = faiss.IndexFlatL2(8)
+    flat.add(np.zeros((4, 8), np.float32))
+    with pytest.raises(ann.AnnFileError, match="IndexFlatL2, not the inverted-list index"):
+        ann.load(faiss.serialize_index(flat).tobytes(), "ann-0.bin")
+    manifest = {"kind": "facetrip gallery index", "format": 1, "model_fingerprint": "f", "metric": "cosine",
+                "data_file": "gallery-0.npz", "data_sha256": "0", "entries": 1, "embedding_dim": 8, "sources": [],
+                "ann": [1]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GalleryIndexError, match="no valid 'ann'"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("change", [{"config": 5}, {"split": "x"}, {"split": {"train": 5}},
+                                    {"weights": "../../elsewhere/epoch-0001.weights.h5"}])
+def test_a_crafted_checkpoint_record_is_passed_over_not_raised(tmp_path, change):
+    """--resume reads the record as untrusted: a field of the wrong type or a path out of the backup folder is damage."""
+    from facetrip.training.checkpoints import CHECKPOINT_FORMAT, _read_checkpoint, file_sha256
+
+    weights = tmp_path / "epoch-0001.weights.h5"
+    weights.write_bytes(b"weights")
+    record = {"format": CHECKPOINT_FORMAT, "epoch": 1, "weights": weights.name, "bytes": 7,
+              "sha256": file_sha256(weights), "config": "[train]\nepochs = 2\n",
+              "split": {"train": ["a"], "dev": ["b"], "test": ["c"], "seed": 0}}
+    (tmp_path / "epoch-0001.json").write_text(json.dumps(record))
+    checkpoint, problem = _read_checkpoint(tmp_path / "epoch-0001.json")
+    assert checkpoint is not None and problem == ""
+    (tmp_path / "epoch-0001.json").write_text(json.dumps({**record, **change}))
+    checkpoint, problem = _read_checkpoint(tmp_path / "epoch-0001.json")
+    assert checkpoint is None and "epoch-0001.json" in problem
+
+
+def test_a_metrics_log_with_a_field_over_csvs_limit_reads_as_damaged_rows(tmp_path):
+    from facetrip.training.history import metric_rows
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss\n0,1.5\n1," + "9" * 200_000 + "\n2,0.5\n")
+    columns, rows = metric_rows(path)
+    assert columns == ["epoch", "loss"] and [row["epoch"] for row in rows] == ["0", "2"]
+    path.write_text("epoch," + "x" * 200_000 + "\n0,1\n")
+    assert metric_rows(path) == ([], [])

@@ -27,7 +27,14 @@ import tensorflow_datasets as tfds
 
 from facetrip.data.errors import DataError
 from facetrip.data.offline_builder import OfflinePreparationMessages
-from facetrip.data.images import IMAGE_EXTENSIONS, ImageReadError, decode_file, to_8bit
+from facetrip.data.images import (
+    IMAGE_EXTENSIONS,
+    WORKING_MAX_SIDE,
+    ImageReadError,
+    decode_bytes,
+    read_photo_file,
+    to_8bit,
+)
 from facetrip.data.names import utf8_name
 from facetrip.untrusted_files import open_regular_file
 
@@ -255,12 +262,13 @@ class IdentityFolder(OfflinePreparationMessages, tfds.core.GeneratorBasedBuilder
             for path in paths:
                 file_name = utf8_name(path.relative_to(root).as_posix())
                 try:
-                    image, image_format = decode_file(path)
+                    data = read_photo_file(path)  # read once: the bytes checked are the bytes stored
+                    image, image_format = decode_bytes(data, str(path))
                 except ImageReadError as error:
                     unreadable.append(utf8_name(str(error)))
                     continue
-                if image_format in ("JPEG", "PNG") and image.mode == "RGB":
-                    picture = io.BytesIO(path.read_bytes())  # stored untouched
+                if image_format in ("JPEG", "PNG") and image.mode == "RGB" and max(image.size) < WORKING_MAX_SIDE:
+                    picture = io.BytesIO(data)  # stored untouched (a longer photo comes reduced: stored as PNG)
                 else:
                     picture = np.asarray(to_8bit(image).convert("RGB"), np.uint8)  # stored as PNG
                 num_readable += 1

@@ -38,6 +38,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -419,7 +420,14 @@ def _preparation_lock(builder: PreparedFaces):
     folder = builder.partial_dir().parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".prepare.lock", "a")
+        # never waiting on a FIFO, never following a link planted in a shared --data-dir
+        flags = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+        descriptor = os.open(folder / ".prepare.lock", flags, 0o600)
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise OSError(f"{folder / '.prepare.lock'} is not a regular file")
+        handle = os.fdopen(descriptor, "a")
     except OSError as error:
         raise DataError(f"Cannot write the prepared set into {folder}: {error.strerror or error}: "
                         f"pass a writable --data-dir.") from None

@@ -19,7 +19,7 @@ from facetrip.data.errors import DataError
 from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json
 
 # The largest split.json read: the names of 10^6 identities take some 20 MB.
-SPLIT_SIZE_LIMIT = 64 << 20
+SPLIT_SIZE_LIMIT = 32 << 20
 
 SPLITS = ("train", "dev", "test")
 
@@ -59,12 +59,15 @@ class IdentitySplit:
         """The split saved in ``path`` (a run's ``split.json``), read as an untrusted file.
 
         Raises:
+            FileNotFoundError: there is no such file.
             DataError: the file cannot be read, is not JSON, nests too deep, or lacks a part.
         """
         try:
             data = read_untrusted_json(path, SPLIT_SIZE_LIMIT, "identity split")
             return cls.from_dict(data)
         except UntrustedFileError as error:
+            if error.reason == "missing":
+                raise FileNotFoundError(2, "No such file", str(path)) from None
             raise DataError(f"{error}.") from None
         except (KeyError, TypeError, ValueError, AttributeError):
             raise DataError(f"{path} is not an identity split facetrip writes (it needs the lists "

@@ -11,8 +11,10 @@ Pure NumPy; no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -35,7 +37,7 @@ _WHOLE_NUMBER = re.compile(r"[0-9]+")
 _LARGEST_IMAGE_NUMBER = int(np.iinfo(np.int64).max)
 
 
-def _pairs_file_lines(text: str) -> list[tuple[int, list[str]]]:
+def _pairs_file_lines(text: str) -> Iterator[tuple[int, list[str]]]:
     """The fields of each non-blank line of a pairs file, with its 1-based line number.
 
     Lines end at '\\n' only (a '\\r' before it, from Windows, is dropped): str.splitlines()
@@ -46,14 +48,20 @@ def _pairs_file_lines(text: str) -> list[tuple[int, list[str]]]:
         text: the file's content.
 
     Returns:
-        ``[(line number, fields)]`` for the lines holding more than spaces and tabs.
+        ``(line number, fields)`` of each line holding more than spaces and tabs, one at a
+        time: a file of millions of short lines is refused at the first line too many, not
+        held whole as fields.
     """
-    lines = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    start = 0
+    for number in itertools.count(1):
+        end = text.find("\n", start)
+        line = text[start:] if end < 0 else text[start:end]
         fields = _PAIRS_FIELD_SEPARATOR.split(line.removesuffix("\r").strip(" \t"))
         if fields != [""]:
-            lines.append((number, fields))
-    return lines
+            yield number, fields
+        if end < 0:
+            return
+        start = end + 1
 
 
 def _whole_number(field: str) -> int | None:
@@ -113,23 +121,21 @@ def parse_lfw_pairs(text: str, source: str = "pairs file") -> NamedPairs:
         PairsFileError: one line naming the file, the line number and what was expected.
     """
     lines = _pairs_file_lines(text)
-    if not lines:
+    first = next(lines, None)
+    if first is None:
         raise PairsFileError(f"{source} is empty: expected the LFW pairs format (a first line 'N' or 'FOLDS N').")
-    header_line, header = lines[0]
+    header_line, header = first
     counts = [_whole_number(field) for field in header]
     if len(counts) not in (1, 2) or None in counts or min(counts) < 1:
         raise PairsFileError(
             f"{source} line {header_line}: expected a header 'N' or 'FOLDS N' (LFW pairs format), got {' '.join(header)!r}."
         )
     num_folds, per_fold = (1, counts[0]) if len(counts) == 1 else counts
-    body = lines[1:]
     expected_lines = num_folds * 2 * per_fold
-    if len(body) != expected_lines:
-        raise PairsFileError(
-            f"{source}: the header {' '.join(header)!r} announces {expected_lines:,} pair lines but the file has {len(body):,}."
-        )
     first_names, first_numbers, second_names, second_numbers, same, folds, line_numbers = [], [], [], [], [], [], []
-    for position, (line_number, fields) in enumerate(body):
+    # Each line is checked as it is read, and no more lines than the header announces are read:
+    # a file of millions of short lines fails at its first bad or surplus line.
+    for position, (line_number, fields) in enumerate(itertools.islice(lines, expected_lines)):
         matched = (position // per_fold) % 2 == 0
         expected = "'name i j' (a matched pair)" if matched else "'name1 i name2 j' (a mismatched pair)"
         if len(fields) != (3 if matched else 4):
@@ -153,6 +159,11 @@ def parse_lfw_pairs(text: str, source: str = "pairs file") -> NamedPairs:
         same.append(matched)
         folds.append(position // (2 * per_fold))
         line_numbers.append(line_number)
+    if len(same) != expected_lines or next(lines, None) is not None:
+        found = f"{len(same):,}" if len(same) != expected_lines else "more"
+        raise PairsFileError(
+            f"{source}: the header {' '.join(header)!r} announces {expected_lines:,} pair lines but the file has {found}."
+        )
     return NamedPairs(
         first_names, np.asarray(first_numbers, np.int64), second_names, np.asarray(second_numbers, np.int64),
         np.asarray(same, bool), np.asarray(folds, np.int64) if len(counts) == 2 else None,

@@ -105,12 +105,16 @@ def load(index_bytes: bytes, source: str = "the approximate-search index"):
     """
     import faiss
 
+    rebuild = "build the index again with facetrip index RUN GALLERY -o DIR --overwrite"
     try:
-        return faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
+        index = faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
     except (RuntimeError, ValueError, MemoryError) as error:  # faiss reports a damaged file as RuntimeError
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]
-        raise AnnFileError(f"{source} is corrupt, faiss cannot read it ({first_line}): build the index again "
-                           "with facetrip index RUN GALLERY -o DIR --overwrite.") from None
+        raise AnnFileError(f"{source} is corrupt, faiss cannot read it ({first_line}): {rebuild}.") from None
+    if not isinstance(index, faiss.IndexIVFFlat):  # what build() writes; another kind lacks its lists
+        raise AnnFileError(f"{source} is a faiss {type(index).__name__}, not the inverted-list index facetrip "
+                           f"writes: {rebuild}.")
+    return index
 
 
 def size(index) -> int:

@@ -344,6 +344,8 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
         raise GalleryIndexError(f"{path} describes an empty index: {rebuild}.")
     if manifest["metric"] not in ("euclidean", "squared", "cosine"):
         raise GalleryIndexError(f"{path} names an unknown metric {manifest['metric']!r}: {rebuild}.")
+    if manifest.get("ann") is not None and not isinstance(manifest["ann"], dict):
+        raise GalleryIndexError(f"{path} has no valid 'ann': {rebuild}.")
     for field in ("data_file", *(("ann",) if manifest.get("ann") else ())):
         name = manifest[field] if field == "data_file" else (manifest["ann"] or {}).get("file", "")
         if not isinstance(name, str) or Path(name).name != name or not name.startswith((_DATA_PREFIX, _ANN_PREFIX)):

@@ -239,6 +239,9 @@ def identify_with_index(index: GalleryIndex, embedded: Embedded, threshold: floa
                 or photos_index.d != index.embeddings.shape[1]):
             photos_index = ann_search.load(ann_search.build(index.embeddings, metric))
         rows = ann_search.nearest_rows(photos_index, queries, ann_search.candidates_for(k, len(index)), metric)  # (Q, m)
+        if rows.size and int(rows.max()) >= len(index):  # ids a crafted file gave its vectors
+            raise ann_search.AnnFileError(f"{saved_file} names photos the index does not hold: build the index "
+                                          "again with facetrip index RUN GALLERY -o DIR --overwrite.")
         if score == "mean":  # the candidate photos' people, each scored by their mean
             rows = np.where(rows >= 0, labels[np.maximum(rows, 0)], -1)
         matches = top_people_from_candidates(candidate_distances(queries, vectors, rows, metric), rows, vector_labels, k)

@@ -21,11 +21,14 @@ import re
 from pathlib import Path
 
 from facetrip.runs import BACKUP_DIR, METADATA_FILE, atomic_write_json, fsync_directory, write_atomically
+from facetrip.runs.metadata import METADATA_SIZE_LIMIT
 from facetrip.training.errors import TrainingError
-from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json
+from facetrip.untrusted_files import TOML_SIZE_LIMIT, UntrustedFileError, read_untrusted_json
 
-# A checkpoint record holds the run's config and identity split: some MB for 10^5 identities.
-_RECORD_SIZE_LIMIT = 256 << 20
+# A checkpoint record holds the run's config and identity split: some 20 MB for 10^6 identities.
+_RECORD_SIZE_LIMIT = 64 << 20
+# The commit record names a checkpoint and an epoch in some 100 bytes.
+_POINTER_SIZE_LIMIT = 64 << 10
 
 
 # The commit record of the checkpoints (the name Keras' BackupAndRestore gave its state file).
@@ -184,7 +187,7 @@ def checkpoint_files(backup_dir: Path) -> list[Path]:
     return fixed + [path for path in backup_dir.iterdir() if _CHECKPOINT_FILE.match(path.name)]
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, max_bytes: int = _RECORD_SIZE_LIMIT):
     """A small JSON record of the run's backup folder (or its metadata), read as an untrusted file.
 
     Raises:
@@ -192,7 +195,7 @@ def _read_json(path: Path):
         UntrustedFileError: any other reason it cannot be read (a ``ValueError``).
     """
     try:
-        return read_untrusted_json(path, _RECORD_SIZE_LIMIT, "training record")
+        return read_untrusted_json(path, max_bytes, "training record")
     except UntrustedFileError as error:
         if error.reason == "missing":
             raise FileNotFoundError(2, "No such file", str(path)) from None
@@ -205,14 +208,18 @@ def _read_checkpoint(record_path: Path) -> tuple[Checkpoint | None, str]:
         record = _read_json(record_path)
         epoch, weights = int(record["epoch"]), record_path.parent / str(record["weights"])
         expected_bytes, expected_sha256 = int(record["bytes"]), str(record["sha256"])
-        if not _CHECKPOINT_FILE.match(weights.name):
-            raise ValueError("not the name of a checkpoint's weights")
+        if not _CHECKPOINT_FILE.match(weights.name) or str(record["weights"]) != weights.name:
+            raise ValueError("not the name of a checkpoint's weights in the backup folder")
     except FileNotFoundError:
         return None, f"{record_path} is missing"
     except (OSError, ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None, f"{record_path} is empty or truncated"
     if record.get("format") != CHECKPOINT_FORMAT:
         return None, f"{record_path} has an unknown format {record.get('format')!r}"
+    config = record.get("config")
+    if not (config is None or isinstance(config, str) and len(config) <= TOML_SIZE_LIMIT) \
+            or not _is_split_record(record.get("split")):
+        return None, f"{record_path} is damaged (its config or split is not what facetrip writes)"
     if not weights.is_file():
         return None, f"{weights} is missing"
     if weights.stat().st_size != expected_bytes or file_sha256(weights) != expected_sha256:
@@ -220,10 +227,21 @@ def _read_checkpoint(record_path: Path) -> tuple[Checkpoint | None, str]:
     return Checkpoint(epoch, weights, record.get("config"), record.get("split")), ""
 
 
+def _is_split_record(split) -> bool:
+    """Whether a checkpoint's copy of the split is absent or an identity split as facetrip writes it."""
+    if split is None:
+        return True
+    from facetrip.data.splits import SPLITS
+
+    return (isinstance(split, dict) and all(isinstance(split.get(part), list)
+                                            and all(isinstance(name, str) for name in split[part]) for part in SPLITS)
+            and isinstance(split.get("seed"), int) and not isinstance(split.get("seed"), bool))
+
+
 def _read_legacy_checkpoint(pointer_path: Path, weights: Path) -> tuple[Checkpoint | None, str]:
     """A checkpoint of Keras' BackupAndRestore (facetrip 0.1), if its files can be read."""
     try:
-        epoch = int(_read_json(pointer_path)["epoch"])
+        epoch = int(_read_json(pointer_path, _POINTER_SIZE_LIMIT)["epoch"])
     except FileNotFoundError:
         return None, f"{pointer_path} is missing"
     except (OSError, ValueError, KeyError, TypeError):
@@ -263,7 +281,7 @@ def find_resume_point(run_dir: str | Path) -> ResumePoint:
     legacy = (backup_dir / LEGACY_WEIGHTS).exists() or (backup_dir / LEGACY_PREVIOUS_WEIGHTS).exists()
     if pointer_path.exists():
         try:
-            pointer = _read_json(pointer_path)
+            pointer = _read_json(pointer_path, _POINTER_SIZE_LIMIT)
             committed_epoch = int(pointer["epoch"])
             if "checkpoint" in pointer and not _CHECKPOINT_FILE.match(f"{pointer['checkpoint']}.json"):
                 raise ValueError("not the name of a checkpoint")
@@ -367,7 +385,7 @@ class CheckpointSchedule:
 def finished_epochs(run_dir: Path) -> int | None:
     """The epochs of a run that finished (its metadata has the calibrated threshold), else None."""
     try:
-        metadata = _read_json(Path(run_dir) / METADATA_FILE)
+        metadata = _read_json(Path(run_dir) / METADATA_FILE, METADATA_SIZE_LIMIT)
         return int(metadata["epochs_completed"]) if "threshold_source" in metadata else None
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -38,12 +38,18 @@ def metric_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise
     if not lines or not lines[0].endswith("\n"):
         return [], []
-    columns = next(csv.reader([lines[0]]))
+    try:
+        columns = next(csv.reader([lines[0]]))
+    except csv.Error:  # a field over csv's limit, a NUL: not a header Keras writes
+        return [], []
     if "epoch" not in columns:
         return [], []
     by_epoch: dict[int, dict[str, str]] = {}
     for line in lines[1:]:
-        values = next(csv.reader([line]), [])
+        try:
+            values = next(csv.reader([line]), [])
+        except csv.Error:  # a damaged row is dropped like a half-written one
+            continue
         if not line.endswith("\n") or len(values) != len(columns):
             continue
         row = dict(zip(columns, values))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facetrip.config import Config, ConfigError
+from facetrip.config import SECTIONS, Config, ConfigError
 from facetrip.runs import (
     BACKUP_DIR,
     CONFIG_FILE,
@@ -26,22 +26,31 @@ from facetrip.training.checkpoints import CHECKPOINT_POINTER, checkpoint_files, 
 from facetrip.training.errors import TrainingError
 from facetrip.training.history import CURVES_FILE
 from facetrip.runs.metadata import METADATA_SIZE_LIMIT
-from facetrip.untrusted_files import read_untrusted_json
+from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json, read_untrusted_toml
 
 
 def is_facetrip_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a facetrip run: a readable config.toml, metadata or commit record of facetrip's."""
+    """Whether ``run_dir`` holds a facetrip run: a config.toml, metadata or commit record as facetrip writes them.
+
+    A config.toml counts only when it names every section of the config, as facetrip writes it
+    (a user's short config, or an empty file, does not); metadata.json and the commit record
+    only when they are JSON objects with facetrip's key. ``--overwrite`` removes the files of a
+    run only when this holds.
+    """
     try:
-        Config.from_toml(run_dir / CONFIG_FILE)
-        return True
-    except ConfigError:
+        written = read_untrusted_toml(run_dir / CONFIG_FILE)
+        if set(written) >= set(SECTIONS):
+            Config.from_dict(written)
+            return True
+    except (UntrustedFileError, ConfigError):
         pass
     for path, key in ((run_dir / METADATA_FILE, "facetrip_version"), (run_dir / BACKUP_DIR / CHECKPOINT_POINTER, "checkpoint")):
         try:
-            if key in read_untrusted_json(path, METADATA_SIZE_LIMIT, "run record"):
-                return True
-        except (OSError, ValueError, TypeError):
+            record = read_untrusted_json(path, METADATA_SIZE_LIMIT, "run record")
+        except ValueError:
             continue
+        if isinstance(record, dict) and key in record:
+            return True
     return False
 
 

@@ -412,7 +412,7 @@ def test_checkpoints_are_chosen_by_their_commit_record_and_checksums(tmp_path):
     backup = tmp_path / "backup"
     assert find_resume_point(tmp_path).checkpoint is None  # nothing saved yet: from the start
     for epoch in (1, 2, 3):
-        write_checkpoint(model, backup, epoch, "", {}, previous_epoch=epoch - 1 if epoch > 1 else None)
+        write_checkpoint(model, backup, epoch, "", {"train": ["a"], "dev": ["b"], "test": ["c"], "seed": 0}, previous_epoch=epoch - 1 if epoch > 1 else None)
     assert sorted(path.name for path in backup.iterdir()) == [
         "epoch-0002.json", "epoch-0002.weights.h5", "epoch-0003.json", "epoch-0003.weights.h5", "training_metadata.json"]
     assert find_resume_point(tmp_path).epoch == 3 and find_resume_point(tmp_path).notes == ()
@@ -441,7 +441,7 @@ def test_a_damaged_config_is_restored_from_the_checkpoint_and_an_edited_one_refu
     text = config.to_toml()
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="adam", loss="mse")
-    write_checkpoint(model, tmp_path / "backup", 1, text, {})
+    write_checkpoint(model, tmp_path / "backup", 1, text, {"train": ["a"], "dev": ["b"], "test": ["c"], "seed": 0})
     path = tmp_path / "config.toml"
     for damaged in ("", text[: text.index("margin = ") + len("margin = ")]):  # empty; cut inside a statement
         path.write_text(damaged)
