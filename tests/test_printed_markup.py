@@ -141,7 +141,7 @@ def test_evaluate_mine_and_export_print_paths_and_sources_as_given(markup_run, i
 
 
 @pytest.mark.slow
-def test_embed_verify_index_and_identify_print_paths_and_names_as_given(markup_run, in_workdir):
+def test_embed_verify_index_identify_and_cluster_print_paths_and_names_as_given(markup_run, in_workdir):
     assert_printed(markup_run)
     embeddings = Path(OUT) / f"embeddings{CLOSING}x"
     assert_printed(run_cli("embed", PROBES, "--run", RUN, "-o", embeddings), f"to {embeddings}/",
@@ -152,6 +152,8 @@ def test_embed_verify_index_and_identify_print_paths_and_names_as_given(markup_r
     assert_printed(run_cli("index", RUN, GALLERY, "-o", index), f"of folder:{GALLERY}:", f"{index} holds")
     result = run_cli("identify", RUN, first, second, "--index", index)
     assert_printed(result, f"facetrip identify ({index}:", first, second, f"{BOLD}bob", f"{BOLD}eve")
+    clusters = Path(OUT) / f"clusters{CLOSING}x"
+    assert_printed(run_cli("cluster", RUN, GALLERY, "-o", clusters), str(clusters))
 
 
 @pytest.mark.slow
