@@ -11,8 +11,12 @@ is far larger than its declared size, PostScript named ``.jpg``, a truncated JPE
 empty file, a FIFO, a decompression bomb, ...), run directories someone sent you
 (``metadata.json`` as a list, a 100,000 x 100,000 image size, a NaN or infinite
 threshold, a model with a Lambda layer, a corrupt model), configs (NaN, infinite and
-negative values), pairs files (a number too large for any integer, a vertical tab), a
-``--run-dir`` full of someone else's files, and truncated resume state. A tiny run
+negative values, nesting 100,000 deep), pairs files (a number too large for any integer, a
+vertical tab), a ``--run-dir`` full of someone else's files, truncated resume state, files in
+run and index folders that facetrip did not write (FIFOs, an ``.npz`` header declaring
+335 GiB, a cut ANN file, nested JSON), ``TF_CONFIG`` of the wrong shape, output folders
+holding the user's files, export names that collide on disk, rich markup in a source name
+and a chip cache others may write. A tiny run
 (``tests/tiny.toml``) trained once at the start serves as the good run the hostile ones
 are made from.
 

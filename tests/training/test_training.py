@@ -114,7 +114,9 @@ def test_train_errors_are_one_line(tmp_path, data_dir):
     result = run_cli("train", "--config", tmp_path / "missing.toml")
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
     (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "config.toml").write_text("")
+    from facetrip.config import Config
+
+    (tmp_path / "used" / "config.toml").write_text(Config().to_toml())  # as training writes it: every section
     result = run_cli("train", "--config", TINY, "--run-dir", tmp_path / "used", "--data-dir", data_dir)
     assert result.exit_code == 2 and "already holds a run" in " ".join(result.output.split())
 
