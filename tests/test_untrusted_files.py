@@ -421,3 +421,28 @@ def test_a_metrics_log_with_a_field_over_csvs_limit_reads_as_damaged_rows(tmp_pa
     assert columns == ["epoch", "loss"] and [row["epoch"] for row in rows] == ["0", "2"]
     path.write_text("epoch," + "x" * 200_000 + "\n0,1\n")
     assert metric_rows(path) == ([], [])
+
+
+def test_mine_recognises_its_triplets_file_without_reading_a_large_archive_directory(tmp_path):
+    """The user's archive of many members is not a triplets file, told from its end record alone."""
+    from facetrip.mining.triplet_files import is_triplets_file
+
+    archive_path = tmp_path / "triplets.npz"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        for number in range(200):
+            archive.writestr(f"member{number}.npy", b"x")
+    assert not is_triplets_file(archive_path)
+    with fifo_at(tmp_path / "fifo.npz") as elapsed:
+        assert not is_triplets_file(tmp_path / "fifo.npz")
+        assert elapsed() < FIFO_PATIENCE
+
+
+def test_a_fifo_in_a_prepared_sets_folder_gets_one_line_before_tfds_waits_on_it(tmp_path):
+    from facetrip.data.prepared import PreparedFaces
+
+    data_dir = tmp_path / "tfds"
+    (data_dir / PreparedFaces.name / "orl_faces_photos" / "1.0.0").mkdir(parents=True)
+    with fifo_at(data_dir / PreparedFaces.name / "orl_faces_photos" / "1.0.0" / "dataset_info.json") as elapsed:
+        result = run_cli("data", "--data-dir", data_dir, "--no-face-chips")
+        assert elapsed() < FIFO_PATIENCE
+    one_line_error(result, "dataset_info.json", "not a regular file")

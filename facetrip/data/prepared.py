@@ -49,6 +49,7 @@ from facetrip.data.chip_cache import check_chip_cache
 from facetrip.data.chip_examples import CHIP_FORMATS, CHIPS, WHOLE_PHOTOS, ShardRecords, shard_records
 from facetrip.data.errors import DataError
 from facetrip.data.photo_listing import PhotoListing
+from facetrip.data.sources import check_prepared_folder
 from facetrip.untrusted_files import UntrustedFileError, load_npz_checked, read_untrusted_bytes, read_untrusted_text
 
 logger = logging.getLogger(__name__)
@@ -394,6 +395,8 @@ def prepare(listing: PhotoListing, mode: str, data_dir: str | None = None, worke
                                       chip_format=stored_as, data_dir=data_dir))
         return builders[-1]
 
+    # tfds reads what the set's folder holds as soon as a builder is made: nothing there may make it wait
+    check_prepared_folder(Path(data_dir or tfds.core.constants.get_default_data_dir()).expanduser() / PreparedFaces.name)
     # PNG, the default, takes a set prepared as JPEG already: a set is prepared once.
     formats = [chip_format, "jpeg"] if chip_format == "png" and mode != WHOLE_PHOTOS else [chip_format]
     try:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
+import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -130,17 +132,49 @@ class FaceImages:
         return dataclasses.replace(self, encoded=self.encoded[indices], labels=self.labels[indices], file_names=self.file_names[indices])
 
 
+def check_prepared_folder(folder: str | Path) -> None:
+    """Refuse a prepared set's folder holding anything tfds could wait on, before tfds reads it.
+
+    tfds reads a set's ``dataset_info.json``, ``features.json`` and shards itself, with plain
+    opens: a FIFO, a device or a socket in a ``--data-dir`` others can write would make it
+    wait forever. Folders and regular files pass; links are followed.
+
+    Args:
+        folder: the folder of one set (``DATA_DIR/NAME``); nothing is checked when it is absent.
+
+    Raises:
+        DataError: one line naming the first file that is not a regular file.
+    """
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # a dangling link: tfds reports it as a missing file
+                continue
+            if not stat.S_ISREG(mode):
+                raise DataError(f"{path} is not a regular file (a FIFO, device or socket), so no prepared data set's: "
+                                "remove it, or pass another --data-dir.")
+
+
 def builder_for(spec: SourceSpec, data_dir: str | None = None):
-    """The tfds builder of a source, without preparing it."""
+    """The tfds builder of a source, without preparing it; its prepared folder checked first (:func:`check_prepared_folder`)."""
     import tensorflow_datasets as tfds
 
     from facetrip.data.folder import folder_builder
     from facetrip.data.orl import OrlFaces
 
+    from facetrip.data.folder import IdentityFolder
+
+    # tfds reads what a set's folder holds as soon as its builder is made
+    base = Path(data_dir or tfds.core.constants.get_default_data_dir()).expanduser()
     if spec.kind == "orl_faces":
+        check_prepared_folder(base / OrlFaces.name)
         return OrlFaces(data_dir=data_dir)
     if spec.kind == "folder":
+        check_prepared_folder(base / IdentityFolder.name)
         return folder_builder(spec.name, data_dir=data_dir)
+    check_prepared_folder(base / spec.name.split(":")[0])
     try:
         return tfds.builder(spec.name, data_dir=data_dir)
     except Exception as error:  # tfds raises several types for unknown names and configs

@@ -26,6 +26,8 @@ from facetrip.untrusted_files import UntrustedFileError, load_npz_checked, read_
 
 # The largest triplets file read: 10^8 triplets of three int32 indices and their distances.
 TRIPLETS_FILE_SIZE_LIMIT = 4 << 30
+# A triplets file's zip directory: some twenty arrays in a few kB.
+_TRIPLETS_MEMBERS, _TRIPLETS_DIRECTORY_BYTES = 64, 64 << 10
 
 FILE_FORMAT = "facetrip-triplets"
 FILE_VERSION = 1
@@ -120,7 +122,8 @@ def is_triplets_file(path) -> bool:
     import os
     import zipfile
 
-    from facetrip.untrusted_files import FileOpenError, open_regular_file
+    from facetrip.runs.model_file import zip_directory_extent
+    from facetrip.untrusted_files import open_regular_file
 
     def entry(archive: zipfile.ZipFile, name: str):
         info = archive.getinfo(f"{name}.npy")
@@ -130,8 +133,11 @@ def is_triplets_file(path) -> bool:
             return np.lib.format.read_array(io.BytesIO(member.read(4097)), allow_pickle=False)
 
     try:
+        extent = zip_directory_extent(path)  # zipfile would read any archive's whole directory into memory
+        if extent is None or not 0 <= extent[0] <= _TRIPLETS_MEMBERS or extent[1] > _TRIPLETS_DIRECTORY_BYTES:
+            return False
         descriptor, _ = open_regular_file(path)
-    except FileOpenError:
+    except OSError:  # FileOpenError among them: a FIFO, a folder, an unreadable file
         return False
     try:
         with os.fdopen(descriptor, "rb") as handle, zipfile.ZipFile(handle) as archive:

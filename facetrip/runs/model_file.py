@@ -91,7 +91,7 @@ def _refuse_model(path: Path, reason: str) -> None:
     raise RunError(f"Cannot load {path}: {reason}.") from None  # the reason says it all
 
 
-def _zip_directory_extent(path: Path) -> tuple[int, int] | None:
+def zip_directory_extent(path: Path) -> tuple[int, int] | None:
     """``(members, central directory bytes)`` from a zip file's end record, or None where it has none.
 
     Python's zipfile reads the whole central directory into memory and builds an object per
@@ -137,7 +137,7 @@ def check_model_archive(path: Path) -> None:
     import zlib
 
     try:
-        extent = _zip_directory_extent(path)
+        extent = zip_directory_extent(path)
         size = path.stat().st_size
     except FileOpenError as error:
         _refuse_model(path, f"it cannot be read ({error})")
