@@ -457,37 +457,6 @@ def _check_header(name: str, found_shape: tuple, dtype, shape: tuple, kinds: str
                                  f"(facetrip reads at most {max_array_bytes:,})")
 
 
-def check_npy_file(path: str | Path, shape: tuple[Optional[int], ...], kinds: str) -> None:
-    """Check a ``.npy`` file's header against an expected shape and dtype, and its size against the header.
-
-    Use before memory-mapping a file: a header that declares more data than the file holds,
-    or another shape, is refused without mapping anything.
-
-    Raises:
-        UntrustedFileError: not a regular file, not a ``.npy`` file, another shape or dtype,
-            or a file whose size is not the header's plus the data's.
-    """
-    import numpy as np
-
-    path = Path(path)
-    try:
-        descriptor, size = open_regular_file(path)
-    except FileOpenError as error:
-        raise UntrustedFileError(path, error.reason, str(error)) from None
-    try:
-        with os.fdopen(descriptor, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            found_shape, _, dtype = reader(handle)
-            offset = handle.tell()
-    except (ValueError, OSError, EOFError) as error:
-        raise UntrustedFileError(path, "corrupt", f"{path} is corrupt ({_short(error)})") from None
-    _check_header(path.name, found_shape, dtype, shape, kinds, path, max(size, 1) << 1)
-    expected_size = offset + dtype.itemsize * int(np.prod(found_shape, dtype=np.int64))
-    if size != expected_size:
-        raise UntrustedFileError(path, "corrupt", f"{path} is corrupt (it holds {size:,} bytes, its header describes {expected_size:,})")
-
-
 def _short(error: BaseException) -> str:
     """An error's text on one line, at most 120 characters."""
     text = " ".join(str(error).split()) or type(error).__name__

@@ -1,7 +1,11 @@
 """Helpers several test modules share: where the benchmark data lives, and facetrip's rule for bad input."""
 
 import os
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,3 +52,34 @@ def tree_digest(root: Path) -> dict[str, str]:
         else:
             digest[str(path.relative_to(root))] = "folder" if stat.S_ISDIR(mode) else "other"
     return digest
+
+
+def call_within(seconds: float, function, fifo: Path):
+    """``function()``'s result (or its exception, raised here); the test fails if it is still running after ``seconds``.
+
+    A call stuck opening ``fifo`` is then let go (the FIFO is opened for writing and closed,
+    so the reader sees its end) before the test fails, so no thread is left waiting.
+    """
+    outcome = {}
+
+    def call():
+        try:
+            outcome["result"] = function()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        deadline = time.monotonic() + seconds
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # succeeds once a reader waits
+            except OSError:
+                time.sleep(0.05)
+            thread.join(0.2)
+        pytest.fail(f"still waiting on the FIFO {fifo.name} after {seconds} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

@@ -10,14 +10,13 @@ import hmac
 import os
 import stat
 import struct
-import threading
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import run_cli
-from helpers import one_line_error
+from helpers import call_within, one_line_error
 
 from facetrip.data import chip_cache, chip_cutting
 from facetrip.data.chip_cache import UntrustedCacheError, cached_chip_png, chip_cache_dir, photo_key, store_chip_png
@@ -97,26 +96,6 @@ def give_to_another_user(path: Path, monkeypatch) -> None:
     monkeypatch.setattr(chip_cache.os, "stat", lambda *args, **kwargs: as_another_users(real_stat(*args, **kwargs)))
     monkeypatch.setattr(chip_cache.os, "lstat", lambda *args, **kwargs: as_another_users(real_lstat(*args, **kwargs)))
     monkeypatch.setattr(chip_cache.os, "fstat", lambda descriptor: as_another_users(real_fstat(descriptor)))
-
-
-def within(seconds: float, function):
-    """``function()``'s result or exception; the test fails if it is still running after ``seconds``."""
-    outcome = {}
-
-    def call():
-        try:
-            outcome["result"] = function()
-        except BaseException as error:  # noqa: BLE001 - handed to the test
-            outcome["error"] = error
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"still running after {seconds} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +336,7 @@ def test_a_key_file_that_is_not_the_users_alone_is_refused_in_one_line(fresh_cac
     reason = spoil(private_key_file, monkeypatch)
     before = os.lstat(private_key_file)
     with pytest.raises(UntrustedCacheError) as refused:
-        within(HANG_SECONDS, lambda: cached_chip_png(photo_key(b"a photo")))
+        call_within(HANG_SECONDS, lambda: cached_chip_png(photo_key(b"a photo")), private_key_file)
     message = str(refused.value)
     assert "\n" not in message and str(private_key_file) in message and reason in message, message
     assert "remove it" in message and "FACETRIP_CACHE_KEY_FILE" in message

@@ -21,7 +21,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pytest
 from PIL import EpsImagePlugin, Image
 
 from conftest import REPO, run_cli
+from helpers import call_within
 from facetrip.data import chip_cache, chip_cutting
 from facetrip.data.chip_cache import chip_cache_dir
 from facetrip.data.chip_png import encode_chip
@@ -204,37 +204,6 @@ def test_the_bytes_checked_are_the_bytes_used(tmp_path, monkeypatch, fresh_cache
 
 # ---------------------------------------------------------------------------------------------
 # FIFOs: refused at once, never waited on
-
-
-def call_within(seconds: float, function, fifo: Path):
-    """``function()``'s result (or its exception, raised here); the test fails if it is still running after ``seconds``.
-
-    A call stuck opening ``fifo`` is then let go (the FIFO is opened for writing and closed,
-    so the reader sees its end) before the test fails, so no thread is left waiting.
-    """
-    outcome = {}
-
-    def call():
-        try:
-            outcome["result"] = function()
-        except BaseException as error:  # noqa: BLE001 - handed to the test
-            outcome["error"] = error
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        deadline = time.monotonic() + seconds
-        while thread.is_alive() and time.monotonic() < deadline:
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # succeeds once a reader waits
-            except OSError:
-                time.sleep(0.05)
-            thread.join(0.2)
-        pytest.fail(f"still waiting on the FIFO {fifo.name} after {seconds} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
