@@ -116,6 +116,13 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class IdentifyConfig:
+    # identify names a stranger as one of the index's G people at most this often (FPIR): it decides with the
+    # pair FAR 1 - (1 - false_alarm)^(1/G) on the run's calibration pairs (facetrip/identification/decision.py)
+    false_alarm: float = 0.01
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
@@ -124,6 +131,7 @@ class Config:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    identify: IdentifyConfig = dataclasses.field(default_factory=IdentifyConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -189,6 +197,10 @@ class Config:
 
 
 SECTIONS = tuple(field.name for field in dataclasses.fields(Config))
+# Sections added after facetrip first wrote runs: the config.toml of an earlier run lacks them (their defaults apply).
+LATER_SECTIONS = ("identify",)
+# The sections every run's config.toml names (how a run directory is recognised: facetrip.training.run_dir).
+RUN_SECTIONS = tuple(name for name in SECTIONS if name not in LATER_SECTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +312,7 @@ ALLOWED: dict[str, Allowed] = {
     "train.checkpoint_seconds": Allowed(0),
     "train.seed": Allowed(0, _LARGEST_SEED),
     "train.replicas": Allowed(0, 256),  # 0 = every local GPU (one CPU device without GPUs)
+    "identify.false_alarm": Allowed(0, 1, low_open=True, high_open=True),  # a share of strangers named as someone
 }
 
 

@@ -103,6 +103,9 @@ class Identification:
         matches: the nearest people, nearest first (at most ``top_k``).
         faces_detected: faces the detector found on the photo; None for runs that read whole images.
         threshold: the distance threshold decided with.
+        threshold_rule: how the threshold was chosen, as ``facetrip identify --json`` says it.
+        decision_rule: ``"false_alarm"`` (the default: at most the run's ``identify.false_alarm`` of
+            strangers named as someone among the index's people) or ``"pair"`` (``threshold`` or ``far``).
     """
 
     decision: str
@@ -111,6 +114,8 @@ class Identification:
     matches: tuple[Match, ...]
     faces_detected: int | None
     threshold: float
+    threshold_rule: str = ""
+    decision_rule: str = "false_alarm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,10 +229,11 @@ class TrainedRun:
                 what :meth:`load_index` read from one.
             top_k: people listed per photo.
             score: a person's distance: to their ``"mean"`` embedding, or to their ``"nearest"`` photo.
-            threshold: a known person is at most this far; default the run's threshold.
-            far: use the threshold for this false accept rate per pair on the run's calibration pairs.
-            false_alarm: use the threshold that takes this share of strangers (0.01 = 1%) for
-                one of the index's people.
+            threshold: a known person is at most this far (the pair rule).
+            far: use the threshold for this false accept rate per pair on the run's calibration pairs (the pair rule).
+            false_alarm: name at most this share of strangers (0.01 = 1%) as one of the index's
+                people; default (none of the three given): the run's ``identify.false_alarm``
+                (:mod:`facetrip.identification.decision`).
             search: ``"exact"``, ``"ann"`` (approximate, facetrip[ann]) or ``"auto"``.
 
         Returns:
@@ -239,11 +245,12 @@ class TrainedRun:
             GalleryIndexError: no index, a damaged one, or one of another model.
             CalibrationError: more than one of ``threshold``, ``far`` and ``false_alarm``, or
                 no threshold at all.
+            ConfigError: the run's ``identify.false_alarm`` is out of range.
         """
         from facetrip.identification import GalleryIndex
         from facetrip.identification.index import WHOLE_IMAGE
         from facetrip.identification.search import SCORES
-        from facetrip.identification.workflows import identify_with_index, run_threshold
+        from facetrip.identification.workflows import identify_decision, identify_with_index
 
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, not {score!r}.")
@@ -257,7 +264,8 @@ class TrainedRun:
             from facetrip.identification.index import check_same_model, model_fingerprint
 
             check_same_model(index.manifest, model_fingerprint(self.path, self.metadata), self.path, "the index given")
-        chosen, _ = run_threshold(self.loaded_run, threshold, far, false_alarm, index.manifest["people"])
+        decision = identify_decision(self.loaded_run, len(index.people), threshold, far, false_alarm)
+        chosen = decision.threshold
         results, faces_detected = [], []
         for embedded in self._embedded_chunks(photos):
             results += identify_with_index(index, embedded, chosen, int(top_k), score, search)["results"]
@@ -267,6 +275,7 @@ class TrainedRun:
                 decision=result["decision"], person=result["person"], distance=result["distance"],
                 matches=tuple(Match(match["person"], match["distance"], match["file"]) for match in result["matches"]),
                 faces_detected=None if count == WHOLE_IMAGE else int(count), threshold=chosen,
+                threshold_rule=decision.rule, decision_rule=decision.decision_rule,
             )
             for result, count in zip(results, faces_detected)
         ]

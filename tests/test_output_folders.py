@@ -100,8 +100,8 @@ def test_cluster_writes_an_empty_folder_and_replaces_only_its_own_sheets_with_ov
     out.mkdir()
     first = run_cli("cluster", finished_run[0], photos, "-o", out, "--threshold", "100")  # one cluster of every photo
     assert first.exit_code == 0, first.output
-    assert (out / "cluster_000.png").is_file() and recorded(out) == ["cluster_000.png", "clusters.csv", "clusters.json",
-                                                                      "unclustered.csv"]
+    assert (out / "cluster_000.png").is_file() and recorded(out) == ["cluster_000.png", "clusters.csv", "clusters.html",
+                                                                      "clusters.json", "unclustered.csv"]
     (out / "notes.txt").write_bytes(b"the user's")
     (out / "cluster_1.png").write_bytes(b"not a name cluster writes")
     before = tree_digest(tmp_path)
@@ -110,8 +110,8 @@ def test_cluster_writes_an_empty_folder_and_replaces_only_its_own_sheets_with_ov
     assert tree_digest(tmp_path) == before
     again = run_cli("cluster", finished_run[0], photos, "-o", out, "--threshold", "0.000001", "--overwrite")  # no cluster
     assert again.exit_code == 0, again.output
-    assert names_in(out) == sorted([OUTPUT_RECORD, "cluster_1.png", "clusters.csv", "clusters.json", "notes.txt",
-                                    "unclustered.csv"])
+    assert names_in(out) == sorted([OUTPUT_RECORD, "cluster_1.png", "clusters.csv", "clusters.html", "clusters.json",
+                                    "notes.txt", "unclustered.csv"])
     assert (out / "notes.txt").read_bytes() == b"the user's" and (out / "cluster_1.png").read_bytes() == b"not a name cluster writes"
 
 

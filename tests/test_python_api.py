@@ -150,6 +150,10 @@ def test_identify_gives_what_the_identify_command_prints(finished_run, tiny_run,
             assert [match.distance for match in identification.matches] == pytest.approx(
                 [match["distance"] for match in row["matches"]], rel=1e-5, abs=1e-6)
             assert identification.threshold == printed["threshold"] and identification.faces_detected is None
+            assert (identification.threshold_rule, identification.decision_rule) == (
+                printed["threshold_rule"], printed["decision_rule"]) == (printed["threshold_rule"], "false_alarm")
+    per_pair = tiny_run.identify(photos[:1], gallery_index, threshold=0.5)[0]
+    assert (per_pair.threshold, per_pair.decision_rule) == (0.5, "pair")
     read_once = tiny_run.load_index(gallery_index)
     again = tiny_run.identify([Image.open(photo) for photo in photos], read_once)
     assert [(one.decision, one.person) for one in again] == [(one.decision, one.person) for one in tiny_run.identify(photos, gallery_index)]

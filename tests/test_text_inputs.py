@@ -109,6 +109,7 @@ BAD_CONFIG_VALUES = [
     ("train", "replicas", "257", "257"),
     ("train", "steps_per_epoch", "-1", "-1"),
     ("train", "steps_per_epoch", "1.5", "1.5"),
+    ("identify", "false_alarm", "1.0", "1.0"),
 ]
 
 

@@ -181,7 +181,8 @@ def version() -> None:
 
 
 DATA_HELP = ("orl_faces (the offline default), folder:PATH with PATH/<identity>/<image>, rec:PATH (insightface "
-             "train.rec + train.idx) or tfds:NAME (e.g. tfds:lfw).")
+             "train.rec + train.idx), tfds:NAME (e.g. tfds:lfw), or for evaluate only bin:FILE (insightface's "
+             "lfw.bin, cfp_fp.bin, agedb_30.bin: its own pairs, scored by insightface's protocol).")
 
 
 DATA_DIR_HELP = "Where prepared face sets and tfds datasets live (default: ~/tensorflow_datasets)."

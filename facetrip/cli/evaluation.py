@@ -16,15 +16,17 @@ from facetrip.cli.core import (
 
 
 def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
-    """`facetrip evaluate` on a run that just finished; training stays a success if it cannot run."""
+    """`facetrip evaluate` on a run that just finished, with its report page; training stays a success if it cannot run."""
     from facetrip.data import DataError
     from facetrip.evaluation import PairsFileError
     from facetrip.evaluation.report import EvaluationError, ReportNotWritten, evaluate_run
     from facetrip.runs import RunError
 
+    seen: list = []
     try:
         with progress("Evaluating on the test identities") as shown:
-            report = evaluate_run(run_dir, data_dir=data_dir, on_stage=shown.stage, progress=shown)
+            report = evaluate_run(run_dir, data_dir=data_dir, on_stage=shown.stage, progress=shown,
+                                  pairs_seen=seen.append)
     except ReportNotWritten as error:  # computed but not saved: show it, then say what could not be written
         _print_evaluation(error.report)
         error_console.print(f"[yellow]Evaluation not saved:[/] {literal(error)}", highlight=False, soft_wrap=True)
@@ -33,6 +35,59 @@ def _evaluate_after_training(run_dir: Path, data_dir: Optional[str]) -> None:
         error_console.print(f"[yellow]Evaluation skipped:[/] {literal(error)}", highlight=False, soft_wrap=True)
         return
     _print_evaluation(report)
+    _write_report_or_warn(run_dir, report, seen[0], None)
+
+
+def default_report_file(run_dir: Path, report: dict) -> Path:
+    """The report page beside the evaluation's metrics file: ``report.html``, or ``report-<source>.html``."""
+    metrics_file = (report.get("files") or {}).get("metrics") or "metrics.json"
+    return Path(run_dir) / ("report" + metrics_file.removeprefix("metrics").removesuffix(".json") + ".html")
+
+
+def _check_report_file(path: Path, overwrite: bool) -> None:
+    """Refuse an output page that is a folder, or a file facetrip did not write (one line, exit 2)."""
+    from facetrip.evaluation.report_page import is_report_page
+    from facetrip.runs.output_folder import check_output_file
+
+    check_output_file(path, is_report_page, "a facetrip report page", "facetrip report", overwrite=overwrite,
+                      option="-o")
+
+
+def write_report_page(run_dir: Path, report: dict, pairs, output: Optional[Path], overwrite: bool,
+                      extra_sections=()) -> Path:
+    """Write the evaluation's HTML page: ``output``, or the default page in the run directory.
+
+    Raises:
+        OutputFolderError: the page would replace a folder or a file facetrip did not write.
+        OSError: the page cannot be written.
+    """
+    from facetrip.evaluation.report_page import report_page_html
+    from facetrip.runs import atomic_write_text, read_metadata
+    from facetrip.training.history import training_curves_png
+
+    target = Path(output) if output is not None else default_report_file(run_dir, report)
+    _check_report_file(target, overwrite or output is None)  # the run's own page is the run's to replace
+    page = report_page_html(report, pairs, read_metadata(run_dir), training_curves_png(Path(run_dir)), extra_sections)
+    atomic_write_text(target, page)
+    return target
+
+
+def _write_report_or_warn(run_dir: Path, report: dict, pairs, output: Optional[Path], overwrite: bool = False,
+                          extra_sections=(), shown_on=None) -> Optional[Path]:
+    """:func:`write_report_page`, saying in one yellow line why when it cannot (the metrics stay saved)."""
+    from facetrip.runs import OutputFolderError
+
+    try:
+        target = write_report_page(run_dir, report, pairs, output, overwrite, extra_sections)
+    except OutputFolderError as error:
+        error_console.print(f"[yellow]Report page not written:[/] {literal(error)}", highlight=False, soft_wrap=True)
+        return None
+    except OSError as error:
+        error_console.print(f"[yellow]Report page not written:[/] {literal(error.strerror or error)} "
+                            f"({literal(getattr(error, 'filename', None) or run_dir)}).", highlight=False, soft_wrap=True)
+        return None
+    (shown_on or console).print(f"Wrote the report page {literal(target)}", highlight=False, soft_wrap=True)
+    return target
 
 
 def _print_evaluation(report: dict) -> None:
@@ -55,9 +110,10 @@ def _print_evaluation(report: dict) -> None:
         )
     console.print(table)
     accuracy = report["model"]["accuracy"]
+    people = (f"{pairs['images']:,} images of {pairs['identities']:,} identities of {literal(report['source'])} never "
+              f"trained on" if pairs["identities"] else f"{pairs['images']:,} images of {literal(report['source'])}")
     console.print(
-        f"Pairs: {pairs['same']:,} same + {pairs['different']:,} different, {pairs['images']:,} images of "
-        f"{pairs['identities']:,} identities of {literal(report['source'])} never trained on; {literal(pairs['how'])}. "
+        f"Pairs: {pairs['same']:,} same + {pairs['different']:,} different, {people}; {literal(pairs['how'])}. "
         f"Accuracy: {accuracy['folds']} folds" + (", same and different pairs weighted equally." if accuracy["balanced"] else "."),
         highlight=False,
     )
@@ -99,27 +155,20 @@ def _print_evaluation(report: dict) -> None:
                       f"{literal(report['run'])}/", highlight=False)
 
 
-@app.command()
-@maps_errors("facetrip.evaluation.report:EvaluationError", "facetrip.evaluation:PairsFileError",
-             "facetrip.runs:RunError", "facetrip.data:DataError")
-def evaluate(
-    run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
-    run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt-format file (name i j / name1 i name2 j) instead of the test identities."),
-    max_pairs: int = typer.Option(50_000, "--max-pairs", help="Most same (and most different) pairs; a larger test split gets a seeded balanced sample."),
-    seed: int = typer.Option(0, help="Seed of the pair sample and the 10-fold assignment."),
-    with_baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score raw pixels, Eigenfaces and Fisherfaces."),
-    as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
-    data_source: Optional[str] = typer.Option(None, "--data", help="Data source (default: the run's): " + DATA_HELP),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-) -> None:
-    """Score a run on identities it never trained on, beside raw pixels, Eigenfaces and Fisherfaces.
+EVALUATION_ERRORS = ("facetrip.evaluation.report:EvaluationError", "facetrip.evaluation:PairsFileError",
+                     "facetrip.runs:RunError", "facetrip.data:DataError", "facetrip.runs:OutputFolderError")
+PAIRS_HELP = ("LFW pairs.txt-format file (name i j / name1 i name2 j), or a CFP protocol split folder "
+              "(Protocol/Split/FF or .../FP, with --data folder:.../cfp/Data/Images), instead of the test identities.")
+MAX_PAIRS_HELP = "Most same (and most different) pairs; a larger test split gets a seeded balanced sample."
 
-    Writes metrics.json and roc.png into the run directory.
+
+def _run_evaluation(run_dir: Optional[Path], pairs: Optional[Path], max_pairs: int, seed: int, with_baselines: bool,
+                    as_json: bool, data_source: Optional[str], data_dir: Optional[str], hardest: int):
+    """Evaluate a run as `facetrip evaluate` does, print the table (or JSON): ``(run dir, report, evaluated pairs)``.
+
+    Exits 2 after printing when the metrics cannot be saved (nothing computed is lost from the screen).
     """
     import json
-
-    run_dir = _one_run(run_dir, run_option)
 
     from facetrip.tf_runtime import import_tensorflow
 
@@ -133,12 +182,14 @@ def evaluate(
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
     not_written = None
+    seen: list = []
+    target = run_dir if run_dir is not None else latest_run()
     try:
-        target = run_dir if run_dir is not None else latest_run()
         with progress("Evaluating") as shown:
             report = evaluate_run(
                 target, pairs_file=pairs, max_pairs=max_pairs, seed=seed, baselines=with_baselines,
                 data_source=data_source, data_dir=data_dir, on_stage=shown.stage, progress=shown,
+                hardest_errors=hardest, pairs_seen=seen.append,
             )
     except ReportNotWritten as error:  # computed, but the run directory cannot be written: show it all first
         report, not_written = error.report, error
@@ -149,6 +200,89 @@ def evaluate(
     if not_written is not None:
         fail(f"{not_written} The metrics above are not saved: evaluate a writable copy of the run directory "
              f"to keep them.")
+    return Path(target), report, seen[0]
+
+
+@app.command()
+@maps_errors(*EVALUATION_ERRORS)
+def evaluate(
+    run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help=PAIRS_HELP),
+    max_pairs: int = typer.Option(50_000, "--max-pairs", help=MAX_PAIRS_HELP),
+    seed: int = typer.Option(0, help="Seed of the pair sample and the 10-fold assignment."),
+    with_baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score raw pixels, Eigenfaces and Fisherfaces."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
+    data_source: Optional[str] = typer.Option(None, "--data", help="Data source (default: the run's): " + DATA_HELP),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    with_report: bool = typer.Option(True, "--report/--no-report", help="Also write the HTML report page beside metrics.json (report.html)."),
+) -> None:
+    """Score a run on identities it never trained on, beside raw pixels, Eigenfaces and Fisherfaces.
+
+    Writes metrics.json, roc.png and the report page report.html into the run directory.
+    """
+    from facetrip.evaluation.report_page import DEFAULT_HARDEST_ERRORS
+
+    run_dir = _one_run(run_dir, run_option)
+    target, report, evaluated = _run_evaluation(run_dir, pairs, max_pairs, seed, with_baselines, as_json, data_source,
+                                                data_dir, DEFAULT_HARDEST_ERRORS)
+    if with_report:  # with --json, stdout is the JSON: the page's line goes to stderr
+        _write_report_or_warn(target, report, evaluated, None, shown_on=error_console if as_json else console)
+
+
+@app.command()
+@maps_errors(*EVALUATION_ERRORS, "facetrip.identification.index:GalleryIndexError",
+             "facetrip.evaluation.calibration:CalibrationError", "facetrip.config:ConfigError")
+def report(
+    run_dir: Optional[Path] = typer.Argument(None, help=RUN_HELP),
+    run_option: Optional[Path] = typer.Option(None, "--run", help="The run, as --run RUN (the same as the argument)."),
+    data_source: Optional[str] = typer.Option(None, "--data", help="Data source (default: the run's): " + DATA_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The page to write (default: RUN/report.html, beside metrics.json)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the page at --output when facetrip wrote it."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help=PAIRS_HELP),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="Also show the identification curve (DIR against FPIR) of an index of this run."),
+    hardest: int = typer.Option(24, "--hardest", min=1, max=500, help="Hardest false accepts and false rejects shown, of each."),
+    max_pairs: int = typer.Option(50_000, "--max-pairs", help=MAX_PAIRS_HELP),
+    seed: int = typer.Option(0, help="Seed of the pair sample and the 10-fold assignment."),
+    with_baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score raw pixels, Eigenfaces and Fisherfaces."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+) -> None:
+    """Evaluate a run and write one self-contained HTML page: curves, the threshold, and the photos of its hardest errors.
+
+    The page opens from a file with no server; every image is inside it. metrics.json and roc.png are written too.
+    """
+    run_dir = _one_run(run_dir, run_option)
+    if output is not None:
+        _check_report_file(output, overwrite)  # a folder or a user's file: refused before any work
+    if index_dir is not None:
+        from facetrip.identification.index import read_manifest
+
+        read_manifest(index_dir)  # a missing or damaged index, before the evaluation
+    target, report, evaluated = _run_evaluation(run_dir, pairs, max_pairs, seed, with_baselines, False, data_source,
+                                                data_dir, hardest)
+    extra = [] if index_dir is None else [_identification_section(target, index_dir)]
+    try:
+        written = write_report_page(target, report, evaluated, output, overwrite, extra)
+    except OSError as error:
+        fail(f"Cannot write the report page {output or default_report_file(target, report)}: "
+             f"{error.strerror or error}; choose another file with -o.")
+    console.print(f"Wrote the report page {literal(written)}", highlight=False, soft_wrap=True)
+
+
+def _identification_section(run_dir: Path, index_dir: Path) -> str:
+    """The report page's identification section: an index's DIR-against-FPIR curve at identify's default decision."""
+    from facetrip.evaluation.report_page import identification_section_html
+    from facetrip.identification.decision import identify_decision
+    from facetrip.identification.open_set import dir_fpir_plot_png, identification_curve
+    from facetrip.identification.workflows import load_index
+    from facetrip.runs.loaded_run import Run
+
+    run = Run.load(run_dir)
+    with console.status(f"Measuring the identification curve of {literal(index_dir)} ..."):
+        index = load_index(run, index_dir)
+        decision = identify_decision(run, index.manifest["people"])
+        curve = identification_curve(index, decision)
+    return identification_section_html(str(index_dir), curve, dir_fpir_plot_png(curve))
 
 
 @app.command()

@@ -18,7 +18,7 @@ IDENTIFICATION_ERRORS = (
     "facetrip.evaluation.calibration:CalibrationError", "facetrip.data:DataError", "facetrip.data:ImageReadError",
     "facetrip.identification.ann:AnnUnavailable", "facetrip.identification.ann:AnnFileError",
     "facetrip.identification.clustering:ClusteringError",
-    "facetrip.identification.index:GalleryIndexError", "facetrip.runs:OutputFolderError",
+    "facetrip.identification.index:GalleryIndexError", "facetrip.runs:OutputFolderError", "facetrip.config:ConfigError",
 )
 
 
@@ -69,6 +69,10 @@ def index(
     console.print(f"Indexed {summary.added:,} photo{'' if summary.added == 1 else 's'} of {escape(summary.source)}{repeated}: "
                   f"{escape(str(output))} holds {manifest['entries']:,} photos of {manifest['people']:,} people "
                   f"({manifest['metric']}{with_ann}).", highlight=False, soft_wrap=True)
+    decided = manifest.get("open_set") or {}
+    if decided.get("threshold") is not None:
+        console.print(f"identify decides with threshold {decided['threshold']:.4f} ({escape(decided['threshold_rule'])}).",
+                      style="dim", highlight=False, soft_wrap=True)
 
 
 def _print_apart(what: str, names: list, shown: int = 5) -> None:
@@ -93,7 +97,7 @@ def identify(
     score: str = typer.Option("mean", "--score", help="A person's distance: to their mean embedding, or to their nearest photo (mean | nearest)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     far: Optional[float] = typer.Option(None, "--far", help=FAR_HELP),
-    false_alarm: Optional[float] = typer.Option(None, "--false-alarm", help="Decide with the threshold that takes this share of strangers (0.01 = 1%) for one of the index's people."),
+    false_alarm: Optional[float] = typer.Option(None, "--false-alarm", help="Name at most this share of strangers (0.01 = 1%) as one of the index's people; default: the run's identify.false_alarm (0.01). --threshold and --far decide per pair instead."),
     ann: Optional[bool] = typer.Option(None, "--ann/--exact", help="Approximate or exact search; default: approximate above 200,000 photos when the index has an approximate-search index."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, for scripts."),
 ) -> None:
@@ -113,13 +117,14 @@ def identify(
         decode_file(photo)
     from facetrip.identification.index import read_manifest
     from facetrip.identification.photos import embed_photos, read_files
-    from facetrip.identification.workflows import expected_false_alarm, identify_with_index, load_index, run_threshold
+    from facetrip.identification.workflows import expected_false_alarm, identify_decision, identify_with_index, load_index
 
     read_manifest(index_dir)  # a missing or corrupt index, before loading TensorFlow
     loaded = _load_run(run)
     gallery = load_index(loaded, index_dir)
-    people = gallery.manifest["people"]
-    chosen, rule = run_threshold(loaded, threshold, far, false_alarm, people)
+    people = len(gallery.people)  # what the gallery holds, whatever an older manifest recorded
+    decision = identify_decision(loaded, people, threshold, far, false_alarm)
+    chosen, rule = decision.threshold, decision.rule
     with progress("Reading the photos", len(photos)) as shown:
         probes = read_files(photos, [0] * len(photos), ["?"], "photos", skip_unreadable=False, progress=shown)
         embedded = embed_photos(loaded, probes.faces, on_stage=shown.stage, progress=shown)
@@ -130,16 +135,18 @@ def identify(
     strangers = expected_false_alarm(loaded, chosen, people)
     if as_json:
         typer.echo(json.dumps({"run": str(loaded.path), "index": str(index_dir), "metric": gallery.manifest["metric"],
-                               "score": score, "threshold": chosen, "threshold_rule": rule, "people": people,
-                               "expected_false_alarm": strangers, "search": found["search"], "photos": found["results"]}))
+                               "score": score, "threshold": chosen, "threshold_rule": rule,
+                               "decision_rule": decision.decision_rule, "false_alarm": decision.false_alarm,
+                               "people": people, "expected_false_alarm": strangers, "search": found["search"],
+                               "photos": found["results"]}))
         return
     _print_identification(found["results"], f"facetrip identify ({escape(str(index_dir))}: {people:,} people, {score} score)")
     console.print(f"Known when the best {gallery.manifest['metric']} distance is at most {chosen:.4f} ({escape(rule)}); "
                   f"{found['search']} search.", style="dim", highlight=False, soft_wrap=True)
-    if strangers is not None and strangers > 0.1 and false_alarm is None:
+    if strangers is not None and strangers > 0.1 and decision.decision_rule == "pair":
         console.print(f"[yellow]Note:[/] with {people:,} people this threshold takes about {strangers:.0%} of strangers for "
-                      f"someone (from the run's calibration pairs); --false-alarm 0.01 sets the threshold for 1%.",
-                      highlight=False, soft_wrap=True)
+                      f"someone (from the run's calibration pairs); without --threshold and --far, identify names at most the "
+                      f"run's identify.false_alarm (1% by default) of strangers.", highlight=False, soft_wrap=True)
 
 
 def _print_identification(results: list, title: str) -> None:
@@ -165,14 +172,14 @@ def _print_identification(results: list, title: str) -> None:
 def cluster(
     run: Path = typer.Argument(..., help="The run whose model embeds the photos."),
     photos: list[Path] = typer.Argument(..., help="Photos, or folders of photos (searched recursively)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for clusters.csv, unclustered.csv and the contact sheets: new, empty, or an earlier clustering's with --overwrite."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for clusters.csv, unclustered.csv, the contact sheets and clusters.html: new, empty, or an earlier clustering's with --overwrite."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier clustering in the folder, or write beside files of other names there (never replacing them)."),
     algorithm: str = typer.Option("average", "--algorithm", help="average | complete (agglomerative linkage) | chinese_whispers | connected (threshold graph) | hdbscan (ignores the threshold)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     far: Optional[float] = typer.Option(None, "--far", help=FAR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Group unlabelled photos by person: clusters.csv (file, cluster) and one contact sheet per cluster."""
+    """Group unlabelled photos by person: clusters.csv (file, cluster), one contact sheet per cluster, clusters.html."""
     import json
 
     from rich.markup import escape
@@ -208,4 +215,5 @@ def cluster(
                   f"{no_face:,} without a face, {len(found.unreadable):,} unreadable ({algorithm}, threshold {chosen:.4f}: "
                   f"{escape(rule)}).", highlight=False, soft_wrap=True)
     console.print(f"Wrote {escape(written['csv'])}, {escape(written['unclustered'])} and {len(written['sheets'])} contact "
-                  f"sheets (cluster_NNN.png) to {escape(str(output))}/", highlight=False, soft_wrap=True)
+                  f"sheets (cluster_NNN.png) to {escape(str(output))}/; open {escape(written['page'])} to see them.",
+                  highlight=False, soft_wrap=True)

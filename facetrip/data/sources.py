@@ -8,6 +8,9 @@ Source names, on the command line and in configs:
   label (for example ``tfds:lfw``); all splits by default.
 - ``rec:PATH``: an insightface / MXNet RecordIO set (``PATH/train.rec``, ``PATH/train.idx``),
   112 x 112 crops on the ArcFace template, read without mxnet (:mod:`facetrip.data.recordio`).
+- ``bin:PATH``: an insightface verification set (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``):
+  pairs of 112 x 112 ArcFace crops, for ``facetrip evaluate`` only
+  (:mod:`facetrip.data.insightface_bin`); its images are labelled by pair, as it names no people.
 
 :func:`load_faces` returns the images still encoded (decoding happens in the tf.data
 pipeline), with integer identity labels and their names.
@@ -34,14 +37,14 @@ _NETWORK_PROBE_SECONDS = 3.0
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # "orl_faces" | "folder" | "tfds" | "rec"
-    name: str  # tfds name, or the folder path
+    kind: str  # "orl_faces" | "folder" | "tfds" | "rec" | "bin"
+    name: str  # tfds name, the folder path, or the .bin file
     split: str = "all"
 
     def __str__(self) -> str:
         if self.kind == "orl_faces":
             return "orl_faces"
-        if self.kind in ("folder", "rec"):
+        if self.kind in ("folder", "rec", "bin"):
             return f"{self.kind}:{self.name}"
         return f"tfds:{self.name}" + ("" if self.split == "all" else f":{self.split}")
 
@@ -65,6 +68,11 @@ def parse_source(source: str) -> SourceSpec:
         if not path:
             raise DataError("rec: needs a folder holding train.rec and train.idx, for example rec:~/faces_emore.")
         return SourceSpec("rec", path)
+    if text.startswith("bin:"):
+        path = text[len("bin:") :]
+        if not path:
+            raise DataError("bin: needs an insightface verification set, for example bin:~/faces_emore/lfw.bin.")
+        return SourceSpec("bin", path)
     if text.startswith("tfds:"):
         name, _, split = text[len("tfds:") :].partition(":")
         if not name:
@@ -73,17 +81,28 @@ def parse_source(source: str) -> SourceSpec:
     if text and Path(text).expanduser().is_dir():
         return SourceSpec("folder", text)
     raise DataError(
-        f"Unknown data source {source!r}: use orl_faces, folder:PATH (PATH/<identity>/<image>), rec:PATH or tfds:NAME."
+        f"Unknown data source {source!r}: use orl_faces, folder:PATH (PATH/<identity>/<image>), rec:PATH, "
+        f"bin:FILE (to evaluate on) or tfds:NAME."
     )
+
+
+def evaluation_only_error(spec: SourceSpec) -> DataError:
+    """The error for a ``bin:`` source given where photos of identities are needed (training, preparing, embedding)."""
+    return DataError(f"{spec} is a verification set of pairs, which only `facetrip evaluate RUN --data {spec}` reads: "
+                     f"train and prepare on folder:, rec:, tfds: or orl_faces.")
 
 
 def check_source_folder(source: str) -> None:
     """Refuse a ``folder:`` or ``rec:`` source whose folder does not exist, before anything is written for it.
 
+    A ``bin:`` source, which holds pairs to evaluate on and no identities to train on, is refused too.
+
     Raises:
-        DataError: the name is malformed, or names a folder that is not there.
+        DataError: the name is malformed, names a folder that is not there, or is a ``bin:`` source.
     """
     spec = parse_source(source)
+    if spec.kind == "bin":
+        raise evaluation_only_error(spec)
     if spec.kind in ("folder", "rec") and not Path(spec.name).expanduser().is_dir():
         raise DataError(f"The data source {spec} names {Path(spec.name).expanduser()}, which does not exist or is "
                         "not a folder.")
@@ -167,6 +186,8 @@ def builder_for(spec: SourceSpec, data_dir: str | None = None):
     from facetrip.data.folder import IdentityFolder
 
     # tfds reads what a set's folder holds as soon as its builder is made
+    if spec.kind == "bin":  # not a tfds set: what reaches here wants a prepared set of identities
+        raise evaluation_only_error(spec)
     base = Path(data_dir or tfds.core.constants.get_default_data_dir()).expanduser()
     if spec.kind == "orl_faces":
         check_prepared_folder(base / OrlFaces.name)
@@ -242,11 +263,22 @@ def load_faces(source: str, data_dir: str | None = None) -> FaceImages:
         :class:`FaceImages`.
 
     Raises:
-        DataError: unknown, unprepared or empty source.
+        DataError: unknown, unprepared or empty source; a ``bin:`` file that is not a verification set.
+        UntrustedFileError: a ``bin:`` file that is missing, not a regular file or too large.
     """
+    spec = parse_source(source)
+    if spec.kind == "bin":  # the crops as they are, labelled by pair: the file names no people
+        from facetrip.data.insightface_bin import pair_labels, pair_names, read_verification_bin
+
+        verification_bin = read_verification_bin(spec.name)
+        encoded = np.empty(len(verification_bin.images), dtype=object)  # (2P,) bytes
+        encoded[:] = verification_bin.images
+        return FaceImages(encoded=encoded, labels=pair_labels(verification_bin.num_pairs),
+                          identity_names=pair_names(verification_bin.num_pairs),
+                          file_names=np.array([str(index) for index in range(len(encoded))], dtype=str),
+                          channels=3, source=str(spec))
     import tensorflow_datasets as tfds
 
-    spec = parse_source(source)
     builder = builder_for(spec, data_dir)
     ensure_prepared(spec, builder)
     image_key, label_key = _feature_keys(builder)
@@ -289,6 +321,6 @@ def is_same_source(first: str, second: str) -> bool:
         DataError: a malformed source name.
     """
     first_spec, second_spec = parse_source(first), parse_source(second)
-    if first_spec.kind == second_spec.kind and first_spec.kind in ("folder", "rec"):
+    if first_spec.kind == second_spec.kind and first_spec.kind in ("folder", "rec", "bin"):
         return Path(first_spec.name).expanduser().resolve() == Path(second_spec.name).expanduser().resolve()
     return first_spec == second_spec

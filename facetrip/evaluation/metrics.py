@@ -321,3 +321,30 @@ def verification_summary(distances: np.ndarray, same: np.ndarray) -> dict[str, f
         "eer_threshold": eer_threshold,
         "tar_at_far_1pct": tar_at_far(false_accept, true_accept, thresholds, 0.01)[0],
     }
+
+
+def hardest_errors(distances: np.ndarray, same: np.ndarray, threshold: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs a threshold gets wrong by the widest margin.
+
+    A different pair is falsely accepted when ``d <= threshold``, a same pair falsely
+    rejected when ``d > threshold`` (as :func:`rates_at_threshold`). The hardest false
+    accepts are those with the smallest distances, the hardest false rejects those with the
+    largest; ties keep the pairs' order.
+
+    Args:
+        distances: (M,) pair distances.
+        same: (M,) bool.
+        threshold: accept a pair when its distance is at most this.
+        count: most pairs of each kind.
+
+    Returns:
+        ``(false_accepts, false_rejects)``: (<= count,) int indices into the pairs, the
+        most extreme first.
+    """
+    distances, same = np.asarray(distances, np.float64), np.asarray(same, bool)
+    accepted = distances <= threshold
+    false_accepts = np.flatnonzero(accepted & ~same)  # (A,)
+    false_rejects = np.flatnonzero(~accepted & same)  # (R,)
+    false_accepts = false_accepts[np.argsort(distances[false_accepts], kind="stable")[:count]]
+    false_rejects = false_rejects[np.argsort(-distances[false_rejects], kind="stable")[:count]]
+    return false_accepts, false_rejects

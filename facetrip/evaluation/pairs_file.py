@@ -1,9 +1,16 @@
-"""LFW pairs files: the ``pairs.txt`` / ``pairsDevTrain.txt`` format, parsed and read.
+"""The pairs `facetrip evaluate --pairs` reads: an LFW pairs file, or a split folder of CFP's protocol.
 
-:func:`parse_lfw_pairs` turns a file's text into :class:`NamedPairs` (identity names and
-1-based image numbers, with the file's folds); a file that is not in the format raises
+- LFW's ``pairs.txt`` / ``pairsDevTrain.txt`` format: :func:`parse_lfw_pairs` turns a
+  file's text into :class:`NamedPairs` (identity names and 1-based image numbers, with the
+  file's folds).
+- CFP's protocol (Celebrities in Frontal-Profile, Sengupta et al., WACV 2016):
+  :func:`read_cfp_split` reads a split folder (``Protocol/Split/FF`` or ``.../FP``) as
+  :class:`PathPairs`, photos named by their path inside the data folder.
+
+:func:`read_pairs` reads either, as the path says. Input that is not in its format raises
 :class:`PairsFileError` with one line naming the file and the line. Which images the
-names and numbers are is for the evaluation report to find (``facetrip.evaluation.report``).
+names, numbers and paths are is for the evaluation report to find
+(``facetrip.evaluation.report``).
 
 Pure NumPy; no TensorFlow.
 """
@@ -71,9 +78,18 @@ def _whole_number(field: str) -> int | None:
         field: one field of a pairs file line.
 
     Returns:
-        The number, or None.
+        The number (``_LARGEST_IMAGE_NUMBER + 1`` for one of more digits than any int64
+        has: Python refuses to convert a string of over 4,300 digits), or None.
     """
-    return int(field) if _WHOLE_NUMBER.fullmatch(field) else None
+    if not _WHOLE_NUMBER.fullmatch(field):
+        return None
+    digits = field.lstrip("0")
+    return _LARGEST_IMAGE_NUMBER + 1 if len(digits) > len(str(_LARGEST_IMAGE_NUMBER)) else int(field)
+
+
+def _shortened(text: str, most: int = 60) -> str:
+    """``text``, cut to its first ``most`` characters and "..." when longer (for error messages)."""
+    return text if len(text) <= most else text[:most] + "..."
 
 
 @dataclasses.dataclass
@@ -148,9 +164,10 @@ def parse_lfw_pairs(text: str, source: str = "pairs file") -> NamedPairs:
                 f"{source} line {line_number}: image numbers must be whole numbers >= 1 (1-based), got {' '.join(fields)!r}."
             )
         if max(numbers) > _LARGEST_IMAGE_NUMBER:
+            too_large = next(field for field, number in zip(number_fields, numbers) if number > _LARGEST_IMAGE_NUMBER)
             raise PairsFileError(
-                f"{source} line {line_number}: image number {max(numbers)} is too large (at most "
-                f"{_LARGEST_IMAGE_NUMBER:,}), got {' '.join(fields)!r}."
+                f"{source} line {line_number}: image number {_shortened(too_large)} is too large (at most "
+                f"{_LARGEST_IMAGE_NUMBER:,}), got {_shortened(' '.join(fields))!r}."
             )
         first_names.append(names[0])
         second_names.append(names[1])
@@ -192,3 +209,255 @@ def read_lfw_pairs(path: str | Path) -> NamedPairs:
     except UntrustedFileError as error:
         raise PairsFileError(f"Cannot read the pairs file: {error}.") from None
     return parse_lfw_pairs(text, str(path))
+
+
+# ----------------------------------------------------------------------------- CFP's protocol
+
+# CFP's protocol folder: Pair_list_F.txt and Pair_list_P.txt number the frontal and the profile
+# photos; Split/FF and Split/FP each hold the folds 01 .. 10, each fold a same.txt and a diff.txt.
+CFP_PHOTO_LISTS = {"F": "Pair_list_F.txt", "P": "Pair_list_P.txt"}
+CFP_SPLITS = {"FF": ("F", "F", "frontal with frontal"), "FP": ("F", "P", "frontal with profile")}
+CFP_FOLDS = tuple(f"{fold:02d}" for fold in range(1, 11))
+CFP_FOLD_FILES = {"same.txt": True, "diff.txt": False}
+# CFP's photo lists take 200 kB and its fold files 3.5 kB each.
+CFP_FILE_SIZE_LIMIT = 16 << 20
+# A listed photo's path ends in identity/kind/photo (../Data/Images/001/frontal/01.jpg): its last
+# three parts are the identity's folder and the photo's path inside it, the name the data source gives it.
+_CFP_PATH_PARTS = 3
+# A fold file's line: two 1-based indices, a comma between them.
+_CFP_PAIR = re.compile(r"([0-9]+) ?, ?([0-9]+)")
+
+
+@dataclasses.dataclass
+class PathPairs:
+    """Pairs of photos named by their path inside the data folder (CFP's protocol).
+
+    Attributes:
+        first_paths, second_paths: (M,) '/'-separated paths inside the data folder, the
+            identity's folder first (``001/frontal/01.jpg``).
+        first_names, second_names: (M,) identity names, each path's first folder.
+        same: (M,) bool.
+        folds: (M,) int64 fold of each pair (0 for the protocol's fold 01, ...).
+        listed_at: ``{path: "LIST FILE line N"}``, where each photo of the pairs is listed.
+        protocol: what the pairs are (``CFP-FP, frontal with profile``).
+    """
+
+    first_paths: list[str]
+    second_paths: list[str]
+    first_names: list[str]
+    second_names: list[str]
+    same: np.ndarray
+    folds: np.ndarray
+    listed_at: dict[str, str]
+    protocol: str
+
+    def __len__(self) -> int:
+        return len(self.same)
+
+    def photo_indices(self, file_names, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs as indices into a data source's photos, matched by path.
+
+        Only the protocol's photos are held while the source's names are read, one at a time.
+
+        Args:
+            file_names: (N,) each photo's path inside the source (``001/frontal/01.jpg`` in
+                ``folder:.../cfp/Data/Images``).
+            source: the source's name, for error messages.
+
+        Returns:
+            ``(first, second)``: (M,) int64 indices into ``file_names``.
+
+        Raises:
+            PairsFileError: a photo of the pairs is not in the source (names the list file
+                and its line).
+        """
+        index_of = dict.fromkeys((*self.first_paths, *self.second_paths), -1)
+        example = None
+        for index, file_name in enumerate(file_names):
+            name = str(file_name)
+            example = example or name
+            if index_of.get(name) == -1:
+                index_of[name] = index
+        missing = next((path for path, index in index_of.items() if index < 0), None)
+        if missing is not None:
+            named_like = f"its photos are named like {example}" if example else "it has no photos"
+            raise PairsFileError(
+                f"{self.listed_at[missing]}: {missing} is not in {source} ({named_like}): evaluate on the folder "
+                f"of CFP's photos (--data folder:.../cfp/Data/Images)."
+            )
+        first = np.fromiter((index_of[path] for path in self.first_paths), np.int64, len(self))
+        second = np.fromiter((index_of[path] for path in self.second_paths), np.int64, len(self))
+        return first, second
+
+
+def _read_protocol_file(path: Path, what: str) -> str:
+    """A file of CFP's protocol as text, read as untrusted (size-capped, UTF-8).
+
+    Raises:
+        PairsFileError: the file is missing, too large or not UTF-8 text.
+    """
+    try:
+        return read_untrusted_text(path, CFP_FILE_SIZE_LIMIT, what)
+    except UntrustedFileError as error:
+        raise PairsFileError(f"Cannot read CFP's {what}: {error}.") from None
+
+
+def parse_cfp_photo_list(text: str, source: str = "photo list") -> tuple[list[str], list[int]]:
+    """Parse one of CFP's photo lists (``Pair_list_F.txt``): lines ``N path``, N = 1, 2, 3, ...
+
+    Args:
+        text: the file's content.
+        source: the file's name, for error messages.
+
+    Returns:
+        ``(paths, line numbers)``: photo N's path inside the data folder (its last three
+        parts, ``001/frontal/01.jpg``) at ``paths[N - 1]``, and the line that lists it.
+
+    Raises:
+        PairsFileError: a line is not ``N path``, N is not the next number, or the path has
+            fewer than three parts; names the line.
+    """
+    paths, line_numbers = [], []
+    for line_number, fields in _pairs_file_lines(text):
+        expected = len(paths) + 1
+        if len(fields) != 2 or _whole_number(fields[0]) != expected:
+            raise PairsFileError(
+                f"{source} line {line_number}: expected '{expected} PATH' (photo {expected} of the list and its "
+                f"path), got {_shortened(' '.join(fields))!r}."
+            )
+        parts = [part for part in fields[1].split("/") if part not in ("", ".")]
+        if len(parts) < _CFP_PATH_PARTS or ".." in parts[-_CFP_PATH_PARTS:]:
+            raise PairsFileError(
+                f"{source} line {line_number}: expected a path ending in IDENTITY/KIND/PHOTO (like "
+                f"../Data/Images/001/frontal/01.jpg), got {_shortened(fields[1])!r}."
+            )
+        paths.append("/".join(parts[-_CFP_PATH_PARTS:]))
+        line_numbers.append(line_number)
+    if not paths:
+        raise PairsFileError(f"{source} lists no photos: expected lines 'N PATH' (CFP's protocol).")
+    return paths, line_numbers
+
+
+def parse_cfp_fold_file(text: str, first_count: int, second_count: int,
+                        source: str = "fold file") -> tuple[np.ndarray, np.ndarray]:
+    """Parse one of CFP's fold files (``same.txt`` / ``diff.txt``): lines ``i,j``, 1-based photo numbers.
+
+    Args:
+        text: the file's content.
+        first_count, second_count: how many photos the lists that i and j number hold.
+        source: the file's name, for error messages.
+
+    Returns:
+        ``(indices, line numbers)``: (K, 2) int64 0-based indices into the two lists, and
+        (K,) the line of each pair.
+
+    Raises:
+        PairsFileError: a line that is not ``i,j``, or a number out of its list's range;
+            names the line.
+    """
+    indices, line_numbers = [], []
+    for line_number, fields in _pairs_file_lines(text):
+        matched = _CFP_PAIR.fullmatch(" ".join(fields))
+        if matched is None:
+            raise PairsFileError(
+                f"{source} line {line_number}: expected 'i,j' (two photo numbers), "
+                f"got {_shortened(' '.join(fields))!r}."
+            )
+        pair = [_whole_number(number) for number in matched.groups()]
+        for column, (number, count) in enumerate(zip(pair, (first_count, second_count))):
+            if not 1 <= number <= count:
+                raise PairsFileError(
+                    f"{source} line {line_number}: photo number {_shortened(matched.group(column + 1))} is out of "
+                    f"range: the {('first', 'second')[column]} list numbers 1 to {count:,}."
+                )
+        indices.append((pair[0] - 1, pair[1] - 1))
+        line_numbers.append(line_number)
+    return np.asarray(indices, np.int64).reshape(-1, 2), np.asarray(line_numbers, np.int64)
+
+
+def read_cfp_split(folder: str | Path) -> PathPairs:
+    """Read a split folder of CFP's protocol (``Protocol/Split/FF`` or ``Protocol/Split/FP``).
+
+    The folder holds the folds ``01`` .. ``10``, each a ``same.txt`` and a ``diff.txt`` of lines
+    ``i,j``; the photo lists ``Pair_list_F.txt`` and ``Pair_list_P.txt`` lie two folders up (in
+    ``Protocol``). ``FF`` pairs frontal photo i with frontal photo j, ``FP`` frontal photo i
+    with profile photo j: the folder's name says which. Pairs come fold by fold, each fold's
+    same pairs then its different pairs.
+
+    Args:
+        folder: the split folder.
+
+    Returns:
+        :class:`PathPairs`, folds 0 .. 9.
+
+    Raises:
+        PairsFileError: one line naming the folder, or the file and its line: a folder that
+            is not FF or FP or lacks a fold, a missing or unreadable file, a line that is not
+            in its format, an index out of range, a same pair of two people or a different
+            pair of one.
+    """
+    folder = Path(folder)
+    split = CFP_SPLITS.get(folder.resolve().name.upper())
+    if split is None:
+        inside = sorted(name for name in CFP_SPLITS if (folder / name).is_dir())
+        hint = f": choose {' or '.join(str(folder / name) for name in inside)}" if inside else ""
+        raise PairsFileError(
+            f"{folder} is a folder but not a split of CFP's protocol (Protocol/Split/FF or Protocol/Split/FP){hint}; "
+            f"--pairs takes an LFW pairs file or such a split folder."
+        )
+    missing = [fold for fold in CFP_FOLDS if not all((folder / fold / name).is_file() for name in CFP_FOLD_FILES)]
+    if missing:
+        raise PairsFileError(
+            f"{folder} lacks the fold{'s' if len(missing) > 1 else ''} {', '.join(missing)}: a split of CFP's protocol "
+            f"holds the folders {CFP_FOLDS[0]} .. {CFP_FOLDS[-1]}, each with {' and '.join(CFP_FOLD_FILES)}."
+        )
+    first_list, second_list, description = split
+    protocol_folder = folder.resolve().parents[1]
+    lists = {}
+    for kind in dict.fromkeys((first_list, second_list)):
+        path = protocol_folder / CFP_PHOTO_LISTS[kind]
+        paths, line_numbers = parse_cfp_photo_list(_read_protocol_file(path, "photo list"), str(path))
+        lists[kind] = (path, paths, line_numbers)
+    first_path, first_paths, first_lines = lists[first_list]
+    second_path, second_paths, second_lines = lists[second_list]
+    pair_first, pair_second, same, folds, listed_at = [], [], [], [], {}
+    for fold, fold_name in enumerate(CFP_FOLDS):
+        for file_name, is_same in CFP_FOLD_FILES.items():
+            path = folder / fold_name / file_name
+            indices, line_numbers = parse_cfp_fold_file(_read_protocol_file(path, "fold file"), len(first_paths),
+                                                        len(second_paths), str(path))
+            for line_number, (i, j) in zip(line_numbers.tolist(), indices.tolist()):
+                photos = first_paths[i], second_paths[j]
+                people = [photo.split("/", 1)[0] for photo in photos]
+                if (people[0] == people[1]) != is_same:
+                    raise PairsFileError(
+                        f"{path} line {line_number}: {file_name} pairs {photos[0]} with {photos[1]}, "
+                        f"{'two people' if is_same else 'one person'}: "
+                        f"{'a same pair must show one person' if is_same else 'a different pair must show two people'}."
+                    )
+                listed_at.setdefault(photos[0], f"{first_path} line {first_lines[i]}")
+                listed_at.setdefault(photos[1], f"{second_path} line {second_lines[j]}")
+                pair_first.append(photos[0])
+                pair_second.append(photos[1])
+                same.append(is_same)
+                folds.append(fold)
+    return PathPairs(
+        pair_first, pair_second, [path.split("/", 1)[0] for path in pair_first],
+        [path.split("/", 1)[0] for path in pair_second], np.asarray(same, bool), np.asarray(folds, np.int64),
+        listed_at, f"CFP-{folder.resolve().name.upper()}, {description}",
+    )
+
+
+def read_pairs(path: str | Path) -> NamedPairs | PathPairs:
+    """The pairs ``--pairs`` names: a CFP split folder (:func:`read_cfp_split`), else an LFW pairs file.
+
+    Args:
+        path: a split folder of CFP's protocol, or an LFW-format pairs file.
+
+    Returns:
+        :class:`PathPairs` for a folder, :class:`NamedPairs` for a file.
+
+    Raises:
+        PairsFileError: one line saying what is wrong, naming the file and the line.
+    """
+    return read_cfp_split(path) if Path(path).is_dir() else read_lfw_pairs(path)

@@ -38,10 +38,14 @@ from facetrip.data.sources import is_same_source  # noqa: F401 - also facetrip.e
 from facetrip.data.splits import SPLIT_SIZE_LIMIT
 from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json
 from facetrip.evaluation.pairs import Pairs
-from facetrip.evaluation.pairs_file import NamedPairs, PairsFileError
+from facetrip.evaluation.pairs_file import NamedPairs, PairsFileError, PathPairs
+from facetrip.evaluation.report_page import (DEFAULT_HARDEST_ERRORS, EvaluatedPairs, decision_threshold,
+                                             hardest_error_rows)
 
 # Most same-identity (and most different-identity) pairs; above it a balanced sample is drawn.
 DEFAULT_MAX_PAIRS_PER_CLASS = 50_000
+# Identities and identity pairs listed per kind of error at the run's threshold.
+IDENTITIES_LISTED = 10
 # Identities named in an error message before "..."
 _SHOWN_NAMES = 3
 
@@ -130,13 +134,25 @@ def image_index_by_name_and_number(file_names, labels, identity_names) -> dict[t
     return index_by_key
 
 
-def pairs_from_file(named: NamedPairs, faces, pairs_file: str | Path) -> Pairs:
-    """Map the (name, number) pairs of an LFW pairs file onto the images of ``faces``.
+def pairs_from_file(named: NamedPairs | PathPairs, faces, pairs_file: str | Path) -> Pairs:
+    """Map the pairs of an LFW pairs file, (name, number), or of CFP's protocol, paths, onto the images of ``faces``.
+
+    Args:
+        named: the pairs as :func:`facetrip.evaluation.pairs_file.read_pairs` reads them.
+        faces: the evaluated source's images.
+        pairs_file: the file or folder the pairs came from, for messages.
+
+    Returns:
+        :class:`Pairs` indexing ``faces``, with the file's folds.
 
     Raises:
-        PairsFileError: the images carry no usable file names, or a name or an image
-            number of the file is not in the data (names the line).
+        PairsFileError: the images carry no usable file names, or a name, an image number
+            or a photo of the file is not in the data (names the line).
     """
+    if isinstance(named, PathPairs):
+        first, second = named.photo_indices(faces.file_names, faces.source)
+        how = f"{len(named):,} pairs of {named.protocol} ({pairs_file}) in {len(np.unique(named.folds))} folds"
+        return Pairs(first, second, named.same.copy(), named.folds, how)
     index_by_key = image_index_by_name_and_number(faces.file_names, faces.labels, faces.identity_names)
     if not index_by_key:
         example = faces.file_names[0] if len(faces) else "-"
@@ -353,6 +369,16 @@ def _threshold_report(metadata: dict, distances: np.ndarray, same: np.ndarray) -
     }
 
 
+def _photo_folder(source: str, faces) -> str | None:
+    """Where the photos of a folder source are, when ``faces`` holds what a prepared set made of them (chips)."""
+    from facetrip.data.sources import parse_source
+
+    spec = parse_source(source)
+    if spec.kind != "folder" or faces.model_input is None:
+        return None
+    return str(Path(spec.name).expanduser())
+
+
 def evaluate_run(
     run_dir: str | Path,
     pairs_file: str | Path | None = None,
@@ -363,14 +389,17 @@ def evaluate_run(
     data_dir: str | None = None,
     on_stage: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    hardest_errors: int = DEFAULT_HARDEST_ERRORS,
+    pairs_seen: Callable[[EvaluatedPairs], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on identities it never trained on; write ``metrics.json`` and ``roc.png``.
 
     Args:
         run_dir: a finished run directory.
         pairs_file: an LFW-format pairs file (``N`` or ``FOLDS N`` header) naming images
-            of the data source by identity and 1-based number; None for the run's test
-            identities (or, on another data source, all of its identities).
+            of the data source by identity and 1-based number, or a split folder of CFP's
+            protocol (``Protocol/Split/FF`` or ``.../FP``) naming them by path; None for the
+            run's test identities (or, on another data source, all of its identities).
         max_pairs: most same (and most different) pairs from the evaluated identities; when
             either kind has more, a seeded balanced sample of min(max_pairs, same,
             different) pairs of each kind is drawn.
@@ -385,6 +414,9 @@ def evaluate_run(
         progress: called as ``progress(done, total)`` while the data set is prepared (its first
             use) and while its photos are embedded, each stage told by ``on_stage`` first; None
             to log the preparation at most every 30 s.
+        hardest_errors: pairs of each kind of error listed in the report (``hardest_errors``).
+        pairs_seen: called with the :class:`EvaluatedPairs` (distances and images) once the
+            model's distances are known: the report page's input.
 
     Returns:
         The report written to ``metrics.json``: ``model``, ``baselines`` (name -> metrics,
@@ -396,12 +428,15 @@ def evaluate_run(
         ReportNotWritten: (an EvaluationError) the run directory cannot be written; it
             carries the report.
     """
+    from facetrip.data.prepared_bin import load_prepared_bin
     from facetrip.data.records import load_model_faces, logged_progress
+    from facetrip.data.sources import parse_source
+    from facetrip.evaluation.insightface_protocol import flip_summed_model, verification_bin_pairs
     from facetrip.evaluation.baselines import BaselineError, fit_baselines, fit_sample
     from facetrip.evaluation.metrics import error_breakdown, roc, verification_metrics
     from facetrip.embedding import embed_faces_to_file
     from facetrip.evaluation.pairs import distances_of_pairs
-    from facetrip.evaluation.pairs_file import read_lfw_pairs
+    from facetrip.evaluation.pairs_file import read_pairs
     from facetrip.evaluation.plots import roc_plot_png
     from facetrip.runs.loaded_run import Run
     from facetrip.runs import atomic_write_bytes, atomic_write_json, read_metadata
@@ -412,7 +447,7 @@ def evaluate_run(
         raise EvaluationError(f"max_pairs must be at least 1, not {max_pairs}.")
     metadata = read_metadata(run_dir)  # a one-line RunError before any data is loaded
     split = run_split(run_dir, metadata)
-    named = read_lfw_pairs(pairs_file) if pairs_file is not None else None
+    named = read_pairs(pairs_file) if pairs_file is not None else None  # an LFW pairs file or a CFP split folder
     training_source = metadata["source"]
     other_source = data_source is not None and not is_same_source(data_source, training_source)
     if named is None and not other_source and not split["test"]:
@@ -423,12 +458,22 @@ def evaluate_run(
     run = Run.load(run_dir)
     source = data_source or training_source
     stage(f"Loading {source} ...")
-    faces, _ = load_model_faces(source, data_dir=data_dir, face_chips=run.face_chips,
-                                aligned="none" if other_source else run.aligned,  # aligned describes the run's photos
-                                progress=progress or logged_progress(f"Preparing {source}"))  # as the model reads them
+    bin_same = None  # the flags of an insightface verification set (bin:PATH), which brings its own pairs
+    if parse_source(source).kind == "bin":
+        if named is not None:
+            raise EvaluationError(f"{source} holds its own pairs (insightface's protocol): leave out --pairs.")
+        faces, bin_same = load_prepared_bin(source, run.face_chips, data_dir=data_dir,
+                                            progress=progress or logged_progress(f"Preparing {source}"))
+    else:
+        faces, _ = load_model_faces(source, data_dir=data_dir, face_chips=run.face_chips,
+                                    aligned="none" if other_source else run.aligned,  # aligned describes the run's photos
+                                    progress=progress or logged_progress(f"Preparing {source}"))  # as the model reads them
     left_out: list[str] = []
 
-    if named is not None:
+    if bin_same is not None:  # no identity names: the overlap with training identities is unknown, as pairs.how says
+        pairs = verification_bin_pairs(bin_same, parse_source(source).name)
+        evaluated_identities = []
+    elif named is not None:
         trained_on = set(split["train"]) & (set(named.first_names) | set(named.second_names))
         if trained_on:
             raise EvaluationError(
@@ -469,6 +514,7 @@ def evaluate_run(
             f"or an 'N' header for seeded folds)."
         )
     used_faces, pairs = _compact(faces, pairs)
+    photos = used_faces  # as loaded, before alignment: the report page's thumbnails
     if run.face_chips:
         stage(f"Aligning the faces of {len(used_faces):,} photos ...")
     used_faces, chip_report = run.prepare_faces(used_faces, progress=progress)  # the photos as the model reads them
@@ -477,7 +523,9 @@ def evaluate_run(
     metric = metadata["metric"]
     # A batch at a time into a scratch file, read back a chunk of pairs at a time: memory bounded by the batch.
     with _scratch_file(run_dir) as scratch:
-        embeddings = embed_faces_to_file(run.model, used_faces, run.image_size, run.channels, scratch,
+        # insightface's protocol embeds an image as normalise(f(x) + f(mirror(x)))
+        model = run.model if bin_same is None else flip_summed_model(run.model)
+        embeddings = embed_faces_to_file(model, used_faces, run.image_size, run.channels, scratch,
                                          progress=progress)  # (U, D) memmap
         model_distances = distances_of_pairs(embeddings.__getitem__, pairs.first, pairs.second, metric)  # (M,)
         del embeddings
@@ -517,6 +565,27 @@ def evaluate_run(
         "baselines": {},
         "baselines_skipped": None,
     }
+    evaluated = EvaluatedPairs(
+        distances=model_distances, same=pairs.same, first=pairs.first, second=pairs.second, identity_of=identity_of,
+        file_names=np.asarray(used_faces.file_names), model_images=used_faces.encoded if chip_report is not None else None,
+        photos=photos.encoded, no_face=[] if chip_report is None else list(chip_report.no_face),
+        several_faces=[] if chip_report is None else list(chip_report.several_faces),
+        photo_folder=_photo_folder(source, photos),
+    )
+    threshold, rule = decision_threshold(report)
+    rows = hardest_error_rows(evaluated, threshold, hardest_errors)
+    report["hardest_errors"] = {
+        "threshold": threshold, "rule": rule, "count": hardest_errors,
+        **{kind: [{key: row[key] for key in ("identities", "files", "distance")} for row in listed]
+           for kind, listed in rows.items()},
+    }
+    report["errors_at_threshold"] = {
+        **error_breakdown(model_distances, pairs.same, identity_of[pairs.first], identity_of[pairs.second], threshold,
+                          top=IDENTITIES_LISTED),
+        "rule": rule,
+    }
+    if pairs_seen is not None:
+        pairs_seen(evaluated)
     curves = {f"model ({metric}), AUC {report['model']['auc']:.3f}": roc(model_distances, pairs.same)[:2]}
 
     if baselines:

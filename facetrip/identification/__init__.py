@@ -7,7 +7,8 @@
     unlabelled photos --> threshold graph / linkage -> clusters + contact sheets        facetrip cluster
 
 The core (:mod:`.index`, :mod:`.search`, :mod:`.ann`, :mod:`.clustering`, :mod:`.metrics`,
-:mod:`.contact_sheet`) works on NumPy arrays and files; :mod:`.photos` is the one bridge to a
+:mod:`.contact_sheet`, :mod:`.decision` (which threshold identify decides with), :mod:`.open_set`
+(DIR against FPIR of an index)) works on NumPy arrays and files; :mod:`.photos` is the one bridge to a
 loaded run (photos in, embeddings out).
 """
 

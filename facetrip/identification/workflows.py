@@ -13,62 +13,17 @@ import numpy as np
 from facetrip.embedding import row_chunks, scratch_npy_path, write_npy_rows
 from facetrip.identification import ann as ann_search
 from facetrip.identification.clustering import ALONE, DEFAULT_ALGORITHM, cluster_embeddings, numbered_clusters
+from facetrip.identification.decision import (decision_record, expected_false_alarm, identify_decision,  # noqa: F401
+                                              run_false_alarm, run_threshold)
 from facetrip.identification.index import (GalleryIndex, GalleryIndexError, check_index_folder, check_same_model, merged,
                                            model_fingerprint, new_manifest, read_index, write_index)
 from facetrip.identification.photos import Embedded, embed_gallery, embed_photos, unlabelled_photos
-from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, false_alarm_for_pair_far,
-                                            identify_embeddings, pair_far_for_false_alarm, score_gallery, top_people,
-                                            top_people_from_candidates)
+from facetrip.identification.search import (DEFAULT_SCORE, candidate_distances, identify_embeddings, score_gallery,
+                                            top_people, top_people_from_candidates)
 from facetrip.runs.output_folder import CommandOutput, OutputFolder, check_output_folder
 
 Stage = Callable[[str], None] | None
 Progress = Callable[[int, int], None] | None
-
-
-def run_threshold(run, threshold: float | None, far: float | None, false_alarm: float | None = None,
-                  people: int = 1) -> tuple[float, str]:
-    """The distance threshold a command decides with, and how it was chosen.
-
-    Args:
-        run: the loaded run.
-        threshold: this distance.
-        far: the threshold for this false accept rate per pair, on the run's saved calibration pairs.
-        false_alarm: the threshold for this share of strangers taken for one of ``people``
-            people (:func:`~facetrip.identification.search.pair_far_for_false_alarm`).
-        people: the gallery's people.
-
-    Returns:
-        ``(threshold, rule)``; the run's own threshold when none of the three is given.
-
-    Raises:
-        CalibrationError: see :func:`facetrip.evaluation.calibration.verification_threshold`; more than
-            one of the three; or the run has no threshold and none was given.
-    """
-    from facetrip.evaluation.calibration import CalibrationError, check_target_far, percent, verification_threshold
-
-    if false_alarm is not None:
-        if threshold is not None or far is not None:
-            raise CalibrationError("Give one of --threshold, --far and --false-alarm.")
-        pair_far = pair_far_for_false_alarm(check_target_far(false_alarm), people)
-        chosen, rule = verification_threshold(run.metadata, None, pair_far)
-        return chosen, f"{percent(false_alarm)} of strangers taken for one of {people:,} people: a pair FAR of {pair_far:.3g}; {rule}"
-    chosen, rule = verification_threshold(run.metadata, threshold, far)
-    if chosen is None:
-        raise CalibrationError(f"{run.path} has no calibrated threshold: give one with --threshold X.")
-    return chosen, rule
-
-
-def expected_false_alarm(run, threshold: float, people: int) -> float | None:
-    """The share of strangers a threshold would take for one of ``people`` people, from the run's saved pairs (None without them).
-
-    ``1 - (1 - FAR)^P`` with FAR the share of the run's saved different-identity distances within the threshold.
-    """
-    from facetrip.evaluation.calibration import SAVED_DISTANCES_KEY
-
-    distances = run.metadata.get(SAVED_DISTANCES_KEY)
-    if not distances:
-        return None
-    return false_alarm_for_pair_far(float(np.mean(np.asarray(distances, np.float64) <= threshold)), people)
 
 
 # ----------------------------------------------------------------------------- index
@@ -122,9 +77,11 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
         GalleryIndexError: ``add`` without an index; an index of another model; no photo with a face.
         DataError: an unknown source, or a folder without ``<person>/<photo>`` images.
         AnnUnavailable: ``ann`` is True and no ANN library is installed.
+        ConfigError: the run's ``identify.false_alarm`` is out of range (:func:`run_false_alarm`).
     """
     index_dir = Path(index_dir)
     folder = output_folder if output_folder is not None else check_index_folder(index_dir, add, overwrite)
+    run_false_alarm(run.path)  # a bad identify.false_alarm is refused before anything is embedded
     fingerprint = model_fingerprint(run.path, run.metadata)
     existing = None
     if add:
@@ -158,11 +115,26 @@ def index_gallery(run, gallery: str, index_dir: str | Path, add: bool = False, o
             with_face_embeddings = _rows_to_file(with_face_embeddings, with_face, scratch_path())
         index, repeated = merged(existing, with_face_embeddings, identities, photos.file_names[with_face],
                                  embedded.faces_detected[with_face], manifest, rows_path=scratch_path())
+        index.manifest["open_set"] = _open_set_record(run, len(index.people))
         ann_index = _ann_index(index, existing, ann, on_stage)
         written = write_index(index_dir, index, ann_index, ann_search.LIBRARY if ann_index is not None else None, folder)
         added = len(index) - (len(existing) if existing is not None else 0)
         del embedded, with_face_embeddings, index  # unmapped before the scratch files go
     return IndexSummary(written, added, repeated, no_face, photos.skipped, photos.source)
+
+
+def _open_set_record(run, people: int) -> dict[str, Any]:
+    """The manifest's record of `identify`'s default decision for the index's people (:func:`decision_record`).
+
+    A run without any threshold gets a record without one: `identify` asks for ``--threshold`` then.
+    """
+    from facetrip.evaluation.calibration import CalibrationError
+
+    try:
+        return decision_record(identify_decision(run, people))
+    except CalibrationError as error:
+        return {"decision_rule": None, "people": people, "false_alarm": run_false_alarm(run.path), "pair_far": None,
+                "threshold": None, "threshold_rule": str(error)}
 
 
 def _rows_to_file(array: np.ndarray, rows: np.ndarray, path: Path) -> np.ndarray:
@@ -249,6 +221,38 @@ def identify_with_index(index: GalleryIndex, embedded: Embedded, threshold: floa
     return {"search": method, "results": [next(found) if face else _no_face() for face in with_face]}
 
 
+def index_identification_curve(run, index_dir: str | Path, score: str = DEFAULT_SCORE, max_probes: int | None = None,
+                               seed: int = 0) -> dict[str, Any]:
+    """DIR against FPIR of an index by leaving out (:func:`facetrip.identification.open_set.identification_curve`),
+    with the operating point of `identify`'s default decision for the run and the index's people.
+
+    Args:
+        run: the loaded run that made the index.
+        index_dir: the index folder.
+        score: ``nearest`` or ``mean``.
+        max_probes: gallery photos searched at most (default
+            :data:`~facetrip.identification.open_set.DEFAULT_MAX_PROBES`).
+        seed: the sample's seed.
+
+    Returns:
+        The curve's dict; plot it with :func:`facetrip.identification.open_set.dir_fpir_plot_png`.
+
+    Raises:
+        GalleryIndexError: no index, a damaged one, or one of another model.
+        ConfigError: the run's ``identify.false_alarm`` is out of range.
+    """
+    from facetrip.evaluation.calibration import CalibrationError
+    from facetrip.identification.open_set import DEFAULT_MAX_PROBES, identification_curve
+
+    index = load_index(run, index_dir)
+    try:
+        decision = identify_decision(run, len(index.people))
+    except CalibrationError:  # a run without any threshold: the curve, without an operating point
+        decision = None
+    return identification_curve(index, decision if decision is not None else {}, score,
+                                DEFAULT_MAX_PROBES if max_probes is None else max_probes, seed)
+
+
 def _no_face() -> dict[str, Any]:
     return {"decision": "no face", "person": None, "distance": None, "matches": []}
 
@@ -317,7 +321,7 @@ def cluster_photos(run, inputs, threshold: float, algorithm: str = DEFAULT_ALGOR
                       time.perf_counter() - started)
 
 
-CLUSTER_OUTPUT = CommandOutput("facetrip cluster", ("clusters.csv", "unclustered.csv", "clusters.json",
+CLUSTER_OUTPUT = CommandOutput("facetrip cluster", ("clusters.csv", "unclustered.csv", "clusters.json", "clusters.html",
                                                     "cluster_[0-9][0-9][0-9]*.png"), option="-o")
 
 
@@ -332,11 +336,13 @@ def check_cluster_folder(out_dir: str | Path, overwrite: bool = False) -> Output
 
 def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[str, Any],
                      output_folder: OutputFolder | None = None) -> dict[str, Any]:
-    """clusters.csv (file, cluster), unclustered.csv (file, reason), one contact sheet per cluster, clusters.json.
+    """clusters.csv (file, cluster), unclustered.csv (file, reason), contact sheets, clusters.html, clusters.json.
 
     A contact sheet ``cluster_NNN.png`` shows the photos of cluster NNN as the model saw them
-    (their face chips). The files of an earlier clustering into the same folder that this one
-    does not replace are removed, those listed in its record only; no other file is touched.
+    (their face chips); clusters.html shows the sheets and the unclustered photos on one
+    self-contained page (:mod:`facetrip.identification.cluster_page`). The files of an earlier
+    clustering into the same folder that this one does not replace are removed, those listed
+    in its record only; no other file is touched.
 
     Args:
         out_dir: the output folder.
@@ -346,7 +352,7 @@ def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[
             clustering; default: checked here, taking an earlier clustering there for replacing.
 
     Returns:
-        ``{"folder", "csv", "unclustered", "sheets": [...], "summary"}``: the files written.
+        ``{"folder", "csv", "unclustered", "sheets": [...], "page", "summary"}``: the files written.
 
     Raises:
         OutputFolderError: the folder holds a file of a name the clustering writes that it did not write.
@@ -356,6 +362,7 @@ def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[
     import json
 
     from facetrip.data.names import utf8_name
+    from facetrip.identification.cluster_page import MAX_SHEETS, cluster_page_html
     from facetrip.identification.contact_sheet import contact_sheet_png
     from facetrip.runs import atomic_write_bytes, atomic_write_text
 
@@ -375,19 +382,26 @@ def write_clustering(out_dir: str | Path, clustering: Clustering, summary: dict[
     reasons = {ALONE: "alone in its cluster", NO_FACE: "no face found"}
     apart = [(files[i], reasons[int(clustering.clusters[i])]) for i in np.flatnonzero(clustering.clusters < 0)]
     apart += [(utf8_name(name), f"unreadable: {reason}") for name, reason in clustering.unreadable]
+    apart_images = [clustering.model_images[i] for i in np.flatnonzero(clustering.clusters < 0)]
+    apart_images += [None] * len(clustering.unreadable)
     written = {"folder": str(out_dir), "csv": str(out_dir / "clusters.csv"), "unclustered": str(out_dir / "unclustered.csv"),
-               "sheets": [], "summary": str(out_dir / "clusters.json")}
+               "sheets": [], "page": str(out_dir / "clusters.html"), "summary": str(out_dir / "clusters.json")}
     sheet_names = [f"cluster_{number:03d}.png" for number in range(clustering.num_clusters)]
-    folder.claim(["clusters.csv", "unclustered.csv", "clusters.json", *sheet_names])
+    folder.claim(["clusters.csv", "unclustered.csv", "clusters.json", "clusters.html", *sheet_names])
     atomic_write_text(out_dir / "clusters.csv", csv_text(("file", "cluster"), ((files[i], int(clustering.clusters[i])) for i in clustered)))
     atomic_write_text(out_dir / "unclustered.csv", csv_text(("file", "reason"), apart))
+    page_sheets = []
     for number in range(clustering.num_clusters):
         members = np.flatnonzero(clustering.clusters == number)
         sheet = out_dir / sheet_names[number]
         captions = [Path(files[i]).name for i in members]
-        atomic_write_bytes(sheet, contact_sheet_png(clustering.model_images[members], captions,
-                                                    f"cluster {number}: {len(members)} photos"))
+        png = contact_sheet_png(clustering.model_images[members], captions, f"cluster {number}: {len(members)} photos")
+        atomic_write_bytes(sheet, png)
         written["sheets"].append(str(sheet))
+        page_sheets.append((number, len(members), png if number < MAX_SHEETS else b""))  # the page shows the first only
+    atomic_write_text(out_dir / "clusters.html", cluster_page_html(
+        page_sheets, [(name, reason, image) for (name, reason), image in zip(apart, apart_images)],
+        f"facetrip cluster: {len(files):,} photos"))
     atomic_write_text(out_dir / "clusters.json", json.dumps({**summary, "files": written}, indent=2, sort_keys=True) + "\n")
     folder.finish()
     return written

@@ -83,17 +83,28 @@ def trim_metrics(path: Path, epochs: int) -> None:
 
 def plot_metrics(run_dir: Path) -> None:
     """metrics.csv as training_curves.png (loss, fraction of positive triplets, distances, learning rate)."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return
+    image = training_curves_png(run_dir)
+    if image is not None:
+        atomic_write_bytes(run_dir / CURVES_FILE, image)
+
+
+def training_curves_png(run_dir: Path) -> bytes | None:
+    """A run's metrics.csv drawn as four panels: loss, fraction of positive triplets, distances, learning rate.
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        PNG bytes, or None when the run has no complete row of metrics.csv.
+    """
+    columns, rows = metric_rows(Path(run_dir) / METRICS_FILE)  # a row cut short by a kill is left out
+    if not rows:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns, rows = metric_rows(path)  # a row cut short by a kill is left out
-    if not rows:
-        return
     epochs = [int(row["epoch"]) + 1 for row in rows]
     panels = [
         ("loss", ["loss", "triplet_loss", "classification_loss"]),
@@ -114,7 +125,7 @@ def plot_metrics(run_dir: Path) -> None:
     image = io.BytesIO()  # rendered in memory: no temporary file that another writer could share
     figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
-    atomic_write_bytes(run_dir / CURVES_FILE, image.getvalue())
+    return image.getvalue()
 
 
 def _number(value: str) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facetrip.config import SECTIONS, Config, ConfigError
+from facetrip.config import RUN_SECTIONS, Config, ConfigError
 from facetrip.runs import (
     BACKUP_DIR,
     CONFIG_FILE,
@@ -32,14 +32,16 @@ from facetrip.untrusted_files import UntrustedFileError, read_untrusted_json, re
 def is_facetrip_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a facetrip run: a config.toml, metadata or commit record as facetrip writes them.
 
-    A config.toml counts only when it names every section of the config, as facetrip writes it
-    (a user's short config, or an empty file, does not); metadata.json and the commit record
+    A config.toml counts only when it names every section a run's config has always had
+    (:data:`~facetrip.config.RUN_SECTIONS`: runs written before a later section such as
+    ``[identify]`` lack it), as facetrip writes it (a user's short config, or an empty file,
+    does not); metadata.json and the commit record
     only when they are JSON objects with facetrip's key. ``--overwrite`` removes the files of a
     run only when this holds.
     """
     try:
         written = read_untrusted_toml(run_dir / CONFIG_FILE)
-        if set(written) >= set(SECTIONS):
+        if set(written) >= set(RUN_SECTIONS):
             Config.from_dict(written)
             return True
     except (UntrustedFileError, ConfigError):

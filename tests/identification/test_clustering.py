@@ -1,15 +1,23 @@
 """Clustering: every algorithm on embeddings whose groups are known by construction, the scores against true
 identities on hand-derived examples, the contact sheets, and `facetrip cluster` end to end on ORL photos."""
 
+import base64
+import importlib.util
 import csv
+import html
 import io
 import json
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
+from facetrip.identification.cluster_page import THUMBNAIL as PAGE_THUMBNAIL
+from facetrip.identification.cluster_page import cluster_page_html
 from facetrip.identification.clustering import (ALGORITHMS, ALONE, ClusteringError, cluster_embeddings, numbered_clusters,
                                                 threshold_edges)
 from facetrip.identification.contact_sheet import THUMBNAIL, contact_sheet_png
@@ -111,6 +119,50 @@ def test_a_contact_sheet_is_a_grid_of_the_photos(rng):
     assert sheet.convert("RGB").getpixel((THUMBNAIL // 2, 22 + THUMBNAIL // 2)) == (200, 0, 0)
 
 
+# A file name that is markup if it is not escaped.
+HOSTILE = "<img src=x onerror=alert(1)>&\"'.png"
+
+
+def png_bytes(size=(150, 150), colour=(200, 0, 0)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def page_images(page: str) -> list:
+    """Every <img> of a page, decoded with Pillow; each must be an inline PNG or JPEG."""
+    from PIL import Image
+
+    sources = re.findall(r"<img\b[^>]*?\ssrc=\"([^\"]*)\"", page)
+    assert len(sources) == page.count("<img")
+    images = []
+    for source in sources:
+        media, data = re.fullmatch(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", source).groups()
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image.load()
+        assert image.format == media.upper()
+        images.append(image)
+    return images
+
+
+def test_the_cluster_page_is_self_contained_with_escaped_names():
+    sheets = [(0, 3, png_bytes()), (1, 2, png_bytes(colour=(0, 200, 0)))]
+    apart = [(f"/photos/{HOSTILE}", "no face found", png_bytes((400, 200))), ("/photos/b.jpg", "alone in its cluster", b"junk"),
+             ("/photos/c.png", "unreadable: <not an image>", None)]
+    page = cluster_page_html(sheets, apart, title="facetrip <cluster>")
+    assert HOSTILE not in page and "<cluster>" not in page and "<not an image>" not in page
+    assert html.escape(HOSTILE) in page and html.escape("unreadable: <not an image>") in page
+    assert "<script" not in page and not re.search(r"https?:", page) and not re.search(r'(src|href)="(?!data:)', page)
+    images = page_images(page)
+    assert len(images) == 3  # two sheets and the one decodable unclustered photo
+    assert max(images[2].size) == PAGE_THUMBNAIL and images[2].format == "JPEG"
+    assert "Cluster 1: 2 photos" in page and "no image" in page
+    shown = cluster_page_html(sheets, apart, max_sheets=1, max_apart=1)
+    assert len(page_images(shown)) == 2 and "1 smaller clusters are not shown" in shown and "2 more are not shown" in shown
+
+
 def test_photos_inside_the_output_folder_are_not_clustered_again(tmp_path):
     """`facetrip cluster RUN ~/photos -o ~/photos/clusters` run twice must not cluster its own contact sheets."""
     from PIL import Image
@@ -141,7 +193,7 @@ def mixed_photos(tmp_path_factory):
     for person, count in ((5, 3), (6, 3), (7, 3), (8, 1)):
         for photo in range(1, count + 1):
             shutil.copy(orl_faces_root() / f"s{person}" / f"{photo}.pgm", folder / f"s{person}_{photo}.pgm")
-    Image.new("L", (92, 112), 128).save(folder / "blank.png")
+    Image.new("L", (92, 112), 128).save(folder / f"blank{HOSTILE}")
     (folder / "broken.png").write_bytes(b"\x89PNG broken")
     return folder
 
@@ -164,11 +216,22 @@ def test_cluster_groups_photos_by_person_and_lists_the_rest_apart(pretrained_run
     assert person_of.keys() == {"s5", "s6", "s7"} and all(len(clusters) == 1 for clusters in person_of.values())
     assert len({cluster for clusters in person_of.values() for cluster in clusters}) == 3
     apart = {row["file"].rsplit("/", 1)[1]: row["reason"] for row in read_csv(out / "unclustered.csv")}
-    assert apart["s8_1.pgm"] == "alone in its cluster" and apart["blank.png"] == "no face found"
+    assert apart["s8_1.pgm"] == "alone in its cluster" and apart[f"blank{HOSTILE}"] == "no face found"
     assert apart["broken.png"].startswith("unreadable")
     assert sorted(path.name for path in out.glob("cluster_*.png")) == ["cluster_000.png", "cluster_001.png", "cluster_002.png"]
     summary = json.loads((out / "clusters.json").read_text())
     assert summary["clusters"] == 3 and summary["alone"] == 1 and summary["no_face"] == 1 and summary["unreadable"] == 1
+    assert summary["files"]["page"] == str(out / "clusters.html")
+    page = (out / "clusters.html").read_text(encoding="utf-8")
+    assert f"blank{HOSTILE}" not in page and html.escape(f"blank{HOSTILE}") in page and "broken.png" in page
+    assert not re.search(r"https?:", page) and not re.search(r'(src|href)="(?!data:)', page)
+    assert len(page_images(page)) == 3 + 2  # the sheets, and the alone and faceless photos (not the unreadable one)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is not None and importlib.util.find_spec("playwright") is not None:
+        checked = subprocess.run([sys.executable, REPO / "scripts" / "check_report.py", out / "clusters.html"],
+                                 capture_output=True, text=True, timeout=120)
+        assert checked.returncode == 0, checked.stderr
+        assert "5 images decoded, 0 console errors, 0 network requests" in checked.stdout
 
 
 @pytest.mark.slow

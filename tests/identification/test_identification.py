@@ -350,11 +350,54 @@ def test_identify_names_known_people_and_calls_a_stranger_unknown(pretrained_run
     by_photo = identified(pretrained_run, index_dir, "--score", "nearest", orl(1, 5))["photos"][0]
     assert by_photo["person"] == "s1" and Path(by_photo["matches"][0]["file"]).parent.name == "s1"
     assert first["matches"][0]["file"] is None  # a mean is no photo
-    strict = identified(pretrained_run, index_dir, "--false-alarm", "0.01", orl(1, 5))
-    assert strict["threshold"] < found["threshold"] and "of strangers taken for one of 3 people" in strict["threshold_rule"]
-    assert strict["expected_false_alarm"] <= 0.011 < found["expected_false_alarm"]
+    # by default at most identify.false_alarm (0.01) of strangers are named as one of the 3 people; --threshold
+    # and --far decide per pair, as before
+    assert (found["decision_rule"], found["false_alarm"], found["people"]) == ("false_alarm", 0.01, 3)
+    assert "of strangers taken for one of 3 people" in found["threshold_rule"] and found["expected_false_alarm"] <= 0.011
+    assert identified(pretrained_run, index_dir, "--false-alarm", "0.01", orl(1, 5))["threshold"] == found["threshold"]
+    run_threshold = json.loads((pretrained_run / "metadata.json").read_text())["threshold"]
+    per_pair = identified(pretrained_run, index_dir, "--threshold", str(run_threshold), orl(1, 5))
+    assert (per_pair["decision_rule"], per_pair["false_alarm"]) == ("pair", None)
+    assert per_pair["threshold"] > found["threshold"] and per_pair["threshold_rule"].startswith("pair rule: given threshold")
+    assert per_pair["expected_false_alarm"] > 0.011
+    assert identified(pretrained_run, index_dir, "--far", "0.01", orl(1, 5))["decision_rule"] == "pair"
     table = run_cli("identify", pretrained_run, "--index", index_dir, orl(1, 5), orl(20, 1))
     assert table.exit_code == 0 and "s1" in table.output and "unknown" in table.output
+    assert "(false-alarm rule, identify.false_alarm 0.01: 1% of strangers taken for one of 3 people" in " ".join(table.output.split())
+    table = run_cli("identify", pretrained_run, "--index", index_dir, "--threshold", "0.5", orl(1, 5))
+    assert table.exit_code == 0 and "at most 0.5000 (pair rule: given threshold 0.5)" in " ".join(table.output.split())
+
+
+@pytest.mark.slow
+def test_an_index_written_before_the_decision_record_still_identifies(pretrained_run, index_dir, tmp_path):
+    """No "open_set" record and no "people" count in the manifest: the rule counts the people of the index's data."""
+    old = tmp_path / "old"
+    shutil.copytree(index_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for later in ("open_set", "people"):
+        del manifest[later]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    found = identified(pretrained_run, old, orl(1, 5))
+    assert found["people"] == 3 and found["decision_rule"] == "false_alarm"
+    assert found["threshold"] == identified(pretrained_run, index_dir, orl(1, 5))["threshold"]
+    assert found["photos"][0]["person"] == "s1"
+
+
+@pytest.mark.slow
+def test_a_bad_identify_false_alarm_in_the_runs_config_is_one_line_with_exit_2(pretrained_run, index_dir, photos, tmp_path):
+    """A copy of the run is the same model, so the index is its; only its config.toml's [identify] is wrong."""
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    config = (run / "config.toml").read_text()
+    assert "[identify]" in config
+    (run / "config.toml").write_text(config.replace("[identify]\nfalse_alarm = 0.01", "[identify]\nfalse_alarm = 1.5"))
+    for command in (("identify", run, "--index", index_dir, orl(1, 5)),
+                    ("index", run, photos / "more", "-o", tmp_path / "new")):
+        one_line_error(run_cli(*command), "identify.false_alarm must be a number > 0 and < 1, not 1.5")
+    assert not (tmp_path / "new").exists()  # refused before anything was embedded or written
+    assert identified(run, index_dir, "--false-alarm", "0.05", orl(1, 5))["false_alarm"] == 0.05  # an option needs no config
+    (run / "config.toml").write_text(config.replace("[identify]\nfalse_alarm = 0.01\n", ""))  # a run of before [identify]
+    assert identified(run, index_dir, orl(1, 5))["false_alarm"] == 0.01
 
 
 @pytest.mark.slow
@@ -415,6 +458,9 @@ def test_an_index_holds_its_manifest(index_dir):
     """What the manifest promises: the run, its model's fingerprint, the metric, the counts."""
     manifest = json.loads((index_dir / "manifest.json").read_text())
     assert manifest["entries"] == 12 and manifest["people"] == 3 and manifest["metric"] == "euclidean"
+    decided = manifest["open_set"]  # identify's default decision for these 3 people, when the index was written
+    assert (decided["decision_rule"], decided["people"], decided["false_alarm"]) == ("false_alarm", 3, 0.01)
+    assert decided["pair_far"] == pytest.approx(pair_far_for_false_alarm(0.01, 3)) and decided["threshold"] > 0
     assert len(manifest["model_fingerprint"]) == 64 and manifest["ann"] is None
     index = read_index(index_dir)
     assert isinstance(index, GalleryIndex) and set(index.identities) == {"s1", "s2", "s3"}
