@@ -534,6 +534,47 @@ def users_files_rows(work: Path, good_run: Path, good_photo: Path, data: list[st
                                                                  str(good_photo), "--run", str(face_run)]))
     rows.append(Row("an ordinary photo on face chips (the memory to compare with)",
                     ["verify", str(good_photo), str(good_photo), "--run", str(face_run)], expected_exit=0))
+    rows += report_and_bin_rows(work, good_run, data)
+    return rows
+
+
+class _RunsACommand:
+    """A pickle that runs a shell command when a plain ``pickle.loads`` reads it."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def report_and_bin_rows(work: Path, good_run: Path, data: list[str]) -> list[Row]:
+    """insightface .bin sets that are not one, and report pages over folders and users' files."""
+    import pickle
+
+    rows = []
+    marker = work / "bin_code_ran"
+    evil = work / "evil.bin"
+    evil.write_bytes(pickle.dumps(([b"x", _RunsACommand(f"touch {marker}")], [True])))
+    rows.append(Row("insightface .bin whose pickle calls os.system", ["evaluate", str(good_run), "--data", f"bin:{evil}", *data],
+                    after=lambda _: "code from the file ran" if marker.exists() else None))
+    good_bin = pickle.dumps(([b"\x89PNG" * 10] * 4, [True, False]), protocol=2)
+    cut = work / "cut.bin"
+    cut.write_bytes(good_bin[: len(good_bin) // 2])
+    rows.append(Row("insightface .bin cut in half", ["evaluate", str(good_run), "--data", f"bin:{cut}", *data]))
+    not_pickle = work / "not_pickle.bin"
+    not_pickle.write_bytes(b"GIF89a" + bytes(200))
+    rows.append(Row("a .bin that is a GIF, not a pickle", ["evaluate", str(good_run), "--data", f"bin:{not_pickle}", *data]))
+    folder = work / "report_folder.html"
+    folder.mkdir()
+    rows.append(Row("report -o a folder", ["report", str(good_run), "-o", str(folder), *data]))
+    users_page = work / "users_page.html"
+    users_page.write_text("<html>my page</html>")
+    rows.append(Row("report -o a user's HTML file, --overwrite", ["report", str(good_run), "-o", str(users_page), "--overwrite", *data],
+                    after=lambda _: None if users_page.read_text() == "<html>my page</html>" else "the user's file changed"))
+    fifo = work / "report_fifo.html"
+    os.mkfifo(fifo)
+    rows.append(Row("report -o a FIFO", ["report", str(good_run), "-o", str(fifo), *data]))
     return rows
 
 

@@ -272,16 +272,12 @@ def report(
 def _identification_section(run_dir: Path, index_dir: Path) -> str:
     """The report page's identification section: an index's DIR-against-FPIR curve at identify's default decision."""
     from facetrip.evaluation.report_page import identification_section_html
-    from facetrip.identification.decision import identify_decision
-    from facetrip.identification.open_set import dir_fpir_plot_png, identification_curve
-    from facetrip.identification.workflows import load_index
+    from facetrip.identification.open_set import dir_fpir_plot_png
+    from facetrip.identification.workflows import index_identification_curve
     from facetrip.runs.loaded_run import Run
 
-    run = Run.load(run_dir)
     with console.status(f"Measuring the identification curve of {literal(index_dir)} ..."):
-        index = load_index(run, index_dir)
-        decision = identify_decision(run, index.manifest["people"])
-        curve = identification_curve(index, decision)
+        curve = index_identification_curve(Run.load(run_dir), index_dir)
     return identification_section_html(str(index_dir), curve, dir_fpir_plot_png(curve))
 
 

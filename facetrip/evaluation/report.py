@@ -251,18 +251,24 @@ def mean_pixels(images: np.ndarray) -> np.ndarray:
 BASELINE_CHIP_SIZE = (56, 56)
 
 
-def evaluation_files(other_source: str | None) -> tuple[str, str]:
+def evaluation_files(other_source: str | None, protocol: str | None = None) -> tuple[str, str]:
     """``(metrics file, ROC plot file)`` names in the run directory.
 
     The run's own evaluation is ``metrics.json`` / ``roc.png``; one on another data source
     gets files named after it (``metrics-folder_lfw_images.json``), so it never replaces
-    the run's own.
+    the run's own, and one on a protocol folder (CFP's ``Split/FP``) after that too
+    (``metrics-folder_cfp_Data_Images-FP.json``), so FF and FP keep their own.
+
+    Args:
+        other_source: the data source when it is not the run's, else None.
+        protocol: the name of a pairs protocol folder (``FF``, ``FP``), else None.
     """
     from facetrip.runs import EVALUATION_FILE, ROC_PLOT_FILE
 
-    if other_source is None:
+    parts = [re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[-60:] for text in (other_source, protocol) if text]
+    if not parts:
         return EVALUATION_FILE, ROC_PLOT_FILE
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", other_source).strip("_")[-60:]
+    slug = "-".join(parts)
     return f"metrics-{slug}.json", f"roc-{slug}.png"
 
 
@@ -622,7 +628,8 @@ def evaluate_run(
 
     stage("Writing metrics.json and roc.png ...")
     title = f"{Path(run_dir).name}: {pairs.num_same:,} same / {pairs.num_different:,} different pairs of {faces.source}"
-    metrics_file, roc_file = evaluation_files(faces.source if other_source else None)
+    protocol = Path(pairs_file).name if pairs_file is not None and Path(pairs_file).is_dir() else None  # CFP's FF / FP
+    metrics_file, roc_file = evaluation_files(faces.source if other_source else None, protocol)
     plot = roc_plot_png(curves, title)
     target = run_dir / roc_file
     try:

@@ -424,7 +424,7 @@ def identification_section_html(index_name: str, curve: dict[str, Any], plot_png
             ("DIR there (known probes named rightly)", _percent(point.get("dir"))),
             ("FPIR there (strangers named as someone)", _percent(point.get("fpir"))),
         ]
-    if at_target:
+    if at_target and at_target.get("dir") is not None:  # none on a gallery of one photo a person: no known probe
         rows.append((f"DIR at FPIR {_percent(at_target['false_alarm'])} measured here",
                      f"{_percent(at_target['dir'])} (threshold {at_target['threshold']:.4f})"))
     return ("<h2>Identification</h2><p>Each gallery photo searched against the gallery without it (a known "

@@ -100,12 +100,15 @@ def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
 def _remove_previous_run(run_dir: Path) -> None:
     """Remove the files of the run in ``run_dir`` that a new run would not replace at once (--overwrite).
 
-    Only facetrip's own files: its outputs and checkpoints, and the evaluations of other
-    data sources; TensorBoard's logs/ and anything else stay.
+    Only facetrip's own files: its outputs and checkpoints, the evaluations of other data
+    sources and the report pages facetrip wrote; TensorBoard's logs/ and anything else stay.
     """
     if not is_facetrip_run(run_dir):
         return
-    for path in [*_files_training_writes(run_dir), *run_dir.glob("metrics-*.json"), *run_dir.glob("roc-*.png")]:
+    from facetrip.evaluation.report_page import is_report_page
+
+    pages = [path for path in [*run_dir.glob("report.html"), *run_dir.glob("report-*.html")] if is_report_page(path)]
+    for path in [*_files_training_writes(run_dir), *run_dir.glob("metrics-*.json"), *run_dir.glob("roc-*.png"), *pages]:
         if path.is_file() and path.name != CONFIG_FILE:
             path.unlink()
     remove_checkpoints(run_dir / BACKUP_DIR)

@@ -557,7 +557,7 @@ def test_evaluate_writes_metrics_and_roc(finished_run, tmp_path, data_dir, monke
 
     as_json = run_cli("evaluate", run_dir, "--data-dir", data_dir, "--json", "--no-baselines", "--max-pairs", "200", "--seed", "3")
     assert as_json.exit_code == 0, as_json.output
-    printed = json.loads(as_json.output)
+    printed = json.loads(as_json.stdout)  # stderr says where the report page went
     assert printed == json.loads((run_dir / "metrics.json").read_text())
     assert printed["baselines"] == {} and printed["pairs"]["same"] == printed["pairs"]["different"] == 200
     assert "seed 3" in printed["pairs"]["how"]
@@ -576,7 +576,7 @@ def test_evaluate_on_an_lfw_format_pairs_file(finished_run, tmp_path, data_dir):
     pairs_file.write_text("\n".join(lines) + "\n")
     result = run_cli("evaluate", run_dir, "--data-dir", data_dir, "--pairs", pairs_file, "--json", "--no-baselines")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # stderr says where the report page went
     assert (report["pairs"]["same"], report["pairs"]["different"]) == (6, 6) and report["pairs"]["file"] == str(pairs_file)
     assert report["model"]["accuracy"]["folds"] == "pairs file" and report["model"]["accuracy"]["num_folds"] == 2
 
