@@ -8,6 +8,7 @@ Users of the classic blog implementation switch by changing one import::
 from facetrip.losses.distances import METRICS, paired_distances, pairwise_distances, resolve_metric
 from facetrip.losses.keras import TripletLoss, TripletStatistic, triplet_metrics
 from facetrip.losses.masks import anchor_negative_mask, anchor_positive_mask, triplet_mask
+from facetrip.losses.memory import cross_distances, memory_contents, memory_enqueue
 from facetrip.losses.miners import MinedTriplets, batch_all_miner, batch_hard_miner, semi_hard_miner
 from facetrip.losses.statistics import STATISTICS, triplet_batch_statistics
 from facetrip.losses.triplet import (
@@ -41,6 +42,9 @@ __all__ = [
     "batch_hard_miner",
     "batch_hard_triplet_loss",
     "batch_semi_hard_triplet_loss",
+    "cross_distances",
+    "memory_contents",
+    "memory_enqueue",
     "online_triplet_loss",
     "paired_distances",
     "pairwise_distances",

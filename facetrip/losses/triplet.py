@@ -12,6 +12,10 @@ The strategies differ in which triplets they average over. None of them builds a
 negatives they need with a binary search; the soft-margin batch-all, which has no such
 shortcut, walks over the positive pairs in chunks with a hand-written gradient.
 
+Given a cross-batch memory (``memory_embeddings``, ``memory_labels``;
+:mod:`facetrip.losses.memory`) the same algorithms run on the batch's anchors against the
+batch's and the memory's rows, a (B, B + M) distance matrix: O(B (B + M)) memory.
+
 The signatures of the classic blog implementation work unchanged:
 ``batch_all_triplet_loss(labels, embeddings, margin, squared=False)`` and
 ``batch_hard_triplet_loss(labels, embeddings, margin, squared=False)``.
@@ -25,6 +29,7 @@ import tensorflow as tf
 
 from facetrip.losses.distances import paired_distances, pairwise_distances
 from facetrip.losses.masks import anchor_negative_mask, anchor_positive_mask
+from facetrip.losses.memory import memory_distances_and_masks
 
 Margin = Union[float, str, tf.Tensor]
 
@@ -60,7 +65,13 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(total, count)
 
 
-def _distances_and_masks(labels, embeddings, squared: bool, metric: str | None):
+def _distances_and_masks(labels, embeddings, squared: bool, metric: str | None, memory_embeddings=None,
+                         memory_labels=None):
+    """(B, B) distances and masks of the batch, or (B, B + M) with a cross-batch memory."""
+    if (memory_embeddings is None) != (memory_labels is None):
+        raise ValueError("memory_embeddings and memory_labels go together: pass both, or neither.")
+    if memory_embeddings is not None:
+        return memory_distances_and_masks(labels, embeddings, memory_labels, memory_embeddings, squared, metric)
     distances = pairwise_distances(embeddings, squared=squared, metric=metric)  # (B, B)
     return distances, anchor_positive_mask(labels), anchor_negative_mask(labels)
 
@@ -102,7 +113,8 @@ def hardest_distances(distances: tf.Tensor, positive_mask: tf.Tensor, negative_m
 
 
 def batch_hard_triplet_loss(
-    labels, embeddings, margin: Margin, squared: bool = False, metric: str | None = None
+    labels, embeddings, margin: Margin, squared: bool = False, metric: str | None = None,
+    memory_embeddings=None, memory_labels=None,
 ) -> tf.Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017).
 
@@ -121,11 +133,17 @@ def batch_hard_triplet_loss(
         margin: number >= 0, or ``"soft"``.
         squared: classic flag for squared euclidean distances.
         metric: ``"euclidean"``, ``"squared"`` or ``"cosine"``; overrides ``squared``.
+        memory_embeddings: optional (M, D) cross-batch memory (:mod:`facetrip.losses.memory`):
+            positives and negatives range over the batch's rows and these rows too; the
+            anchors stay the batch's rows, and no gradient flows into the memory.
+        memory_labels: (M,) or (M, 1) labels of the memory, given with ``memory_embeddings``.
 
     Returns:
         Scalar loss; 0 when no anchor has both a positive and a negative.
     """
-    distances, positive, negative = _distances_and_masks(labels, embeddings, squared, metric)
+    distances, positive, negative = _distances_and_masks(
+        labels, embeddings, squared, metric, memory_embeddings, memory_labels
+    )
     hardest = hardest_distances(distances, positive, negative)
     anchor_loss = _triplet_terms(hardest.hardest_positive - hardest.hardest_negative, margin)  # (B,)
     return masked_mean(anchor_loss, hardest.valid_anchor)
@@ -271,7 +289,8 @@ def _soft_batch_all_sums(distances, positive, negative):
 
 
 def batch_all_triplet_loss(
-    labels, embeddings, margin: Margin, squared: bool = False, metric: str | None = None
+    labels, embeddings, margin: Margin, squared: bool = False, metric: str | None = None,
+    memory_embeddings=None, memory_labels=None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Batch-all triplet loss: the mean over all valid triplets whose loss is positive.
 
@@ -289,12 +308,18 @@ def batch_all_triplet_loss(
         margin: number >= 0, or ``"soft"``.
         squared: classic flag for squared euclidean distances.
         metric: ``"euclidean"``, ``"squared"`` or ``"cosine"``; overrides ``squared``.
+        memory_embeddings: optional (M, D) cross-batch memory (:mod:`facetrip.losses.memory`):
+            positives and negatives range over the batch's rows and these rows too; the
+            anchors stay the batch's rows, and no gradient flows into the memory.
+        memory_labels: (M,) or (M, 1) labels of the memory, given with ``memory_embeddings``.
 
     Returns:
         ``(loss, fraction_positive_triplets)``: two scalars, both 0 (not NaN) when the
         batch holds no valid or no positive triplet.
     """
-    distances, positive, negative = _distances_and_masks(labels, embeddings, squared, metric)
+    distances, positive, negative = _distances_and_masks(
+        labels, embeddings, squared, metric, memory_embeddings, memory_labels
+    )
     if is_soft_margin(margin):
         loss_sum, num_counted = _soft_batch_all_sums(distances, positive, negative)
     else:
@@ -335,7 +360,8 @@ def semi_hard_negative_distances(positives: PositivePairs, sorted_negatives: Sor
 
 
 def batch_semi_hard_triplet_loss(
-    labels, embeddings, margin: Margin, squared: bool = False, metric: str | None = None
+    labels, embeddings, margin: Margin, squared: bool = False, metric: str | None = None,
+    memory_embeddings=None, memory_labels=None,
 ) -> tf.Tensor:
     """Semi-hard triplet loss (Schroff et al. 2015, FaceNet), as in TF Addons.
 
@@ -352,11 +378,17 @@ def batch_semi_hard_triplet_loss(
         margin: number >= 0, or ``"soft"``.
         squared: classic flag for squared euclidean distances.
         metric: ``"euclidean"``, ``"squared"`` or ``"cosine"``; overrides ``squared``.
+        memory_embeddings: optional (M, D) cross-batch memory (:mod:`facetrip.losses.memory`):
+            positives and negatives range over the batch's rows and these rows too; the
+            anchors stay the batch's rows, and no gradient flows into the memory.
+        memory_labels: (M,) or (M, 1) labels of the memory, given with ``memory_embeddings``.
 
     Returns:
         Scalar loss; 0 when no anchor has both a positive and a negative.
     """
-    distances, positive, negative = _distances_and_masks(labels, embeddings, squared, metric)
+    distances, positive, negative = _distances_and_masks(
+        labels, embeddings, squared, metric, memory_embeddings, memory_labels
+    )
     positives = positives_per_anchor(distances, positive)
     sorted_negatives = sort_negatives(distances, negative)
     negative_distances = semi_hard_negative_distances(positives, sorted_negatives)  # (B, P_max)
@@ -398,15 +430,20 @@ def triplet_loss(anchor, positive, negative, margin: Margin, squared: bool = Fal
 
 
 def online_triplet_loss(
-    labels, embeddings, strategy: str = "batch_hard", margin: Margin = 0.2, metric: str = "euclidean"
+    labels, embeddings, strategy: str = "batch_hard", margin: Margin = 0.2, metric: str = "euclidean",
+    memory_embeddings=None, memory_labels=None,
 ) -> tf.Tensor:
-    """The loss of one online-mining ``strategy`` (``batch_all``, ``batch_hard``, ``semi_hard``)."""
+    """The loss of one online-mining ``strategy`` (``batch_all``, ``batch_hard``, ``semi_hard``).
+
+    ``memory_embeddings`` / ``memory_labels``: an optional cross-batch memory, as in each loss.
+    """
     strategy = resolve_strategy(strategy)
+    memory = {"memory_embeddings": memory_embeddings, "memory_labels": memory_labels}
     if strategy == "batch_all":
-        return batch_all_triplet_loss(labels, embeddings, margin, metric=metric)[0]
+        return batch_all_triplet_loss(labels, embeddings, margin, metric=metric, **memory)[0]
     if strategy == "batch_hard":
-        return batch_hard_triplet_loss(labels, embeddings, margin, metric=metric)
-    return batch_semi_hard_triplet_loss(labels, embeddings, margin, metric=metric)
+        return batch_hard_triplet_loss(labels, embeddings, margin, metric=metric, **memory)
+    return batch_semi_hard_triplet_loss(labels, embeddings, margin, metric=metric, **memory)
 
 
 _STRATEGY_ALIASES = {"batch_semi_hard": "semi_hard", "semihard": "semi_hard", "all": "batch_all", "hard": "batch_hard"}
