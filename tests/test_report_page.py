@@ -1,6 +1,7 @@
 """`facetrip report` and the report page of `facetrip evaluate`: the hardest errors, the numbers, the images, bad input."""
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -141,12 +142,41 @@ def test_a_face_chip_run_shows_the_chips_the_model_read_and_the_photos(pretraine
     metrics = json.loads((run_dir / "metrics.json").read_text())
     shown = len(metrics["hardest_errors"]["false_accepts"]) + len(metrics["hardest_errors"]["false_rejects"])
     assert 0 < shown <= 6
-    assert page.count('class="chip"') == 2 * shown and page.count('class="thumb"') >= 2 * shown
+    # ORL's prepared set holds only the chips: each is shown once, not again as its "photo"
+    assert page.count('class="chip"') == 2 * shown and page.count('class="thumb"') == 0
+    assert "where the data holds them" in page
     assert "Face detection" in page and "photos aligned" in page
     # --overwrite replaces the page facetrip wrote; without it, the page is kept
     before = output.read_bytes()
     one_line_error(run_cli("report", run_dir, "-o", output, "--no-baselines"), "--overwrite")
     assert output.read_bytes() == before
+
+
+def _png(shade: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (30, 40), (shade, shade, shade)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("photos_differ", [True, False])
+def test_an_error_card_shows_a_photo_only_when_it_is_not_the_chip(photos_differ):
+    """A folder source has photos apart from the chips; a prepared set of chips only (tfds ORL) has not: no duplicate."""
+    from facetrip.evaluation.report_page import EvaluatedPairs, _hardest_errors_section, hardest_error_rows
+
+    chips = np.array([_png(40), _png(90)], dtype=object)
+    photos = np.array([_png(200), _png(250)], dtype=object) if photos_differ else chips
+    pairs = EvaluatedPairs(distances=np.array([0.2]), same=np.array([False]), first=np.array([0]),
+                           second=np.array([1]), identity_of=np.array(["a", "b"]), file_names=np.array(["a/1", "b/1"]),
+                           model_images=chips, photos=photos)
+    section = _hardest_errors_section(hardest_error_rows(pairs, 0.5), pairs, 0.5, "rule")
+    assert section.count('class="chip"') == 2
+    assert section.count('class="thumb"') == (2 if photos_differ else 0)
+    whole = dataclasses.replace(pairs, model_images=None)  # a run reading whole images: the photos, once
+    section = _hardest_errors_section(hardest_error_rows(whole, 0.5), whole, 0.5, "rule")
+    assert section.count('class="chip"') == 0 and section.count('class="thumb"') == 2
+    assert "face chips" not in section
 
 
 def test_names_and_paths_from_the_data_are_escaped(evaluated_run):
@@ -207,6 +237,14 @@ def test_bad_input_gets_one_line(finished_run, tmp_path):
     one_line_error(run_cli("report", finished_run[0], "--index", tmp_path / "no-index"))
 
 
+def test_a_page_in_a_missing_folder_is_refused_before_the_evaluation(tmp_path):
+    from test_insightface_bin import stand_in_run
+
+    run_dir = stand_in_run(tmp_path / "run", face_chips=False)
+    one_line_error(run_cli("report", run_dir, "-o", tmp_path / "no-such-folder" / "page.html"), "is not a folder")
+    assert not (run_dir / "metrics.json").exists()  # nothing evaluated, nothing replaced
+
+
 def test_a_fifo_is_not_taken_for_a_page(tmp_path):
     from facetrip.evaluation.report_page import is_report_page
 
@@ -265,3 +303,20 @@ def test_train_writes_the_report_page_after_its_evaluation(finished_run):
     page = (run_dir / "report.html").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert f"{metrics['model']['auc']:.4f}" in page and page.startswith("<!DOCTYPE html>")
+
+
+def test_a_bin_set_names_no_people_on_the_page_or_the_terminal(tmp_path, data_dir):
+    """A bin:FILE set labels each image by its pair: no "pair 3 / pair 3" for different people, no per-person table."""
+    from test_insightface_bin import orl_pairs, stand_in_run, write_bin
+
+    run_dir = stand_in_run(tmp_path / "run", face_chips=False)
+    path = write_bin(tmp_path / "set.bin", orl_pairs(20))
+    output = tmp_path / "page.html"
+    result = run_cli("report", run_dir, "--data", f"bin:{path}", "--data-dir", data_dir, "--no-baselines", "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "Errors at the model's EER threshold" not in result.output  # "pair 3 / pair 3 100%" means nothing
+    page = output.read_text()
+    _assert_self_contained(page)
+    assert not re.search(r"<b>pair \d+</b> / <b>pair", page)
+    assert "no breakdown by person" in page and "the data set&#x27;s own pairs" in page
+    assert "pairs of the evaluated identities" not in page

@@ -129,7 +129,8 @@ def _print_evaluation(report: dict) -> None:
     if report.get("baselines_skipped"):
         console.print(f"Baselines skipped: {literal(report['baselines_skipped'])}.", highlight=False)
     errors = report.get("errors")
-    if errors and (errors["false_rejects"] or errors["false_accepts"]):
+    # no identities: a bin:FILE set, its images labelled by their pair ("pair 7 / pair 7"), so no per-person errors
+    if errors and pairs["identities"] and (errors["false_rejects"] or errors["false_accepts"]):
         rejects = ", ".join(f"{literal(row['identity'])} {_percent(row['rate'])}" for row in errors["false_rejects"][:3])
         accepts = ", ".join(f"{' / '.join(literal(name) for name in row['identities'])} {_percent(row['rate'])}"
                             for row in errors["false_accepts"][:3])
@@ -254,6 +255,9 @@ def report(
     run_dir = _one_run(run_dir, run_option)
     if output is not None:
         _check_report_file(output, overwrite)  # a folder or a user's file: refused before any work
+        if not output.parent.is_dir():  # not found only once the whole evaluation is done and metrics.json replaced
+            fail(f"{output.parent} is not a folder: the report page {output} cannot be written there; "
+                 f"choose another file with -o.")
     if index_dir is not None:
         from facetrip.identification.index import read_manifest
 

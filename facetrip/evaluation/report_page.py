@@ -188,7 +188,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: i
         "<tr>" + "".join(f'<td class="{"num" if column >= numeric_from else ""}">{cell}</td>' for column, cell in enumerate(row)) + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""  # a two-column list of facts has no header
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _escaped(value: Any) -> str:
@@ -209,7 +210,8 @@ def _what_was_evaluated(report: dict, metadata: dict, threshold: float, rule: st
         ("Data", _escaped(f"{report['source']}: {pairs['same']:,} same + {pairs['different']:,} different pairs, "
                           f"{pairs['images']:,} images" + (f" of {pairs['identities']:,} identities" if pairs["identities"] else "")
                           + f"; {pairs['how']}")),
-        ("Pairs file", _escaped(pairs["file"] or "none (pairs of the evaluated identities)")),
+        ("Pairs file", _escaped(pairs["file"] or ("none (pairs of the evaluated identities)" if pairs["identities"]
+                                                  else "none (the data set's own pairs)"))),
         ("Threshold", _escaped(f"{threshold:.4f}, {rule}" + (f"; target FAR {_percent(target)}" if target is not None else ""))),
         ("facetrip", _escaped(report.get("facetrip_version", "?"))),
     ]
@@ -242,7 +244,7 @@ def _curves(report: dict, pairs: EvaluatedPairs, threshold: float) -> str:
         key = far_key(target) + "_threshold"
         if report["model"].get(key) is not None and np.isfinite(report["model"][key]):
             rates = rates_at_threshold(pairs.distances, pairs.same, report["model"][key])
-            points[f"TAR at FAR {target * 100:g}%"] = (rates["far"], 1.0 - rates["frr"])
+            points[f"TAR at FAR <= {target * 100:g}%"] = (rates["far"], 1.0 - rates["frr"])
     curves = png_data_uri(roc_and_det_png(false_accept, true_accept, points))
     histograms = png_data_uri(distance_histograms_png(pairs.distances, pairs.same, threshold))
     return ("<h2>Curves</h2>" + _image_tag(curves, "ROC and DET curves", "plot")
@@ -270,7 +272,7 @@ def _threshold_section(report: dict) -> str:
     return "<h2>The saved threshold</h2>" + _table(["", ""], rows, numeric_from=1)
 
 
-def _error_cards(rows: list[dict], pairs: EvaluatedPairs, what: str) -> str:
+def _error_cards(rows: list[dict], pairs: EvaluatedPairs, what: str, names_people: bool = True) -> str:
     if not rows:
         return f"<p>No {what} at this threshold.</p>"
     cards = []
@@ -279,36 +281,49 @@ def _error_cards(rows: list[dict], pairs: EvaluatedPairs, what: str) -> str:
         images = []
         for position in (pairs.first[index], pairs.second[index]):
             name = str(pairs.file_names[position])
-            chip = None
+            chip, photo_bytes, shown = None, pairs.photo(position), True
             if pairs.model_images is not None:
-                chip = jpeg_thumbnail_uri(pairs.model_images[position], CHIP_SIDE, name)
-            photo = jpeg_thumbnail_uri(pairs.photo(position), THUMBNAIL_SIDE, name)
-            images.append((chip, photo, name))
-        chips = "".join(_image_tag(chip, f"face chip of {name}", "chip") for chip, _, name in images if chip is not None or pairs.model_images is not None)
-        photos = "".join(_image_tag(photo, f"photo {name}", "thumb") for _, photo, name in images)
+                chip_bytes = bytes(pairs.model_images[position])
+                chip = jpeg_thumbnail_uri(chip_bytes, CHIP_SIDE, name)
+                shown = photo_bytes != chip_bytes  # a prepared set holding only chips: no photo to show twice
+            photo = jpeg_thumbnail_uri(photo_bytes, THUMBNAIL_SIDE, name) if shown else None
+            images.append((chip, photo, name, shown))
+        chips = "".join(_image_tag(chip, f"face chip of {name}", "chip") for chip, _, name, _ in images
+                        if pairs.model_images is not None)
+        photos = "".join(_image_tag(photo, f"photo {name}", "thumb") for _, photo, name, shown in images if shown)
         first_name, second_name = (_escaped(name) for name in row["identities"])
+        names = f"<b>{first_name}</b> / <b>{second_name}</b>" if names_people else f"<b>{first_name}</b>"  # "pair 7"
         files = "<br>".join(_escaped(name) for name in row["files"])
         cards.append(
             f'<div class="card"><div class="chips">{chips}</div><div class="photos">{photos}</div>'
-            f'<div class="caption"><b>{first_name}</b> / <b>{second_name}</b><br>distance '
+            f'<div class="caption">{names}<br>distance '
             f'<span class="distance">{row["distance"]:.4f}</span><br><span class="path">{files}</span></div></div>'
         )
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _hardest_errors_section(hardest: dict[str, list[dict]], pairs: EvaluatedPairs, threshold: float, rule: str) -> str:
+def _what_a_card_shows(pairs: EvaluatedPairs) -> str:
+    if pairs.model_images is None:
+        return "Each pair: the two photos, read whole by the model."
+    return "Each pair: the two face chips the model read, then the photos they came from, where the data holds them."
+
+
+def _hardest_errors_section(hardest: dict[str, list[dict]], pairs: EvaluatedPairs, threshold: float, rule: str,
+                            names_people: bool = True) -> str:
     accepts, rejects = hardest["false_accepts"], hardest["false_rejects"]
     return (
-        f"<h2>Hardest errors at {threshold:.4f}</h2><p>{_escaped(rule)}. Each pair: the two face chips the model read, "
-        f"then the photos.</p>"
+        f"<h2>Hardest errors at {threshold:.4f}</h2><p>{_escaped(rule)}. {_what_a_card_shows(pairs)}</p>"
         f"<h3>False accepts: different people, closest first ({len(accepts)} shown)</h3>"
-        + _error_cards(accepts, pairs, "false accepts")
+        + _error_cards(accepts, pairs, "false accepts", names_people)
         + f"<h3>False rejects: the same person, farthest first ({len(rejects)} shown)</h3>"
-        + _error_cards(rejects, pairs, "false rejects")
+        + _error_cards(rejects, pairs, "false rejects", names_people)
     )
 
 
-def _identity_section(breakdown: dict) -> str:
+def _identity_section(breakdown: dict, names_people: bool = True) -> str:
+    if not names_people:  # an insightface verification set: each image is labelled by its pair, not its person
+        return (f"<h2>Per identity at {breakdown['threshold']:.4f}</h2><p>The data names no people (its images are "
+                f"labelled by their pair): no breakdown by person.</p>")
     rejects = [[_escaped(row["identity"]), _percent(row["rate"]), f"{row['errors']:,} of {row['pairs']:,}"]
                for row in breakdown["false_rejects"]]
     accepts = [[_escaped(" / ".join(row["identities"])), _percent(row["rate"]), f"{row['errors']:,} of {row['pairs']:,}"]
@@ -353,11 +368,15 @@ def _training_section(metadata: dict, training_curves_png: bytes | None) -> str:
         parts.append("<p>No training log (metrics.csv) in the run.</p>")
     share = metadata.get("weight_interpolation")
     choice = metadata.get("weight_interpolation_choice")
-    if share is not None:
+    if metadata.get("epochs") == 0:
+        parts.append("<p>Not fine-tuned (0 epochs): the model is the network as it was loaded.</p>")
+    elif share is not None:
         parts.append(f"<p>Weight interpolation: {_escaped(share)} of the way from the pretrained weights to the "
                      f"fine-tuned ones.</p>")
     if choice:
-        parts.append(f"<p>{_escaped(choice.get('reason', ''))} ({_escaped(choice.get('rule', ''))})</p>")
+        reason, rule = str(choice.get("reason", "")), str(choice.get("rule", ""))
+        parts.append(f"<p>Chosen on the dev people: {_escaped(reason)}"
+                     + ("" if rule in reason else f" ({_escaped(rule)})") + ".</p>")
         rows = [[f"{share_tried:g}", _percent(eer)] for share_tried, eer in choice.get("dev_eer", [])]
         if rows:
             parts.append(_table(["share", "dev EER"], rows))
@@ -432,6 +451,10 @@ def identification_section_html(index_name: str, curve: dict[str, Any], plot_png
             + _image_tag(png_data_uri(plot_png), "DIR against FPIR", "plot"))
 
 
+# The page loads nothing: only its inline images and style (a second guard beside html.escape).
+_NOTHING_LOADED = ('<meta http-equiv="Content-Security-Policy" '
+                   "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">")
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; } h3 { font-size: 1.05em; }
@@ -442,6 +465,7 @@ img.plot { max-width: 100%; display: block; margin: .5em 0; }
 .card { border: 1px solid #ccc; border-radius: 4px; padding: 6px; width: 260px; font-size: .8em; }
 .chips img, .photos img { margin-right: 4px; vertical-align: top; }
 img.chip { width: 112px; height: 112px; } img.thumb { max-width: 120px; max-height: 120px; }
+img.chip, img.thumb { border: 1px solid #bbb; }
 .path { color: #666; word-break: break-all; font-size: .9em; } .distance { font-weight: bold; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; } figure { margin: 0; width: 124px; font-size: .75em; }
 .missing { display: inline-block; width: 112px; height: 40px; color: #a00; } .note { color: #555; }
@@ -458,7 +482,7 @@ def page_html(title: str, sections: Sequence[str]) -> str:
     Returns:
         The HTML document.
     """
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{GENERATOR_TAG}"
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{GENERATOR_TAG}{_NOTHING_LOADED}"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>" + "".join(sections) + "</body></html>\n")
 
@@ -480,13 +504,14 @@ def report_page_html(report: dict, pairs: EvaluatedPairs, metadata: dict, traini
     """
     threshold, rule = decision_threshold(report)
     hardest = hardest_error_rows(pairs, threshold, report["hardest_errors"]["count"])
+    names_people = bool(report["pairs"]["identities"])  # 0: a bin:FILE set, its images labelled "pair N"
     sections = [
         _what_was_evaluated(report, metadata, threshold, rule),
         _results_table(report),
         _curves(report, pairs, threshold),
         _threshold_section(report),
-        _hardest_errors_section(hardest, pairs, threshold, rule),
-        _identity_section(report["errors_at_threshold"]),
+        _hardest_errors_section(hardest, pairs, threshold, rule, names_people),
+        _identity_section(report["errors_at_threshold"], names_people),
         _detection_section(report, pairs),
         _training_section(metadata, training_curves_png),
         *extra_sections,
