@@ -320,3 +320,15 @@ def test_a_bin_set_names_no_people_on_the_page_or_the_terminal(tmp_path, data_di
     assert not re.search(r"<b>pair \d+</b> / <b>pair", page)
     assert "no breakdown by person" in page and "the data set&#x27;s own pairs" in page
     assert "pairs of the evaluated identities" not in page
+
+
+def test_a_run_whose_metrics_cannot_be_saved_still_gets_its_page_elsewhere(finished_run, tmp_path):
+    """roc.png is a folder in the run: metrics.json cannot be saved (exit 2, one line), but the page at -o is written."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)
+    (run_dir / "roc.png").unlink(missing_ok=True)
+    (run_dir / "roc.png" / "keep").mkdir(parents=True)
+    output = tmp_path / "page.html"
+    result = run_cli("report", run_dir, "-o", output, "--no-baselines")
+    one_line_error(result, str(run_dir / "roc.png"), "not saved")
+    assert output.read_text().startswith("<!DOCTYPE html>") and "Wrote the report page" in result.stdout

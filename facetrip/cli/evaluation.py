@@ -164,10 +164,12 @@ MAX_PAIRS_HELP = "Most same (and most different) pairs; a larger test split gets
 
 
 def _run_evaluation(run_dir: Optional[Path], pairs: Optional[Path], max_pairs: int, seed: int, with_baselines: bool,
-                    as_json: bool, data_source: Optional[str], data_dir: Optional[str], hardest: int):
+                    as_json: bool, data_source: Optional[str], data_dir: Optional[str], hardest: int,
+                    before_failing=None):
     """Evaluate a run as `facetrip evaluate` does, print the table (or JSON): ``(run dir, report, evaluated pairs)``.
 
-    Exits 2 after printing when the metrics cannot be saved (nothing computed is lost from the screen).
+    Exits 2 after printing when the metrics cannot be saved (nothing computed is lost from the screen);
+    ``before_failing(run dir, report, evaluated pairs)``, if given, is called first (a page written elsewhere).
     """
     import json
 
@@ -199,6 +201,8 @@ def _run_evaluation(run_dir: Optional[Path], pairs: Optional[Path], max_pairs: i
     else:
         _print_evaluation(report)
     if not_written is not None:
+        if before_failing is not None:
+            before_failing(Path(target), report, seen[0])
         fail(f"{not_written} The metrics above are not saved: evaluate a writable copy of the run directory "
              f"to keep them.")
     return Path(target), report, seen[0]
@@ -262,15 +266,19 @@ def report(
         from facetrip.identification.index import read_manifest
 
         read_manifest(index_dir)  # a missing or damaged index, before the evaluation
+    def write_page(target: Path, report: dict, evaluated) -> None:
+        extra = [] if index_dir is None else [_identification_section(target, index_dir)]
+        try:
+            written = write_report_page(target, report, evaluated, output, overwrite, extra)
+        except OSError as error:
+            fail(f"Cannot write the report page {output or default_report_file(target, report)}: "
+                 f"{error.strerror or error}; choose another file with -o.")
+        console.print(f"Wrote the report page {literal(written)}", highlight=False, soft_wrap=True)
+
+    # a read-only run still gets its page at -o, before the command says its metrics were not saved
     target, report, evaluated = _run_evaluation(run_dir, pairs, max_pairs, seed, with_baselines, False, data_source,
-                                                data_dir, hardest)
-    extra = [] if index_dir is None else [_identification_section(target, index_dir)]
-    try:
-        written = write_report_page(target, report, evaluated, output, overwrite, extra)
-    except OSError as error:
-        fail(f"Cannot write the report page {output or default_report_file(target, report)}: "
-             f"{error.strerror or error}; choose another file with -o.")
-    console.print(f"Wrote the report page {literal(written)}", highlight=False, soft_wrap=True)
+                                                data_dir, hardest, before_failing=write_page if output is not None else None)
+    write_page(target, report, evaluated)
 
 
 def _identification_section(run_dir: Path, index_dir: Path) -> str:
