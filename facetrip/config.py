@@ -25,6 +25,12 @@ NUMBER_OR_WORD = {
     "train.weight_interpolation": (AUTO_INTERPOLATION, "a number from 0 to 1"),
 }
 
+# Keys that take one of a few words: key -> the words (any case). The heads mirror facetrip.losses.margin_heads.HEADS
+# (a test keeps them equal; this module stays free of TensorFlow).
+WORD_CHOICES = {
+    "train.classification_head": ("cosine", "arcface", "cosface"),
+}
+
 
 class ConfigError(ValueError):
     """An unreadable config file, an unknown key, or a value of the wrong type or out of range."""
@@ -73,6 +79,10 @@ class LossConfig:
     margin: Union[float, str] = 0.2  # a number >= 0, or "soft"
     metric: str = "euclidean"  # euclidean | squared | cosine
     offline_triplets: str = ""  # offline only: a `facetrip mine` file for the first epoch ("" = mine)
+    # Cross-batch memory (XBM): also mine against the last N training embeddings (0 = off):
+    # facetrip/training/cross_batch_memory.py; at most the training photos, one device, online strategies.
+    memory_size: int = 0
+    memory_warmup_steps: int = 0  # steps trained before the memory switches on
 
 
 @dataclasses.dataclass
@@ -93,6 +103,11 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0 = one pass over the identities' photos per epoch; N = N P x K batches
     warmup_epochs: int = 0  # epochs of cosine-softmax classification before the triplet loss takes over
     classification_weight: float = 1.0  # weight of the classification term after the warm-up
+    # The classifier's logits: cosine (NormFace, s * cos) | arcface (target s * cos(theta + m)) | cosface
+    # (target s * (cos - m)): facetrip/losses/margin_heads.py.
+    classification_head: str = "cosine"
+    classification_scale: float = 0.0  # s; 0 = the head's default (cosine 16, arcface and cosface 64)
+    classification_margin: float = 0.0  # m; 0 = the head's default (arcface 0.5 rad, cosface 0.35; cosine: none)
     # Above this many training identities each step trains the centres of a sample of this many (Partial FC):
     # facetrip/training/sampled_classifier.py; 0 = always all of them.
     classifier_sample: int = 8192
@@ -152,6 +167,12 @@ class Config:
                 raise ConfigError(f"Config section [{section_name}] must be a table of keys.")
             for key, value in values.items():
                 config.set(f"{section_name}.{key}", value)
+        if config.train.classification_head == "cosine" and config.train.classification_margin != 0:
+            raise ConfigError(
+                f"train.classification_margin applies to the arcface and cosface heads; the cosine head has no margin: "
+                f"set it to 0, or choose train.classification_head = \"arcface\" (not "
+                f"{config.train.classification_margin!r} with \"cosine\")."
+            )
         return config
 
     @classmethod
@@ -295,6 +316,8 @@ ALLOWED: dict[str, Allowed] = {
     "augment.erasing": Allowed(0, 1),  # a probability
     "augment.blended_identities": Allowed(0),
     "loss.margin": Allowed(0),  # or "soft"
+    "loss.memory_size": Allowed(0),  # embeddings held; 0 = off
+    "loss.memory_warmup_steps": Allowed(0),
     "model.width": Allowed(1),
     "model.embedding_dim": Allowed(1),
     "model.dropout": Allowed(0, 1, high_open=True),  # a rate of 1 would drop every feature
@@ -303,6 +326,8 @@ ALLOWED: dict[str, Allowed] = {
     "train.steps_per_epoch": Allowed(0),  # 0 = about one pass over the training photos
     "train.warmup_epochs": Allowed(0),
     "train.classification_weight": Allowed(0),
+    "train.classification_scale": Allowed(0, 1024),  # 0 = the head's default; logits up to s must stay finite
+    "train.classification_margin": Allowed(0, 1),  # 0 = the head's default; radians for arcface, < pi / 2
     "train.classifier_sample": Allowed(0),  # 0 = the full classifier
     "train.learning_rate": Allowed(0, low_open=True),
     "train.lr_warmup_epochs": Allowed(0),
@@ -395,6 +420,10 @@ def _checked(name: str, default: Any, value: Any) -> Any:
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, not {value!r}.")
+        if name in WORD_CHOICES:
+            if value.lower() not in WORD_CHOICES[name]:
+                raise ConfigError(f"{name} must be one of {', '.join(WORD_CHOICES[name])}, not {value!r}.")
+            return value.lower()
         try:
             value.encode("utf-8")  # the run saves its config as UTF-8 TOML
         except UnicodeEncodeError:

@@ -30,7 +30,9 @@ class TripletLoss(keras.losses.Loss):
     The loss is batch-level (it mines inside the batch), so it returns one scalar and
     takes no per-sample weights. With ``strategy="offline"`` the batch holds explicit
     triplets stacked as ``[anchors; positives; negatives]`` (3N, D) and the naive
-    :func:`~facetrip.losses.triplet_loss` is used (labels are not needed).
+    :func:`~facetrip.losses.triplet_loss` is used (labels are not needed). Calling it with
+    ``memory_embeddings`` (M, D) and ``memory_labels`` (M,) mines the batch's anchors
+    against a cross-batch memory too (:mod:`facetrip.losses.memory`; online strategies only).
 
     Args:
         strategy: ``"batch_all"``, ``"batch_hard"``, ``"semi_hard"`` or ``"offline"``.
@@ -57,17 +59,21 @@ class TripletLoss(keras.losses.Loss):
         self.margin = _margin_config(margin)
         self.metric = resolve_metric(metric)
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
+    def __call__(self, y_true, y_pred, sample_weight=None, memory_embeddings=None, memory_labels=None):
         if sample_weight is not None:
             raise ValueError("TripletLoss mines triplets across the batch and does not take sample weights.")
         with tf.name_scope(self.name):
-            return self.call(tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred))
+            return self.call(tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred), memory_embeddings,
+                             memory_labels)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, memory_embeddings=None, memory_labels=None):
         if self.strategy == OFFLINE:
+            if memory_embeddings is not None:
+                raise ValueError("The offline strategy takes explicit triplets, not a cross-batch memory.")
             anchors, positives, negatives = tf.split(y_pred, 3, axis=0)  # 3 x (N, D)
             return triplet_loss(anchors, positives, negatives, self.margin, metric=self.metric)
-        return online_triplet_loss(y_true, y_pred, strategy=self.strategy, margin=self.margin, metric=self.metric)
+        return online_triplet_loss(y_true, y_pred, strategy=self.strategy, margin=self.margin, metric=self.metric,
+                                   memory_embeddings=memory_embeddings, memory_labels=memory_labels)
 
     def get_config(self):
         config = super().get_config()

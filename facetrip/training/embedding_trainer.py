@@ -9,7 +9,9 @@ regulariser afterwards. The loss of one step is
     loss = w_cls * CE(softmax(s * cos(e_i, c_j)), y_i) + w_triplet * triplet(labels, e)
 
 with unit embeddings ``e_i``, one learned centre ``c_j`` per training identity (compared by
-cosine, as in NormFace) and scale ``s``. During the warm-up epochs ``w_cls = 1`` and
+cosine, as in NormFace) and scale ``s``. With a margin head the target class's logit is
+``s * cos(theta + m)`` (ArcFace) or ``s * (cos(theta) - m)`` (CosFace) instead
+(:mod:`facetrip.losses.margin_heads`). During the warm-up epochs ``w_cls = 1`` and
 ``w_triplet = 0``; afterwards ``w_cls = classification_weight`` and ``w_triplet = 1``.
 The classifier only exists during training: the exported model is :attr:`embedder`.
 
@@ -29,6 +31,8 @@ import tensorflow as tf
 
 from facetrip.losses import TripletStatistic, triplet_batch_statistics
 from facetrip.losses.global_batch import global_batch_triplet_sums, normalised_share
+from facetrip.losses.margin_heads import margin_logits, resolve_head
+from facetrip.training.cross_batch_memory import DISTRIBUTE_REFUSAL, CrossBatchMemory
 from facetrip.training.sampled_classifier import SampledCosineClassifier
 
 MINING_SCOPES = ("global", "replica")
@@ -47,7 +51,8 @@ class EmbeddingTrainer(keras.Model):
         warmup_epochs: epochs of classification only at the start.
         classification_weight: weight of the classification term after the warm-up; with no
             warm-up and weight 0 there is no classifier (``class_centres`` is None).
-        scale: ``s``, the inverse temperature of the cosine softmax.
+        scale: ``s``, the inverse temperature of the cosine softmax; 0: the head's default
+            (cosine 16, arcface and cosface 64).
         label_smoothing: of the classification targets.
         mining_scope: with several replicas, ``"global"`` (each replica's anchors mined over
             the global batch) or ``"replica"`` (over its own rows only).
@@ -58,12 +63,23 @@ class EmbeddingTrainer(keras.Model):
             ``sampled_classifier``; ``class_centres`` is then None); 0: always all of them.
             It must be at least the identities of one batch.
         seed: of the sampled classifier's draws.
+        classification_head: ``"cosine"`` (NormFace), ``"arcface"`` or ``"cosface"``: how the
+            target class's logit is made harder (:mod:`facetrip.losses.margin_heads`).
+        classification_margin: ``m`` of the arcface (radians) or cosface head; 0: the head's
+            default (arcface 0.5, cosface 0.35); the cosine head takes only 0.
+        memory_size: rows of the cross-batch memory the triplet loss also mines against
+            (:mod:`facetrip.training.cross_batch_memory`); 0: none (``cross_batch_memory`` is None).
+        memory_warmup_steps: steps before the memory switches on.
+
+    Raises:
+        ValueError: an unknown mining scope or head, or a margin for the cosine head.
     """
 
     def __init__(self, embedder, identity_labels, triplet_loss, statistics=(), warmup_epochs: int = 0,
-                 classification_weight: float = 0.0, scale: float = 16.0, label_smoothing: float = 0.1,
+                 classification_weight: float = 0.0, scale: float = 0.0, label_smoothing: float = 0.1,
                  mining_scope: str = "global", with_classifier: bool | None = None, classifier_sample: int = 0,
-                 seed: int = 0, **kwargs):
+                 seed: int = 0, classification_head: str = "cosine", classification_margin: float = 0.0,
+                 memory_size: int = 0, memory_warmup_steps: int = 0, **kwargs):
         super().__init__(name="trainer", **kwargs)
         if mining_scope not in MINING_SCOPES:
             raise ValueError(f"mining_scope must be one of {', '.join(MINING_SCOPES)}, not {mining_scope!r}.")
@@ -79,7 +95,7 @@ class EmbeddingTrainer(keras.Model):
         self.statistics = list(statistics)
         self.warmup_epochs = int(warmup_epochs)
         self.classification_weight = float(classification_weight)
-        self.scale = float(scale)
+        self.head, self.scale, self.margin = resolve_head(classification_head, scale, classification_margin)
         self.label_smoothing = float(label_smoothing)
         # Without a classification term (no warm-up, weight 0) there is no classifier: its centres,
         # their optimizer slots and update buffers take some 5 KB per training identity.
@@ -92,10 +108,13 @@ class EmbeddingTrainer(keras.Model):
         ) if self.has_classifier and not sampled else None
         self.sampled_classifier = SampledCosineClassifier(
             self.num_identities, embedder.output_shape[-1], int(classifier_sample), scale=self.scale,
-            label_smoothing=self.label_smoothing, seed=seed,
+            label_smoothing=self.label_smoothing, seed=seed, head=self.head, margin=self.margin,
         ) if sampled else None
         # (w_cls, w_triplet) of the current epoch, set by set_epoch; saved with the backup.
         self.loss_weights_now = self.add_weight(shape=(2,), initializer="zeros", trainable=False, name="loss_weights_now")
+        self.cross_batch_memory = CrossBatchMemory(
+            memory_size, embedder.output_shape[-1], memory_warmup_steps,
+        ) if memory_size > 0 else None
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "triplet_loss", "classification_loss")}
         self.built = True  # the embedder is built and the trainer's own weights exist (Keras' backup requires it)
 
@@ -138,7 +157,7 @@ class EmbeddingTrainer(keras.Model):
         return self.embedder(images, training=training)
 
     def classification_loss(self, labels, embeddings):
-        """Cross-entropy of the cosine softmax: ``s * cos(e_i, c_j)`` logits (B, identities), averaged."""
+        """Cross-entropy of the cosine softmax: ``s * cos(e_i, c_j)`` logits (B, identities) with the head's margin, averaged."""
         return tf.reduce_mean(self.classification_losses(labels, embeddings))
 
     def classification_losses(self, labels, embeddings):
@@ -153,8 +172,9 @@ class EmbeddingTrainer(keras.Model):
             losses, _ = self.drawn_classification_losses(labels, embeddings)
             return losses
         centres = tf.math.l2_normalize(self.class_centres, axis=0)  # (D, identities)
-        logits = self.scale * tf.matmul(tf.math.l2_normalize(embeddings, axis=1), centres)  # (B, identities)
+        cosines = tf.matmul(tf.math.l2_normalize(embeddings, axis=1), centres)  # (B, identities)
         classes = tf.gather(self._class_of_label, tf.reshape(tf.cast(labels, tf.int64), [-1]))  # (B,)
+        logits = margin_logits(cosines, classes, self.head, self.scale, self.margin)  # (B, identities)
         targets = tf.one_hot(classes, self.num_identities)
         targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_identities
         return tf.nn.softmax_cross_entropy_with_logits(targets, logits)  # (B,)
@@ -202,6 +222,8 @@ class EmbeddingTrainer(keras.Model):
         if self.sampled_classifier is not None:
             raise ValueError("The sampled classifier trains on one device; with replicas, train.classifier_sample "
                              "must be 0 or at least the number of training identities.")
+        if self.cross_batch_memory is not None:
+            raise ValueError(DISTRIBUTE_REFUSAL)
         replicas = context.num_replicas_in_sync
         labels = tf.reshape(labels, [-1])  # (b,)
         # Under MultiWorkerMirroredStrategy a raw input tensor cannot be gathered ("destinations can not be empty").
@@ -268,8 +290,9 @@ class EmbeddingTrainer(keras.Model):
             if distributed:  # this replica's share: local sums over global counts (Keras does not rescale it)
                 loss, parts = self.replica_losses(labels, embeddings, context)
                 triplet, classification = parts["triplet_loss"], parts["classification_loss"]
-            else:
-                triplet = self.triplet_loss(labels, embeddings)
+            else:  # with a memory, mined against its contents before this batch joins them
+                memory = self.cross_batch_memory.contents() if self.cross_batch_memory is not None else {}
+                triplet = self.triplet_loss(labels, embeddings, **memory)
                 if self.sampled_classifier is not None:
                     losses, drawn = self.drawn_classification_losses(labels, embeddings, tape)
                     classification = tf.reduce_mean(losses)
@@ -285,6 +308,8 @@ class EmbeddingTrainer(keras.Model):
             *gradients, block_gradient = tape.gradient(loss, [*variables, drawn[1]])
             self.sampled_classifier.apply_gradient(*drawn, block_gradient, self.optimizer)
             self.optimizer.apply(gradients, variables)
+        if self.cross_batch_memory is not None:
+            self.cross_batch_memory.push(embeddings, labels)
         if distributed:  # the global values, the same on every replica
             loss, triplet, classification = (context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
                                              for value in (loss, triplet, classification))

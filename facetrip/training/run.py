@@ -111,6 +111,9 @@ def _train(config: Config, run_dir: Path, callbacks: Sequence[Any], resume: bool
     chief = is_chief(config.train.distribute)
     resume_point = _resume_point(run_dir) if resume else ResumePoint(None)  # before the data: errors come fast
     data = load_training_data(config, run_dir, resume_point if resume else None, chief)
+    from facetrip.training.cross_batch_memory import check_memory_fits
+
+    check_memory_fits(config.loss.memory_size, len(data.train_faces))
 
     keras.utils.set_random_seed(config.train.seed)
     # Every worker saves at the same moments (saving joins collectives under multi-worker); all but the chief
@@ -279,6 +282,9 @@ def check_trainable(config: Config) -> TrainingChoices:
     check_distribution(config.train.distribute, config.train.replicas, config.train.mining_scope)
     if offline and config.train.distribute != "none":
         raise TrainingError("--distribute trains the online strategies (batch_all, batch_hard, semi_hard), not offline.")
+    from facetrip.training.cross_batch_memory import check_memory_config
+
+    check_memory_config(config.loss.memory_size, offline, config.train.distribute)
     return TrainingChoices(strategy, metric, backbone)
 
 
@@ -415,6 +421,9 @@ def build_trainer(model, config: Config, choices: TrainingChoices, data: Trainin
         statistics=triplet_metrics(margin=margin, metric=metric), warmup_epochs=config.train.warmup_epochs,
         classification_weight=config.train.classification_weight, mining_scope=config.train.mining_scope,
         with_classifier=with_classifier, classifier_sample=classifier_sample, seed=config.train.seed,
+        memory_size=config.loss.memory_size, memory_warmup_steps=config.loss.memory_warmup_steps,
+        classification_head=config.train.classification_head, scale=config.train.classification_scale,
+        classification_margin=config.train.classification_margin,
     )
     trainer.compile(optimizer=build_optimizer(config, data.sampler.batches_per_epoch))
     trainer.optimizer.build(trainer.trainable_variables)  # here, under the strategy's scope, not inside a step
@@ -510,6 +519,7 @@ class RunMetadata:
             "strategy": self.choices.strategy,
             "metric": self.choices.metric,
             "margin": config.loss.margin,
+            "memory": {"size": config.loss.memory_size, "warmup_steps": config.loss.memory_warmup_steps},
             "epochs": config.train.epochs,
             "weight_interpolation": self.interpolation,
             "split": self.data.split.to_dict(),

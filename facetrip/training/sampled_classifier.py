@@ -9,7 +9,8 @@ identities and uniformly drawn others (An et al., "Partial FC", 2021), and the l
 
     loss_i = CE(softmax(s * cos(e_i, c_j) for j in S_t), y_i),   y_i in S_t,  |S_t| = S
 
-with label smoothing spread over the S classes. Only those S centres change, by the
+with label smoothing spread over the S classes (the target logit takes the head's margin,
+ArcFace or CosFace, as in :mod:`facetrip.losses.margin_heads`: the target is always drawn). Only those S centres change, by the
 optimizer's own rule applied to them lazily (:func:`lazy_adam_rows`): the Adam moments of
 the other centres wait until they are drawn again (as TensorFlow Addons' LazyAdam), the
 decoupled weight decay touches the drawn centres only, and LAMB's trust ratio is taken
@@ -22,6 +23,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+
+from facetrip.losses.margin_heads import margin_logits
 
 # Training sets with more identities than this draw a sample of the centres each step (train.classifier_sample).
 DEFAULT_SAMPLE_SIZE = 8192
@@ -49,8 +52,12 @@ def sample_class_columns(classes, num_classes: int, sample_size: int, seed):
     return columns, tf.gather(position, classes)  # (S,), (B,)
 
 
-def cosine_softmax_losses(embeddings, centres, targets, scale: float, label_smoothing: float):
-    """Per-image cross-entropy of ``softmax(s * cos(e_i, c_j))`` against smoothed one-hot targets.
+def cosine_softmax_losses(embeddings, centres, targets, scale: float, label_smoothing: float,
+                          head: str = "cosine", margin: float = 0.0):
+    """Per-image cross-entropy of ``softmax(z_ij)`` against smoothed one-hot targets.
+
+    The logits are those of :func:`~facetrip.losses.margin_heads.margin_logits`: ``s * cos(e_i, c_j)``,
+    the target's with the head's margin (arcface: ``s * cos(theta + m)``; cosface: ``s * (cos(theta) - m)``).
 
     Args:
         embeddings: (B, D) float32.
@@ -58,12 +65,15 @@ def cosine_softmax_losses(embeddings, centres, targets, scale: float, label_smoo
         targets: (B,) int, each image's row in ``centres``.
         scale: s.
         label_smoothing: eps; the target of class j is (1 - eps) [j = y] + eps / C.
+        head: ``"cosine"`` (no margin), ``"arcface"`` or ``"cosface"``.
+        margin: m of arcface (radians) or cosface.
 
     Returns:
         (B,) float32 losses.
     """
-    logits = scale * tf.matmul(tf.math.l2_normalize(embeddings, axis=1),
-                               tf.math.l2_normalize(centres, axis=1), transpose_b=True)  # (B, C)
+    cosines = tf.matmul(tf.math.l2_normalize(embeddings, axis=1),
+                        tf.math.l2_normalize(centres, axis=1), transpose_b=True)  # (B, C)
+    logits = margin_logits(cosines, targets, head, scale, margin)  # (B, C)
     count = tf.shape(centres)[0]
     smoothed = tf.one_hot(targets, count) * (1.0 - label_smoothing) + label_smoothing / tf.cast(count, tf.float32)
     return tf.nn.softmax_cross_entropy_with_logits(smoothed, logits)  # (B,)
@@ -121,15 +131,18 @@ class SampledCosineClassifier(keras.layers.Layer):
         scale: s of the cosine softmax.
         label_smoothing: of the targets, over the S drawn classes.
         seed: of the draws; a step's draw depends on it and the optimizer's step only.
+        head: ``"cosine"``, ``"arcface"`` or ``"cosface"`` (:mod:`facetrip.losses.margin_heads`).
+        margin: m of the arcface or cosface head.
     """
 
     def __init__(self, num_classes: int, dim: int, sample_size: int, scale: float = 16.0,
-                 label_smoothing: float = 0.1, seed: int = 0, **kwargs):
+                 label_smoothing: float = 0.1, seed: int = 0, head: str = "cosine", margin: float = 0.0, **kwargs):
         super().__init__(name=kwargs.pop("name", "sampled_classifier"), **kwargs)
         if not 0 < sample_size <= num_classes:
             raise ValueError(f"sample_size must be in 1..{num_classes}, not {sample_size}.")
         self.num_classes, self.sample_size = int(num_classes), int(sample_size)
         self.scale, self.label_smoothing, self.seed = float(scale), float(label_smoothing), int(seed)
+        self.head, self.margin = str(head), float(margin)
         self.centres = self.add_weight(shape=(num_classes, dim), trainable=False, name="class_centres",
                                        initializer=keras.initializers.RandomNormal(stddev=0.05))
         self.first_moments = self.add_weight(shape=(num_classes, dim), initializer="zeros", trainable=False,
@@ -149,7 +162,8 @@ class SampledCosineClassifier(keras.layers.Layer):
 
     def losses(self, embeddings, block, targets):
         """(B,) cross-entropy of each image over the drawn centres ``block`` (S, D)."""
-        return cosine_softmax_losses(embeddings, block, targets, self.scale, self.label_smoothing)
+        return cosine_softmax_losses(embeddings, block, targets, self.scale, self.label_smoothing, self.head,
+                                     self.margin)
 
     def apply_gradient(self, columns, block, gradient, optimizer) -> None:
         """Update the drawn centres and their moments by ``optimizer``'s rule (call before ``optimizer.apply``).
