@@ -29,6 +29,19 @@ Cases:
 Both baselines are re-implemented here in plain TensorFlow (TF Addons is not imported).
 Inputs: 128-D embeddings drawn from a seeded standard normal and L2-normalised, labels
 P x 4 (P = B / 4 identities of 4 images each), margin 0.2, euclidean distance.
+
+Cross-batch memory (``--memory-sizes``): a separate run that times facetrip's three losses
+with M memory rows (``memory_embeddings`` / ``memory_labels``) against the batch-only loss
+(M = 0: no memory passed) at each B, and reports the ratios; the classic cases are not run::
+
+    .venv/bin/python scripts/bench_losses.py --sizes 64 512 --memory-sizes 0 4096 65536 \
+        --output docs/reports/bench_losses_memory.md
+
+The memory is M further seeded 128-D unit embeddings; its labels are drawn uniformly from
+P + M / 4 identities (the batch's P and M / 4 others), so each identity, the batch's
+included, has about 4 memory rows: every anchor has positives and negatives in the memory.
+The gradient is w.r.t. the batch's embeddings only (memory rows carry none). Repeats are
+capped at 3 where B (B + M) > 8M entries.
 """
 
 from __future__ import annotations
@@ -200,6 +213,21 @@ def classic_semi_hard(labels, embeddings, margin: float):
 # ================================================================================= worker
 
 
+def make_memory(batch_size: int, memory_size: int, seed: int):
+    """Seeded (memory labels (M,) int32, L2-normalised memory embeddings (M, 128) float32), numpy.
+
+    Labels are uniform over P + M / 4 identities (ids 0 .. P - 1 are the batch's).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    embeddings = rng.standard_normal((memory_size, EMBEDDING_DIM)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    pool = batch_size // IMAGES_PER_IDENTITY + memory_size // IMAGES_PER_IDENTITY
+    labels = rng.integers(0, pool, size=memory_size).astype(np.int32)
+    return labels, embeddings
+
+
 def make_inputs(batch_size: int, seed: int):
     """Seeded (labels (B,) int32, L2-normalised embeddings (B, 128) float32) as numpy arrays."""
     import numpy as np
@@ -213,16 +241,23 @@ def make_inputs(batch_size: int, seed: int):
     return labels, embeddings
 
 
-def loss_function(case: str):
-    """A function ``(labels, embeddings) -> (loss, fraction or None)`` for one case."""
+def loss_function(case: str, memory=None):
+    """A function ``(labels, embeddings) -> (loss, fraction or None)`` for one case.
+
+    ``memory``: optional ``{"memory_embeddings": ..., "memory_labels": ...}`` for facetrip's losses.
+    """
     from facetrip import losses
 
+    memory = memory or {}
+    if memory and case not in OURS:
+        raise ValueError(f"{case} takes no cross-batch memory.")
     if case == "batch_all":
-        return lambda labels, embeddings: losses.batch_all_triplet_loss(labels, embeddings, MARGIN)
+        return lambda labels, embeddings: losses.batch_all_triplet_loss(labels, embeddings, MARGIN, **memory)
     if case == "batch_hard":
-        return lambda labels, embeddings: (losses.batch_hard_triplet_loss(labels, embeddings, MARGIN), None)
+        return lambda labels, embeddings: (losses.batch_hard_triplet_loss(labels, embeddings, MARGIN, **memory), None)
     if case == "semi_hard":
-        return lambda labels, embeddings: (losses.batch_semi_hard_triplet_loss(labels, embeddings, MARGIN), None)
+        return lambda labels, embeddings: (
+            losses.batch_semi_hard_triplet_loss(labels, embeddings, MARGIN, **memory), None)
     if case == "classic_batch_all":
         return lambda labels, embeddings: classic_batch_all(labels, embeddings, MARGIN)
     if case == "classic_semi_hard":
@@ -230,14 +265,19 @@ def loss_function(case: str):
     raise ValueError(f"Unknown case {case!r}: choose from {', '.join(CASES)}.")
 
 
-def measure_case(case: str, batch_size: int, repeats: int, seed: int) -> dict:
-    """Time forward + backward of one case at one B in this process; returns the measurements."""
+def measure_case(case: str, batch_size: int, repeats: int, seed: int, memory_size: int = 0) -> dict:
+    """Time forward + backward of one case at one B (with M = ``memory_size`` memory rows) in this process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
     import tensorflow as tf
 
-    loss_fn = loss_function(case)
+    memory = None
+    if memory_size > 0:
+        memory_labels_np, memory_embeddings_np = make_memory(batch_size, memory_size, seed)
+        memory = {"memory_embeddings": tf.constant(memory_embeddings_np),  # (M, 128)
+                  "memory_labels": tf.constant(memory_labels_np)}  # (M,)
+    loss_fn = loss_function(case, memory)
     labels_np, embeddings_np = make_inputs(batch_size, seed)
     labels = tf.constant(labels_np)  # (B,)
     embeddings = tf.constant(embeddings_np)  # (B, 128)
@@ -307,10 +347,13 @@ def default_repeats(batch_size: int) -> int:
     return 2
 
 
-def run_case(case: str, batch_size: int, repeats: int, seed: int, memory_cap: int, timeout_s: float) -> Outcome:
+def run_case(case: str, batch_size: int, repeats: int, seed: int, memory_cap: int, timeout_s: float,
+             memory_size: int = 0) -> Outcome:
     """Run one worker subprocess, killing it past ``memory_cap`` bytes of RSS or ``timeout_s``."""
-    run = run_worker(__file__, ["--worker", case, str(batch_size), "--repeats", str(repeats), "--seed", str(seed)],
-                     timeout_s, memory_cap)
+    arguments = ["--worker", case, str(batch_size), "--repeats", str(repeats), "--seed", str(seed)]
+    if memory_size:
+        arguments += ["--worker-memory", str(memory_size)]
+    run = run_worker(__file__, arguments, timeout_s, memory_cap)
     outcome = Outcome(case, batch_size, status="", max_rss_seen=run.max_rss_seen, wall_s=run.wall_s)
     if run.result is None:
         outcome.status = run.stopped or f"error ({run.exit_reason()})"
@@ -465,6 +508,90 @@ def target_checks(outcomes) -> list[str]:
 # =================================================================================== main
 
 
+# ======================================================================= cross-batch memory
+
+
+def memory_repeats(batch_size: int, memory_size: int, requested: int | None) -> int:
+    """Timed repeats with a memory: as requested (default as without one), at most 3 past 8M entries."""
+    repeats = requested or default_repeats(batch_size)
+    return min(repeats, 3) if batch_size * (batch_size + memory_size) > 8_000_000 else repeats
+
+
+def memory_table(outcomes: dict[tuple[str, int, int], Outcome], sizes, memory_sizes, cases) -> str:
+    """The markdown table of the memory run: each (B, case, M) with its ratios to M = 0 (batch-only)."""
+    rows = []
+    for batch_size in sizes:
+        for case in cases:
+            reference = outcomes.get((case, batch_size, 0))
+            for memory_size in memory_sizes:
+                outcome = outcomes.get((case, batch_size, memory_size))
+                if outcome is None:
+                    continue
+                result = outcome.result
+                if not outcome.ok:
+                    peak = (f">= {gib(outcome.max_rss_seen)}" if outcome.killed_at_cap
+                            else gib(result.get("peak_rss") or outcome.max_rss_seen or None))
+                    rows.append([batch_size, case, f"{memory_size:,}", outcome.status, "", "", peak, "", "", "", ""])
+                    continue
+                time_ratio = memory_ratio = incremental_ratio = ""
+                incremental = result["peak_rss"] - result["baseline_rss"]
+                if reference is not None and reference.ok and memory_size:
+                    ref = reference.result
+                    time_ratio = f"{result['median_s'] / ref['median_s']:.2f}x"
+                    memory_ratio = f"{result['peak_rss'] / ref['peak_rss']:.2f}x"
+                    incremental_ratio = f"{incremental / max(ref['peak_rss'] - ref['baseline_rss'], 1):.1f}x"
+                status = "ok" if result.get("gradient_finite", True) else "ok (NON-FINITE GRADIENT)"
+                rows.append([batch_size, case, f"{memory_size:,}" if memory_size else "0 (batch-only)", status,
+                             _seconds(result["median_s"]), _seconds(result["min_s"]), gib(result["peak_rss"]),
+                             gib(incremental), time_ratio, memory_ratio, incremental_ratio])
+    header = ["B", "case", "M", "status", "fwd+bwd median (s)", "min (s)", "peak RSS (GiB)", "incr. RSS (GiB)",
+              "time vs M=0", "peak RSS vs M=0", "incr. RSS vs M=0"]
+    return "\n".join(markdown_table(header, rows, "rlllrrrrrrr"))
+
+
+def memory_main(args) -> int:
+    """The ``--memory-sizes`` run: facetrip's losses with a cross-batch memory vs the batch-only loss."""
+    memory_cap = int(args.memory_cap_gib * GIB)
+    cases = [case for case in OURS if case in args.cases]
+    memory_sizes = sorted(set(args.memory_sizes) | {0})  # M = 0 is the reference
+    outcomes: dict[tuple[str, int, int], Outcome] = {}
+    for batch_size in args.sizes:
+        for case in cases:
+            for memory_size in memory_sizes:
+                repeats = memory_repeats(batch_size, memory_size, args.repeats)
+                outcome = run_case(case, batch_size, repeats, args.seed, memory_cap, args.timeout, memory_size)
+                outcomes[(case, batch_size, memory_size)] = outcome
+                detail = (f"median {outcome.result['median_s']:.4f} s, peak {gib(outcome.result['peak_rss'])} GiB, "
+                          f"loss {outcome.result['loss']:.6g}") if outcome.ok else outcome.result.get("error", "")
+                print(f"[{outcome.wall_s:6.1f} s] B={batch_size:<5} M={memory_size:<6} {case:<11} "
+                      f"{outcome.status:<10} {detail}", file=sys.stderr, flush=True)
+
+    tf_version = next((o.result["tf_version"] for o in outcomes.values() if o.ok), "?")
+    command = (f".venv/bin/python scripts/bench_losses.py --sizes {' '.join(map(str, args.sizes))} "
+               f"--memory-sizes {' '.join(map(str, args.memory_sizes))}"
+               + (f" --repeats {args.repeats}" if args.repeats else "")
+               + (f" --output {args.output}" if args.output else ""))
+    report = "\n".join([
+        "## Triplet-loss benchmark: cross-batch memory",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `{command}` - TensorFlow {tf_version}, {os.cpu_count()} CPU "
+        f"cores, embeddings {EMBEDDING_DIM}-D L2-normalised (seed {args.seed}), labels P x {IMAGES_PER_IDENTITY}, "
+        f"margin {MARGIN}, euclidean. M memory rows: further {EMBEDDING_DIM}-D unit embeddings, labels uniform over "
+        f"P + M / {IMAGES_PER_IDENTITY} identities (the batch's included), passed as `memory_embeddings` / "
+        "`memory_labels`; M = 0 is the batch-only loss (no memory passed). Forward + backward (gradient w.r.t. the "
+        "batch's embeddings) in a tf.function, one process per row, one warm-up call then timed calls "
+        f"({args.repeats or 5} at B <= 512, at most 3 where B (B + M) > 8M); memory cap {args.memory_cap_gib:g} GiB, "
+        f"timeout {args.timeout:g} s.",
+        "Peak RSS is the whole process (`ru_maxrss`); incremental = peak - RSS after the TF import and input creation "
+        "(the memory's inputs included in that baseline). Ratios are to the same case and B with M = 0.",
+        "",
+        memory_table(outcomes, args.sizes, memory_sizes, cases),
+    ])
+    print(report, flush=True)
+    write_report(args.output, report + "\n")
+    return 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -476,7 +603,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="kill a worker after this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the embeddings")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=None,
+                        help="cross-batch memory run: M memory rows per case (0 = batch-only, the reference); "
+                             "runs batch_all, batch_hard, semi_hard only")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "B"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-memory", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -485,8 +616,13 @@ def main(argv=None) -> int:
     if args.worker:
         case, batch_size = args.worker[0], int(args.worker[1])
         repeats = args.repeats or default_repeats(batch_size)
-        report_from_worker(lambda: measure_case(case, batch_size, repeats, args.seed), {"case": case, "B": batch_size})
+        if args.worker_memory:
+            repeats = memory_repeats(batch_size, args.worker_memory, args.repeats)
+        report_from_worker(lambda: measure_case(case, batch_size, repeats, args.seed, args.worker_memory),
+                           {"case": case, "B": batch_size, "M": args.worker_memory})
         return 0
+    if args.memory_sizes is not None:
+        return memory_main(args)
 
     memory_cap = int(args.memory_cap_gib * GIB)
     cases = [case for case in CASES if case in args.cases]
