@@ -123,6 +123,10 @@ class TrainConfig:
     # After calibration, the saved threshold's false-accept rate on this source's people, never trained on ("" = off;
     # skipped when it is the training source): facetrip/evaluation/stranger_check.py
     stranger_check: str = "orl_faces"
+    # Replay: also train on this source's people (in-the-wild photos of others), a share of each P x K batch's
+    # identities, so fine-tuning forgets less ("" = off): facetrip/training/replay.py
+    replay: str = ""
+    replay_share: float = 0.25  # the share of each batch's identities drawn from train.replay, in [0, 1)
     checkpoint_seconds: float = 30.0  # save model + backup at the first epoch end this long after the last save
     seed: int = 0
     distribute: str = "none"  # none | mirrored (every local GPU, or --replicas CPU devices) | multi-worker (TF_CONFIG)
@@ -335,6 +339,7 @@ ALLOWED: dict[str, Allowed] = {
     "train.weight_decay": Allowed(0),
     "train.target_far": Allowed(0, 1, low_open=True, high_open=True),  # a false-accept rate to calibrate to
     "train.checkpoint_seconds": Allowed(0),
+    "train.replay_share": Allowed(0, 1, high_open=True),  # a share of each batch's identities
     "train.seed": Allowed(0, _LARGEST_SEED),
     "train.replicas": Allowed(0, 256),  # 0 = every local GPU (one CPU device without GPUs)
     "identify.false_alarm": Allowed(0, 1, low_open=True, high_open=True),  # a share of strangers named as someone

@@ -142,6 +142,8 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of the model, sampler and augmentation."),
     precision: Optional[str] = typer.Option(None, help="float32 | bf16 (mixed bfloat16)."),
     triplets: Optional[Path] = typer.Option(None, "--triplets", help="With --strategy offline: a `facetrip mine` file for the first epoch."),
+    replay: Optional[str] = typer.Option(None, "--replay", help="Against forgetting: also train on this source's people (others' in-the-wild photos; same forms as --data), a share of every batch's identities."),
+    replay_share: Optional[float] = typer.Option(None, "--replay-share", help="With --replay: the share of each P x K batch's identities drawn from it, in [0, 1) (default 0.25)."),
     memory: Optional[int] = typer.Option(None, "--memory", help="Cross-batch memory: also mine each batch against the last N training embeddings (0 = off; one device, online strategies)."),
     distribute: Optional[str] = typer.Option(None, "--distribute", help="none | mirrored (every local GPU, or --replicas CPU devices) | multi-worker (the cluster in TF_CONFIG)."),
     replicas: Optional[int] = typer.Option(None, "--replicas", help="With --distribute mirrored: the number of replicas (0 = every local GPU; without GPUs the CPU is split into this many devices)."),
@@ -182,6 +184,8 @@ def train(
         "train.precision": precision,
         "loss.offline_triplets": str(triplets) if triplets is not None else None,
         "loss.memory_size": memory,
+        "train.replay": replay,
+        "train.replay_share": replay_share,
         "train.distribute": distribute,
         "train.replicas": replicas,
         "train.mining_scope": mining_scope,
@@ -207,6 +211,8 @@ def train(
             if config.train.distribute == "multi-worker" and run_dir is None:
                 fail("--distribute multi-worker needs --run-dir, the same on every worker.")
             check_source_folder(config.data.source)  # a mistyped folder leaves no run directory behind
+            if config.train.replay:
+                check_source_folder(config.train.replay)
             if run_dir is not None:
                 check_new_run_dir(run_dir, overwrite)  # refuse before writing anything into it
                 run_dir.mkdir(parents=True, exist_ok=True)

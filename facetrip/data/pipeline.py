@@ -162,10 +162,13 @@ def _batch_reader(faces: FaceImages, image_size, channels: int):
     """
     import tensorflow as tf
 
+    from facetrip.data.combined import ChainedColumn
     from facetrip.data.records import RecordColumn
 
     height, width = image_size
-    cache_bytes = PREPARED_CACHE_BYTES if isinstance(faces.encoded, RecordColumn) else PREPROCESSED_CACHE_BYTES
+    on_disk = isinstance(faces.encoded, RecordColumn) or (
+        isinstance(faces.encoded, ChainedColumn) and any(isinstance(part, RecordColumn) for part in faces.encoded.parts))
+    cache_bytes = PREPARED_CACHE_BYTES if on_disk else PREPROCESSED_CACHE_BYTES
     if len(faces) * height * width * channels * 4 <= cache_bytes:
         batches = [images for images, _ in image_dataset(faces, image_size, channels, batch_size=256)]
         images = tf.Variable(tf.concat(batches, axis=0), trainable=False)  # (N, H, W, C)
@@ -181,13 +184,22 @@ def _encoded_reader(faces: FaceImages):
     """A function from (B,) int64 image indices to their (B,) encoded images.
 
     Photos of a prepared set are read from its shards by random access; photos held in
-    memory are looked up in a table of their bytes.
+    memory are looked up in a table of their bytes; photos of two sources
+    (:mod:`facetrip.data.combined`) are read from each, and put back in order.
     """
+    return _column_reader(faces.encoded)
+
+
+def _column_reader(encoded):
+    """:func:`_encoded_reader` of one column of encoded images."""
+    from facetrip.data.combined import ChainedColumn, chained_reader
     from facetrip.data.records import RecordColumn, encoded_image_reader
 
-    if isinstance(faces.encoded, RecordColumn):
-        return encoded_image_reader(faces.encoded)
-    table = _image_table(faces.encoded)
+    if isinstance(encoded, ChainedColumn):
+        return chained_reader(encoded, _column_reader)
+    if isinstance(encoded, RecordColumn):
+        return encoded_image_reader(encoded)
+    table = _image_table(encoded)
     return table.lookup
 
 

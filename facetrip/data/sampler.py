@@ -41,8 +41,9 @@ class PKSampler:
     """
 
     def __init__(self, labels, identities_per_batch: int, images_per_identity: int = 4, seed: int = 0,
-                 steps_per_epoch: int = 0):
-        if identities_per_batch < 2:
+                 steps_per_epoch: int = 0, *, _part_of_batch: bool = False):
+        # _part_of_batch: the identities of one source within a mixed batch (MixedPKSampler), which may be one.
+        if identities_per_batch < (1 if _part_of_batch else 2):
             raise DataError(f"P (identities per batch) must be at least 2 for triplets, not {identities_per_batch}.")
         if images_per_identity < 2:
             raise DataError(f"K (images per identity) must be at least 2 for positive pairs, not {images_per_identity}.")
@@ -120,3 +121,84 @@ class PKSampler:
         positions = (visit[:, np.newaxis] * per_identity + np.arange(per_identity)) % sizes  # (S, K)
         members = shuffled[self._offsets[slots][:, np.newaxis] + positions]  # (S, K)
         return self._image_index[members].reshape(num_batches, per_batch * per_identity).astype(np.int64)
+
+
+class MixedPKSampler:
+    """P x K batches whose identities come from two groups of photos: the training source's and a replay source's.
+
+    Each batch holds ``P_replay = min(P - 1, max(1, round(share * P)))`` identities of the
+    second group (none when ``share`` is 0) and ``P - P_replay`` of the first, each with K
+    images, drawn by a :class:`PKSampler` over each group: a batch is the first group's
+    ``(P - P_replay) K`` indices followed by the second's ``P_replay K``. An epoch is about one
+    pass over the first group's photos, ``round(N_first / ((P - P_replay) K))`` batches (or
+    ``steps_per_epoch``), so the training source is seen as often as without replay.
+
+    Args:
+        labels: (N,) identity label of every photo; the groups share no label.
+        second: (N,) True for the photos of the second group (replay).
+        identities_per_batch: P.
+        images_per_identity: K.
+        share: the share of each batch's identities drawn from the second group, in [0, 1).
+        seed: the same seed gives the same batches.
+        steps_per_epoch: batches per epoch; 0 for about one pass over the first group.
+
+    Raises:
+        DataError: a share outside [0, 1), or a group with too few identities of two or more photos.
+    """
+
+    def __init__(self, labels, second, identities_per_batch: int, images_per_identity: int = 4, share: float = 0.25,
+                 seed: int = 0, steps_per_epoch: int = 0):
+        if not 0.0 <= share < 1.0:
+            raise DataError(f"The replay share must lie in [0, 1), not {share}.")
+        if identities_per_batch < 2:
+            raise DataError(f"P (identities per batch) must be at least 2 for triplets, not {identities_per_batch}.")
+        labels = np.asarray(labels).reshape(-1)
+        second = np.asarray(second, bool).reshape(-1)
+        self.identities_per_batch = int(identities_per_batch)
+        self.images_per_identity = int(images_per_identity)
+        self.seed = int(seed)
+        self.share = float(share)
+        self.second_identities_per_batch = second_group_identities(share, self.identities_per_batch)
+        first_per_batch = self.identities_per_batch - self.second_identities_per_batch
+        self._first_index = np.flatnonzero(~second)  # (N1,)
+        self._second_index = np.flatnonzero(second)  # (N2,)
+        self.first = PKSampler(labels[self._first_index], first_per_batch, images_per_identity, seed=seed,
+                               steps_per_epoch=steps_per_epoch, _part_of_batch=True)
+        self.batches_per_epoch = self.first.batches_per_epoch
+        self.second = (PKSampler(labels[self._second_index], self.second_identities_per_batch, images_per_identity,
+                                 seed=self.seed + SECOND_GROUP_SEED_OFFSET, steps_per_epoch=self.batches_per_epoch,
+                                 _part_of_batch=True)
+                       if self.second_identities_per_batch else None)
+
+    @property
+    def batch_size(self) -> int:
+        return self.identities_per_batch * self.images_per_identity
+
+    @property
+    def num_identities(self) -> int:
+        return self.first.num_identities + (self.second.num_identities if self.second is not None else 0)
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """(batches_per_epoch, P * K) int64 indices into the labels given at construction: each row the first
+        group's identities, each followed by its K images, then the second group's."""
+        first = self._first_index[self.first.epoch(epoch)]  # (batches, (P - P_replay) K)
+        if self.second is None:
+            return first
+        second = self._second_index[self.second.epoch(epoch)]  # (batches, P_replay K)
+        return np.concatenate([first, second], axis=1).astype(np.int64)
+
+
+# The second group's sampler is seeded apart from the first's (their seeds never meet for seeds below 2**32).
+SECOND_GROUP_SEED_OFFSET = 1 << 32
+
+
+def second_group_identities(share: float, identities_per_batch: int) -> int:
+    """Identities of a :class:`MixedPKSampler` batch drawn from the second group.
+
+    Returns:
+        ``min(P - 1, max(1, round(share * P)))`` for ``share > 0`` (at least one, and one
+        identity left for the first group), else 0.
+    """
+    if share <= 0:
+        return 0
+    return min(identities_per_batch - 1, max(1, int(round(share * identities_per_batch))))

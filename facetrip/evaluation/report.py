@@ -75,11 +75,12 @@ def run_split(run_dir: str | Path, metadata: dict) -> dict[str, list[str]]:
     """The run's identity split from ``split.json`` (checked against ``metadata.json``).
 
     Returns:
-        ``{"train": [...], "dev": [...], "test": [...]}``.
+        ``{"train": [...], "dev": [...], "test": [...], "replay": [...]}``: ``replay`` lists the
+        people of another source the run also trained on (``replay.json``, from ``train.replay``).
 
     Raises:
-        EvaluationError: no split, the two files disagree, or the split is not identity-disjoint
-            between train and test.
+        EvaluationError: no split, the two files disagree, the split is not identity-disjoint
+            between train and test, or the replay people of a run that records replay are unknown.
     """
     from facetrip.runs import METADATA_FILE, SPLIT_FILE
 
@@ -111,7 +112,33 @@ def run_split(run_dir: str | Path, metadata: dict) -> dict[str, list[str]]:
                     f"The {name} identities of {split_path} and {Path(run_dir) / METADATA_FILE} differ: "
                     f"the run directory was edited, so which identities were trained on is unknown."
                 )
+    parts["replay"] = _replay_identities(Path(run_dir), metadata)
     return parts
+
+
+def _replay_identities(run_dir: Path, metadata: dict) -> list[str]:
+    """The names of the replay people in ``replay.json``; none for a run without replay."""
+    from facetrip.runs import REPLAY_FILE
+
+    path = run_dir / REPLAY_FILE
+    if not path.exists():
+        if metadata.get("replay"):
+            raise EvaluationError(f"{run_dir} trained with replay but has no {REPLAY_FILE}: which people it was "
+                                  "trained on is unknown.")
+        return []
+    try:
+        record = read_untrusted_json(path, SPLIT_SIZE_LIMIT, "replay record")
+    except UntrustedFileError as error:
+        raise EvaluationError(f"{error}.") from None
+    names = record.get("identities") if isinstance(record, dict) else None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise EvaluationError(f"{path} is not a replay record facetrip writes (it needs a list of identity names).")
+    return names
+
+
+def trained_identities(split: dict[str, list[str]]) -> list[str]:
+    """Every identity a run trained on, by name: its training split and its replay people."""
+    return [*split["train"], *split.get("replay", [])]
 
 
 def image_index_by_name_and_number(file_names, labels, identity_names) -> dict[tuple[str, int], int]:
@@ -480,7 +507,7 @@ def evaluate_run(
         pairs = verification_bin_pairs(bin_same, parse_source(source).name)
         evaluated_identities = []
     elif named is not None:
-        trained_on = set(split["train"]) & (set(named.first_names) | set(named.second_names))
+        trained_on = set(trained_identities(split)) & (set(named.first_names) | set(named.second_names))
         if trained_on:
             raise EvaluationError(
                 f"{len(trained_on)} identities of {pairs_file} are training identities of {run_dir} "
@@ -489,7 +516,7 @@ def evaluate_run(
         pairs = pairs_from_file(named, faces, pairs_file)
         evaluated_identities = sorted(set(named.first_names) | set(named.second_names))
     elif other_source:
-        evaluated_identities, left_out = identities_of_another_source(faces, split["train"])
+        evaluated_identities, left_out = identities_of_another_source(faces, trained_identities(split))
         if not evaluated_identities:
             raise EvaluationError(
                 f"All {len(left_out)} identities of {faces.source} are named like training identities of {run_dir} "

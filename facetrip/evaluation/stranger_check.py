@@ -96,6 +96,8 @@ def check_threshold_on_strangers(model, threshold: float | None, config, metric:
     try:
         if is_same_source(source, config.data.source):
             return {"source": source, "skipped": "the run trains on these people"}
+        if config.train.replay and is_same_source(source, config.train.replay):
+            return {"source": source, "skipped": "the run trains on these people (train.replay)"}
         faces, _ = load_model_faces(source, data_dir=config.data.data_dir or None, face_chips=config.data.face_chips)
     except (DataError, OSError, ValueError) as error:
         logger.warning("The threshold was not checked on the strangers of %s: %s", source, error)

@@ -7,6 +7,7 @@
       metadata.json      facetrip version, image size, channels, metric, margin, threshold, ...
       config.toml        the config the run used
       split.json         which identities went to train / dev / test
+      replay.json        with train.replay: the replay source and the people of it trained on
       metrics.csv        one row per epoch
       metrics.json       `facetrip evaluate`: model and baselines on the test identities
       roc.png            `facetrip evaluate`: their ROC curves
@@ -28,6 +29,8 @@ METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.toml"
 
 SPLIT_FILE = "split.json"
+
+REPLAY_FILE = "replay.json"
 
 METRICS_FILE = "metrics.csv"
 

@@ -285,6 +285,9 @@ def check_trainable(config: Config) -> TrainingChoices:
     from facetrip.training.cross_batch_memory import check_memory_config
 
     check_memory_config(config.loss.memory_size, offline, config.train.distribute)
+    from facetrip.training.replay import check_replay_config
+
+    check_replay_config(config.train.replay, config.train.replay_share, offline, config.data.source)
     return TrainingChoices(strategy, metric, backbone)
 
 
@@ -306,8 +309,10 @@ class TrainingData:
         faces: every photo of the source, as the model reads it (face chips when the run uses them).
         chip_report: how the photos' faces were found (None without face chips).
         split: the identity split (train / dev / test).
-        train_faces: the training identities' photos (with blended identities, if any).
-        sampler: the P x K sampler over ``train_faces``.
+        train_faces: the training identities' photos (with blended identities, if any), then
+            the replay people's (with ``train.replay``).
+        sampler: the P x K sampler over ``train_faces`` (mixing in the replay people's).
+        replay: the run's :class:`~facetrip.training.replay.Replay`, or None.
     """
 
     faces: Any
@@ -315,6 +320,7 @@ class TrainingData:
     split: Any
     train_faces: Any
     sampler: Any
+    replay: Any = None
 
 
 def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint | None,
@@ -334,6 +340,7 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
     from facetrip.data import PKSampler, split_identities
     from facetrip.data.records import load_model_faces, logged_progress
     from facetrip.data.synthetic import blended_identities
+    from facetrip.training.replay import load_replay, replay_training_photos, write_replay_record
 
     faces, chip_report = load_model_faces(config.data.source, data_dir=config.data.data_dir or None,
                                           face_chips=config.data.face_chips, aligned=config.data.aligned,
@@ -358,11 +365,17 @@ def load_training_data(config: Config, run_dir: Path, resume_point: ResumePoint 
     elif config.augment.blended_identities:
         logger.warning("augment.blended_identities = %d is ignored: augmentation is off (augment.enabled = false).",
                        config.augment.blended_identities)
-    sampler = PKSampler(
-        train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity, seed=config.train.seed,
-        steps_per_epoch=config.train.steps_per_epoch,
-    )
-    return TrainingData(faces, chip_report, split, train_faces, sampler)
+    replay = load_replay(config, faces)
+    if replay is not None:
+        if writes:
+            write_replay_record(run_dir, replay)
+        train_faces, sampler = replay_training_photos(train_faces, replay, config)
+    else:
+        sampler = PKSampler(
+            train_faces.labels, config.sampler.identities_per_batch, config.sampler.images_per_identity,
+            seed=config.train.seed, steps_per_epoch=config.train.steps_per_epoch,
+        )
+    return TrainingData(faces, chip_report, split, train_faces, sampler, replay)
 
 
 def build_model(config: Config, backbone: str):
@@ -520,6 +533,7 @@ class RunMetadata:
             "metric": self.choices.metric,
             "margin": config.loss.margin,
             "memory": {"size": config.loss.memory_size, "warmup_steps": config.loss.memory_warmup_steps},
+            "replay": self.data.replay.record() if self.data.replay is not None else None,
             "epochs": config.train.epochs,
             "weight_interpolation": self.interpolation,
             "split": self.data.split.to_dict(),

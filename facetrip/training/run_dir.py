@@ -18,6 +18,7 @@ from facetrip.runs import (
     METRICS_FILE,
     MODEL_FILE,
     ROC_PLOT_FILE,
+    REPLAY_FILE,
     SPLIT_FILE,
     atomic_write_text,
     run_lock,
@@ -58,7 +59,7 @@ def is_facetrip_run(run_dir: Path) -> bool:
 
 def _files_training_writes(run_dir: Path) -> list[Path]:
     """The files training and its evaluation write in a run directory, whose old versions they replace."""
-    fixed = [CONFIG_FILE, SPLIT_FILE, METADATA_FILE, MODEL_FILE, METRICS_FILE, CURVES_FILE, EVALUATION_FILE, ROC_PLOT_FILE]
+    fixed = [CONFIG_FILE, SPLIT_FILE, REPLAY_FILE, METADATA_FILE, MODEL_FILE, METRICS_FILE, CURVES_FILE, EVALUATION_FILE, ROC_PLOT_FILE]
     return [run_dir / name for name in fixed] + checkpoint_files(run_dir / BACKUP_DIR)
 
 
