@@ -80,7 +80,7 @@ class LossConfig:
     metric: str = "euclidean"  # euclidean | squared | cosine
     offline_triplets: str = ""  # offline only: a `facetrip mine` file for the first epoch ("" = mine)
     # Cross-batch memory (XBM): also mine against the last N training embeddings (0 = off):
-    # facetrip/training/cross_batch_memory.py; at most the training photos, one device, online strategies.
+    # facetrip/training/cross_batch_memory.py; at most the training photos, online strategies.
     memory_size: int = 0
     memory_warmup_steps: int = 0  # steps trained before the memory switches on
 

@@ -144,7 +144,7 @@ def train(
     triplets: Optional[Path] = typer.Option(None, "--triplets", help="With --strategy offline: a `facetrip mine` file for the first epoch."),
     replay: Optional[str] = typer.Option(None, "--replay", help="Against forgetting: also train on this source's people (others' in-the-wild photos; same forms as --data), a share of every batch's identities."),
     replay_share: Optional[float] = typer.Option(None, "--replay-share", help="With --replay: the share of each P x K batch's identities drawn from it, in [0, 1) (default 0.25)."),
-    memory: Optional[int] = typer.Option(None, "--memory", help="Cross-batch memory: also mine each batch against the last N training embeddings (0 = off; one device, online strategies)."),
+    memory: Optional[int] = typer.Option(None, "--memory", help="Cross-batch memory: also mine each batch against the last N training embeddings (0 = off; online strategies; with --distribute, the same memory of global batches on every replica)."),
     distribute: Optional[str] = typer.Option(None, "--distribute", help="none | mirrored (every local GPU, or --replicas CPU devices) | multi-worker (the cluster in TF_CONFIG)."),
     replicas: Optional[int] = typer.Option(None, "--replicas", help="With --distribute mirrored: the number of replicas (0 = every local GPU; without GPUs the CPU is split into this many devices)."),
     mining_scope: Optional[str] = typer.Option(None, "--mining-scope", help="With several replicas: global (mine over the whole P x K batch, as one device would) | replica (each replica's rows only)."),

@@ -10,6 +10,11 @@ fast to be compared with later ones (Wang et al., CVPR 2020, start the memory la
 The memory lives in non-trainable variables of fixed shape (embeddings, labels, rows
 pushed, steps seen), outside the gradient; they are saved with the trainer's weights, so
 a checkpoint holds the memory and ``--resume`` continues with it.
+
+Under ``tf.distribute`` every replica pushes the whole global batch (its rows gathered
+from every replica, in replica order), so every replica holds the same memory, the one a
+single device training on the global batches would hold; the variables are written with
+the first replica's value (``only_first_replica``), which every replica shares.
 """
 
 from __future__ import annotations
@@ -20,29 +25,21 @@ import tensorflow as tf
 from facetrip.losses.memory import memory_contents, memory_enqueue
 from facetrip.training.errors import TrainingError
 
-# Why a memory is refused with several replicas: each replica would hold a different one.
-DISTRIBUTE_REFUSAL = ("loss.memory_size (--memory) is not yet supported with distribute: train on one device "
-                      "(train.distribute = none), or set loss.memory_size = 0.")
-
-
-def check_memory_config(memory_size: int, offline: bool, distribute: str) -> None:
+def check_memory_config(memory_size: int, offline: bool) -> None:
     """Refuse a memory the run cannot use, in one line, before any data is loaded.
 
     Args:
         memory_size: ``loss.memory_size`` (0: off).
         offline: the run trains on offline triplets.
-        distribute: ``train.distribute``.
 
     Raises:
-        TrainingError: a memory with the offline strategy, or with ``tf.distribute``.
+        TrainingError: a memory with the offline strategy.
     """
     if memory_size <= 0:
         return
     if offline:
         raise TrainingError("loss.memory_size (--memory) mines online batches against earlier ones: choose an online "
                             "strategy (batch_all, batch_hard, semi_hard), not offline, or set it to 0.")
-    if distribute != "none":
-        raise TrainingError(DISTRIBUTE_REFUSAL)
 
 
 def check_memory_fits(memory_size: int, training_photos: int) -> None:
@@ -83,12 +80,13 @@ class CrossBatchMemory(keras.layers.Layer):
         if capacity <= 0 or warmup_steps < 0:
             raise ValueError(f"A memory needs a capacity > 0 and warm-up steps >= 0, not {capacity}, {warmup_steps}.")
         self.capacity, self.embedding_dim, self.warmup_steps = int(capacity), int(embedding_dim), int(warmup_steps)
-        self.memory_embeddings = self.add_weight(shape=(self.capacity, self.embedding_dim), initializer="zeros",
-                                                 dtype="float32", trainable=False, name="memory_embeddings")
-        self.memory_labels = self.add_weight(shape=(self.capacity,), initializer="zeros", dtype="int64",
-                                             trainable=False, name="memory_labels")
-        self.pushed = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="pushed")
-        self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="steps")
+        # every replica pushes the same global batch: the first replica's value is everyone's
+        shared = {"trainable": False, "initializer": "zeros", "aggregation": "only_first_replica"}
+        self.memory_embeddings = self.add_weight(shape=(self.capacity, self.embedding_dim), dtype="float32",
+                                                 name="memory_embeddings", **shared)
+        self.memory_labels = self.add_weight(shape=(self.capacity,), dtype="int64", name="memory_labels", **shared)
+        self.pushed = self.add_weight(shape=(), dtype="int64", name="pushed", **shared)
+        self.steps = self.add_weight(shape=(), dtype="int64", name="steps", **shared)
         self.built = True
 
     def contents(self) -> dict[str, tf.Tensor]:

@@ -32,7 +32,7 @@ import tensorflow as tf
 from facetrip.losses import TripletStatistic, triplet_batch_statistics
 from facetrip.losses.global_batch import global_batch_triplet_sums, normalised_share
 from facetrip.losses.margin_heads import margin_logits, resolve_head
-from facetrip.training.cross_batch_memory import DISTRIBUTE_REFUSAL, CrossBatchMemory
+from facetrip.training.cross_batch_memory import CrossBatchMemory
 from facetrip.training.sampled_classifier import SampledCosineClassifier
 
 MINING_SCOPES = ("global", "replica")
@@ -222,8 +222,6 @@ class EmbeddingTrainer(keras.Model):
         if self.sampled_classifier is not None:
             raise ValueError("The sampled classifier trains on one device; with replicas, train.classifier_sample "
                              "must be 0 or at least the number of training identities.")
-        if self.cross_batch_memory is not None:
-            raise ValueError(DISTRIBUTE_REFUSAL)
         replicas = context.num_replicas_in_sync
         labels = tf.reshape(labels, [-1])  # (b,)
         # Under MultiWorkerMirroredStrategy a raw input tensor cannot be gathered ("destinations can not be empty").
@@ -232,14 +230,23 @@ class EmbeddingTrainer(keras.Model):
         global_size = tf.cast(tf.reduce_sum(sizes), embeddings.dtype)
         global_labels = context.all_gather(tf.identity(labels), axis=0)  # (B,)
         global_embeddings = context.all_gather(tf.identity(embeddings), axis=0)  # (B, D); backward: all-reduce, own rows
+        # the same memory on every replica (it holds global batches): the columns after the global batch's
+        memory = self.cross_batch_memory.contents() if self.cross_batch_memory is not None else {}
         if self.mining_scope == "global":
-            sums = global_batch_triplet_sums(labels, embeddings, global_labels, global_embeddings, offset,
+            column_labels, column_embeddings = global_labels, global_embeddings  # (B,), (B, D)
+            if memory:
+                column_labels = tf.concat([column_labels, tf.cast(memory["memory_labels"], column_labels.dtype)],
+                                          axis=0)  # (B + H,)
+                column_embeddings = tf.concat(
+                    [column_embeddings, tf.stop_gradient(tf.cast(memory["memory_embeddings"], embeddings.dtype))],
+                    axis=0)  # (B + H, D)
+            sums = global_batch_triplet_sums(labels, embeddings, column_labels, column_embeddings, offset,
                                              strategy=self.triplet_loss.strategy, margin=self.triplet_loss.margin,
                                              metric=self.triplet_loss.metric)
             global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(sums.count))
             triplet = normalised_share(sums, global_count)
-        else:  # each replica mines its own rows; the replicas' losses are averaged
-            triplet = self.triplet_loss(labels, embeddings) / replicas
+        else:  # each replica mines its own rows (and the memory); the replicas' losses are averaged
+            triplet = self.triplet_loss(labels, embeddings, **memory) / replicas
         classification = tf.reduce_sum(self.classification_losses(labels, embeddings)) / global_size
         share = self.loss_weights_now[0] * classification + self.loss_weights_now[1] * triplet
         if self.embedder.losses:
@@ -264,6 +271,8 @@ class EmbeddingTrainer(keras.Model):
             share, parts = self.replica_losses(labels, embeddings, context)
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(share, variables), variables)
+        if self.cross_batch_memory is not None:  # the global batch, as one device training on it pushes
+            self.cross_batch_memory.push(parts["global_embeddings"], parts["global_labels"])
         logs = {name: context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
                 for name, value in (("loss", share), ("triplet_loss", parts["triplet_loss"]),
                                     ("classification_loss", parts["classification_loss"]))}
@@ -308,8 +317,9 @@ class EmbeddingTrainer(keras.Model):
             *gradients, block_gradient = tape.gradient(loss, [*variables, drawn[1]])
             self.sampled_classifier.apply_gradient(*drawn, block_gradient, self.optimizer)
             self.optimizer.apply(gradients, variables)
-        if self.cross_batch_memory is not None:
-            self.cross_batch_memory.push(embeddings, labels)
+        if self.cross_batch_memory is not None:  # distributed: the global batch, the same on every replica
+            self.cross_batch_memory.push(*((parts["global_embeddings"], parts["global_labels"]) if distributed
+                                           else (embeddings, labels)))
         if distributed:  # the global values, the same on every replica
             loss, triplet, classification = (context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
                                              for value in (loss, triplet, classification))

@@ -284,7 +284,7 @@ def check_trainable(config: Config) -> TrainingChoices:
         raise TrainingError("--distribute trains the online strategies (batch_all, batch_hard, semi_hard), not offline.")
     from facetrip.training.cross_batch_memory import check_memory_config
 
-    check_memory_config(config.loss.memory_size, offline, config.train.distribute)
+    check_memory_config(config.loss.memory_size, offline)
     from facetrip.training.replay import check_replay_config
 
     check_replay_config(config.train.replay, config.train.replay_share, offline, config.data.source)

@@ -32,10 +32,11 @@ def embedder():
     return keras.Model(inputs, outputs)
 
 
-def trainer(strategy_name, margin, mining_scope, warmup):
+def trainer(strategy_name, margin, mining_scope, warmup, memory_size=0, memory_warmup_steps=0):
     model = EmbeddingTrainer(embedder(), np.arange(IDENTITIES), TripletLoss(strategy=strategy_name, margin=margin),
                              statistics=triplet_metrics(margin=margin), warmup_epochs=1 if warmup else 0,
-                             classification_weight=0.5, mining_scope=mining_scope)
+                             classification_weight=0.5, mining_scope=mining_scope, memory_size=memory_size,
+                             memory_warmup_steps=memory_warmup_steps)
     model.compile(optimizer=keras.optimizers.SGD(0.2, momentum=0.5))
     model.optimizer.build(model.trainable_variables)
     model.set_epoch(0)
@@ -53,7 +54,7 @@ def pk_batches(rng, shapes):
 
 
 def case(strategy_name, margin="0.2", mining_scope="global", warmup=False, shapes=(16,) * STEPS, special=None,
-         keras_fit=False):
+         keras_fit=False, memory_size=0, memory_warmup_steps=0):
     margin = margin if margin == "soft" else float(margin)
     rng = np.random.default_rng(7)
     batches = pk_batches(rng, shapes)
@@ -62,7 +63,7 @@ def case(strategy_name, margin="0.2", mining_scope="global", warmup=False, shape
         batches = [(images, labels) for images, _ in batches]
 
     keras.utils.set_random_seed(0)
-    single = trainer(strategy_name, margin, mining_scope, warmup)
+    single = trainer(strategy_name, margin, mining_scope, warmup, memory_size, memory_warmup_steps)
     initial = single.get_weights()
     step = tf.function(single.train_step)
     single_logs = [step((tf.constant(images), tf.constant(labels))) for images, labels in batches]
@@ -70,7 +71,7 @@ def case(strategy_name, margin="0.2", mining_scope="global", warmup=False, shape
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(REPLICAS)],
                                               cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
-        mirrored = trainer(strategy_name, margin, mining_scope, warmup)
+        mirrored = trainer(strategy_name, margin, mining_scope, warmup, memory_size, memory_warmup_steps)
         mirrored.set_weights(initial)
         dataset = tf.data.Dataset.from_generator(
             lambda: iter(batches), output_signature=(tf.TensorSpec((None, FEATURES), tf.float32),
@@ -83,7 +84,15 @@ def case(strategy_name, margin="0.2", mining_scope="global", warmup=False, shape
         [v.numpy() for v in single.trainable_variables], [v.numpy() for v in mirrored.trainable_variables]))
     # the single device's last logs are its trackers' means over the epoch, as the mirrored epoch logs
     log_difference = max(abs(history[name][0] - float(value)) for name, value in single_logs[-1].items())
-    return {"max_parameter_difference": difference, "max_log_difference": log_difference,
+    memory = {}
+    if memory_size:  # every replica's copy of the memory against the single device's
+        single_memory = [v.numpy() for v in single.cross_batch_memory.weights]
+        copies = [[np.asarray(local) for local in strategy.experimental_local_results(v.value)]
+                  for v in mirrored.cross_batch_memory.weights]
+        memory = {"max_memory_difference": max(float(np.max(np.abs(np.asarray(copy, np.float64) - theirs)))
+                                               for mine, theirs in zip(copies, single_memory) for copy in mine),
+                  "rows_pushed": int(single.cross_batch_memory.pushed.numpy())}
+    return {**memory, "max_parameter_difference": difference, "max_log_difference": log_difference,
             "finite": bool(np.all(np.isfinite([value for values in history.values() for value in values]))),
             "loss": history["loss"][0]}
 
@@ -111,6 +120,15 @@ CASES = {
     "keras_fit_semi_hard": dict(strategy_name="semi_hard", keras_fit=True),
     "replica_scope_batch_hard": dict(strategy_name="batch_hard", mining_scope="replica"),
     "replica_scope_batch_all": dict(strategy_name="batch_all", mining_scope="replica"),
+    # a memory of 24 rows: full after two steps of 16, then overwritten; the last: on after one step
+    "memory_batch_all": dict(strategy_name="batch_all", memory_size=24),
+    "memory_batch_hard": dict(strategy_name="batch_hard", memory_size=24),
+    "memory_semi_hard": dict(strategy_name="semi_hard", memory_size=24),
+    "memory_batch_hard_soft": dict(strategy_name="batch_hard", margin="soft", memory_size=24),
+    "memory_uneven_batches": dict(strategy_name="batch_hard", shapes=(16, 15, 9, 1), memory_size=24),
+    "memory_keras_fit_semi_hard": dict(strategy_name="semi_hard", keras_fit=True, memory_size=24),
+    "memory_warmup_batch_all": dict(strategy_name="batch_all", memory_size=40, memory_warmup_steps=1),
+    "memory_replica_scope_batch_hard": dict(strategy_name="batch_hard", mining_scope="replica", memory_size=24),
 }
 
 if __name__ == "__main__":

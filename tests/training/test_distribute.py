@@ -18,6 +18,8 @@ from conftest import REPO, TINY, run_cli
 TOLERANCE = 1e-5  # float32, after 4 optimizer steps
 EQUAL_CASES = ("batch_all", "batch_hard", "semi_hard", "batch_all_soft", "batch_hard_soft", "semi_hard_soft",
                "classification_only", "uneven_batches", "no_positive_pair_on_a_replica", "keras_fit_semi_hard")
+MEMORY_CASES = ("memory_batch_all", "memory_batch_hard", "memory_semi_hard", "memory_batch_hard_soft",
+                "memory_uneven_batches", "memory_keras_fit_semi_hard", "memory_warmup_batch_all")
 
 
 def python_subprocess(*arguments, environment=None, timeout=900):
@@ -41,7 +43,24 @@ def test_two_mirrored_replicas_train_exactly_as_one_device_on_the_whole_batch(eq
     assert equality[name]["max_log_difference"] < TOLERANCE
 
 
-@pytest.mark.parametrize("name", ("replica_scope_batch_hard", "replica_scope_batch_all"))
+@pytest.mark.parametrize("name", MEMORY_CASES)
+def test_with_a_cross_batch_memory_every_replica_holds_and_mines_the_single_devices_memory(equality, name):
+    """The memory holds global batches: every replica's copy equals one device's after 4 steps (24 rows: wrapped
+    around; 40 rows switched on after one step), and so do the parameters and the logs."""
+    assert equality[name]["finite"]
+    assert equality[name]["rows_pushed"] == (sum((16, 15, 9, 1)) if "uneven" in name else
+                                             16 * 3 if "warmup" in name else 16 * 4)
+    assert equality[name]["max_memory_difference"] < TOLERANCE
+    assert equality[name]["max_parameter_difference"] < TOLERANCE
+    assert equality[name]["max_log_difference"] < TOLERANCE
+
+
+def test_the_memory_changes_the_distributed_loss(equality):
+    """The same batches and weights without a memory give another loss: the memory's columns are mined."""
+    assert abs(equality["memory_batch_hard"]["loss"] - equality["batch_hard"]["loss"]) > 1e-3
+
+
+@pytest.mark.parametrize("name", ("replica_scope_batch_hard", "replica_scope_batch_all", "memory_replica_scope_batch_hard"))
 def test_replica_scope_mining_is_not_single_device_training(equality, name):
     assert equality[name]["finite"]
     assert equality[name]["max_parameter_difference"] > 100 * TOLERANCE
@@ -84,7 +103,8 @@ def facetrip_subprocess(*arguments, kill_after_first_checkpoint=False, environme
 def test_mirrored_run_checkpoints_resumes_and_loads_on_one_device(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     killed = facetrip_subprocess("--config", TINY, "--run-dir", run_dir, "--data-dir", data_dir, "--distribute",
-                                 "mirrored", "--replicas", "2", "--no-evaluate", kill_after_first_checkpoint=True)
+                                 "mirrored", "--replicas", "2", "--memory", "32", "--no-evaluate",
+                                 kill_after_first_checkpoint=True)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (run_dir / "backup" / "epoch-0001.weights.h5").is_file()
     resumed = facetrip_subprocess("--resume", run_dir, "--no-evaluate")
@@ -93,6 +113,7 @@ def test_mirrored_run_checkpoints_resumes_and_loads_on_one_device(tmp_path, data
 
     metadata = json.loads((run_dir / "metadata.json").read_text())
     assert metadata["distribute"] == {"strategy": "mirrored", "replicas": 2, "mining_scope": "global"}
+    assert metadata["memory"] == {"size": 32, "warmup_steps": 0}
     assert metadata["epochs_completed"] == 2 and metadata["threshold"] is not None
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1"]

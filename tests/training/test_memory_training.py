@@ -144,9 +144,8 @@ def test_a_run_with_memory_trains_and_records_it(tmp_path, data_dir):
 
 @pytest.mark.parametrize("flags, expected", [
     (("--strategy", "offline"), "choose an online strategy"),
-    (("--distribute", "mirrored", "--replicas", "2"), "not yet supported with distribute"),
 ])
-def test_memory_with_offline_or_distribute_is_a_one_line_error(tmp_path, data_dir, flags, expected):
+def test_memory_with_offline_mining_is_a_one_line_error(tmp_path, data_dir, flags, expected):
     result = run_cli("train", "--config", TINY, "--run-dir", tmp_path / "run", "--data-dir", data_dir, "--memory", "8",
                      *flags, "--no-evaluate")
     one_line_error(result, "loss.memory_size", expected)
