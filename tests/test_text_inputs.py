@@ -109,6 +109,8 @@ BAD_CONFIG_VALUES = [
     ("train", "target_far", "1.0", "1.0"),
     ("train", "checkpoint_seconds", "nan", "nan"),
     ("train", "checkpoint_seconds", "-5.0", "-5.0"),
+    ("train", "replay_share", "1.0", "1.0"),
+    ("train", "replay_share", "-0.25", "-0.25"),
     ("train", "weight_interpolation", "1.5", "1.5"),
     ("train", "seed", "4294967296", "4294967296"),
     ("train", "replicas", "257", "257"),
