@@ -83,3 +83,30 @@ def call_within(seconds: float, function, fifo: Path):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def assert_resume_equals_uninterrupted(config, tmp_path) -> None:
+    """Train ``config`` twice: once through, once stopped after epoch 1's checkpoint and resumed; assert the two
+    runs end with the same weights and the same metrics.csv (every loss)."""
+    import keras
+    import numpy as np
+
+    from facetrip.runs import load_embedding_model
+    from facetrip.training import train
+
+    class Interrupt(Exception):
+        pass
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise Interrupt
+
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    train(config, uninterrupted)
+    with pytest.raises(Interrupt):
+        train(config, interrupted, callbacks=[StopAfterFirstEpoch()])
+    train(config, interrupted, resume=True)
+    for mine, theirs in zip(load_embedding_model(interrupted).get_weights(),
+                            load_embedding_model(uninterrupted).get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    assert (interrupted / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()

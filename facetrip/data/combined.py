@@ -73,12 +73,10 @@ class ChainedColumn:
             yield from self._chunk(start, start + _READ_CHUNK)
 
     def __array__(self, dtype=None, copy=None):
+        from facetrip.data.records import column_array
+
         values = list(self)
-        if values and isinstance(values[0], bytes):
-            array = np.empty(len(values), dtype=object)
-            array[:] = values
-            return array
-        return np.asarray(values, dtype=dtype or str)
+        return column_array(values, bool(values) and isinstance(values[0], bytes), dtype)
 
     def tolist(self) -> list:
         return list(self)

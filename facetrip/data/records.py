@@ -69,15 +69,19 @@ class RecordColumn:
                 yield record[self.feature]
 
     def __array__(self, dtype=None, copy=None):
-        values = list(self)
-        if self.feature == "image":
-            array = np.empty(len(values), dtype=object)
-            array[:] = values
-            return array
-        return np.asarray(values, dtype=dtype or str)
+        return column_array(list(self), self.feature == "image", dtype)
 
     def tolist(self) -> list:
         return list(self)
+
+
+def column_array(values: list, encoded: bool, dtype=None) -> np.ndarray:
+    """(N,) a column's values as an array: an object array of bytes for encoded images, else text (or ``dtype``)."""
+    if encoded:
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array
+    return np.asarray(values, dtype=dtype or str)
 
 
 def read_encoded_images(prepared: PreparedSet, positions) -> list[bytes]:

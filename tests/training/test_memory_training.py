@@ -8,7 +8,7 @@ import pytest
 
 import reference
 from conftest import TINY, run_cli
-from helpers import one_line_error
+from helpers import assert_resume_equals_uninterrupted, one_line_error
 from facetrip.losses import TripletLoss
 from facetrip.models import build_embedding_model
 from facetrip.training.embedding_trainer import EmbeddingTrainer
@@ -158,33 +158,14 @@ def test_a_memory_larger_than_the_training_photos_is_a_one_line_error(tmp_path, 
     assert not (tmp_path / "run" / "metrics.csv").exists()  # refused before training started
 
 
-class Interrupt(Exception):
-    """Raised by :class:`StopAfterFirstEpoch` once the first epoch's checkpoint is committed."""
-
-
-class StopAfterFirstEpoch(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        raise Interrupt
-
-
 def test_a_resumed_run_with_memory_ends_as_an_uninterrupted_one(tmp_path, data_dir):
     """Two epochs, the memory switching on mid-way through the second (warm-up 40 steps of about 31 an epoch);
     stopped after epoch 1's checkpoint and resumed, the run ends with the uninterrupted run's weights and losses."""
     from facetrip.config import Config
-    from facetrip.runs import load_embedding_model
-    from facetrip.training import train
 
     config = Config.from_toml(TINY)
     config.set("data.data_dir", data_dir)
     config.set("loss.memory_size", 64)
     config.set("loss.memory_warmup_steps", 40)
     config.set("train.stranger_check", "")
-    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    train(config, uninterrupted)
-    with pytest.raises(Interrupt):
-        train(config, interrupted, callbacks=[StopAfterFirstEpoch()])
-    train(config, interrupted, resume=True)
-    resumed_weights = load_embedding_model(interrupted).get_weights()
-    for mine, theirs in zip(resumed_weights, load_embedding_model(uninterrupted).get_weights()):
-        np.testing.assert_array_equal(mine, theirs)
-    assert (interrupted / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()  # every loss
+    assert_resume_equals_uninterrupted(config, tmp_path)

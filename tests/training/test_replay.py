@@ -2,13 +2,12 @@
 
 import json
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import TINY, run_cli
-from helpers import one_line_error
+from helpers import assert_resume_equals_uninterrupted, one_line_error
 from facetrip.data import DataError, PKSampler
 from facetrip.data.combined import ChainedColumn, chained_faces, chained_reader
 from facetrip.data.sampler import MixedPKSampler, second_group_identities
@@ -148,29 +147,12 @@ def test_replay_people_named_like_training_people_are_left_out(tmp_path, data_di
 
 def test_a_resumed_run_with_replay_ends_as_an_uninterrupted_one(tmp_path, data_dir):
     from facetrip.config import Config
-    from facetrip.runs import load_embedding_model
-    from facetrip.training import train
-
-    class Interrupt(Exception):
-        pass
-
-    class StopAfterFirstEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            raise Interrupt
 
     config = Config.from_toml(TINY)
     config.set("data.data_dir", data_dir)
     config.set("train.replay", f"folder:{people_folder(tmp_path / 'others', people=5)}")
     config.set("train.stranger_check", "")
-    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    train(config, uninterrupted)
-    with pytest.raises(Interrupt):
-        train(config, interrupted, callbacks=[StopAfterFirstEpoch()])
-    train(config, interrupted, resume=True)
-    for mine, theirs in zip(load_embedding_model(interrupted).get_weights(),
-                            load_embedding_model(uninterrupted).get_weights()):
-        np.testing.assert_array_equal(mine, theirs)
-    assert (interrupted / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+    assert_resume_equals_uninterrupted(config, tmp_path)
 
 
 @pytest.mark.parametrize("flags, expected", [
