@@ -104,11 +104,12 @@ def interpolated_run(run_dir: Path, share: float) -> Path:
     return target
 
 
-def pair_distances(run_dir: Path, images: Path, named) -> np.ndarray:
-    """(M,) distances of ``named``'s pairs (CFP split or LFW pairs file) under the run's model.
+def pair_distances(run_dir: Path, images: Path, *pair_sets) -> list[np.ndarray]:
+    """The distances of each pair set (CFP split or LFW pairs file) under the run's model: a (M_i,) array each.
 
-    Only the photos the pairs use are embedded, each as the run's model reads it (its aligned
-    face chip, from the chip cache when it was aligned before).
+    The photos the sets use are embedded once (FF and FP share their frontal photos), each
+    as the run's model reads it (its aligned face chip, from the chip cache when it was
+    aligned before).
     """
     from facetrip.data.records import load_model_faces
     from facetrip.embedding import embed_faces
@@ -119,22 +120,28 @@ def pair_distances(run_dir: Path, images: Path, named) -> np.ndarray:
 
     run = Run.load(run_dir)
     faces, _ = load_model_faces(f"folder:{images}", face_chips=run.face_chips)
-    pairs = pairs_from_file(named, faces, images)
-    used, inverse = np.unique(np.concatenate([pairs.first, pairs.second]), return_inverse=True)
+    indexed = [pairs_from_file(named, faces, images) for named in pair_sets]
+    used, inverse = np.unique(np.concatenate([np.concatenate([pairs.first, pairs.second]) for pairs in indexed]),
+                              return_inverse=True)
     chips, _ = run.prepare_faces(faces.take(used))
     embeddings = embed_faces(run.model, chips, run.image_size, run.channels)  # (U, D)
-    first, second = inverse[: len(pairs)], inverse[len(pairs):]
-    return distances_of_pairs(embeddings.__getitem__, first, second, read_metadata(run_dir)["metric"])  # (M,)
-
-
-def cached_distances(cache: Path, compute) -> np.ndarray:
-    """``compute()``'s distances, kept in ``cache`` (``.npy``) so that a rerun does not embed again."""
-    if cache.is_file():
-        return np.load(cache)
-    distances = compute()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, distances)
+    metric, distances, start = read_metadata(run_dir)["metric"], [], 0
+    for pairs in indexed:
+        first, second = inverse[start: start + len(pairs)], inverse[start + len(pairs): start + 2 * len(pairs)]
+        distances.append(distances_of_pairs(embeddings.__getitem__, first, second, metric))  # (M_i,)
+        start += 2 * len(pairs)
     return distances
+
+
+def cached_distances(caches: list[Path], compute) -> list[np.ndarray]:
+    """``compute()``'s distances, one array per cache file (``.npy``), kept so that a rerun does not embed again."""
+    if all(cache.is_file() for cache in caches):
+        return [np.load(cache) for cache in caches]
+    computed = compute()
+    for cache, distances in zip(caches, computed):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, distances)
+    return computed
 
 
 def fold_scores(distances: np.ndarray, pairs, fold: int) -> dict:
@@ -250,16 +257,16 @@ def main(argv=None) -> int:
 
     def score(run_dir: Path, fold: int, trained_people: set[str], seconds: float | None) -> dict:
         result = {"seconds": seconds}
-        for protocol, pairs in splits.items():
-            distances = cached_distances(scores_dir / f"{run_dir.name}-{protocol}.npy",
-                                         lambda: pair_distances(run_dir, images, pairs))
+        protocol_distances = cached_distances([scores_dir / f"{run_dir.name}-{protocol}.npy" for protocol in splits],
+                                              lambda: pair_distances(run_dir, images, *splits.values()))
+        for (protocol, pairs), distances in zip(splits.items(), protocol_distances):
             result[protocol] = fold_scores(distances, pairs, fold)
         if lfw_pairs is not None:
             left_out = lfw_names_of(trained_people, args.cfp / "in_lfw.txt")
-            run_lfw = cached_distances(scores_dir / f"{run_dir.name}-lfw.npy",
-                                       lambda: pair_distances(run_dir, args.lfw_dir / "images", lfw_pairs))
-            base_lfw = cached_distances(scores_dir / f"{pretrained.name}-lfw.npy",
-                                        lambda: pair_distances(pretrained, args.lfw_dir / "images", lfw_pairs))
+            [run_lfw] = cached_distances([scores_dir / f"{run_dir.name}-lfw.npy"],
+                                         lambda: pair_distances(run_dir, args.lfw_dir / "images", lfw_pairs))
+            [base_lfw] = cached_distances([scores_dir / f"{pretrained.name}-lfw.npy"],
+                                          lambda: pair_distances(pretrained, args.lfw_dir / "images", lfw_pairs))
             result["lfw"], result["lfw_pairs_left_out"] = lfw_accuracy(run_lfw, lfw_pairs, left_out)
             result["lfw_lost"] = lfw_accuracy(base_lfw, lfw_pairs, left_out)[0] - result["lfw"]
         log(f"{run_dir.name} fold {fold + 1}: FP {100 * result['FP']['accuracy']:.2f}%, FF {100 * result['FF']['accuracy']:.2f}%"
