@@ -87,6 +87,7 @@ def train_fold_run(overrides: dict, source: str, run_dir: Path) -> float:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         prepare_run_dir(config, run_dir)
+        log(f"training {run_dir.name} on {source} ...")
         started = time.perf_counter()
         train(config, run_dir)
         timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
@@ -283,7 +284,6 @@ def main(argv=None) -> int:
             name, overrides = parse_variant(text)
             slug = "".join(character if character.isalnum() else "_" for character in name)
             run_dir = args.work_dir / f"{slug}_fold{fold + 1}"
-            log(f"training {name} on fold {fold + 1}'s training people ({len(trained_people)}) ...")
             seconds = train_fold_run(overrides, source, run_dir)
             rows.setdefault(name, []).append(score(run_dir, fold, trained_people, seconds))
             for share in args.interpolations:
