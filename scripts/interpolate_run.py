@@ -5,7 +5,9 @@ Every point of that line can be had from any one run on it: with the run's share
 
     w(a) = w_pretrained + (a / a0) * (w(a0) - w_pretrained),
 
-so this script writes a copy of RUN at share ``a``: the same config, split and training
+or, from a run saved below share 1, from the fine-tuned end it keeps (``fine_tuned_weights.npz``,
+facetrip.runs.fine_tuned_end; the only way from a run saved at share 0), as
+``w(a) = w_pretrained + a * (w_fine_tuned - w_pretrained)``. This script writes a copy of RUN at share ``a``: the same config, split and training
 logs, the model's weights moved along the line, the threshold calibrated again on the
 run's own calibration identities (as ``train`` does), and ``weight_interpolation`` in its
 metadata. Evaluate the copy with ``facetrip evaluate OUT`` or ``scripts/bench_lfw.py --run OUT``.
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
     from facetrip.runs import (CONFIG_FILE, METADATA_FILE, MODEL_FILE, SPLIT_FILE, atomic_write_json,
                                load_embedding_model, read_metadata, save_model_atomically)
     from facetrip.evaluation.threshold import calibrate_threshold
+    from facetrip.runs.fine_tuned_end import FINE_TUNED_WEIGHTS_FILE, load_fine_tuned_weights
+    from facetrip.runs.fine_tuned_end import METADATA_KEY as FINE_TUNED_KEY
 
     if not 0.0 <= args.share <= 1.0:
         parser.error(f"share must lie in [0, 1], not {args.share}")
@@ -71,14 +75,22 @@ def main(argv=None) -> int:
     if resolve_backbone(config.model.backbone) not in PRETRAINED_BACKBONES or not config.train.epochs:
         parser.error(f"{args.run} is not a fine-tuned run of a pretrained backbone")
     share_before = float(metadata.get("weight_interpolation", 1.0))
-    if share_before == 0.0:
-        parser.error(f"{args.run} holds the pretrained weights only (weight_interpolation 0): nothing to move along")
+    kept = metadata.get(FINE_TUNED_KEY)
+    if share_before == 0.0 and kept is None:
+        parser.error(f"{args.run} holds the pretrained weights only (weight_interpolation 0) and keeps no "
+                     f"{FINE_TUNED_WEIGHTS_FILE}: nothing to move along")
 
     model = load_embedding_model(args.run)
     start = pretrained_weights(config)
-    ratio = args.share / share_before
+    if kept is not None:  # the far end itself: w(a) = w_pretrained + a * (w_fine_tuned - w_pretrained)
+        try:
+            far_end, ratio = load_fine_tuned_weights(args.run, kept, model.get_weights()), args.share
+        except ValueError as error:
+            parser.error(str(error))
+    else:  # w(a) = w_pretrained + (a / a0) * (w(a0) - w_pretrained)
+        far_end, ratio = model.get_weights(), args.share / share_before
     moved = [(s + ratio * (np.asarray(w, np.float64) - s)).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w
-             for s, w in ((np.asarray(s, np.float64), w) for s, w in zip(start, model.get_weights()))]
+             for s, w in ((np.asarray(s, np.float64), w) for s, w in zip(start, far_end))]
     model.set_weights(moved)
 
     shutil.copytree(args.run, args.output, ignore=shutil.ignore_patterns(MODEL_FILE, "metrics*.json", "roc*.png", ".*"))

@@ -297,6 +297,30 @@ def test_weight_interpolation_saves_the_point_between_pretrained_and_fine_tuned(
     np.testing.assert_allclose(halfway, (pretrained + fine_tuned) / 2, rtol=0, atol=movement / 100)
     assert np.abs(halfway - fine_tuned).max() > movement / 4  # and the saved kernel is not the fine-tuned one
 
+    # Below share 1 the run also keeps the fine-tuned end, and interpolate_run.py moves along the line from it.
+    from facetrip.runs.fine_tuned_end import FINE_TUNED_WEIGHTS_FILE, load_fine_tuned_weights
+
+    assert not (tmp_path / "1" / FINE_TUNED_WEIGHTS_FILE).exists()
+    model = Run.load(tmp_path / "0.5").model
+    record = json.loads((tmp_path / "0.5" / "metadata.json").read_text())["fine_tuned_weights"]
+    model.set_weights(load_fine_tuned_weights(tmp_path / "0.5", record, model.get_weights()))
+    kept = next(layer for layer in _all_layers(model) if layer.name == "face_resnet").get_layer(
+        "stage5_block1_conv1").get_weights()[0]
+    np.testing.assert_allclose(kept, fine_tuned, rtol=0, atol=movement / 100)
+
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("interpolate_run", REPO / "scripts" / "interpolate_run.py")
+    interpolate_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(interpolate_run)
+    assert interpolate_run.main([str(tmp_path / "0.5"), "1", "-o", str(tmp_path / "moved"), "--data-dir",
+                                 str(data_dir)]) == 0
+    moved = next(layer for layer in _all_layers(Run.load(tmp_path / "moved").model)
+                 if layer.name == "face_resnet").get_layer("stage5_block1_conv1").get_weights()[0]
+    np.testing.assert_allclose(moved, kept, rtol=0, atol=1e-7)
+
 
 @pytest.mark.slow
 def test_auto_weight_interpolation_saves_the_share_its_dev_errors_choose(tmp_path, data_dir):
@@ -329,3 +353,5 @@ def test_auto_weight_interpolation_saves_the_share_its_dev_errors_choose(tmp_pat
         np.testing.assert_array_equal(saved, pretrained)
     else:
         assert np.abs(saved - pretrained).max() > 0
+    # Below share 1 the fine-tuned end is kept (even at 0, where model.keras no longer holds any of it).
+    assert ("fine_tuned_weights" in metadata) == (share < 1) == (run_dir / "fine_tuned_weights.npz").is_file()

@@ -8,6 +8,7 @@
       config.toml        the config the run used
       split.json         which identities went to train / dev / test
       replay.json        with train.replay: the replay source and the people of it trained on
+      fine_tuned_weights.npz  pretrained backbones saved at a share below 1: the fine-tuned end of the line
       metrics.csv        one row per epoch
       metrics.json       `facetrip evaluate`: model and baselines on the test identities
       roc.png            `facetrip evaluate`: their ROC curves

@@ -167,7 +167,8 @@ def _train_under_strategy(config: Config, run_dir: Path, write_dir: Path, callba
         exported_model = load_embedding_model(run_dir)
     extra = {}
     if pretrained_weights is not None:
-        share, extra = _interpolate_weights(exported_model, pretrained_weights, interpolation, data, config, choices)
+        share, extra = _interpolate_weights(exported_model, pretrained_weights, interpolation, data, config, choices,
+                                            run_dir)
         metadata.interpolation = share
         save_model_atomically(exported_model, run_dir / MODEL_FILE)
     weights_trained = config.train.epochs > 0 and metadata.interpolation > 0
@@ -206,13 +207,18 @@ class TrainingChoices:
 
 
 def _interpolate_weights(exported_model, pretrained_weights, setting: float | str, data: "TrainingData",
-                         config: Config, choices: TrainingChoices) -> tuple[float, dict[str, Any]]:
+                         config: Config, choices: TrainingChoices, run_dir: Path) -> tuple[float, dict[str, Any]]:
     """Set ``exported_model`` (holding the fine-tuned weights) to the share ``setting`` names, or to the chosen one.
 
+    Below share 1 the fine-tuned weights are also kept in ``run_dir`` (facetrip.runs.fine_tuned_end),
+    so that another share needs no training.
+
     Returns:
-        ``(share, metadata keys)``: ``weight_interpolation_choice`` when the share was chosen.
+        ``(share, metadata keys)``: ``weight_interpolation_choice`` when the share was chosen,
+        ``fine_tuned_weights`` when the share is below 1.
     """
     from facetrip.models.weight_interpolation import interpolate_weights
+    from facetrip.runs.fine_tuned_end import FINE_TUNED_WEIGHTS_FILE, METADATA_KEY, save_fine_tuned_weights
     from facetrip.training.weight_choice import choose_weight_interpolation
 
     fine_tuned_weights = exported_model.get_weights()
@@ -226,6 +232,10 @@ def _interpolate_weights(exported_model, pretrained_weights, setting: float | st
         share = float(setting)
         logger.info("Saving the weights %.0f%% of the way from the pretrained to the fine-tuned network "
                     "(train.weight_interpolation = %g).", 100 * share, share)
+    if share < 1.0:
+        extra[METADATA_KEY] = save_fine_tuned_weights(fine_tuned_weights, run_dir)
+    else:  # a resumed run that chose 1 this time keeps no stale copy
+        (run_dir / FINE_TUNED_WEIGHTS_FILE).unlink(missing_ok=True)
     exported_model.set_weights(interpolate_weights(pretrained_weights, fine_tuned_weights, share))
     return share, extra
 
