@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from facetrip.runs.files import file_sha256
 from facetrip.runs.output_folder import CommandOutput, OutputFolder, check_output_folder
 from facetrip.untrusted_files import UntrustedFileError, load_npz_checked, read_untrusted_bytes, read_untrusted_json
 
@@ -44,7 +45,6 @@ MANIFEST_SIZE_LIMIT = 4 << 20
 # The largest data or ANN file read: 16 GiB holds some 10^7 photos' 512-value embeddings.
 _DATA_SIZE_LIMIT = 16 << 30
 _DATA_PREFIX, _ANN_PREFIX = "gallery-", "ann-"
-_HASH_CHUNK = 4 << 20
 # faces_detected of an entry embedded from the whole image (runs that read no face chips).
 WHOLE_IMAGE = -1
 
@@ -103,7 +103,7 @@ def model_fingerprint(run_dir: str | Path, metadata: dict[str, Any]) -> str:
     """
     from facetrip.runs import MODEL_FILE
 
-    model_digest = _file_sha256(Path(run_dir) / MODEL_FILE)
+    model_digest = file_sha256(Path(run_dir) / MODEL_FILE)
     settings = json.dumps([metadata.get("metric"), bool(metadata.get("face_chips", False)),
                            list(metadata.get("image_size", [])), metadata.get("channels")])
     return hashlib.sha256(f"facetrip model fingerprint 1|{model_digest}|{settings}".encode()).hexdigest()
@@ -237,7 +237,7 @@ def _unrecorded_index_files(index_dir: Path) -> frozenset[str]:
         files = {manifest["data_file"]: manifest["data_sha256"]}
         if manifest.get("ann"):
             files[manifest["ann"]["file"]] = str(manifest["ann"].get("sha256"))
-        if any(not (index_dir / name).is_file() or _file_sha256(index_dir / name) != digest
+        if any(not (index_dir / name).is_file() or file_sha256(index_dir / name) != digest
                for name, digest in files.items()):
             return frozenset()
     except (GalleryIndexError, OSError, TypeError):
@@ -280,7 +280,7 @@ def write_index(index_dir: str | Path, index: GalleryIndex, ann: bytes | None = 
     hashes = []
 
     def data_file_name(temporary: Path) -> str:
-        hashes.append(_file_sha256(temporary))
+        hashes.append(file_sha256(temporary))
         name = f"{_DATA_PREFIX}{hashes[-1][:16]}.npz"
         folder.claim([name])  # recorded before the file takes its name
         return name
@@ -393,14 +393,6 @@ def _checked_bytes(path: Path, sha256: str, rebuild: str, max_bytes: int) -> byt
     if hashlib.sha256(data).hexdigest() != sha256:
         raise GalleryIndexError(f"{path} is corrupt (it changed after the index was written): {rebuild}.")
     return data
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _text_array(values) -> np.ndarray:

@@ -6,6 +6,7 @@ temporary file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -60,6 +61,15 @@ def fsync_directory(directory: str | Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's contents, in hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], Any], suffix: str = ".tmp") -> None:

@@ -10,26 +10,17 @@ weighted mean of two weight lists, without training again (``scripts/interpolate
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from facetrip.runs.files import write_atomically
+from facetrip.runs.files import file_sha256, write_atomically
 
 FINE_TUNED_WEIGHTS_FILE = "fine_tuned_weights.npz"
 
 METADATA_KEY = "fine_tuned_weights"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_fine_tuned_weights(weights: Sequence[np.ndarray], run_dir: str | Path) -> dict:
@@ -50,7 +41,7 @@ def save_fine_tuned_weights(weights: Sequence[np.ndarray], run_dir: str | Path) 
 
     write_atomically(path, write, suffix=".partial.npz")
     return {"file": FINE_TUNED_WEIGHTS_FILE, "arrays": len(weights), "bytes": path.stat().st_size,
-            "sha256": _sha256(path)}
+            "sha256": file_sha256(path)}
 
 
 def load_fine_tuned_weights(run_dir: str | Path, record: object, like: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -73,7 +64,7 @@ def load_fine_tuned_weights(run_dir: str | Path, record: object, like: Sequence[
         raise ValueError(f"{run_dir}/metadata.json: '{METADATA_KEY}' is not a record facetrip writes")
     if not path.is_file():
         raise ValueError(f"{path} is missing")
-    if path.stat().st_size != record["bytes"] or _sha256(path) != record["sha256"]:
+    if path.stat().st_size != record["bytes"] or file_sha256(path) != record["sha256"]:
         raise ValueError(f"{path} is truncated or damaged (it does not match metadata.json)")
     try:
         with np.load(path, allow_pickle=False) as archive:

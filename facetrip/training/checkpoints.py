@@ -16,11 +16,11 @@ saving after every one doubled the training time.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from pathlib import Path
 
 from facetrip.runs import BACKUP_DIR, METADATA_FILE, atomic_write_json, fsync_directory, write_atomically
+from facetrip.runs.files import file_sha256
 from facetrip.runs.metadata import METADATA_SIZE_LIMIT
 from facetrip.training.errors import TrainingError
 from facetrip.untrusted_files import TOML_SIZE_LIMIT, UntrustedFileError, read_untrusted_json
@@ -86,15 +86,6 @@ class ResumePoint:
 def checkpoint_stem(epoch: int) -> str:
     """The file name, less its extension, of the checkpoint taken after ``epoch`` epochs."""
     return f"epoch-{epoch:04d}"
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's contents, in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_checkpoint(trainer, backup_dir: Path, epoch: int, config_toml: str, split: dict,
