@@ -16,6 +16,9 @@ import pytest
 from conftest import REPO, TINY, run_cli
 
 TOLERANCE = 1e-5  # float32, after 4 optimizer steps
+# the memory holds embeddings of the model after each step: on some CPUs the soft-margin
+# batch-hard case differs by 2e-5 there (mining each replica alone moves parameters by > 1e-3)
+MEMORY_TOLERANCE = 5e-5
 EQUAL_CASES = ("batch_all", "batch_hard", "semi_hard", "batch_all_soft", "batch_hard_soft", "semi_hard_soft",
                "classification_only", "uneven_batches", "no_positive_pair_on_a_replica", "keras_fit_semi_hard")
 MEMORY_CASES = ("memory_batch_all", "memory_batch_hard", "memory_semi_hard", "memory_batch_hard_soft",
@@ -50,7 +53,7 @@ def test_with_a_cross_batch_memory_every_replica_holds_and_mines_the_single_devi
     assert equality[name]["finite"]
     assert equality[name]["rows_pushed"] == (sum((16, 15, 9, 1)) if "uneven" in name else
                                              16 * 3 if "warmup" in name else 16 * 4)
-    assert equality[name]["max_memory_difference"] < TOLERANCE
+    assert equality[name]["max_memory_difference"] < MEMORY_TOLERANCE
     assert equality[name]["max_parameter_difference"] < TOLERANCE
     assert equality[name]["max_log_difference"] < TOLERANCE
 
